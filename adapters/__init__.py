@@ -1,0 +1,1 @@
+"""Framework adapters: the IIR neuron as a native SpikingJelly node and snnTorch neuron."""

@@ -1,0 +1,27 @@
+"""Pure functions of the IIR LIF neuron (Fang et al., 2020; paper eq. 1, 5, 6)."""
+
+from .iir import (
+    Coefficients,
+    IIRMultiStep,
+    IIRState,
+    charge,
+    iir_multistep,
+    iir_multistep_reference,
+    iir_step,
+)
+from .surrogate import ErfcSpike, firing_probability, heaviside, spike, surrogate_grad
+
+__all__ = [
+    "Coefficients",
+    "ErfcSpike",
+    "IIRMultiStep",
+    "IIRState",
+    "charge",
+    "firing_probability",
+    "heaviside",
+    "iir_multistep",
+    "iir_multistep_reference",
+    "iir_step",
+    "spike",
+    "surrogate_grad",
+]
