@@ -267,14 +267,15 @@ def build(
         if s.op == "input":
             shape = (math.prod(input_shape),)
             al.append(nn.Flatten())
-            if i == last_al and widen > 1:  # Gaussian head from the raw input
-                al.append(nn.Linear(shape[0], widen * shape[0]))
-                layers.append(LayerInfo(s.token + "(head)", "AL", "dense", (widen * shape[0],),
-                                        (shape[0] + 1) * widen * shape[0], shape[0] * widen * shape[0],
-                                        "values", False))
+            layers.append(LayerInfo(s.token, "input", "input", shape, 0, 0, "values", False))
+            if i == last_al and widen > 1:  # Gaussian: a learnable head makes (mu, ln sigma)
+                head = nn.Linear(shape[0], widen * shape[0])
+                al.append(head)
+                shape = (widen * shape[0],)
+                layers.append(LayerInfo("head", "AL", "dense", shape, head.weight.numel() + head.bias.numel(),
+                                        head.weight.numel(), "values", False))
             elif i == last_al and coder is not None:
                 al.append(act())
-            layers.append(LayerInfo(s.token, "input", "input", shape, 0, 0, "values", False))
             continue
         if s.op == "pool":
             if shape[-1] < s.width or shape[-2] < s.width:
@@ -287,6 +288,8 @@ def build(
             shape = (shape[0], shape[1] // s.width, shape[2] // s.width)
             layers.append(LayerInfo(s.token, "pool", "pool", shape, 0, 0, "spikes" if spiking else "values", spiking))
             continue
+        if i == first_sl and widen > 1:  # the Gaussian coder turns 2n values (mu, ln sigma) into n
+            shape = (shape[0] // widen, *shape[1:])
         constant = spiking and i == first_sl and coder == "duplicate"
         flatten: list[nn.Module] = []
         if s.op == "dense" and len(shape) > 1:
@@ -323,7 +326,7 @@ def build(
                 sl.append(TimeSharedDropout(dropout))
             fed_by = coded if i == first_sl else "spikes"
             layers.append(LayerInfo(s.token, "SL", s.op, out_shape, n_params, macs, fed_by, not constant))
-        shape = (s.width, *out_shape[1:])  # a Gaussian last AL's 2n values code n units
+        shape = out_shape
 
     if specs[-1].width < 2:
         raise ConfigError(f"the output layer {specs[-1].token!r} must have at least 2 units (one per class)")

@@ -1,0 +1,20 @@
+"""The `hnn-bridge` command line tool: one sub-command per module in `hnn_bridge.commands`."""
+
+from __future__ import annotations
+
+import click
+
+from . import __version__
+from .commands.describe import describe
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hnn-bridge")
+def main() -> None:
+    """Build, train and compare hybrid ANN-SNN networks (Muramatsu & Yu, 2021)."""
+
+
+main.add_command(describe)
+
+if __name__ == "__main__":
+    main()

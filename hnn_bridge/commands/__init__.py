@@ -1,0 +1,1 @@
+"""One module per `hnn-bridge` sub-command; `hnn_bridge.cli` registers them."""

@@ -1,0 +1,73 @@
+"""`hnn-bridge describe ARCH`: layers, where the coder sits, and the operations of one inference."""
+
+from __future__ import annotations
+
+import click
+
+from ..builder import HybridNet, build
+from ..coders import CODERS
+from ..errors import ArchError, ConfigError
+from ..ops import ENERGY_NOTE, count_ops
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def render(model: HybridNet, rate: float) -> str:
+    """The text `describe` prints (also used by tests and reports)."""
+    ops = count_ops(model, rate)
+    s = model.settings
+    c, h, w = s["input_shape"]
+    head = f"{model.arch}   input {c}x{h}x{w}"
+    if model.coder is None:
+        head += "   pure ANN (no coder)"
+    else:
+        head += f"   coder {s['coder']}, T={s['steps']}, input {s['input_mode']}, backend {s['backend']}"
+    lines = [head, ""]
+    cols = f"{'#':>2}  {'token':<8} {'part':<6} {'output':<10} {'params':>11} {'MACs':>14} {'ACs':>14}  fed by"
+    lines += [cols, "-" * len(cols)]
+    coder_done = model.coder is None
+    for info, row in zip(model.layers, ops.layers):
+        if not coder_done and info.part == "SL" or (not coder_done and info.part == "pool" and info.per_step):
+            kind = "constant over T: the first SL weighs it once per image" if model.first_op is not None else "per step"
+            lines.append(f"    -- {s['coder']} coder: [B, ...] -> [T={s['steps']}, B, ...] ({kind})")
+            coder_done = True
+        fed = "" if info.part in ("input", "pool") else info.fed_by
+        if info.part == "SL" and info.fed_by == "spikes":
+            fed += f" (rate {row.input_rate:g})"
+        lines.append(
+            f"{row.index:>2}  {info.token:<8} {info.part:<6} {_shape(info.out_shape):<10} {info.params:>11,} "
+            f"{row.macs:>14,.0f} {row.acs:>14,.0f}  {fed}"
+        )
+    params = sum(p.numel() for p in model.parameters())
+    lines += [
+        "-" * len(cols),
+        f"parameters {params:,}   MACs {ops.macs:,.0f}   ACs {ops.acs:,.0f}   "
+        f"energy {ops.energy_pj / 1e6:.4g} uJ per image",
+        f"({ENERGY_NOTE}; ACs at an assumed presynaptic firing rate of {rate:g}, set with --rate)",
+    ]
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("arch")
+@click.option("--coder", type=click.Choice(CODERS), default=None, help="Coder between ALs and SLs [default: duplicate].")
+@click.option("--steps", "-T", type=click.IntRange(min=1), default=25, show_default=True, help="Time steps T.")
+@click.option("--input-shape", default="1x28x28", show_default=True, help="C x H x W of one image (CIFAR-10: 3x32x32).")
+@click.option("--input-mode", type=click.Choice(["direct", "axon"]), default="direct", show_default=True)
+@click.option("--rate", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+              help="Assumed firing rate of spikes feeding SLs, for the accumulate count.")
+def describe(arch: str, coder: str | None, steps: int, input_shape: str, input_mode: str, rate: float) -> None:
+    """Print the layers of ARCH (e.g. A784-A500-S10), where the coder sits, and the
+    multiply-accumulates and accumulates of one inference."""
+    try:
+        shape = tuple(int(v) for v in input_shape.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"{input_shape!r} is not CxHxW, e.g. 3x32x32", param_hint="--input-shape")
+    kwargs = {} if coder is None else {"coder": coder}
+    try:
+        model = build(arch, steps=steps, input_shape=shape, input_mode=input_mode, **kwargs)
+    except (ArchError, ConfigError) as err:
+        raise click.UsageError(str(err))
+    click.echo(render(model, rate))
