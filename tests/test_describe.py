@@ -1,0 +1,46 @@
+"""`hnn-bridge describe`: layers, coder position, operation counts."""
+
+from click.testing import CliRunner
+
+from hnn_bridge import build
+from hnn_bridge.cli import main
+from hnn_bridge.ops import PJ_PER_AC, PJ_PER_MAC, count_ops
+
+
+def test_describe_mlp_counts_macs_once_per_image():
+    result = CliRunner().invoke(main, ["describe", "A784-A500-S10"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "A784-A500-S10   input 1x28x28   coder duplicate, T=25, input direct, backend reference"
+    assert any(l.split()[:4] == ["1", "A500", "AL", "500"] and "392,000" in l for l in lines)
+    coder_line = next(i for i, l in enumerate(lines) if "duplicate coder" in l)
+    assert "A500" in lines[coder_line - 1] and "S10" in lines[coder_line + 1]
+    # 784*500 AL MACs + 500*10 MACs of the first SL, weighed once (constant train)
+    assert "MACs 397,000   ACs 0" in result.output
+
+
+def test_describe_counts_accumulates_at_the_given_rate():
+    result = CliRunner().invoke(main, ["describe", "S784-S500-S10", "--coder", "poisson", "--rate", "0.2", "-T", "10"])
+    assert result.exit_code == 0, result.output
+    # ACs = rate x (784*500 + 500*10) x T
+    assert f"ACs {0.2 * (784 * 500 + 500 * 10) * 10:,.0f}" in result.output
+    assert "assumed presynaptic firing rate of 0.2" in result.output
+
+
+def test_ops_and_energy_for_a_cnn():
+    model = build("A32C3-S64C3-P2-S10", coder="gaussian", steps=4, input_shape=(3, 8, 8))
+    ops = count_ops(model, rate=0.5)
+    conv_a = 3 * 64 * 9 * 64  # doubled for (mu, ln sigma)
+    conv_s = 32 * 64 * 9 * 64 * 4  # fed by Gaussian values at every step
+    dense_s = 0.5 * (64 * 4 * 4 * 10) * 4
+    assert (ops.macs, ops.acs) == (conv_a + conv_s, dense_s)
+    assert ops.energy_pj == (conv_a + conv_s) * PJ_PER_MAC + dense_s * PJ_PER_AC
+
+
+def test_describe_errors_are_one_line_without_traceback():
+    result = CliRunner().invoke(main, ["describe", "A784-S500-A10"])
+    assert result.exit_code == 2
+    assert "Error: 'A10' follows a spiking layer" in result.output
+    assert "Traceback" not in result.output
+    bad = CliRunner().invoke(main, ["describe", "A784-S10", "--input-shape", "3by32"])
+    assert bad.exit_code == 2 and "'3by32' is not CxHxW, e.g. 3x32x32" in bad.output
