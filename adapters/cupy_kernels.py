@@ -1,0 +1,461 @@
+"""CuPy kernels of the IIR LIF neuron: multistep forward and BPTT, one thread per neuron.
+
+The kernel source `KERNEL_SOURCE` is one C text that compiles two ways:
+
+- as CUDA (NVRTC, through ``cupy.RawModule``) for the ``"cupy"`` backend of
+  `hnn_bridge.adapters.spikingjelly.IIRNode`; each thread owns one neuron and loops over T;
+- as plain C (``gcc -O2 -ffp-contract=off``) through `compile_c_kernels`, which is how the
+  kernel arithmetic is verified on machines without a GPU: the test suite runs the C
+  build on random data through ctypes and checks spikes bit for bit and gradients within
+  1e-5 relative against the torch core (`hnn_bridge.functional.iir`).
+
+Both builds evaluate exactly the arithmetic of `hnn_bridge.functional.iir.charge` and
+`IIRMultiStep.backward`: the same products and sums in the same order, in float32, with
+the coefficients rounded to float32 once (as torch does for ``python_float *
+float32_tensor``), and without fused multiply-adds (``__fmul_rn``/``__fadd_rn`` and
+``--fmad=false`` on CUDA, ``-ffp-contract=off`` in C). Spikes and membrane potentials
+therefore equal the torch backend bit for bit; gradients differ from it only through
+``exp`` (CUDA ``expf`` / libm ``expf`` versus torch's vectorised ``exp``), a few ulp.
+
+Only V is saved for backward; the surrogate of eq. 6 is recomputed from it. Only float32
+is supported. ``cupy`` is imported lazily, on the first launch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from hnn_bridge.functional.iir import Coefficients, IIRState
+from hnn_bridge.params import IIRParams
+
+__all__ = [
+    "KERNEL_SOURCE",
+    "NVRTC_OPTIONS",
+    "C_COMPILE_FLAGS",
+    "CupyIIRMultiStep",
+    "CKernels",
+    "compile_c_kernels",
+    "cupy_multistep",
+    "cupy_unavailable_reason",
+    "require_cupy",
+    "term_kinds",
+]
+
+KERNEL_SOURCE = r"""
+/* IIR LIF neuron (Fang et al. 2020): multistep forward and BPTT backward.
+ * One neuron per CUDA thread (or per iteration of the C loop), looping over T.
+ * Layout: element (t, i) of a [T, n] sequence is at t * n + i.
+ * Term kinds (2 bits per coefficient, see term_kinds() in cupy_kernels.py):
+ *   0 = the term is absent (coefficient 0), 1 = the term is used unscaled
+ *   (coefficient 1), 2 = coefficient * value. This mirrors _scaled()/_sum() of the
+ *   torch core so that every path rounds identically. */
+#if defined(__CUDACC_RTC__) || defined(__CUDACC__)
+#define IIR_DEVICE __device__ __forceinline__
+#define IIR_ENTRY extern "C" __global__ void
+#define IIR_FOR_EACH_NEURON(i, n) \
+    const long long i = (long long)blockIdx.x * (long long)blockDim.x + (long long)threadIdx.x; \
+    if (i < (n))
+#define IIR_MUL(a, b) __fmul_rn((a), (b))
+#define IIR_ADD(a, b) __fadd_rn((a), (b))
+#define IIR_SUB(a, b) __fsub_rn((a), (b))
+#define IIR_EXP(a) expf(a)
+#else
+#include <math.h>
+#define IIR_DEVICE static inline
+#define IIR_ENTRY void
+#define IIR_FOR_EACH_NEURON(i, n) for (long long i = 0; i < (n); ++i)
+#define IIR_MUL(a, b) ((float)((float)(a) * (float)(b)))
+#define IIR_ADD(a, b) ((float)((float)(a) + (float)(b)))
+#define IIR_SUB(a, b) ((float)((float)(a) - (float)(b)))
+#define IIR_EXP(a) expf(a)
+#endif
+
+#define IIR_KIND(kinds, slot) (((kinds) >> (2 * (slot))) & 3)
+#define IIR_SLOT_A1 0
+#define IIR_SLOT_A2 1
+#define IIR_SLOT_B 2
+#define IIR_SLOT_THETA 3
+#define IIR_SLOT_LAM 4
+#define IIR_SLOT_NEG_VTH 5
+
+IIR_DEVICE float iir_term(int kind, float c, float value)
+{
+    return kind == 1 ? value : IIR_MUL(c, value);
+}
+
+/* Forward over T steps from the initial state (null pointer = zeros).
+ * Writes spikes[T, n], volts[T, n] and the final p[T-1], p[T-2], R[T-1]. */
+IIR_ENTRY iir_forward_f32(
+    const float* x, const float* p1_in, const float* p2_in, const float* r_in,
+    const float* v_in, const float* o_in,
+    float* spikes, float* volts, float* p1_out, float* p2_out, float* r_out,
+    long long n, int steps, int kinds,
+    float a1, float a2, float b, float theta, float lam, float neg_vth, float vth)
+{
+    IIR_FOR_EACH_NEURON(i, n) {
+        const int k_a1 = IIR_KIND(kinds, IIR_SLOT_A1);
+        const int k_a2 = IIR_KIND(kinds, IIR_SLOT_A2);
+        const int k_b = IIR_KIND(kinds, IIR_SLOT_B);
+        const int k_theta = IIR_KIND(kinds, IIR_SLOT_THETA);
+        const int k_lam = IIR_KIND(kinds, IIR_SLOT_LAM);
+        const int k_nvth = IIR_KIND(kinds, IIR_SLOT_NEG_VTH);
+        float p1 = p1_in ? p1_in[i] : 0.0f;
+        float p2 = p2_in ? p2_in[i] : 0.0f;
+        float r = r_in ? r_in[i] : 0.0f;
+        float v = v_in ? v_in[i] : 0.0f;
+        float o = o_in ? o_in[i] : 0.0f;
+        long long idx = i;
+        for (int t = 0; t < steps; ++t, idx += n) {
+            /* p[t] = a1*p[t-1] + a2*p[t-2] + b*x[t]  (left to right, absent terms skipped) */
+            float p = 0.0f;
+            int has = 0;
+            if (k_a1) { p = iir_term(k_a1, a1, p1); has = 1; }
+            if (k_a2) { const float q = iir_term(k_a2, a2, p2); p = has ? IIR_ADD(p, q) : q; has = 1; }
+            if (k_b) { const float q = iir_term(k_b, b, x[idx]); p = has ? IIR_ADD(p, q) : q; }
+            /* R[t] = theta*R[t-1] + O[t-1] */
+            const float r_new = k_theta ? IIR_ADD(iir_term(k_theta, theta, r), o) : o;
+            /* V[t] = lam*V[t-1] + p[t] - V_th*R[t] */
+            float v_new = k_lam ? IIR_ADD(iir_term(k_lam, lam, v), p) : p;
+            if (k_nvth) v_new = IIR_ADD(v_new, iir_term(k_nvth, neg_vth, r_new));
+            p2 = p1;
+            p1 = p;
+            r = r_new;
+            v = v_new;
+            o = (v_new >= vth) ? 1.0f : 0.0f; /* eq. 1f: U(0) = 1 */
+            spikes[idx] = o;
+            volts[idx] = v_new;
+        }
+        if (p1_out) p1_out[i] = p1;
+        if (p2_out) p2_out[i] = p2;
+        if (r_out) r_out[i] = r;
+    }
+}
+
+/* BPTT from the saved V[T, n]. Incoming gradients may be null (= zeros). Writes the
+ * input gradient grad_x[T, n] and, where the pointer is not null, the gradients of the
+ * initial state p[-1], p[-2], R[-1], V[-1], O[-1]. */
+IIR_ENTRY iir_backward_f32(
+    const float* volts, const float* g_spikes, const float* g_volts,
+    const float* g_p1, const float* g_p2, const float* g_r,
+    float* grad_x, float* gp1_out, float* gp2_out, float* gr_out, float* gv_out, float* go_out,
+    long long n, int steps, int kinds, int detach_reset,
+    float a1, float a2, float b, float theta, float lam, float vth,
+    float sg_scale, float sg_gain)
+{
+    IIR_FOR_EACH_NEURON(i, n) {
+        const int k_a1 = IIR_KIND(kinds, IIR_SLOT_A1);
+        const int k_a2 = IIR_KIND(kinds, IIR_SLOT_A2);
+        const int k_b = IIR_KIND(kinds, IIR_SLOT_B);
+        float c_v = 0.0f;
+        float c_o = 0.0f;
+        float c_r = g_r ? g_r[i] : 0.0f;
+        float cp0 = g_p1 ? g_p1[i] : 0.0f; /* adjoint of p[t] */
+        float cp1 = g_p2 ? g_p2[i] : 0.0f; /* adjoint of p[t-1] */
+        for (int t = steps - 1; t >= 0; --t) {
+            const long long idx = (long long)t * n + i;
+            const float g_o = g_spikes ? IIR_ADD(g_spikes[idx], c_o) : c_o;
+            /* eq. 6: exp(d*d*(-1/(2 sigma^2))) * (1/(sqrt(2 pi) sigma)), d = V - V_th */
+            const float d = IIR_SUB(volts[idx], vth);
+            const float sg = IIR_MUL(IIR_EXP(IIR_MUL(IIR_MUL(d, d), sg_scale)), sg_gain);
+            float g_v = IIR_ADD(IIR_MUL(g_o, sg), c_v);
+            if (g_volts) g_v = IIR_ADD(g_v, g_volts[idx]);
+            const float g_r_t = IIR_SUB(c_r, IIR_MUL(vth, g_v));
+            const float g_p = IIR_ADD(cp0, g_v);
+            grad_x[idx] = k_b == 1 ? g_p : IIR_MUL(b, g_p);
+            c_v = IIR_MUL(lam, g_v);
+            c_r = IIR_MUL(theta, g_r_t);
+            c_o = detach_reset ? 0.0f : g_r_t;
+            cp0 = k_a1 ? IIR_ADD(cp1, iir_term(k_a1, a1, g_p)) : cp1;
+            cp1 = k_a2 ? IIR_MUL(a2, g_p) : 0.0f;
+        }
+        if (gp1_out) gp1_out[i] = cp0;
+        if (gp2_out) gp2_out[i] = cp1;
+        if (gr_out) gr_out[i] = c_r;
+        if (gv_out) gv_out[i] = c_v;
+        if (go_out) go_out[i] = c_o;
+    }
+}
+"""
+
+#: NVRTC options: no FMA contraction (the source also uses the _rn intrinsics), no fast math.
+NVRTC_OPTIONS = ("--fmad=false", "-std=c++11")
+#: gcc flags for the CPU build of the same source (see `compile_c_kernels`).
+C_COMPILE_FLAGS = ("-O2", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC", "-std=c99")
+
+THREADS_PER_BLOCK = 256
+
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _kind(c: float) -> int:
+    return 0 if c == 0.0 else 1 if c == 1.0 else 2
+
+
+def term_kinds(k: Coefficients) -> int:
+    """Pack the 2-bit term kind (0 absent, 1 unscaled, 2 scaled) of a1, a2, b, theta, lam,
+    -V_th, decided on the double-precision coefficients exactly as `_scaled` does."""
+    kinds = (k.a1, k.a2, k.b, k.theta, k.lam, -k.v_threshold)
+    return sum(_kind(c) << (2 * slot) for slot, c in enumerate(kinds))
+
+
+def _f32(c: float) -> np.float32:
+    return np.float32(c)
+
+
+def _forward_scalars(k: Coefficients):
+    return (
+        _f32(k.a1), _f32(k.a2), _f32(k.b), _f32(k.theta), _f32(k.lam),
+        _f32(-k.v_threshold), _f32(k.v_threshold),
+    )
+
+
+def _backward_scalars(k: Coefficients):
+    return (
+        _f32(k.a1), _f32(k.a2), _f32(k.b), _f32(k.theta), _f32(k.lam), _f32(k.v_threshold),
+        _f32(-0.5 / (k.sigma * k.sigma)), _f32(_INV_SQRT_2PI / k.sigma),
+    )
+
+
+def _check_b(k: Coefficients) -> None:
+    if k.b == 0.0:  # IIRParams never yields this; the core's _sum would fail the same way
+        raise ValueError("IIR neuron: the synapse gain b must not be zero")
+
+
+# --------------------------------------------------------------------------- CuPy (CUDA)
+
+_CUPY_HINT = (
+    "IIRNode backend 'cupy' needs a CUDA device and the cupy package "
+    "(pip install cupy-cuda12x); use backend='torch' on CPU"
+)
+
+
+def cupy_unavailable_reason() -> Optional[str]:
+    """None when the cupy backend can run here, else what is missing (no import of cupy
+    beyond a spec lookup)."""
+    import importlib.util
+
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append("no CUDA device is available (torch.cuda.is_available() is False)")
+    if importlib.util.find_spec("cupy") is None:
+        missing.append("the cupy package is not installed")
+    return " and ".join(missing) if missing else None
+
+
+def require_cupy():
+    """Import and return cupy, or raise the RuntimeError that names the 'torch' backend."""
+    reason = cupy_unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"{_CUPY_HINT} ({reason})")
+    try:
+        import cupy
+    except Exception as error:  # installed but broken (driver/toolkit mismatch)
+        raise RuntimeError(f"{_CUPY_HINT} (importing cupy failed: {error})") from error
+    return cupy
+
+
+_MODULES: dict = {}
+
+
+def _kernels(device_index: int):
+    """The compiled (forward, backward) kernels for one device, compiled once per process."""
+    found = _MODULES.get(device_index)
+    if found is None:
+        cupy = require_cupy()
+        with cupy.cuda.Device(device_index):
+            module = cupy.RawModule(code=KERNEL_SOURCE, options=NVRTC_OPTIONS)
+            found = (module.get_function("iir_forward_f32"), module.get_function("iir_backward_f32"))
+        _MODULES[device_index] = found
+    return found
+
+
+def _ptr(t: Optional[Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _launch(kernel, device: torch.device, n: int, args: tuple) -> None:
+    """Launch on the current PyTorch stream of `device` (so no extra synchronisation)."""
+    cupy = require_cupy()
+    blocks = (n + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
+    stream = torch.cuda.current_stream(device)
+    with cupy.cuda.Device(device.index), cupy.cuda.ExternalStream(stream.cuda_stream):
+        kernel((blocks,), (THREADS_PER_BLOCK,), args)
+
+
+def _prepare(t: Optional[Tensor], like: Tensor) -> Optional[Tensor]:
+    if t is None:
+        return None
+    if t.shape != like.shape:
+        raise ValueError(f"IIR neuron state has shape {tuple(t.shape)}, expected {tuple(like.shape)}")
+    return t.to(device=like.device, dtype=like.dtype).contiguous()
+
+
+def _check_tensor(x_seq: Tensor) -> None:
+    if not x_seq.is_cuda:
+        raise RuntimeError(f"{_CUPY_HINT} (got a tensor on {x_seq.device})")
+    if x_seq.dtype != torch.float32:
+        raise TypeError(
+            f"IIRNode backend 'cupy' computes in float32 only, got {x_seq.dtype}; "
+            "convert the input or use backend='torch'"
+        )
+
+
+class CupyIIRMultiStep(torch.autograd.Function):
+    """The CuPy twin of `hnn_bridge.functional.iir.IIRMultiStep` (same inputs and outputs,
+    without the ``smooth`` option): x_seq [T, ...] float32 on CUDA, the initial state
+    (p1, p2, r, v, o; each a tensor or None for zeros), the `Coefficients` and
+    detach_reset. Returns spikes, V, p[T-1], p[T-2], R[T-1]; saves only V."""
+
+    @staticmethod
+    def forward(ctx, x_seq, p1, p2, r, v, o, k: Coefficients, detach_reset: bool):  # type: ignore[override]
+        _check_tensor(x_seq)
+        _check_b(k)
+        x = x_seq.contiguous()
+        steps, n = x.shape[0], x[0].numel()
+        state = tuple(_prepare(s, x[0]) for s in (p1, p2, r, v, o))
+        spikes = torch.empty_like(x)
+        volts = torch.empty_like(x)
+        p_last, p_prev, r_last = (torch.empty_like(x[0]) for _ in range(3))
+        if n > 0:
+            forward_kernel, _ = _kernels(x.device.index)
+            _launch(
+                forward_kernel,
+                x.device,
+                n,
+                (
+                    x.data_ptr(), *(_ptr(s) for s in state),
+                    spikes.data_ptr(), volts.data_ptr(),
+                    p_last.data_ptr(), p_prev.data_ptr(), r_last.data_ptr(),
+                    np.int64(n), np.int32(steps), np.int32(term_kinds(k)),
+                    *_forward_scalars(k),
+                ),
+            )
+        ctx.save_for_backward(volts)
+        ctx.k, ctx.detach_reset = k, detach_reset
+        ctx.set_materialize_grads(False)
+        return spikes, volts, p_last, p_prev, r_last
+
+    @staticmethod
+    def backward(ctx, g_spikes, g_volts, g_p1, g_p2, g_r):  # type: ignore[override]
+        (volts,) = ctx.saved_tensors
+        k: Coefficients = ctx.k
+        steps, n = volts.shape[0], volts[0].numel()
+        grads = tuple(None if g is None else g.contiguous() for g in (g_spikes, g_volts, g_p1, g_p2, g_r))
+        needs = ctx.needs_input_grad
+        grad_x = torch.empty_like(volts)
+        outs = tuple(torch.empty_like(volts[0]) if needs[i] else None for i in range(1, 6))
+        if n > 0:
+            _, backward_kernel = _kernels(volts.device.index)
+            _launch(
+                backward_kernel,
+                volts.device,
+                n,
+                (
+                    volts.data_ptr(), *(_ptr(g) for g in grads),
+                    grad_x.data_ptr(), *(_ptr(g) for g in outs),
+                    np.int64(n), np.int32(steps), np.int32(term_kinds(k)), np.int32(bool(ctx.detach_reset)),
+                    *_backward_scalars(k),
+                ),
+            )
+        return (grad_x, *outs, None, None)
+
+
+def cupy_multistep(
+    x_seq: Tensor, params: IIRParams, state: Optional[IIRState] = None
+) -> tuple[Tensor, Tensor, IIRState]:
+    """`hnn_bridge.functional.iir_multistep` on the CuPy kernels (float32, CUDA).
+
+    Returns (spikes [T, ...], V [T, ...], final state); `state=None` (or None entries)
+    starts from zeros. Raises RuntimeError naming backend='torch' without CUDA or cupy.
+    """
+    if x_seq.dim() < 1 or x_seq.shape[0] < 1:
+        raise ValueError(f"IIR neuron: expected a time-first tensor [T, ...] with T >= 1, got shape {tuple(x_seq.shape)}")
+    require_cupy()
+    given = (None,) * 5 if state is None else tuple(state)
+    spikes, volts, p1, p2, r = CupyIIRMultiStep.apply(x_seq, *given, Coefficients.of(params), params.detach_reset)
+    return spikes, volts, IIRState(p1, p2, r, volts[-1], spikes[-1])
+
+
+# --------------------------------------------------------------------------- plain C build
+
+
+class CKernels:
+    """The kernel source compiled as plain C and called through ctypes on numpy arrays.
+
+    Exists to verify the kernel arithmetic without a GPU (see `compile_c_kernels`).
+    Arrays are float32, C-contiguous, time first ``[T, n]`` (states ``[n]``).
+    """
+
+    def __init__(self, library_path: str) -> None:
+        self.path = library_path
+        self._lib = ctypes.CDLL(library_path)
+        ptr, i64, i32, f32 = ctypes.c_void_p, ctypes.c_longlong, ctypes.c_int, ctypes.c_float
+        self._lib.iir_forward_f32.argtypes = [ptr] * 11 + [i64, i32, i32] + [f32] * 7
+        self._lib.iir_forward_f32.restype = None
+        self._lib.iir_backward_f32.argtypes = [ptr] * 12 + [i64, i32, i32, i32] + [f32] * 8
+        self._lib.iir_backward_f32.restype = None
+
+    @staticmethod
+    def _p(a: Optional[np.ndarray]):
+        if a is None:
+            return None
+        assert a.dtype == np.float32 and a.flags["C_CONTIGUOUS"], "float32 C-contiguous arrays only"
+        return a.ctypes.data_as(ctypes.c_void_p)
+
+    def forward(self, x: np.ndarray, k: Coefficients, state=(None,) * 5):
+        """Returns (spikes, volts, p_last, p_prev, r_last) as numpy arrays."""
+        _check_b(k)
+        steps, n = x.shape[0], int(np.prod(x.shape[1:], dtype=np.int64))
+        spikes, volts = np.empty_like(x), np.empty_like(x)
+        finals = [np.empty(x.shape[1:], np.float32) for _ in range(3)]
+        self._lib.iir_forward_f32(
+            self._p(x), *(self._p(s) for s in state), self._p(spikes), self._p(volts),
+            *(self._p(f) for f in finals), n, steps, term_kinds(k), *_forward_scalars(k),
+        )
+        return (spikes, volts, *finals)
+
+    def backward(self, volts: np.ndarray, k: Coefficients, detach_reset: bool, g_spikes=None, g_volts=None,
+                 g_p1=None, g_p2=None, g_r=None):
+        """Returns (grad_x, grad_p1, grad_p2, grad_r, grad_v, grad_o) of the initial state."""
+        steps, n = volts.shape[0], int(np.prod(volts.shape[1:], dtype=np.int64))
+        grad_x = np.empty_like(volts)
+        outs = [np.empty(volts.shape[1:], np.float32) for _ in range(5)]
+        self._lib.iir_backward_f32(
+            self._p(volts), *(self._p(g) for g in (g_spikes, g_volts, g_p1, g_p2, g_r)),
+            self._p(grad_x), *(self._p(o) for o in outs),
+            n, steps, term_kinds(k), int(bool(detach_reset)), *_backward_scalars(k),
+        )
+        return (grad_x, *outs)
+
+
+def compile_c_kernels(workdir: Optional[str] = None, compiler: Optional[str] = None) -> CKernels:
+    """Compile `KERNEL_SOURCE` as plain C into a shared library and load it.
+
+    ``gcc -O2 -ffp-contract=off -fno-fast-math -shared -fPIC`` with the CUDA-only macros
+    switched off: the per-neuron loop is the same text the CUDA kernel runs, so checking
+    this build against the torch core on the CPU checks the kernel's arithmetic (the
+    CUDA build differs only in ``expf``). Raises FileNotFoundError without a C compiler.
+    """
+    cc = compiler or os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if cc is None or shutil.which(cc) is None:
+        raise FileNotFoundError("no C compiler (gcc/cc) found to build the kernel source as C")
+    workdir = workdir or tempfile.mkdtemp(prefix="hnn_bridge_iir_c_")
+    src = os.path.join(workdir, "iir_kernels.c")
+    lib = os.path.join(workdir, "libiir_kernels.so")
+    with open(src, "w") as f:
+        f.write(KERNEL_SOURCE)
+    cmd = [cc, *C_COMPILE_FLAGS, "-o", lib, src, "-lm"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"compiling the kernel source as C failed ({' '.join(cmd)}):\n{done.stderr}")
+    return CKernels(lib)
