@@ -26,10 +26,21 @@ def firing_probability(v: Tensor, v_threshold: float, sigma: float) -> Tensor:
     return 0.5 * torch.erfc((v_threshold - v) / (math.sqrt(2.0) * sigma))
 
 
+# e^-87 is about float32's smallest normal number. CPUs compute exp 100x slower when the
+# result is denormal, which is common here (a membrane far below threshold after a reset),
+# so exponents below the floor give exactly 0: a change below 1.7e-38 in absolute value.
+EXP_FLOOR = -87.0
+
+
 def surrogate_grad(v: Tensor, v_threshold: float, sigma: float) -> Tensor:
-    """Eq. 6: dP/dv = exp(-(V_th - v)^2 / (2 sigma^2)) / (sqrt(2 pi) sigma)."""
+    """Eq. 6: dP/dv = exp(-(V_th - v)^2 / (2 sigma^2)) / (sqrt(2 pi) sigma).
+
+    Values whose exponent is below `EXP_FLOOR` are flushed to 0 (see there).
+    """
     d = v - v_threshold
-    return torch.exp(d * d * (-0.5 / (sigma * sigma))) * (_INV_SQRT_2PI / sigma)
+    arg = d * d * (-0.5 / (sigma * sigma))
+    out = torch.exp(arg.clamp(min=EXP_FLOOR)) * (_INV_SQRT_2PI / sigma)
+    return out.masked_fill_(arg < EXP_FLOOR, 0.0)
 
 
 class ErfcSpike(torch.autograd.Function):
