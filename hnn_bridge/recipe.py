@@ -1,0 +1,560 @@
+"""Recipes: one TOML file per table of the paper, loaded and validated into frozen dataclasses.
+
+A recipe lists the rows of one table (architecture, coder, training method, the paper's
+accuracy) and every hyperparameter of the run (§4.1: 6:2:2 split, 100 epochs on MNIST,
+150 on CIFAR-10; where the paper is silent, the reference values of Fang et al., 2020).
+Shape of a file::
+
+    [recipe]                      # name, title, paper_table, dataset, description
+    [defaults]                    # every hyperparameter (see `Settings`)
+    [defaults.neuron]             # IIR neuron constants (see `hnn_bridge.params.IIRParams`)
+    [quick]                       # the --quick profile: overrides of [defaults]
+    [[rows]]                      # arch, coder, training, paper, label; any [defaults] key
+
+Precedence, lowest first: ``[defaults]``, the row's own keys, ``[quick]`` (with
+``--quick``), then the command line. Every key is checked against the dataclass fields
+and every row is built once (cheap, on the CPU) before any training starts, so a typo or
+an impossible row fails at once with a `RecipeError` naming the file, the row and the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, field, fields, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from .errors import ArchError, ConfigError
+from .notation import parse_arch
+from .params import IIRParams
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "INPUT_SHAPES",
+    "Recipe",
+    "RecipeError",
+    "RowSpec",
+    "Settings",
+    "al_share",
+    "build_row",
+    "check_rows",
+    "find_recipe",
+    "list_recipes",
+    "load_recipe",
+    "parse_rows",
+]
+
+#: (C, H, W) and class count of each dataset name `hnn_bridge.data.load_dataset` knows,
+#: so that rows can be built and checked before any data is read.
+INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
+    "mnist": (1, 28, 28),
+    "mnist-5k": (1, 28, 28),
+    "fashion-mnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+}
+NUM_CLASSES: dict[str, int] = {name: 10 for name in INPUT_SHAPES}
+
+CODER_NAMES = ("duplicate", "gaussian", "poisson", "none")
+TRAINING_NAMES = ("simultaneous", "separate")
+ACTIVATION_NAMES = ("auto", "relu", "sigmoid")
+INPUT_MODE_NAMES = ("direct", "axon")
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run: unknown name, bad TOML, unknown key, wrong type or an
+    impossible row. The message names the file, the row and the key."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every hyperparameter of one training run (§4.1 and Fang et al.'s reference setup).
+
+    Attributes:
+        dataset: name for `hnn_bridge.data.load_dataset` (``mnist``, ``mnist-5k``, ...).
+        subset: use a stratified subset of this many pooled samples before the 6:2:2
+            split (0: all); for quick profiles.
+        split_seed: seed of the stratified 6:2:2 split (§4.1); fixed across seeds.
+        epochs: training epochs; the best-validation epoch is evaluated on test (§4.1).
+        batch_size: training mini-batch.
+        eval_batch_size: mini-batch for validation and test (no effect on results).
+        lr: Adam learning rate.
+        lr_milestones: epochs after which the learning rate is multiplied by ``lr_gamma``
+            (``MultiStepLR``; empty: constant).
+        lr_gamma: the factor at each milestone.
+        steps: time steps T of the spiking part.
+        dropout: dropout probability between layers.
+        seed: base seed; each (row, seed index) derives its own from it.
+        input_mode: ``direct`` or ``axon`` (§4.2).
+        backend: neuron implementation (`hnn_bridge.backends.BACKENDS`).
+        activation: of the ALs: ``relu``, ``sigmoid`` or ``auto`` (sigmoid for Poisson
+            coding, §4.3.3, else ReLU).
+        neuron: IIR neuron constants of every SL.
+    """
+
+    dataset: str = "mnist"
+    subset: int = 0
+    split_seed: int = 0
+    epochs: int = 100
+    batch_size: int = 64
+    eval_batch_size: int = 500
+    lr: float = 1e-4
+    lr_milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
+    steps: int = 25
+    dropout: float = 0.3
+    seed: int = 0
+    input_mode: str = "direct"
+    backend: str = "reference"
+    activation: str = "auto"
+    neuron: IIRParams = field(default_factory=IIRParams)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["lr_milestones"] = list(self.lr_milestones)
+        d["neuron"] = self.neuron.as_dict()
+        return d
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return INPUT_SHAPES[self.dataset]
+
+    @property
+    def num_classes(self) -> int:
+        return NUM_CLASSES[self.dataset]
+
+
+SETTING_KEYS = tuple(f.name for f in fields(Settings))
+ROW_KEYS = ("arch", "coder", "training", "paper", "label", "note")
+RECIPE_KEYS = ("name", "title", "paper_table", "dataset", "description")
+TOP_KEYS = ("recipe", "defaults", "quick", "rows")
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """One row of a table: a network, how it is coded and trained, and its settings.
+
+    ``index`` is 1-based (as ``--rows`` counts); ``coder`` is None for a pure ANN;
+    ``paper`` is the paper's test accuracy in % (None where the paper has none);
+    ``settings`` are resolved (defaults, row keys, quick profile, command line);
+    ``overrides`` are the row's own hyperparameter keys as written in the file.
+    """
+
+    index: int
+    arch: str
+    coder: str | None
+    training: str
+    paper: float | None
+    label: str
+    settings: Settings
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def slug(self) -> str:
+        """A file-name-safe id: ``r02-A784-S500-S10-duplicate-separate``."""
+        coder = self.coder or "ann"
+        return f"r{self.index:02d}-{self.arch}-{coder}-{self.training}"
+
+    @property
+    def al_share(self) -> float:
+        return al_share(self.arch)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "row": self.index, "label": self.label, "arch": self.arch, "coder": self.coder,
+            "training": self.training, "paper": self.paper, "al_share": self.al_share,
+            "note": self.note, "settings": self.settings.as_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe. ``rows`` carry settings for the profile chosen by `configure`
+    (initially: the full paper budget, no command-line overrides)."""
+
+    name: str
+    title: str
+    paper_table: str
+    dataset: str
+    description: str
+    source: str
+    defaults: Mapping[str, Any]
+    quick: Mapping[str, Any]
+    rows: tuple[RowSpec, ...]
+    profile: str = "full"
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    def configure(self, *, quick: bool = False, overrides: Mapping[str, Any] | None = None) -> "Recipe":
+        """The recipe with every row's settings resolved for a profile and command-line
+        ``overrides`` (keys of `Settings`); raises `RecipeError` for a bad override."""
+        overrides = dict(overrides or {})
+        where = f"{self.source}: command-line overrides"
+        for key in overrides:
+            if key not in SETTING_KEYS:
+                raise RecipeError(f"{where}: unknown setting {key!r}; known: {', '.join(SETTING_KEYS)}")
+        rows = tuple(
+            replace(row, settings=_resolve(self.source, row, self.dataset, self.defaults, row.overrides,
+                                           self.quick if quick else {}, overrides))
+            for row in self.rows
+        )
+        return replace(self, rows=rows, profile="quick" if quick else "full", overrides=overrides)
+
+    def select(self, rows: Sequence[int] | None) -> "Recipe":
+        """Keep only the rows with these 1-based indices (all when None)."""
+        if rows is None:
+            return self
+        known = {r.index for r in self.rows}
+        bad = [i for i in rows if i not in known]
+        if bad:
+            raise RecipeError(f"{self.source}: no row {bad[0]}; the recipe has rows 1..{len(self.rows)}")
+        keep = set(rows)
+        return replace(self, rows=tuple(r for r in self.rows if r.index in keep))
+
+    def fingerprint(self) -> str:
+        """A short hash of everything that determines the results of this configuration."""
+        text = json.dumps([r.as_dict() for r in self.rows], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    @classmethod
+    def single(
+        cls,
+        arch: str,
+        *,
+        coder: str | None,
+        training: str,
+        base: "Recipe",
+        row_keys: Mapping[str, Any] | None = None,
+        name: str = "train",
+    ) -> "Recipe":
+        """An ad-hoc one-row recipe (`hnn-bridge train`) that inherits the hyperparameters
+        and quick profile of ``base`` (the paper recipe of the dataset)."""
+        row_keys = dict(row_keys or {})
+        raw = {"arch": arch, "coder": "none" if coder is None else coder, "training": training, **row_keys}
+        source = f"<train {arch}>"
+        dataset = str(row_keys.get("dataset", base.dataset))
+        row = _parse_row(source, 1, raw, dataset, base.defaults, labels={})
+        recipe = cls(name=name, title=f"{arch}, coder {coder or 'none'}, {training} training",
+                     paper_table="", dataset=base.dataset, description="", source=source,
+                     defaults=base.defaults, quick=base.quick, rows=(row,))
+        return recipe.configure()
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def _where(source: str, section: str, key: str | None = None) -> str:
+    return f"{source}: {section}" + (f": key {key!r}" if key is not None else "")
+
+
+def _row_where(source: str, index: int, arch: Any) -> str:
+    return f"row {index} ({arch})" if isinstance(arch, str) else f"row {index}"
+
+
+def _int(value: Any, where: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RecipeError(f"{where}: expected an integer, got {value!r}")
+    if value < minimum:
+        raise RecipeError(f"{where}: must be >= {minimum}, got {value!r}")
+    return value
+
+
+def _float(value: Any, where: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RecipeError(f"{where}: expected a number, got {value!r}")
+    value = float(value)
+    if value < lo or (lo_open and value == lo) or value > hi or (hi_open and value == hi):
+        left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+        raise RecipeError(f"{where}: must be in {left}{lo:g}, {hi:g}{right}, got {value!r}")
+    return value
+
+
+def _choice(value: Any, where: str, choices: Iterable[str]) -> str:
+    choices = tuple(choices)
+    if not isinstance(value, str) or value not in choices:
+        raise RecipeError(f"{where}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def _check_setting(key: str, value: Any, where: str) -> Any:
+    """Validate one hyperparameter value (``where`` names the file, section and key)."""
+    from .backends import BACKENDS
+
+    if key == "dataset":
+        return _choice(value, where, INPUT_SHAPES)
+    if key in ("subset", "split_seed", "seed"):
+        return _int(value, where, 0)
+    if key in ("epochs", "batch_size", "eval_batch_size", "steps"):
+        return _int(value, where, 1)
+    if key == "lr":
+        return _float(value, where, 0.0, 10.0, lo_open=True)
+    if key == "lr_gamma":
+        return _float(value, where, 0.0, 1.0, lo_open=True)
+    if key == "dropout":
+        return _float(value, where, 0.0, 1.0, hi_open=True)
+    if key == "lr_milestones":
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"{where}: expected a list of epochs, e.g. [50], got {value!r}")
+        return tuple(_int(v, where, 1) for v in value)
+    if key == "input_mode":
+        return _choice(value, where, INPUT_MODE_NAMES)
+    if key == "backend":
+        return _choice(value, where, BACKENDS)
+    if key == "activation":
+        return _choice(value, where, ACTIVATION_NAMES)
+    if key == "neuron":
+        if not isinstance(value, Mapping):
+            raise RecipeError(f"{where}: expected a table of neuron constants, got {value!r}")
+        known = {f.name for f in fields(IIRParams)}
+        for name in value:
+            if name not in known:
+                raise RecipeError(f"{where}.{name}: unknown neuron setting; known: {', '.join(sorted(known))}")
+        return dict(value)
+    raise RecipeError(f"{where}: unknown setting; known: {', '.join(SETTING_KEYS)}")  # pragma: no cover
+
+
+def _check_section(source: str, section: str, table: Any, allowed: Sequence[str]) -> dict[str, Any]:
+    if not isinstance(table, Mapping):
+        raise RecipeError(f"{_where(source, section)}: expected a table, got {type(table).__name__}")
+    for key in table:
+        if key not in allowed:
+            raise RecipeError(f"{_where(source, section, key)}: unknown key; known keys: {', '.join(allowed)}")
+    return dict(table)
+
+
+def _check_settings(source: str, section: str, table: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _check_setting(k, v, _where(source, section, k)) for k, v in table.items()}
+
+
+def _resolve(
+    source: str,
+    row: RowSpec | None,
+    dataset: str,
+    *layers: Mapping[str, Any],
+) -> Settings:
+    """Merge setting layers (lowest first) into `Settings`; neuron tables merge key by key."""
+    values: dict[str, Any] = {"dataset": dataset}
+    neuron: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if key == "neuron":
+                neuron.update(value)
+            else:
+                values[key] = value
+    section = _row_where(source, row.index, row.arch) if row is not None else "[defaults]"
+    try:
+        params = IIRParams(**neuron)
+    except (TypeError, ValueError) as err:
+        raise RecipeError(f"{_where(source, section, 'neuron')}: {err}") from None
+    return Settings(**values, neuron=params)
+
+
+def _parse_row(
+    source: str,
+    index: int,
+    raw: Any,
+    dataset: str,
+    defaults: Mapping[str, Any],
+    labels: dict[str, int],
+) -> RowSpec:
+    if not isinstance(raw, Mapping):
+        raise RecipeError(f"{source}: row {index}: expected a table ([[rows]]), got {raw!r}")
+    section = _row_where(source, index, raw.get("arch"))
+    allowed = (*ROW_KEYS, *SETTING_KEYS)
+    for key in raw:
+        if key not in allowed:
+            raise RecipeError(
+                f"{_where(source, section, key)}: unknown key; a row takes {', '.join(ROW_KEYS)} "
+                f"or any setting of [defaults] ({', '.join(SETTING_KEYS)})"
+            )
+    for key in ("arch", "coder", "training"):
+        if key not in raw:
+            raise RecipeError(f"{_where(source, section, key)}: missing (every row needs arch, coder and training)")
+    arch = raw["arch"]
+    if not isinstance(arch, str):
+        raise RecipeError(f"{_where(source, section, 'arch')}: expected a string such as 'A784-S500-S10', got {arch!r}")
+    try:
+        specs = parse_arch(arch)
+    except ArchError as err:
+        raise RecipeError(f"{_where(source, section, 'arch')}: {err}") from None
+    arch = "-".join(s.token for s in specs)
+    coder = _choice(raw["coder"], _where(source, section, "coder"), CODER_NAMES)
+    training = _choice(raw["training"], _where(source, section, "training"), TRAINING_NAMES)
+    paper = raw.get("paper")
+    if paper is not None:
+        paper = _float(paper, _where(source, section, "paper"), 0.0, 100.0)
+    for key in ("label", "note"):
+        if key in raw and not isinstance(raw[key], str):
+            raise RecipeError(f"{_where(source, section, key)}: expected a string, got {raw[key]!r}")
+    label = raw.get("label") or arch
+    if label in labels:
+        raise RecipeError(
+            f"{_where(source, section, 'label')}: label {label!r} is already used by row {labels[label]}; "
+            "give one of them a distinct 'label'"
+        )
+    labels[label] = index
+    overrides = {k: v for k, v in raw.items() if k in SETTING_KEYS}
+    overrides = _check_settings(source, section, overrides)
+    row = RowSpec(index, arch, None if coder == "none" else coder, training, paper, label,
+                  Settings(), overrides, raw.get("note", ""))
+    return replace(row, settings=_resolve(source, row, dataset, defaults, overrides))
+
+
+def _parse(source: str, data: Mapping[str, Any]) -> Recipe:
+    for key in data:
+        if key not in TOP_KEYS:
+            raise RecipeError(f"{_where(source, 'top level', key)}: unknown table; known: {', '.join(TOP_KEYS)}")
+    for key in ("recipe", "rows"):
+        if key not in data:
+            raise RecipeError(f"{_where(source, 'top level', key)}: missing (a recipe needs [recipe] and [[rows]])")
+    meta = _check_section(source, "[recipe]", data["recipe"], RECIPE_KEYS)
+    for key in ("name", "dataset"):
+        if key not in meta:
+            raise RecipeError(f"{_where(source, '[recipe]', key)}: missing")
+    for key, value in meta.items():
+        if not isinstance(value, str):
+            raise RecipeError(f"{_where(source, '[recipe]', key)}: expected a string, got {value!r}")
+    dataset = _choice(meta["dataset"], _where(source, "[recipe]", "dataset"), INPUT_SHAPES)
+    defaults = _check_settings(source, "[defaults]",
+                               _check_section(source, "[defaults]", data.get("defaults", {}), SETTING_KEYS))
+    quick = _check_settings(source, "[quick]", _check_section(source, "[quick]", data.get("quick", {}), SETTING_KEYS))
+    _resolve(source, None, dataset, defaults)  # the neuron table of [defaults] alone must be valid
+    raw_rows = data["rows"]
+    if not isinstance(raw_rows, list) or not raw_rows:
+        raise RecipeError(f"{_where(source, '[[rows]]')}: expected at least one [[rows]] table")
+    labels: dict[str, int] = {}
+    rows = tuple(_parse_row(source, i, raw, dataset, defaults, labels) for i, raw in enumerate(raw_rows, 1))
+    recipe = Recipe(
+        name=meta["name"], title=meta.get("title", meta["name"]), paper_table=meta.get("paper_table", ""),
+        dataset=dataset, description=meta.get("description", ""), source=source,
+        defaults=defaults, quick=quick, rows=rows,
+    )
+    recipe.configure(quick=True)  # the quick profile must resolve too
+    return recipe
+
+
+# ---------------------------------------------------------------------------- building
+
+
+def al_share(arch: str) -> float:
+    """Share of artificial layers: A tokens over all tokens, pooling not counted (the
+    MLP input token counts: S784-S500-S10 is 0, A784-S500-S10 1/3, A784-A500-A10 1)."""
+    specs = [s for s in parse_arch(arch) if s.op != "pool"]
+    return sum(s.kind == "A" for s in specs) / len(specs)
+
+
+def build_row(row: RowSpec, *, backend: str | None = None):  # -> HybridNet
+    """Build the network of ``row`` with its settings (raises ArchError/ConfigError)."""
+    from .builder import build
+
+    s = row.settings
+    return build(
+        row.arch, coder=row.coder, steps=s.steps, backend=backend or s.backend, input_shape=s.input_shape,
+        input_mode=s.input_mode, neuron=s.neuron, training=row.training,
+        activation=None if s.activation == "auto" else s.activation, dropout=s.dropout,
+    )
+
+
+def check_rows(recipe: Recipe) -> None:
+    """Build every row (and the pure ANN of every separately trained row) once, so that an
+    impossible row fails before any training; raises `RecipeError` naming file, row and keys."""
+    from .notation import ann_twin
+
+    for row in recipe.rows:
+        section = _row_where(recipe.source, row.index, row.arch)
+        s = row.settings
+        try:
+            specs = parse_arch(row.arch, s.input_shape)
+        except ArchError as err:
+            raise RecipeError(f"{_where(recipe.source, section, 'arch')}: {err} (dataset {s.dataset})") from None
+        if specs[-1].width != s.num_classes:
+            raise RecipeError(
+                f"{_where(recipe.source, section, 'arch')}: the output layer {specs[-1].token!r} has "
+                f"{specs[-1].width} units but {s.dataset} has {s.num_classes} classes"
+            )
+        try:
+            build_row(row)
+            if row.training == "separate":
+                build_row(replace(row, arch=ann_twin(specs), coder=None, training="simultaneous"))
+        except ArchError as err:
+            raise RecipeError(f"{_where(recipe.source, section, 'arch')}: {err}") from None
+        except (ConfigError, ValueError) as err:
+            raise RecipeError(
+                f"{recipe.source}: {section}: keys 'coder' = {row.coder or 'none'!r}, "
+                f"'training' = {row.training!r}: impossible row: {err}"
+            ) from None
+
+
+# ---------------------------------------------------------------------------- finding files
+
+
+def list_recipes() -> list[str]:
+    """Names of the shipped recipes (``recipes/*.toml`` installed as `hnn_bridge.recipes`)."""
+    folder = resources.files("hnn_bridge.recipes")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def find_recipe(name_or_path: str | Path) -> tuple[str, str]:
+    """(source, text) of a shipped recipe name or a path to a TOML file."""
+    text_name = str(name_or_path)
+    path = Path(text_name).expanduser()
+    if text_name.endswith(".toml") or path.is_file() or "/" in text_name:
+        if not path.is_file():
+            raise RecipeError(f"{path}: no such recipe file")
+        try:
+            return str(path), path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise RecipeError(f"{path}: cannot read the recipe: {err}") from None
+    if text_name not in list_recipes():
+        raise RecipeError(
+            f"unknown recipe {text_name!r}; shipped recipes: {', '.join(list_recipes())} "
+            "(see `hnn-bridge recipe --list`), or pass the path of a .toml file"
+        )
+    resource = resources.files("hnn_bridge.recipes").joinpath(f"{text_name}.toml")
+    return f"recipes/{text_name}.toml", resource.read_text(encoding="utf-8")
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """Load, validate and return a recipe (shipped name such as ``table1a``, or a path).
+
+    Raises `RecipeError` for an unknown name, bad TOML, unknown keys or wrong types. Rows
+    are not built here; call `check_rows` on the configured recipe before training.
+    """
+    source, text = find_recipe(name_or_path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise RecipeError(f"{source}: invalid TOML: {err}") from None
+    return _parse(source, data)
+
+
+def parse_rows(text: str | None, count: int) -> list[int] | None:
+    """``--rows`` syntax: ``1,3-5`` (1-based, inclusive ranges); None means all rows."""
+    if text is None or not text.strip():
+        return None
+    picked: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                lo, hi = (int(v) for v in part.split("-", 1))
+                values = list(range(lo, hi + 1))
+            else:
+                values = [int(part)]
+        except ValueError:
+            raise RecipeError(f"--rows: {part!r} is not a row number or range such as 2-4") from None
+        for v in values:
+            if not 1 <= v <= count:
+                raise RecipeError(f"--rows: row {v} does not exist; the recipe has rows 1..{count}")
+            if v not in picked:
+                picked.append(v)
+        if not values:
+            raise RecipeError(f"--rows: empty range {part!r}")
+    return sorted(picked)
