@@ -233,10 +233,11 @@ def _check_b(k: Coefficients) -> None:
 
 # --------------------------------------------------------------------------- CuPy (CUDA)
 
-_CUPY_HINT = (
-    "IIRNode backend 'cupy' needs a CUDA device and the cupy package "
-    "(pip install cupy-cuda12x); use backend='torch' on CPU"
-)
+def _cupy_error(reason: str) -> RuntimeError:
+    return RuntimeError(
+        "IIRNode backend 'cupy' needs a CUDA device and the cupy package (pip install cupy-cuda12x), "
+        f"but {reason}; use backend='torch' on CPU"
+    )
 
 
 def cupy_unavailable_reason() -> Optional[str]:
@@ -246,9 +247,9 @@ def cupy_unavailable_reason() -> Optional[str]:
 
     missing = []
     if not torch.cuda.is_available():
-        missing.append("no CUDA device is available (torch.cuda.is_available() is False)")
+        missing.append("torch sees no CUDA device")
     if importlib.util.find_spec("cupy") is None:
-        missing.append("the cupy package is not installed")
+        missing.append("cupy is not installed")
     return " and ".join(missing) if missing else None
 
 
@@ -256,11 +257,11 @@ def require_cupy():
     """Import and return cupy, or raise the RuntimeError that names the 'torch' backend."""
     reason = cupy_unavailable_reason()
     if reason is not None:
-        raise RuntimeError(f"{_CUPY_HINT} ({reason})")
+        raise _cupy_error(reason)
     try:
         import cupy
     except Exception as error:  # installed but broken (driver/toolkit mismatch)
-        raise RuntimeError(f"{_CUPY_HINT} (importing cupy failed: {error})") from error
+        raise _cupy_error(f"importing cupy failed ({error})") from error
     return cupy
 
 
@@ -302,7 +303,7 @@ def _prepare(t: Optional[Tensor], like: Tensor) -> Optional[Tensor]:
 
 def _check_tensor(x_seq: Tensor) -> None:
     if not x_seq.is_cuda:
-        raise RuntimeError(f"{_CUPY_HINT} (got a tensor on {x_seq.device})")
+        raise _cupy_error(f"the input is on {x_seq.device}")
     if x_seq.dtype != torch.float32:
         raise TypeError(
             f"IIRNode backend 'cupy' computes in float32 only, got {x_seq.dtype}; "
