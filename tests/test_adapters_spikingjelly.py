@@ -220,3 +220,21 @@ def test_training_step_on_mnist_shaped_data_reduces_loss():
         functional.reset_net(net)
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("synapse", SYNAPSES)
+def test_experimental_flexsn_node_matches_reference_on_cpu(synapse):
+    from hnn_bridge.adapters.triton_flexsn import flexsn_iir_node
+
+    params = IIRParams(synapse=synapse, detach_reset=synapse == "none")
+    x = currents(12, 3, 20, seed=7).requires_grad_()
+    g = torch.randn(12, 3, 20)
+    ref = IIRNeuron.from_params(params)(x)
+    (gx_ref,) = torch.autograd.grad((ref * g).sum(), x)
+    node = flexsn_iir_node(params)
+    out = node(x)
+    (gx,) = torch.autograd.grad((out * g).sum(), x)
+    assert torch.equal(out, ref) and rel_err(gx, gx_ref) < 1e-6
+    assert not torch.equal(node(x), ref)  # the state persists ...
+    functional.reset_net(node)
+    assert torch.equal(node(x), ref)  # ... until reset_net

@@ -189,3 +189,16 @@ def test_cupy_runs_on_the_current_torch_stream():
         out = IIRNode(backend="cupy")(x)
     torch.cuda.current_stream().wait_stream(stream)
     assert torch.equal(out, IIRNeuron()(x))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_gpu_check_script_exits_with_a_message_without_cuda(tmp_path, capsys):
+    import importlib.util as iu
+    from pathlib import Path
+
+    spec = iu.spec_from_file_location("gpu_check", Path(__file__).parent.parent / "benchmarks" / "gpu_check.py")
+    gpu_check = iu.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    assert gpu_check.main(["--out", str(tmp_path / "r.json")]) == 2
+    assert "gpu_check: no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
