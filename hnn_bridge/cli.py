@@ -6,6 +6,9 @@ import click
 
 from . import __version__
 from .commands.describe import describe
+from .commands.recipe import recipe
+from .commands.report import report
+from .commands.train import train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,6 +18,9 @@ def main() -> None:
 
 
 main.add_command(describe)
+main.add_command(recipe)
+main.add_command(train)
+main.add_command(report)
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,71 @@
+"""`hnn-bridge recipe NAME|PATH`: reproduce one table of the paper (or list the recipes)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from ..recipe import RecipeError, list_recipes, load_recipe, parse_rows
+from ._execute import check_device, execute
+
+
+def _listing() -> str:
+    lines = [f"{'name':<9} {'paper':<12} {'dataset':<8} {'rows':>4}  title"]
+    for name in list_recipes():
+        r = load_recipe(name)
+        lines.append(f"{name:<9} {r.paper_table:<12} {r.dataset:<8} {len(r.rows):>4}  {r.title}")
+    lines.append("\nrun one with `hnn-bridge recipe NAME` (add --quick for a smoke run), or pass a .toml path")
+    return "\n".join(lines)
+
+
+@click.command("recipe")
+@click.argument("name", required=False, metavar="NAME|PATH")
+@click.option("--list", "show_list", is_flag=True, help="List the shipped recipes and exit.")
+@click.option("--quick", is_flag=True,
+              help="The recipe's [quick] profile: a smoke run (MNIST tables: mnist-5k, minutes on a CPU).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Override the number of epochs.")
+@click.option("--steps", "-T", type=click.IntRange(min=1), help="Override the time steps T.")
+@click.option("--rows", "rows_text", metavar="LIST", help="Only these rows (1-based), e.g. 1,3-4.")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train every row with this many seeds; the table shows mean ± std.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--backend", default=None, help="Neuron backend (see hnn_bridge.backends.BACKENDS).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder with the datasets (else $HNN_BRIDGE_DATA or the user cache; downloads if missing).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder [default: runs/NAME, runs/NAME-quick with --quick].")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out: skip finished rows, "
+              "continue the interrupted one from its last finished epoch.")
+def recipe(name: str | None, show_list: bool, quick: bool, epochs: int | None, steps: int | None,
+           rows_text: str | None, seeds: int, device: str, backend: str | None, data_dir: Path | None,
+           out: Path | None, resume: bool) -> None:
+    """Train the rows of a paper table and compare with the paper.
+
+    NAME is a shipped recipe (table1a, table1b, table2a, table2b, table3a, table3b, sec4_2;
+    see --list) or the path of a TOML recipe file. Writes results.json, results.csv,
+    table.md, epochs.csv, accuracy.png and checkpoints/ into --out and prints the table.
+    """
+    if show_list:
+        click.echo(_listing())
+        return
+    if name is None:
+        raise click.UsageError("give a recipe NAME or PATH, or --list to see the shipped recipes")
+    device = check_device(device)
+    overrides = {k: v for k, v in (("epochs", epochs), ("steps", steps), ("backend", backend)) if v is not None}
+    try:
+        loaded = load_recipe(name)
+        configured = loaded.configure(quick=quick, overrides=overrides)
+        configured = configured.select(parse_rows(rows_text, len(loaded.rows)))
+    except RecipeError as err:
+        raise click.ClickException(str(err))
+    if out is None:
+        out = Path("runs") / (configured.name + ("-quick" if quick else ""))
+    argv = [a for a in sys.argv[1:] if a != "--resume"] if sys.argv[1:2] == ["recipe"] else []
+    if "--out" not in argv:
+        argv += ["--out", str(out)]
+    hint = "hnn-bridge " + " ".join(shlex.quote(a) for a in argv) + " --resume" if argv else \
+        f"hnn-bridge recipe {shlex.quote(name)} --out {shlex.quote(str(out))} --resume (and the same options)"
+    execute(configured, out=out, seeds=seeds, device=device, data_dir=data_dir, resume=resume, resume_hint=hint)

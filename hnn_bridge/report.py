@@ -1,0 +1,237 @@
+"""Report files of a recipe run: ``results.json``, ``results.csv``, ``table.md`` and
+``accuracy.png`` (accuracy against the share of ALs, ours beside the paper's, as in the
+paper's Figure 1 and §5 discussion).
+
+``results.json`` is the source of truth (written by the runner, see
+`hnn_bridge.training.runner`); everything else is rendered from it, so ``hnn-bridge
+report DIR`` can redo the table and the plot at any time.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from pathlib import Path
+from typing import Any, Mapping
+
+from .training.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+
+__all__ = [
+    "CSV_FIELDS",
+    "load_results",
+    "plot_accuracy",
+    "render_table",
+    "summarize_row",
+    "write_csv",
+    "write_report",
+]
+
+CSV_FIELDS = ("row", "label", "arch", "coder", "training", "input_mode", "al_share", "paper", "acc_mean",
+              "acc_std", "diff", "acc_argmax_mean", "tie_rate_mean", "silent_rate_mean", "n_seeds", "epochs",
+              "best_epochs", "steps", "wall_s", "status", "error")
+
+
+def _pct(value: float | None) -> float | None:
+    return None if value is None else 100.0 * value
+
+
+def summarize_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Mean and sample standard deviation over the seeds of one row (accuracies in %)."""
+    seeds = [s for s in row.get("seeds", []) if s.get("test_acc") is not None and s.get("status") == "ok"]
+    accs = [100.0 * s["test_acc"] for s in seeds]
+    mean = statistics.fmean(accs) if accs else None
+    std = statistics.stdev(accs) if len(accs) > 1 else (0.0 if accs else None)
+
+    def avg(key: str) -> float | None:
+        values = [s[key] for s in seeds if s.get(key) is not None]
+        return 100.0 * statistics.fmean(values) if values else None
+
+    errors = [s.get("error") for s in row.get("seeds", []) if s.get("error")]
+    paper = row.get("paper")
+    settings = row.get("settings", {})
+    return {
+        "row": row["row"], "label": row["label"], "arch": row["arch"], "coder": row["coder"] or "none",
+        "training": row["training"], "input_mode": settings.get("input_mode", ""),
+        "al_share": row.get("al_share"), "paper": paper, "acc_mean": mean, "acc_std": std,
+        "diff": None if mean is None or paper is None else mean - paper,
+        "acc_argmax_mean": avg("test_acc_argmax"), "tie_rate_mean": avg("test_tie_rate"),
+        "silent_rate_mean": avg("test_silent_rate"), "n_seeds": len(seeds),
+        "epochs": max((s.get("epochs_run", 0) for s in row.get("seeds", [])), default=0),
+        "best_epochs": ",".join(str(s.get("best_epoch")) for s in row.get("seeds", [])),
+        "steps": settings.get("steps") if row.get("coder") else None,
+        "wall_s": sum(s.get("wall_s") or 0.0 for s in row.get("seeds", [])),
+        "status": row.get("status", "pending"), "error": "; ".join(errors) if errors else "",
+    }
+
+
+def _fmt(value: float | None, digits: int = 2, sign: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def _wall(seconds: float) -> str:
+    from .training.progress import format_seconds
+
+    return format_seconds(seconds)
+
+
+def _budget(results: Mapping[str, Any]) -> str:
+    rows = results.get("rows", [])
+    if not rows:
+        return ""
+    s = rows[0].get("settings", {})
+    parts = [f"dataset {s.get('dataset')}"]
+    if s.get("subset"):
+        parts.append(f"subset {s['subset']}")
+    parts += [f"{s.get('epochs')} epochs", f"T = {s.get('steps')}", f"batch {s.get('batch_size')}",
+              f"Adam lr {s.get('lr'):g}"]
+    if s.get("lr_milestones"):
+        parts.append(f"x{s.get('lr_gamma'):g} at epochs {', '.join(map(str, s['lr_milestones']))}")
+    parts += [f"dropout {s.get('dropout')}", f"{results.get('seeds', 1)} seed(s)", f"device {results.get('device')}"]
+    return ", ".join(parts)
+
+
+def render_table(results: Mapping[str, Any]) -> str:
+    """The Markdown report: a heading, the budget, the table and the tie rule."""
+    recipe = results.get("recipe", {})
+    title = recipe.get("title", "")
+    table = recipe.get("paper_table", "")
+    head = f"## {table}: {title}" if table else f"## {title}"
+    profile = results.get("profile", "full")
+    overrides = results.get("overrides") or {}
+    lines = [head, ""]
+    where = f"Recipe `{recipe.get('name')}` ({recipe.get('source')}), profile {profile}"
+    if overrides:
+        where += ", overrides " + ", ".join(f"{k}={v}" for k, v in overrides.items())
+    lines += [where + ".", "", f"Budget: {_budget(results)}.", ""]
+    for d in results.get("data", []):
+        lines.append(f"Data: {d}.")
+    if results.get("data"):
+        lines.append("")
+    n = results.get("seeds", 1)
+    lines += [
+        "| # | network | coder | training | ours (test acc. %) | paper | diff | argmax acc. | tie rate | "
+        "epochs (best) | wall |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in results.get("rows", []):
+        s = summarize_row(row)
+        if s["status"] == "failed":
+            first = next((x for x in row.get("seeds", []) if x.get("error")), {})
+            ours = f"failed: {first.get('error', '')}"
+        elif s["acc_mean"] is None:
+            ours = "pending"
+        else:
+            ours = _fmt(s["acc_mean"]) + (f" ± {_fmt(s['acc_std'])}" if n > 1 else "")
+            if s["status"] == "pending":
+                ours += f" ({s['n_seeds']}/{n} seeds)"
+        epochs = f"{s['epochs']} ({s['best_epochs']})" if s["epochs"] else "–"
+        lines.append(
+            f"| {s['row']} | {s['label']} | {s['coder']} | {s['training']} | {ours} | {_fmt(s['paper'])} | "
+            f"{_fmt(s['diff'], sign=True)} | {_fmt(s['acc_argmax_mean'])} | {_fmt(s['tie_rate_mean'])}{'%' if s['tie_rate_mean'] is not None else ''} | "
+            f"{epochs} | {_wall(s['wall_s']) if s['epochs'] else '–'} |"
+        )
+    std = " ± sample standard deviation" if n > 1 else ""
+    lines += [
+        "",
+        f"ours: test accuracy of the best-validation epoch (§4.1), mean{std} over {n} seed(s); "
+        "diff = ours − paper, in percentage points; wall = training time of the row (all seeds; "
+        "pre-training of separate rows not included).",
+        "",
+        f"Tie rule: {results.get('tie_rule', '')}",
+    ]
+    if not results.get("finished", True):
+        lines += ["", "**Unfinished run**: rows marked pending have not been trained yet (continue with --resume)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(results: Mapping[str, Any]) -> str:
+    """One line per row (the summary of `summarize_row`)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in results.get("rows", []):
+        s = summarize_row(row)
+        writer.writerow({k: ("" if s[k] is None else s[k]) for k in CSV_FIELDS})
+    return buffer.getvalue()
+
+
+def _series_key(s: Mapping[str, Any], modes: set[str]) -> str:
+    if s["coder"] == "none":
+        return "pure ANN"
+    key = f"{s['coder']}, {s['training']}"
+    return key + (f", {s['input_mode']} input" if len(modes) > 1 else "")
+
+
+def plot_accuracy(results: Mapping[str, Any]) -> bytes:
+    """PNG bytes: test accuracy against the share of ALs, one colour per coder and training
+    method; ours solid with filled markers (error bars: std over seeds), the paper's dashed
+    with hollow markers."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    summaries = [summarize_row(r) for r in results.get("rows", [])]
+    modes = {s["input_mode"] for s in summaries if s["coder"] != "none"}
+    series: dict[str, list[dict[str, Any]]] = {}
+    for s in summaries:
+        series.setdefault(_series_key(s, modes), []).append(s)
+    fig = Figure(figsize=(7.0, 4.6), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink"]
+    for i, (name, items) in enumerate(series.items()):
+        items = sorted(items, key=lambda s: (s["al_share"], s["row"]))
+        color = "black" if name == "pure ANN" else colors[i % len(colors)]
+        marker = "*" if name == "pure ANN" else "o"
+        ours = [s for s in items if s["acc_mean"] is not None]
+        if ours:
+            ax.errorbar([s["al_share"] for s in ours], [s["acc_mean"] for s in ours],
+                        yerr=[s["acc_std"] or 0.0 for s in ours], color=color, marker=marker, linestyle="-",
+                        capsize=3, label=f"ours: {name}")
+        paper = [s for s in items if s["paper"] is not None]
+        if paper:
+            ax.plot([s["al_share"] for s in paper], [s["paper"] for s in paper], color=color, marker=marker,
+                    markerfacecolor="none", linestyle="--", label=f"paper: {name}")
+    recipe = results.get("recipe", {})
+    ax.set_xlabel("share of artificial layers")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_xlim(-0.05, 1.05)
+    ax.set_title(f"{recipe.get('paper_table', '')} {recipe.get('title', '')} ({results.get('profile', 'full')})"
+                 .strip(), fontsize=10)
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def write_report(out: str | Path, results: Mapping[str, Any], *, json_too: bool = True) -> dict[str, Path]:
+    """Write ``results.json`` (unless ``json_too`` is False), ``results.csv``, ``table.md``
+    and ``accuracy.png`` into ``out``, each atomically. Returns the paths."""
+    out = Path(out)
+    paths = {name: out / name for name in ("results.json", "results.csv", "table.md", "accuracy.png")}
+    if json_too:
+        atomic_write_json(paths["results.json"], results)
+    atomic_write_text(paths["results.csv"], write_csv(results))
+    atomic_write_text(paths["table.md"], render_table(results))
+    atomic_write_bytes(paths["accuracy.png"], plot_accuracy(results))
+    return paths
+
+
+def load_results(directory: str | Path) -> dict[str, Any]:
+    """Read ``DIR/results.json`` (or a path to the file itself)."""
+    path = Path(directory)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no results.json (run `hnn-bridge recipe ... --out DIR` first)")
+    results = read_json(path)
+    if not isinstance(results, dict) or "rows" not in results:
+        raise ValueError(f"{path}: not an hnn-bridge results file")
+    return results
+

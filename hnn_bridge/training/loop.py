@@ -1,0 +1,241 @@
+"""Train one network (§4.1): Adam, cross entropy on the output, the best-validation epoch.
+
+The loss is cross entropy on what the network returns: for a spiking output layer the
+spike counts summed over the T steps, which is eq. 2 (softmax over the counts); for a
+pure ANN the logits. After every epoch the network is evaluated on the validation set
+(``model.eval()``, ``torch.no_grad()``), and the weights of the epoch with the best
+validation accuracy are kept: those are the ones evaluated on test (§4.1).
+
+Accuracy with spike-count ties: the class with the highest count is the prediction only
+when that count is unique. When several classes share the top count (including the
+all-silent output, every count zero) the image counts as wrong (the strict rule,
+``acc``); the share of such images is ``tie_rate``. ``acc_argmax`` is the optimistic
+accuracy that breaks ties by the lowest class index, as ``torch.argmax`` does.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .checkpoint import rng_state, set_rng_state
+
+__all__ = [
+    "TIE_RULE",
+    "EpochRecord",
+    "Metrics",
+    "NonFiniteLoss",
+    "Progress",
+    "evaluate",
+    "score_batch",
+    "train_model",
+]
+
+TIE_RULE = (
+    "Accuracy counts a prediction as correct only when the true class has the unique highest "
+    "output (spike count); images whose top count is shared by several classes, including an "
+    "all-silent output, count as wrong. 'tie rate' is the share of such test images; "
+    "'argmax acc.' breaks ties by the lowest class index instead (torch.argmax), an upper bound."
+)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Accuracy of one pass over a data set (fractions in [0, 1])."""
+
+    acc: float  # strict rule: ties are wrong
+    acc_argmax: float  # ties broken by the lowest index
+    tie_rate: float  # several classes share the top output
+    silent_rate: float  # every output is zero (no output spike)
+    loss: float
+    n: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One line of the per-epoch log."""
+
+    epoch: int  # 1-based
+    train_loss: float
+    train_acc: float
+    val_acc: float
+    val_acc_argmax: float
+    val_tie_rate: float
+    lr: float
+    seconds: float
+    best: bool  # this epoch's weights became the best so far
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class NonFiniteLoss(RuntimeError):
+    """A NaN or infinite training loss. Carries what finished before it: the epoch
+    records, the best-validation weights and metrics so far."""
+
+    def __init__(self, epoch: int, batch: int, value: float, finished: Mapping[str, Any]) -> None:
+        super().__init__(f"non-finite training loss ({value}) in epoch {epoch}, batch {batch}; "
+                         f"stopped, keeping the {epoch - 1} finished epoch(s)")
+        self.epoch = epoch
+        self.batch = batch
+        self.value = value
+        self.finished = finished
+
+
+class Progress:
+    """Receives progress events; the default does nothing (see `training.progress`)."""
+
+    def start_epoch(self, epoch: int, epochs: int, batches: int) -> None: ...
+
+    def batch(self, index: int, loss: float) -> None: ...
+
+    def end_epoch(self, record: EpochRecord, eta_s: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def score_batch(out: Tensor, y: Tensor) -> tuple[int, int, int, int]:
+    """(correct by the strict rule, correct by argmax, ties, silent) for one batch."""
+    top = out.max(dim=1, keepdim=True).values
+    at_top = out == top
+    tied = at_top.sum(dim=1) > 1
+    silent = (out == 0).all(dim=1)
+    argmax = out.argmax(dim=1)
+    hit = argmax == y
+    return int((hit & ~tied).sum()), int(hit.sum()), int(tied.sum()), int(silent.sum())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> Metrics:
+    """Accuracy (strict tie rule and argmax), tie rate and loss over ``batches``."""
+    was_training = model.training
+    model.eval()
+    strict = argmax = ties = silent = n = 0
+    loss = 0.0
+    try:
+        for x, y in batches:
+            out = model(x)
+            loss += float(F.cross_entropy(out, y, reduction="sum"))
+            s, a, t, z = score_batch(out, y)
+            strict, argmax, ties, silent, n = strict + s, argmax + a, ties + t, silent + z, n + len(y)
+    finally:
+        model.train(was_training)
+    if n == 0:
+        return Metrics(0.0, 0.0, 0.0, 0.0, math.nan, 0)
+    return Metrics(strict / n, argmax / n, ties / n, silent / n, loss / n, n)
+
+
+def _clone(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def train_model(
+    model: nn.Module,
+    params: Sequence[nn.Parameter],
+    train_batches: Any,
+    val_batches: Any,
+    *,
+    epochs: int,
+    lr: float,
+    lr_milestones: Sequence[int] = (),
+    lr_gamma: float = 0.1,
+    device: torch.device | str = "cpu",
+    state: Mapping[str, Any] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Train ``params`` of ``model`` with Adam for ``epochs`` epochs; return the final state.
+
+    ``train_batches`` / ``val_batches`` have ``epoch_batches(epoch)`` (`TensorBatches`);
+    the training order of epoch k depends only on the batches' seed and k. ``state`` (as
+    returned here or saved by ``on_epoch``) resumes after its last finished epoch: model,
+    optimizer, scheduler and RNG states are restored, so the result is the same bit for
+    bit as an uninterrupted run on the same machine. ``on_epoch(state)`` is called after
+    every epoch (the runner saves the state there).
+
+    The returned state has ``epoch`` (finished epochs), ``best_epoch`` (1-based, 0 when no
+    epoch finished), ``best_val`` (`Metrics` as a dict), ``best_model`` (a state dict),
+    ``log`` (`EpochRecord` dicts) and ``wall_s``.
+
+    Raises:
+        NonFiniteLoss: a NaN or infinite loss; ``.finished`` holds the epochs before it.
+    """
+    progress = progress or Progress()
+    optimizer = torch.optim.Adam(params, lr=lr)
+    scheduler = (torch.optim.lr_scheduler.MultiStepLR(optimizer, list(lr_milestones), lr_gamma)
+                 if lr_milestones else None)
+    start = 0
+    best_epoch, best_acc = 0, -1.0
+    best_val: dict[str, Any] | None = None
+    best_model: dict[str, Tensor] = _clone(model.state_dict())
+    log: list[dict[str, Any]] = []
+    wall = 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start = int(state["epoch"])
+        best_epoch = int(state["best_epoch"])
+        best_val = dict(state["best_val"]) if state.get("best_val") else None
+        best_acc = best_val["acc"] if best_val else -1.0
+        best_model = _clone(state["best_model"])
+        log = [dict(r) for r in state["log"]]
+        wall = float(state.get("wall_s", 0.0))
+
+    def snapshot(epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": rng_state(device), "best_epoch": best_epoch, "best_val": best_val,
+            "best_model": best_model, "log": log, "wall_s": wall,
+        }
+
+    for epoch in range(start, epochs):
+        t0 = time.perf_counter()
+        model.train()
+        n_batches = len(train_batches)
+        progress.start_epoch(epoch + 1, epochs, n_batches)
+        loss_sum, correct, seen = 0.0, 0, 0
+        current_lr = optimizer.param_groups[0]["lr"]
+        for i, (x, y) in enumerate(train_batches.epoch_batches(epoch)):
+            out = model(x)
+            loss = F.cross_entropy(out, y)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                finished = {"epoch": epoch, "best_epoch": best_epoch, "best_val": best_val,
+                            "best_model": best_model, "log": log, "wall_s": wall + time.perf_counter() - t0}
+                raise NonFiniteLoss(epoch + 1, i + 1, value, finished)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += value * len(y)
+            correct += score_batch(out.detach(), y)[0]
+            seen += len(y)
+            progress.batch(i + 1, value)
+        if scheduler is not None:
+            scheduler.step()
+        val = evaluate(model, val_batches.epoch_batches(epoch))
+        improved = val.acc > best_acc
+        if improved:
+            best_epoch, best_acc, best_val = epoch + 1, val.acc, val.as_dict()
+            best_model = _clone(model.state_dict())
+        seconds = time.perf_counter() - t0
+        wall += seconds
+        record = EpochRecord(epoch + 1, loss_sum / max(seen, 1), correct / max(seen, 1), val.acc,
+                             val.acc_argmax, val.tie_rate, current_lr, seconds, improved)
+        log.append(record.as_dict())
+        progress.end_epoch(record, (epochs - epoch - 1) * wall / len(log))
+        if on_epoch is not None:
+            on_epoch(snapshot(epoch + 1))
+    return snapshot(max(start, epochs))
