@@ -28,8 +28,9 @@ BACKENDS = ("reference", "spikingjelly", "spikingjelly-cupy", "snntorch")
 
 
 class SpikingJellyLayer(nn.Module):
-    """A SpikingJelly `IIRNode` (multi-step) used as a stateless layer: ``forward(x)`` on
-    ``[T, B, ...]`` starts from zero state (the node is reset before and after the call)."""
+    """A SpikingJelly `IIRNode` used as a stateless layer: ``forward(x)`` on ``[T, B, ...]``
+    starts from zero state (the node is reset before and after the call). The node runs in
+    multi-step mode; after ``functional.set_step_mode(model, "s")`` it is stepped over T."""
 
     def __init__(self, params: IIRParams, backend: str = "torch") -> None:
         super().__init__()
@@ -42,9 +43,12 @@ class SpikingJellyLayer(nn.Module):
         return self.node.params
 
     def forward(self, x: Tensor) -> Tensor:
-        self.node.reset()
+        node = self.node
+        node.reset()
         try:
-            return self.node(x)
+            if node.step_mode == "s":
+                return torch.stack([node(x_t) for x_t in x])
+            return node(x)
         finally:
             self.node.reset()  # drop the final state (it references this call's graph)
 

@@ -1,8 +1,10 @@
 """One set of weights, the same spikes on every backend: `build(..., backend=...)` for the
-reference core, SpikingJelly and snnTorch, plus `make_neuron` and `copy_weights`."""
+reference core, SpikingJelly (multi-step, and single-step after `set_step_mode(model, "s")`)
+and snnTorch (looped over T), plus `make_neuron` and `copy_weights`."""
 
 import pytest
 import torch
+from spikingjelly.activation_based import functional
 from torch import nn
 
 import hnn_bridge
@@ -40,6 +42,11 @@ def build_all(arch, shape, std, T, synapse, input_mode="direct", coder="duplicat
         m = build(arch, backend=backend, steps=T, input_shape=shape, neuron={"synapse": synapse},
                   input_mode=input_mode, coder=coder)
         models[backend] = copy_weights(ref, m)
+    single = build(arch, backend="spikingjelly", steps=T, input_shape=shape, neuron={"synapse": synapse},
+                   input_mode=input_mode, coder=coder)
+    functional.set_step_mode(single, "s")  # IIRNode stepped over T by single-step calls
+    assert all(m.node.step_mode == "s" for m in single.modules() if isinstance(m, SpikingJellyLayer))
+    models["spikingjelly-single-step"] = copy_weights(ref, single)
     return models
 
 
