@@ -15,7 +15,9 @@ the coefficients rounded to float32 once (as torch does for ``python_float *
 float32_tensor``), and without fused multiply-adds (``__fmul_rn``/``__fadd_rn`` and
 ``--fmad=false`` on CUDA, ``-ffp-contract=off`` in C). Spikes and membrane potentials
 therefore equal the torch backend bit for bit; gradients differ from it only through
-``exp`` (CUDA ``expf`` / libm ``expf`` versus torch's vectorised ``exp``), a few ulp.
+``exp`` (CUDA ``expf`` / libm ``expf`` versus torch's vectorised ``exp``), a few ulp. Like
+`hnn_bridge.functional.surrogate.surrogate_grad`, the surrogate is exactly 0 where its
+exponent is below ``EXP_FLOOR``.
 
 Only V is saved for backward; the surrogate of eq. 6 is recomputed from it. Only float32
 is supported. ``cupy`` is imported lazily, on the first launch.
@@ -24,7 +26,6 @@ is supported. ``cupy`` is imported lazily, on the first launch.
 from __future__ import annotations
 
 import ctypes
-import math
 import os
 import shutil
 import subprocess
@@ -36,6 +37,7 @@ import torch
 from torch import Tensor
 
 from hnn_bridge.functional.iir import Coefficients, IIRState
+from hnn_bridge.functional.surrogate import _INV_SQRT_2PI, EXP_FLOOR
 from hnn_bridge.params import IIRParams
 
 __all__ = [
@@ -150,7 +152,7 @@ IIR_ENTRY iir_backward_f32(
     float* grad_x, float* gp1_out, float* gp2_out, float* gr_out, float* gv_out, float* go_out,
     long long n, int steps, int kinds, int detach_reset,
     float a1, float a2, float b, float theta, float lam, float vth,
-    float sg_scale, float sg_gain)
+    float sg_scale, float sg_gain, float exp_floor)
 {
     IIR_FOR_EACH_NEURON(i, n) {
         const int k_a1 = IIR_KIND(kinds, IIR_SLOT_A1);
@@ -164,9 +166,11 @@ IIR_ENTRY iir_backward_f32(
         for (int t = steps - 1; t >= 0; --t) {
             const long long idx = (long long)t * n + i;
             const float g_o = g_spikes ? IIR_ADD(g_spikes[idx], c_o) : c_o;
-            /* eq. 6: exp(d*d*(-1/(2 sigma^2))) * (1/(sqrt(2 pi) sigma)), d = V - V_th */
+            /* eq. 6: exp(d*d*(-1/(2 sigma^2))) * (1/(sqrt(2 pi) sigma)), d = V - V_th;
+             * exponents below exp_floor give exactly 0 (surrogate.EXP_FLOOR) */
             const float d = IIR_SUB(volts[idx], vth);
-            const float sg = IIR_MUL(IIR_EXP(IIR_MUL(IIR_MUL(d, d), sg_scale)), sg_gain);
+            const float arg = IIR_MUL(IIR_MUL(d, d), sg_scale);
+            const float sg = arg < exp_floor ? 0.0f : IIR_MUL(IIR_EXP(arg), sg_gain);
             float g_v = IIR_ADD(IIR_MUL(g_o, sg), c_v);
             if (g_volts) g_v = IIR_ADD(g_v, g_volts[idx]);
             const float g_r_t = IIR_SUB(c_r, IIR_MUL(vth, g_v));
@@ -194,7 +198,6 @@ C_COMPILE_FLAGS = ("-O2", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fP
 
 THREADS_PER_BLOCK = 256
 
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 def _kind(c: float) -> int:
@@ -222,7 +225,7 @@ def _forward_scalars(k: Coefficients):
 def _backward_scalars(k: Coefficients):
     return (
         _f32(k.a1), _f32(k.a2), _f32(k.b), _f32(k.theta), _f32(k.lam), _f32(k.v_threshold),
-        _f32(-0.5 / (k.sigma * k.sigma)), _f32(_INV_SQRT_2PI / k.sigma),
+        _f32(-0.5 / (k.sigma * k.sigma)), _f32(_INV_SQRT_2PI / k.sigma), _f32(EXP_FLOOR),
     )
 
 
@@ -403,7 +406,7 @@ class CKernels:
         ptr, i64, i32, f32 = ctypes.c_void_p, ctypes.c_longlong, ctypes.c_int, ctypes.c_float
         self._lib.iir_forward_f32.argtypes = [ptr] * 11 + [i64, i32, i32] + [f32] * 7
         self._lib.iir_forward_f32.restype = None
-        self._lib.iir_backward_f32.argtypes = [ptr] * 12 + [i64, i32, i32, i32] + [f32] * 8
+        self._lib.iir_backward_f32.argtypes = [ptr] * 12 + [i64, i32, i32, i32] + [f32] * 9
         self._lib.iir_backward_f32.restype = None
 
     @staticmethod

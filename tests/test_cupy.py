@@ -82,6 +82,19 @@ def test_c_build_of_the_kernels_matches_the_torch_core(c_kernels, case):
                 assert rel_err(c, s.grad) < 1e-5
 
 
+@needs_gcc
+def test_c_build_flushes_the_surrogate_like_the_core(c_kernels):
+    params = IIRParams(synapse="none")
+    k = Coefficients.of(params)
+    x = torch.tensor([[1.0, 0.5, -2.0, -4.0, -5.0, -6.0, 3.0, 5.0, 7.0]]).requires_grad_()  # V - V_th far from 0
+    spikes, volts, *_ = IIRMultiStep.apply(x, None, None, None, None, None, k, False, False)
+    g = torch.ones_like(spikes)
+    (gx,) = torch.autograd.grad(spikes, x, g)
+    c_gx = c_kernels.backward(volts.detach().numpy(), k, False, g.numpy())[0]
+    assert ((gx == 0).numpy() == (c_gx == 0)).all() and (c_gx == 0).sum() >= 2
+    assert rel_err(c_gx, gx) < 1e-6
+
+
 def test_term_kinds_mirror_the_core_skips():
     # dual_exp defaults: a1, a2, b, theta, lam all scaled (2), -V_th = -1 scaled (2)
     assert term_kinds(Coefficients.of(IIRParams())) == sum(2 << (2 * s) for s in range(6))
