@@ -4,6 +4,7 @@ of Fang et al. (2020), for PyTorch, SpikingJelly and snnTorch.
 The straight path: architecture string -> `parse_arch` -> `build` -> training -> report.
 """
 
+from .backends import BACKENDS, copy_weights
 from .builder import HybridNet, build
 from .coders import DuplicateCoder, GaussianCoder, PoissonCoder, make_coder
 from .errors import ArchError, ConfigError
@@ -15,6 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArchError",
+    "BACKENDS",
     "ConfigError",
     "DuplicateCoder",
     "GaussianCoder",
@@ -25,6 +27,7 @@ __all__ = [
     "PoissonCoder",
     "__version__",
     "build",
+    "copy_weights",
     "make_coder",
     "parse_arch",
 ]
