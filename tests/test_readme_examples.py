@@ -1,7 +1,4 @@
-"""The "Use the neuron in your own models" examples run as written.
-
-They are read from README.md when it has that section, else from docs/examples.md
-(where they are kept until they are pasted into the README)."""
+"""The README's "Use the neuron in your own models" examples run as written."""
 
 import re
 from pathlib import Path
@@ -13,15 +10,12 @@ HEADING = "## Use the neuron in your own models"
 
 
 def section() -> tuple[str, str]:
-    for path in (ROOT / "README.md", ROOT / "docs" / "examples.md"):
-        if path.is_file():
-            text = path.read_text(encoding="utf-8")
-            start = text.find(HEADING + "\n")
-            if start >= 0:
-                body = text[start + len(HEADING) + 1:]
-                end = re.search(r"^## ", body, flags=re.M)
-                return path.name, body[: end.start()] if end else body
-    raise AssertionError(f"neither README.md nor docs/examples.md has the section {HEADING!r}")
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.find(HEADING + "\n")
+    assert start >= 0, f"README.md has no section {HEADING!r}"
+    body = text[start + len(HEADING) + 1:]
+    end = re.search(r"^## ", body, flags=re.M)
+    return "README.md", body[: end.start()] if end else body
 
 
 def code_blocks() -> list[str]:
