@@ -200,6 +200,7 @@ class Recipe:
         for key in overrides:
             if key not in SETTING_KEYS:
                 raise RecipeError(f"{where}: unknown setting {key!r}; known: {', '.join(SETTING_KEYS)}")
+        overrides = _check_settings(self.source, "command-line overrides", overrides)
         rows = tuple(
             replace(row, settings=_resolve(self.source, row, self.dataset, self.defaults, row.overrides,
                                            self.quick if quick else {}, overrides))
@@ -315,7 +316,8 @@ def _check_setting(key: str, value: Any, where: str) -> Any:
         known = {f.name for f in fields(IIRParams)}
         for name in value:
             if name not in known:
-                raise RecipeError(f"{where}.{name}: unknown neuron setting; known: {', '.join(sorted(known))}")
+                raise RecipeError(f"{where[:-len(repr(key))]}'neuron.{name}': unknown neuron setting; "
+                                  f"known: {', '.join(sorted(known))}")
         return dict(value)
     raise RecipeError(f"{where}: unknown setting; known: {', '.join(SETTING_KEYS)}")  # pragma: no cover
 

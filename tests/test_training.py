@@ -1,0 +1,194 @@
+"""Training (issue 4, §3.1, §4.1): loss decreases, best-validation selection, separate
+learning copies and freezes the ALs, CPU runs repeat bit for bit, NaN stops a row."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from hnn_bridge import build
+from hnn_bridge.data import TensorBatches, load_dataset, split_622
+from hnn_bridge.recipe import load_recipe
+from hnn_bridge.training import loop
+from hnn_bridge.training.checkpoint import torch_load
+from hnn_bridge.training.loop import NonFiniteLoss, evaluate, score_batch, train_model
+from hnn_bridge.training.runner import RunOptions, derive_seed, run_recipe
+
+TINY = """
+[recipe]
+name = "tiny"
+dataset = "mnist"
+
+[defaults]
+dataset = "mnist-5k"
+subset = 500
+epochs = 2
+steps = 4
+lr = 1e-3
+batch_size = 50
+dropout = 0.2
+
+[[rows]]
+arch = "A784-A32-S10"
+coder = "duplicate"
+training = "separate"
+
+[[rows]]
+arch = "A784-A32-S10"
+label = "gaussian"
+coder = "gaussian"
+training = "simultaneous"
+"""
+
+
+@pytest.fixture(scope="module")
+def data():
+    ds = load_dataset("mnist-5k")
+    pick = split_622(ds.labels, seed=0, ratios=(600, len(ds) - 600, 0)).train
+    images, labels = ds.images[pick], ds.labels[pick]
+    split = split_622(labels, seed=0)
+    train = TensorBatches(images, labels, split.train, batch_size=40, seed=1)
+    val = TensorBatches(images, labels, split.val, batch_size=200, shuffle=False)
+    return train, val
+
+
+def tiny_recipe(tmp_path: Path, text: str = TINY):
+    path = tmp_path / "tiny.toml"
+    path.write_text(text)
+    return load_recipe(path)
+
+
+def test_score_batch_tie_rule() -> None:
+    out = torch.tensor([[3.0, 1.0, 0.0], [2.0, 2.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1.0, 4.0]])
+    y = torch.tensor([0, 0, 0, 1])
+    strict, argmax, ties, silent = score_batch(out, y)
+    assert (strict, argmax, ties, silent) == (1, 3, 2, 1)  # ties are wrong; argmax takes the lowest index
+
+
+def test_loss_decreases_and_best_validation_is_kept(data) -> None:
+    train, val = data
+    torch.manual_seed(0)
+    model = build("A784-A64-S10", steps=4, dropout=0.0)
+    state = train_model(model, list(model.parameters()), train, val, epochs=3, lr=2e-3)
+    log = state["log"]
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+    assert log[-1]["train_loss"] < log[0]["train_loss"]
+    accs = [r["val_acc"] for r in log]
+    assert state["best_epoch"] == accs.index(max(accs)) + 1  # first epoch with the best validation accuracy
+    model.load_state_dict(state["best_model"])
+    assert evaluate(model, val).acc == max(accs)  # the kept weights are those of the best epoch
+
+
+def test_best_validation_ignores_later_worse_epochs(data, monkeypatch) -> None:
+    train, val = data
+    scores = iter([0.5, 0.7, 0.6])
+    real = loop.evaluate
+
+    def fake(model, batches):
+        m = real(model, batches)
+        return loop.Metrics(next(scores), m.acc_argmax, m.tie_rate, m.silent_rate, m.loss, m.n)
+
+    monkeypatch.setattr(loop, "evaluate", fake)
+    torch.manual_seed(0)
+    model = build("A784-A16-S10", steps=2)
+    snapshots = []
+    state = train_model(model, list(model.parameters()), train, val, epochs=3, lr=1e-3,
+                        on_epoch=lambda s: snapshots.append({k: v.clone() for k, v in s["model"].items()}))
+    assert state["best_epoch"] == 2 and state["best_val"]["acc"] == 0.7
+    assert [r["best"] for r in state["log"]] == [True, True, False]
+    for key, value in state["best_model"].items():
+        assert torch.equal(value, snapshots[1][key])
+
+
+def test_non_finite_loss_names_the_epoch_and_keeps_finished_epochs(data, monkeypatch) -> None:
+    train, val = data
+    calls = {"n": 0}
+    real = loop.F.cross_entropy
+
+    def poisoned(out, y, **kw):
+        loss = real(out, y, **kw)
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] > len(train) + 2:  # third batch of the second epoch
+                return loss * math.nan
+        return loss
+
+    monkeypatch.setattr(loop.F, "cross_entropy", poisoned)
+    torch.manual_seed(0)
+    model = build("A784-A16-S10", steps=2)
+    with pytest.raises(NonFiniteLoss, match=r"non-finite training loss \(nan\) in epoch 2, batch 3") as info:
+        train_model(model, list(model.parameters()), train, val, epochs=3, lr=1e-3)
+    assert info.value.epoch == 2
+    assert len(info.value.finished["log"]) == 1 and info.value.finished["best_epoch"] == 1
+
+
+def test_derive_seed() -> None:
+    assert derive_seed(0, 0, "hnn", "A") == derive_seed(0, 0, "hnn", "A")
+    assert len({derive_seed(0, k, "hnn", "A") for k in range(5)} | {derive_seed(1, 0, "hnn", "A")}) == 6
+
+
+def test_separate_learning_copies_and_freezes_the_als(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path).configure().select([1])
+    out = tmp_path / "out"
+    results = run_recipe(recipe, RunOptions(out=out))
+    seed = results["rows"][0]["seeds"][0]
+    assert seed["status"] == "ok" and seed["pretrain"]["arch"] == "A784-A32-A10"
+    hnn = torch_load(out / seed["checkpoint"])["model"]
+    ann = torch_load(out / "checkpoints" / f"{seed['pretrain']['job']}.pt")["model"]
+    # the HNN's ALs are the best-validation weights of the pure ANN, unchanged by training
+    assert torch.equal(hnn["al.1.weight"], ann["al.1.weight"]) and torch.equal(hnn["al.1.bias"], ann["al.1.bias"])
+    # the SLs were trained: they differ from their initial values
+    torch.manual_seed(seed["seed"])
+    init = build("A784-A32-S10", steps=4, dropout=0.2, neuron=recipe.rows[0].settings.neuron)
+    assert not torch.equal(hnn["first_op.0.weight"], init.state_dict()["first_op.0.weight"])
+
+
+def test_separate_optimizer_gets_only_sl_parameters(tmp_path: Path, monkeypatch) -> None:
+    made = []
+    real = torch.optim.Adam
+
+    def spy(params, **kw):
+        params = list(params)
+        made.append(params)
+        return real(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "Adam", spy)
+    recipe = tiny_recipe(tmp_path, TINY.replace("epochs = 2", "epochs = 1")).configure().select([1])
+    run_recipe(recipe, RunOptions(out=tmp_path / "out"))
+    ann_params, hnn_params = made
+    assert [tuple(p.shape) for p in ann_params] == [(32, 784), (32,), (10, 32), (10,)]
+    assert [tuple(p.shape) for p in hnn_params] == [(10, 32), (10,)]  # the SL only; the A32 layer is frozen
+
+
+def test_cpu_runs_repeat_bit_for_bit(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path).configure().select([2])  # Gaussian coder + dropout: global RNG in use
+    a = run_recipe(recipe, RunOptions(out=tmp_path / "a"))
+    b = run_recipe(recipe, RunOptions(out=tmp_path / "b"))
+    sa, sb = a["rows"][0]["seeds"][0], b["rows"][0]["seeds"][0]
+    assert sa["test_acc"] == sb["test_acc"] and sa["best_val_acc"] == sb["best_val_acc"]
+    wa, wb = torch_load(tmp_path / "a" / sa["checkpoint"])["model"], torch_load(tmp_path / "b" / sb["checkpoint"])["model"]
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_runner_marks_a_nan_row_failed_and_continues(tmp_path: Path, monkeypatch) -> None:
+    real = loop.F.cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(out, y, **kw):
+        loss = real(out, y, **kw)
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == 9:  # epoch 2 of row 1 (6 batches per epoch)
+                return loss * math.inf
+        return loss
+
+    monkeypatch.setattr(loop.F, "cross_entropy", poisoned)
+    text = TINY.replace('training = "separate"', 'training = "simultaneous"')
+    results = run_recipe(tiny_recipe(tmp_path, text).configure(), RunOptions(out=tmp_path / "out"))
+    first, second = results["rows"]
+    assert first["status"] == "failed" and "in epoch 2, batch 3" in first["seeds"][0]["error"]
+    assert first["seeds"][0]["epochs_run"] == 1 and first["seeds"][0]["test_acc"] is not None
+    assert second["status"] == "ok"
