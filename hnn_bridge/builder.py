@@ -85,7 +85,9 @@ class HybridNet(nn.Module):
     - ``sl``: `nn.Sequential` of the spiking part on [T, B, ...];
     - ``const_input``: the first SL weight op runs once per image and its result is
       broadcast over T (duplicate coding: the coded train is constant in time);
-    - ``layers``: a `LayerInfo` per token.
+    - ``layers``: a `LayerInfo` per token;
+    - ``weight_ops``: layer index (into ``layers``) -> its Linear/Conv2d, whose input is
+      what feeds that layer (hooks on it measure presynaptic firing rates).
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class HybridNet(nn.Module):
         self.first_op = first_op
         self.sl = sl
         self.layers = layers
+        self.weight_ops: dict[int, nn.Module] = {}
         self.settings = settings
 
     @property
@@ -256,6 +259,7 @@ def build(
     al: list[nn.Module] = []
     sl: list[nn.Module] = []
     first_op: nn.Module | None = None
+    weight_ops: dict[int, nn.Module] = {}
     layers: list[LayerInfo] = []
     coded = "spikes" if coder_module is not None and coder_module.binary else "values"
     mlp = is_mlp(specs)
@@ -272,6 +276,7 @@ def build(
                 head = nn.Linear(shape[0], widen * shape[0])
                 al.append(head)
                 shape = (widen * shape[0],)
+                weight_ops[len(layers)] = head
                 layers.append(LayerInfo("head", "AL", "dense", shape, head.weight.numel() + head.bias.numel(),
                                         head.weight.numel(), "values", False))
             elif i == last_al and coder is not None:
@@ -305,6 +310,7 @@ def build(
             macs = shape[0] * width * s.kernel * s.kernel * shape[1] * shape[2]
             out_shape = _conv_out(shape, width)
         n_params = sum(p.numel() for p in op.parameters())
+        weight_ops[len(layers)] = op
         if not spiking:
             al.extend(flatten)
             al.append(op)
@@ -335,4 +341,6 @@ def build(
         input_mode=input_mode, neuron=params.as_dict(), training=training, activation=activation,
         dropout=dropout,
     )
-    return HybridNet(text, nn.Sequential(*al), coder_module, first_op, nn.Sequential(*sl), layers, settings)
+    model = HybridNet(text, nn.Sequential(*al), coder_module, first_op, nn.Sequential(*sl), layers, settings)
+    model.weight_ops = weight_ops
+    return model

@@ -1,5 +1,6 @@
 """`hnn-bridge describe`: layers, coder position, operation counts."""
 
+import pytest
 from click.testing import CliRunner
 
 from hnn_bridge import build
@@ -44,3 +45,21 @@ def test_describe_errors_are_one_line_without_traceback():
     assert "Traceback" not in result.output
     bad = CliRunner().invoke(main, ["describe", "A784-S10", "--input-shape", "3by32"])
     assert bad.exit_code == 2 and "'3by32' is not CxHxW, e.g. 3x32x32" in bad.output
+
+
+def test_measured_rates_feed_the_accumulate_count():
+    import torch
+
+    from hnn_bridge.rates import measure_input_rates
+
+    torch.manual_seed(0)
+    model = build("S784-S50-S10", coder="poisson", steps=6, input_shape=(1, 28, 28))
+    images = torch.rand(20, 1, 28, 28)
+    rates = measure_input_rates(model, [(images[:10], None), (images[10:], None)])
+    assert sorted(rates) == [1, 2]
+    # the Poisson train's rate is the pixel mean; the hidden layer's is its spike mean
+    assert abs(rates[1] - images.mean().item()) < 0.01
+    assert 0 < rates[2] < 1
+    ops = count_ops(model, rates)
+    assert ops.acs == pytest.approx(rates[1] * 784 * 50 * 6 + rates[2] * 50 * 10 * 6, rel=1e-12)
+    assert model.training is True
