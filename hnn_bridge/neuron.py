@@ -7,7 +7,7 @@ from dataclasses import fields
 import torch
 from torch import Tensor, nn
 
-from .functional import iir_multistep
+from .functional import iir_spikes
 from .params import IIRParams
 
 
@@ -16,7 +16,9 @@ class IIRNeuron(nn.Module):
 
     ``forward(x)`` starts from zero state on every call and returns the spikes, same
     shape and dtype as ``x``. The whole sequence runs as one fused autograd Function
-    with hand-written BPTT (see `hnn_bridge.functional.iir`). Keyword arguments are
+    with hand-written BPTT (see `hnn_bridge.functional.iir`); without a graph to record
+    (``torch.no_grad()``, or an input that needs no gradient) it saves nothing and keeps
+    no membrane sequence. Keyword arguments are
     those of `IIRParams`; ``None`` decays mean e^(-1/tau_m).
     """
 
@@ -51,8 +53,7 @@ class IIRNeuron(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not torch.is_floating_point(x):
             raise TypeError(f"IIRNeuron expects a floating-point tensor [T, ...], got dtype {x.dtype}")
-        spikes, _, _ = iir_multistep(x, self.params)
-        return spikes
+        return iir_spikes(x, self.params)
 
     def extra_repr(self) -> str:
         defaults = IIRParams()

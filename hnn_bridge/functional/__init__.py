@@ -7,6 +7,7 @@ from .iir import (
     charge,
     iir_multistep,
     iir_multistep_reference,
+    iir_spikes,
     iir_step,
 )
 from .surrogate import ErfcSpike, firing_probability, heaviside, spike, surrogate_grad
@@ -21,6 +22,7 @@ __all__ = [
     "heaviside",
     "iir_multistep",
     "iir_multistep_reference",
+    "iir_spikes",
     "iir_step",
     "spike",
     "surrogate_grad",

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..params import IIRParams
-from .surrogate import firing_probability, heaviside, spike, surrogate_grad
+from .surrogate import _INV_SQRT_2PI, EXP_FLOOR, exp_, firing_probability, heaviside, spike, surrogate_grad
 
 
 class IIRState(NamedTuple):
@@ -115,6 +115,168 @@ def _owned(t: Tensor, inputs: tuple[Tensor, ...]) -> Tensor:
     return t.clone() if t._base is not None or any(t is i for i in inputs) else t
 
 
+# -- execution of the fused path ---------------------------------------------------------
+#
+# The fused forward and backward below evaluate exactly the products and sums of `charge`
+# and of the BPTT recurrences, in the same order, but execute them with `out=` arguments
+# into preallocated buffers, with each coefficient held in a 0-dim tensor (a Python float
+# operand costs a wrapped-number conversion per op), and with element-wise work that does
+# not depend on the recurrence done for many steps per op (b*x[t], the surrogate of eq. 6,
+# b*g_p[t]; see `_chunk_steps`): an element-wise op gives the same bits whether it runs on
+# one step or on many.
+# Two rewrites are exact in IEEE arithmetic and skip a multiply: 1*a == a, and
+# a + (-1*b) == a - b (negation is exact), used when V_th == 1.
+
+
+def _scalar_maker(like: Tensor):
+    """c -> the operand to multiply tensors like `like` by c with the rounding of ``c * t``.
+
+    float32 and float64 get a 0-dim CPU tensor holding c in that dtype (``c * t`` rounds
+    c to t's dtype first; a CPU scalar operand is read the same way on every device);
+    other dtypes keep the Python float.
+    """
+    if like.dtype in (torch.float32, torch.float64):
+        cache: dict[float, Tensor] = {}
+
+        def make(c: float):
+            if c not in cache:
+                cache[c] = torch.tensor(c, dtype=like.dtype)
+            return cache[c]
+
+        return make
+    return lambda c: c
+
+
+def _lincomb(out: Tensor, tmp: Tensor, terms, scalar) -> Tensor:
+    """``_sum(*(_scaled(c, t) for c, t in terms))`` computed into `out` (using `tmp` for
+    scaled terms after the first); returns `out`, or the single unscaled term itself.
+    `out` and `tmp` must not alias any term."""
+    c, t = terms[0]
+    if c == 1.0:
+        acc = t
+    else:
+        torch.mul(t, scalar(c), out=out)
+        acc = out
+    for c, t in terms[1:]:
+        if c != 1.0:
+            torch.mul(t, scalar(c), out=tmp)
+            t = tmp
+        torch.add(acc, t, out=out)
+        acc = out
+    return acc
+
+
+def _free(buffers, *used) -> Tensor:
+    """The first buffer that is none of `used` (identity)."""
+    return next(b for b in buffers if all(b is not u for u in used))
+
+
+def _fused_forward(x_seq: Tensor, p1, p2, r, v, o, k: Coefficients, smooth: bool, keep_volts: bool):
+    """The multistep forward (eq. 1d, 1c, 1a, 1e per step, `charge`'s arithmetic).
+
+    Returns spikes [T, ...], V [T, ...] (None unless keep_volts) and the final
+    p[T-1], p[T-2], R[T-1], V[T-1], O[T-1]. The final p and R may be views of the input
+    or of the spikes, or inputs themselves.
+    """
+    steps = x_seq.shape[0]
+    shape, opts = x_seq.shape[1:], dict(dtype=x_seq.dtype, device=x_seq.device)
+    scalar = _scalar_maker(x_seq)
+    zero = None
+    if any(s is None for s in (p1, p2, r, v, o)):
+        zero = x_seq.new_zeros(shape)
+    p1, p2, r, v, o = (zero if s is None else s for s in (p1, p2, r, v, o))
+    spikes = torch.empty_like(x_seq, memory_format=torch.contiguous_format)
+    volts = torch.empty_like(spikes) if keep_volts else None
+    s_out = spikes.unbind(0)
+    v_out = volts.unbind(0) if keep_volts else None
+    tmp = torch.empty(shape, **opts)
+    p_bufs = [torch.empty(shape, **opts) for _ in range(3)]
+    r_bufs = [torch.empty(shape, **opts) for _ in range(2)]
+    v_bufs = None if keep_volts else [torch.empty(shape, **opts) for _ in range(2)]
+    # The input term b*x[t] of the synapse filter: x itself for b == 1; else computed for
+    # all steps at once into the spike buffer (step t reads it before writing O[t]), unless
+    # p[t] would be that term alone and so live on after O[t] overwrites it.
+    recurrent = k.a1 != 0.0 or k.a2 != 0.0
+    x_steps, x_coef = x_seq.unbind(0), k.b
+    pre_scale = k.b not in (0.0, 1.0) and recurrent
+    if pre_scale:
+        x_steps, x_coef = s_out, 1.0
+    chunk = _chunk_steps(x_seq)
+    vth, neg_vth = scalar(k.v_threshold), -k.v_threshold
+    for t in range(steps):
+        if pre_scale and t % chunk == 0:
+            torch.mul(x_seq[t : t + chunk], scalar(k.b), out=spikes[t : t + chunk])
+        # p[t] = a1*p[t-1] + a2*p[t-2] + b*x[t]
+        terms = []
+        if k.a1 != 0.0:
+            terms.append((k.a1, p1))
+        if k.a2 != 0.0:
+            terms.append((k.a2, p2))
+        if x_coef != 0.0:
+            terms.append((x_coef, x_steps[t]))
+        p = _lincomb(_free(p_bufs, p1, p2), tmp, terms, scalar) if terms else x_seq.new_zeros(shape)
+        # R[t] = theta*R[t-1] + O[t-1]
+        if k.theta != 0.0:
+            r = _lincomb(_free(r_bufs, r), tmp, [(k.theta, r), (1.0, o)], scalar)
+        else:
+            r = o
+        # V[t] = lam*V[t-1] + p[t] - V_th*R[t]
+        v_new = v_out[t] if keep_volts else _free(v_bufs, v)
+        terms = [(k.lam, v)] if k.lam != 0.0 else []
+        terms.append((1.0, p))
+        if neg_vth == -1.0:
+            acc = _lincomb(v_new, tmp, terms, scalar)
+            torch.sub(acc, r, out=v_new)  # == acc + (-1*r), bit for bit
+        else:
+            if neg_vth != 0.0:
+                terms.append((neg_vth, r))
+            acc = _lincomb(v_new, tmp, terms, scalar)
+            if acc is not v_new:
+                v_new.copy_(acc)
+        v = v_new
+        # O[t] = U(V[t] - V_th)
+        if smooth:
+            s_out[t].copy_(firing_probability(v, k.v_threshold, k.sigma))
+        else:
+            torch.ge(v, vth, out=s_out[t])
+        o = s_out[t]
+        p1, p2 = p, p1
+    return spikes, volts, p1, p2, r, v, o
+
+
+# ATen splits an element-wise op over threads from this many elements on (GRAIN_SIZE);
+# exp already from 2048 on (see `surrogate.exp_`).
+_GRAIN = 32768
+
+
+def _chunk_steps(seq: Tensor) -> int:
+    """Time steps per element-wise op that covers several steps.
+
+    On the CPU an op of GRAIN elements or more runs on several OpenMP threads; on a busy
+    machine every such op can wait a scheduler time slice (milliseconds) for a thread,
+    while the per-step ops of the recurrences stay below the grain. So the whole-sequence
+    element-wise work runs in chunks of steps that stay below it too (one step when a
+    step alone reaches it), and exp in pieces below its own grain (`surrogate.exp_`).
+    On other devices: all steps at once.
+    """
+    steps = seq.shape[0]
+    if seq.device.type != "cpu":
+        return max(steps, 1)
+    per_step = max(seq[0].numel(), 1)
+    return max(1, min(steps, (_GRAIN - 1) // per_step))
+
+
+def _surrogate_into(out: Tensor, volts: Tensor, k: Coefficients) -> Tensor:
+    """`surrogate_grad(volts)` computed in place in `out` (same ops, same order)."""
+    torch.sub(volts, k.v_threshold, out=out)
+    out.mul_(out)
+    out.mul_(-0.5 / (k.sigma * k.sigma))
+    flushed = out < EXP_FLOOR
+    exp_(out.clamp_(min=EXP_FLOOR))
+    out.mul_(_INV_SQRT_2PI / k.sigma)
+    return out.masked_fill_(flushed, 0.0)
+
+
 class IIRMultiStep(torch.autograd.Function):
     """Fused multistep forward and hand-written BPTT backward.
 
@@ -127,23 +289,14 @@ class IIRMultiStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x_seq, p1, p2, r, v, o, k: Coefficients, detach_reset: bool, smooth: bool):  # type: ignore[override]
-        zero = x_seq.new_zeros(x_seq.shape[1:])
-        p1, p2, r, v, o = (zero if s is None else s for s in (p1, p2, r, v, o))
-        given = (p1, p2, r, v, o)
-        spikes = torch.empty_like(x_seq)
-        volts = torch.empty_like(x_seq)
-        for t in range(x_seq.shape[0]):
-            p_new, r, v = charge(x_seq[t], p1, p2, r, v, o, k)
-            p1, p2 = p_new, p1
-            o = firing_probability(v, k.v_threshold, k.sigma) if smooth else heaviside(v, k.v_threshold)
-            spikes[t] = o
-            volts[t] = v
+        given = tuple(s for s in (p1, p2, r, v, o) if s is not None)
+        spikes, volts, p1, p2, r, _, _ = _fused_forward(x_seq, p1, p2, r, v, o, k, smooth, True)
         ctx.save_for_backward(volts)
         ctx.k, ctx.detach_reset = k, detach_reset
         ctx.set_materialize_grads(False)
-        # p[T-1], p[T-2] and R[T-1] can be an input or a slice of x_seq (T = 1, synapse
-        # "none", theta = 0); an output of a Function must own its memory.
-        p_last, p_prev, r = (_owned(t, given) for t in (p1, p2, r))
+        # p[T-1], p[T-2] and R[T-1] can be an input or a view of x_seq or of the spikes
+        # (T = 1, synapse "none", theta = 0); an output of a Function must own its memory.
+        p_last, p_prev, r = (_owned(t, (x_seq, *given)) for t in (p1, p2, r))
         return spikes, volts, p_last, p_prev, r
 
     @staticmethod
@@ -151,26 +304,70 @@ class IIRMultiStep(torch.autograd.Function):
         (volts,) = ctx.saved_tensors
         k: Coefficients = ctx.k
         steps = volts.shape[0]
+        scalar = _scalar_maker(volts)
         zero = volts.new_zeros(volts.shape[1:])
+        new = lambda: torch.empty_like(zero)  # noqa: E731
         c_v = c_r = c_o = zero
         cp0 = zero if g_p1 is None else g_p1  # adjoint of p[t]
         cp1 = zero if g_p2 is None else g_p2  # adjoint of p[t-1]
         if g_r is not None:
             c_r = g_r
+        # grad_x holds the surrogate dO/dV[t] of every step until step t overwrites it with
+        # g_p[t]; b*g_p is applied to all steps at the end.
         grad_x = torch.empty_like(volts)
+        chunk = _chunk_steps(volts)
+        gx_steps = grad_x.unbind(0)
+        gs_steps = None if g_spikes is None else g_spikes.unbind(0)
+        gv_steps = None if g_volts is None else g_volts.unbind(0)
+        buf_gv, buf_grt, buf_cv, buf_cr, tmp = new(), new(), new(), new(), new()
+        cp_bufs = (new(), new())
+        vth, lam, theta = scalar(k.v_threshold), scalar(k.lam), scalar(k.theta)
+        a1, a2 = scalar(k.a1), scalar(k.a2)
         for t in range(steps - 1, -1, -1):
-            g_o = c_o if g_spikes is None else g_spikes[t] + c_o
-            g_v = g_o * surrogate_grad(volts[t], k.v_threshold, k.sigma) + c_v
-            if g_volts is not None:
-                g_v = g_v + g_volts[t]
-            g_r_t = c_r - k.v_threshold * g_v
-            g_p = cp0 + g_v
-            grad_x[t] = g_p if k.b == 1.0 else k.b * g_p
-            c_v = k.lam * g_v
-            c_r = k.theta * g_r_t
+            if (steps - 1 - t) % chunk == 0:  # entering the chunk [lo, t]
+                lo = max(0, t - chunk + 1)
+                _surrogate_into(grad_x[lo : t + 1], volts[lo : t + 1], k)
+                hi = t + 1
+            g_p = gx_steps[t]
+            # g_v = (g_spikes[t] + c_o) * dO/dV + c_v (+ g_volts[t])
+            if gs_steps is None:
+                torch.mul(c_o, g_p, out=buf_gv)
+            else:
+                torch.add(gs_steps[t], c_o, out=buf_gv)
+                buf_gv.mul_(g_p)
+            buf_gv.add_(c_v)
+            if gv_steps is not None:
+                buf_gv.add_(gv_steps[t])
+            g_v = buf_gv
+            # g_r_t = c_r - V_th*g_v
+            if k.v_threshold == 1.0:
+                torch.sub(c_r, g_v, out=buf_grt)
+            else:
+                torch.mul(g_v, vth, out=tmp)
+                torch.sub(c_r, tmp, out=buf_grt)
+            g_r_t = buf_grt
+            torch.add(cp0, g_v, out=g_p)  # g_p = cp0 + g_v, in place of dO/dV[t]
+            torch.mul(g_v, lam, out=buf_cv)
+            c_v = buf_cv
+            torch.mul(g_r_t, theta, out=buf_cr)
+            c_r = buf_cr
             c_o = zero if ctx.detach_reset else g_r_t
-            cp0 = _sum(cp1, _scaled(k.a1, g_p)) if k.a1 != 0.0 else cp1
-            cp1 = k.a2 * g_p if k.a2 != 0.0 else zero
+            if k.a1 != 0.0:
+                out = _free(cp_bufs, cp1)
+                if k.a1 == 1.0:
+                    torch.add(cp1, g_p, out=out)
+                else:
+                    torch.mul(g_p, a1, out=tmp)
+                    torch.add(cp1, tmp, out=out)
+                cp0 = out
+            else:
+                cp0 = cp1
+            if k.a2 != 0.0:
+                cp1 = torch.mul(g_p, a2, out=_free(cp_bufs, cp0))
+            else:
+                cp1 = zero
+            if t == lo and k.b != 1.0:  # leaving the chunk
+                grad_x[lo:hi].mul_(scalar(k.b))
         needs = ctx.needs_input_grad
         return (
             grad_x,
@@ -185,6 +382,15 @@ class IIRMultiStep(torch.autograd.Function):
         )
 
 
+def _needs_graph(*tensors: Optional[Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _check_seq(x_seq: Tensor) -> None:
+    if x_seq.dim() < 1 or x_seq.shape[0] < 1:
+        raise ValueError(f"IIR neuron: expected a time-first tensor [T, ...] with T >= 1, got shape {tuple(x_seq.shape)}")
+
+
 def iir_multistep(
     x_seq: Tensor, params: IIRParams, state: Optional[IIRState] = None, *, smooth: bool = False
 ) -> tuple[Tensor, Tensor, IIRState]:
@@ -192,11 +398,28 @@ def iir_multistep(
 
     Returns (spikes [T, ...], membrane V [T, ...], final state); `state=None` starts from
     zeros. Same values as `iir_multistep_reference`, gradients equal to float rounding.
+    Without a graph to record (no grad mode, or no input requiring grad) it runs the same
+    forward and saves nothing.
     """
-    if x_seq.dim() < 1 or x_seq.shape[0] < 1:
-        raise ValueError(f"IIR neuron: expected a time-first tensor [T, ...] with T >= 1, got shape {tuple(x_seq.shape)}")
+    _check_seq(x_seq)
     given = (None,) * 5 if state is None else tuple(state)
-    spikes, volts, p1, p2, r = IIRMultiStep.apply(
-        x_seq, *given, Coefficients.of(params), params.detach_reset, smooth
-    )
+    k = Coefficients.of(params)
+    if _needs_graph(x_seq, *given):
+        spikes, volts, p1, p2, r = IIRMultiStep.apply(x_seq, *given, k, params.detach_reset, smooth)
+        return spikes, volts, IIRState(p1, p2, r, volts[-1], spikes[-1])
+    spikes, volts, p1, p2, r, v, o = _fused_forward(x_seq, *given, k, smooth, True)
+    inputs = (x_seq, *(s for s in given if s is not None))
+    p1, p2, r = (_owned(t, inputs) for t in (p1, p2, r))
     return spikes, volts, IIRState(p1, p2, r, volts[-1], spikes[-1])
+
+
+def iir_spikes(x_seq: Tensor, params: IIRParams) -> Tensor:
+    """The spikes of `iir_multistep` from zero state (what `IIRNeuron` returns).
+
+    Without a graph to record it keeps no membrane sequence: V lives in two [...]-sized
+    buffers instead of a [T, ...] one (the evaluation path).
+    """
+    _check_seq(x_seq)
+    if _needs_graph(x_seq):
+        return iir_multistep(x_seq, params)[0]
+    return _fused_forward(x_seq, None, None, None, None, None, Coefficients.of(params), False, False)[0]

@@ -32,6 +32,22 @@ def firing_probability(v: Tensor, v_threshold: float, sigma: float) -> Tensor:
 EXP_FLOOR = -87.0
 
 
+# ATen runs exp (like its other vectorised-math ops) on several OpenMP threads from 2048
+# elements on. On a busy CPU each such op can wait a scheduler time slice for a thread:
+# on 2 loaded cores one exp over 64 x 500 values took 7.9 ms on two threads and 0.04 ms
+# in pieces below that grain. The values are the same either way (element-wise).
+EXP_GRAIN = 2048
+
+
+def exp_(t: Tensor) -> Tensor:
+    """``t.exp_()``, on the CPU in pieces of fewer than `EXP_GRAIN` elements (one thread)."""
+    if t.device.type == "cpu" and t.numel() >= EXP_GRAIN and t.is_contiguous() and not t.requires_grad:
+        for piece in t.view(-1).split(EXP_GRAIN - 1):
+            piece.exp_()
+        return t
+    return t.exp_()
+
+
 def surrogate_grad(v: Tensor, v_threshold: float, sigma: float) -> Tensor:
     """Eq. 6: dP/dv = exp(-(V_th - v)^2 / (2 sigma^2)) / (sqrt(2 pi) sigma).
 
@@ -39,7 +55,7 @@ def surrogate_grad(v: Tensor, v_threshold: float, sigma: float) -> Tensor:
     """
     d = v - v_threshold
     arg = d * d * (-0.5 / (sigma * sigma))
-    out = torch.exp(arg.clamp(min=EXP_FLOOR)) * (_INV_SQRT_2PI / sigma)
+    out = exp_(arg.clamp(min=EXP_FLOOR)) * (_INV_SQRT_2PI / sigma)
     return out.masked_fill_(arg < EXP_FLOOR, 0.0)
 
 
