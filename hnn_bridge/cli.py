@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from . import __version__
+from .commands.bench import bench
 from .commands.describe import describe
 from .commands.recipe import recipe
 from .commands.report import report
@@ -21,6 +22,7 @@ main.add_command(describe)
 main.add_command(recipe)
 main.add_command(train)
 main.add_command(report)
+main.add_command(bench)
 
 if __name__ == "__main__":
     main()
