@@ -257,10 +257,10 @@ def _chunk_steps(seq: Tensor) -> int:
     while the per-step ops of the recurrences stay below the grain. So the whole-sequence
     element-wise work runs in chunks of steps that stay below it too (one step when a
     step alone reaches it), and exp in pieces below its own grain (`surrogate.exp_`).
-    On other devices: all steps at once.
+    With one thread, or on other devices: all steps at once (fewest ops).
     """
     steps = seq.shape[0]
-    if seq.device.type != "cpu":
+    if seq.device.type != "cpu" or torch.get_num_threads() == 1:
         return max(steps, 1)
     per_step = max(seq[0].numel(), 1)
     return max(1, min(steps, (_GRAIN - 1) // per_step))

@@ -40,8 +40,10 @@ EXP_GRAIN = 2048
 
 
 def exp_(t: Tensor) -> Tensor:
-    """``t.exp_()``, on the CPU in pieces of fewer than `EXP_GRAIN` elements (one thread)."""
-    if t.device.type == "cpu" and t.numel() >= EXP_GRAIN and t.is_contiguous() and not t.requires_grad:
+    """``t.exp_()``; on the CPU with several threads, in pieces of fewer than `EXP_GRAIN`
+    elements (each on one thread)."""
+    if (t.device.type == "cpu" and t.numel() >= EXP_GRAIN and t.is_contiguous() and not t.requires_grad
+            and torch.get_num_threads() > 1):
         for piece in t.view(-1).split(EXP_GRAIN - 1):
             piece.exp_()
         return t
