@@ -90,6 +90,14 @@ def test_saved_bytes_of_the_fused_neuron_are_exactly_v(dtype, size):
         assert saved_tensor_bytes(lambda: IIRNeuron()(x)) == 0
 
 
+def test_a_current_constant_over_time_saves_one_step():
+    """Duplicate coding: the first SL's current is expanded over T; V is recomputed."""
+    T, B, N = 7, 3, 11
+    current = torch.randn(B, N, requires_grad=True)
+    x = current.unsqueeze(0).expand(T, B, N)
+    assert saved_tensor_bytes(lambda: IIRNeuron()(x)) == B * N * 4
+
+
 def test_saved_bytes_count_storages_once_and_skip_excluded():
     w = torch.randn(5, 5, requires_grad=True)
     x = torch.randn(4, 5, requires_grad=True)

@@ -147,10 +147,26 @@ def _scalar_maker(like: Tensor):
     return lambda c: c
 
 
-def _lincomb(out: Tensor, tmp: Tensor, terms, scalar) -> Tensor:
-    """``_sum(*(_scaled(c, t) for c, t in terms))`` computed into `out` (using `tmp` for
-    scaled terms after the first); returns `out`, or the single unscaled term itself.
-    `out` and `tmp` must not alias any term."""
+class _Lazy:
+    """Scratch tensors of one step's shape, allocated on first use."""
+
+    def __init__(self, shape, opts) -> None:
+        self.shape, self.opts = shape, opts
+        self._tmp: Optional[Tensor] = None
+
+    def new(self) -> Tensor:
+        return torch.empty(self.shape, **self.opts)
+
+    def tmp(self) -> Tensor:
+        if self._tmp is None:
+            self._tmp = self.new()
+        return self._tmp
+
+
+def _lincomb(out: Tensor, scratch: _Lazy, terms, scalar) -> Tensor:
+    """``_sum(*(_scaled(c, t) for c, t in terms))`` computed into `out` (scaled terms after
+    the first go through ``scratch.tmp()``); returns `out`, or the single unscaled term
+    itself. `out` may be the first term (element-wise in place) but no other term."""
     c, t = terms[0]
     if c == 1.0:
         acc = t
@@ -159,6 +175,7 @@ def _lincomb(out: Tensor, tmp: Tensor, terms, scalar) -> Tensor:
         acc = out
     for c, t in terms[1:]:
         if c != 1.0:
+            tmp = scratch.tmp()
             torch.mul(t, scalar(c), out=tmp)
             t = tmp
         torch.add(acc, t, out=out)
@@ -171,66 +188,108 @@ def _free(buffers, *used) -> Tensor:
     return next(b for b in buffers if all(b is not u for u in used))
 
 
-def _fused_forward(x_seq: Tensor, p1, p2, r, v, o, k: Coefficients, smooth: bool, keep_volts: bool):
+def _constant_over_time(x_seq: Tensor) -> bool:
+    """x[t] is one and the same memory for every t (e.g. a duplicate-coded current,
+    ``current.unsqueeze(0).expand(T, ...)``)."""
+    return x_seq.shape[0] > 1 and x_seq.stride(0) == 0
+
+
+def _fused_forward(
+    x_seq: Tensor,
+    p1,
+    p2,
+    r,
+    v,
+    o,
+    k: Coefficients,
+    smooth: bool,
+    keep_volts: bool,
+    *,
+    volts_out: Optional[Tensor] = None,
+    keep_spikes: bool = True,
+):
     """The multistep forward (eq. 1d, 1c, 1a, 1e per step, `charge`'s arithmetic).
 
-    Returns spikes [T, ...], V [T, ...] (None unless keep_volts) and the final
-    p[T-1], p[T-2], R[T-1], V[T-1], O[T-1]. The final p and R may be views of the input
-    or of the spikes, or inputs themselves.
+    Returns spikes [T, ...] (None unless keep_spikes), V [T, ...] (None unless keep_volts;
+    written into ``volts_out`` when given) and the final p[T-1], p[T-2], R[T-1], V[T-1],
+    O[T-1]. The final p and R may be views of the input or of the spikes, or inputs
+    themselves. Without keep_spikes the spikes live in two step-sized buffers (for the
+    recomputation of V in backward; x must then be constant over time).
     """
     steps = x_seq.shape[0]
     shape, opts = x_seq.shape[1:], dict(dtype=x_seq.dtype, device=x_seq.device)
     scalar = _scalar_maker(x_seq)
-    zero = None
+    scratch = _Lazy(shape, opts)
+    constant = _constant_over_time(x_seq)
     if any(s is None for s in (p1, p2, r, v, o)):
         zero = x_seq.new_zeros(shape)
-    p1, p2, r, v, o = (zero if s is None else s for s in (p1, p2, r, v, o))
-    spikes = torch.empty_like(x_seq, memory_format=torch.contiguous_format)
-    volts = torch.empty_like(spikes) if keep_volts else None
-    s_out = spikes.unbind(0)
-    v_out = volts.unbind(0) if keep_volts else None
-    tmp = torch.empty(shape, **opts)
-    p_bufs = [torch.empty(shape, **opts) for _ in range(3)]
-    r_bufs = [torch.empty(shape, **opts) for _ in range(2)]
-    v_bufs = None if keep_volts else [torch.empty(shape, **opts) for _ in range(2)]
-    # The input term b*x[t] of the synapse filter: x itself for b == 1; else computed for
-    # all steps at once into the spike buffer (step t reads it before writing O[t]), unless
-    # p[t] would be that term alone and so live on after O[t] overwrites it.
+        p1, p2, r, v, o = (zero if s is None else s for s in (p1, p2, r, v, o))
+    if keep_spikes:
+        spikes = torch.empty_like(x_seq, memory_format=torch.contiguous_format)
+        s_out = spikes.unbind(0)
+    else:
+        spikes, ring = None, (scratch.new(), scratch.new())
+        s_out = [ring[t % 2] for t in range(steps)]
+    volts = None
+    if keep_volts:
+        volts = volts_out if volts_out is not None else torch.empty_like(x_seq, memory_format=torch.contiguous_format)
+        v_out = volts.unbind(0)
+    else:
+        v_buf = scratch.new()  # V[t] overwrites V[t-1] in place
+    # The input term b*x[t] of the synapse filter: x itself for b == 1; b*x[0] once when x
+    # is constant; else, when p[t] has other terms, b*x for several steps per op into the
+    # spike buffer (step t reads it before writing O[t]); else per step.
     recurrent = k.a1 != 0.0 or k.a2 != 0.0
     x_steps, x_coef = x_seq.unbind(0), k.b
-    pre_scale = k.b not in (0.0, 1.0) and recurrent
-    if pre_scale:
-        x_steps, x_coef = s_out, 1.0
+    pre_scale = False
+    if k.b not in (0.0, 1.0) and recurrent:
+        if constant:
+            x_steps, x_coef = (torch.mul(x_seq[0], scalar(k.b)),) * steps, 1.0
+        else:
+            if not keep_spikes:
+                raise ValueError("_fused_forward: keep_spikes=False needs an input constant over time")
+            x_steps, x_coef, pre_scale = s_out, 1.0, True
     chunk = _chunk_steps(x_seq)
+    # Buffers of p: one for p[t] plus one per older p still read (p[t-1] for a1, p[t-2] for a2).
+    single = x_coef == 1.0 and not recurrent
+    p_bufs = [] if single else [scratch.new() for _ in range(1 + (k.a1 != 0.0) + (k.a2 != 0.0))]
+    r_buf = scratch.new() if k.theta != 0.0 else None
     vth, neg_vth = scalar(k.v_threshold), -k.v_threshold
     for t in range(steps):
         if pre_scale and t % chunk == 0:
             torch.mul(x_seq[t : t + chunk], scalar(k.b), out=spikes[t : t + chunk])
         # p[t] = a1*p[t-1] + a2*p[t-2] + b*x[t]
-        terms = []
+        terms, live = [], []
         if k.a1 != 0.0:
             terms.append((k.a1, p1))
+            live.append(p1)
         if k.a2 != 0.0:
             terms.append((k.a2, p2))
+            live.append(p2)
         if x_coef != 0.0:
             terms.append((x_coef, x_steps[t]))
-        p = _lincomb(_free(p_bufs, p1, p2), tmp, terms, scalar) if terms else x_seq.new_zeros(shape)
+        if not terms:
+            p = x_seq.new_zeros(shape)
+        elif single:
+            p = terms[0][1]
+        else:
+            p = _lincomb(_free(p_bufs, *live), scratch, terms, scalar)
         # R[t] = theta*R[t-1] + O[t-1]
-        if k.theta != 0.0:
-            r = _lincomb(_free(r_bufs, r), tmp, [(k.theta, r), (1.0, o)], scalar)
+        if r_buf is not None:
+            r = _lincomb(r_buf, scratch, [(k.theta, r), (1.0, o)], scalar)
         else:
             r = o
         # V[t] = lam*V[t-1] + p[t] - V_th*R[t]
-        v_new = v_out[t] if keep_volts else _free(v_bufs, v)
+        v_new = v_out[t] if keep_volts else v_buf
         terms = [(k.lam, v)] if k.lam != 0.0 else []
         terms.append((1.0, p))
         if neg_vth == -1.0:
-            acc = _lincomb(v_new, tmp, terms, scalar)
+            acc = _lincomb(v_new, scratch, terms, scalar)
             torch.sub(acc, r, out=v_new)  # == acc + (-1*r), bit for bit
         else:
             if neg_vth != 0.0:
                 terms.append((neg_vth, r))
-            acc = _lincomb(v_new, tmp, terms, scalar)
+            acc = _lincomb(v_new, scratch, terms, scalar)
             if acc is not v_new:
                 v_new.copy_(acc)
         v = v_new
@@ -267,7 +326,8 @@ def _chunk_steps(seq: Tensor) -> int:
 
 
 def _surrogate_into(out: Tensor, volts: Tensor, k: Coefficients) -> Tensor:
-    """`surrogate_grad(volts)` computed in place in `out` (same ops, same order)."""
+    """`surrogate_grad(volts)` computed in place in `out` (same ops, same order; `out`
+    may be `volts` itself)."""
     torch.sub(volts, k.v_threshold, out=out)
     out.mul_(out)
     out.mul_(-0.5 / (k.sigma * k.sigma))
@@ -277,6 +337,106 @@ def _surrogate_into(out: Tensor, volts: Tensor, k: Coefficients) -> Tensor:
     return out.masked_fill_(flushed, 0.0)
 
 
+_STATE_NAMES = ("p1", "p2", "r", "v", "o")
+
+
+def _save(ctx, x_seq: Tensor, volts: Optional[Tensor], state, k: Coefficients, detach_reset: bool, smooth: bool):
+    """Save what backward needs: V, or, for an input constant over time, the input (one
+    step's memory) and the initial state, from which backward recomputes V."""
+    ctx.k, ctx.detach_reset, ctx.smooth = k, detach_reset, smooth
+    ctx.recompute = volts is None
+    if ctx.recompute:
+        ctx.given = tuple(s is not None for s in state)
+        ctx.save_for_backward(x_seq, *(s for s in state if s is not None))
+    else:
+        ctx.save_for_backward(volts)
+    ctx.set_materialize_grads(False)
+
+
+def _bptt(ctx, g_spikes, g_volts, g_p1, g_p2, g_r):
+    """Hand-written BPTT: returns (grad_x, grads of p1, p2, r, v, o of the initial state)."""
+    k: Coefficients = ctx.k
+    if ctx.recompute:
+        x_seq, *saved = ctx.saved_tensors
+        it = iter(saved)
+        state = [next(it) if g else None for g in ctx.given]
+        # V is recomputed into grad_x, where the surrogate and then g_p overwrite it.
+        grad_x = torch.empty(x_seq.shape, dtype=x_seq.dtype, device=x_seq.device)
+        _fused_forward(x_seq, *state, k, ctx.smooth, True, volts_out=grad_x, keep_spikes=False)
+        volts = grad_x
+    else:
+        (volts,) = ctx.saved_tensors
+        grad_x = torch.empty_like(volts)
+    steps, shape = volts.shape[0], volts.shape[1:]
+    scalar = _scalar_maker(volts)
+    zero = volts.new_zeros(())  # broadcast: every op it enters has a full operand
+    scratch = _Lazy(shape, dict(dtype=volts.dtype, device=volts.device))
+    c_v = c_r = c_o = zero
+    cp0 = zero if g_p1 is None else g_p1  # adjoint of p[t]
+    cp1 = zero if g_p2 is None else g_p2  # adjoint of p[t-1]
+    if g_r is not None:
+        c_r = g_r
+    chunk = _chunk_steps(volts)
+    gx_steps = grad_x.unbind(0)
+    gs_steps = None if g_spikes is None else g_spikes.unbind(0)
+    gv_steps = None if g_volts is None else g_volts.unbind(0)
+    buf_grt, buf_cv, buf_cr = scratch.new(), scratch.new(), scratch.new()
+    cp_bufs = [scratch.new() for _ in range(2 if k.a2 != 0.0 else 1 if k.a1 != 0.0 else 0)]
+    vth, lam, theta = scalar(k.v_threshold), scalar(k.lam), scalar(k.theta)
+    a1, a2 = scalar(k.a1), scalar(k.a2)
+    for t in range(steps - 1, -1, -1):
+        if (steps - 1 - t) % chunk == 0:  # entering the chunk [lo, t]
+            lo = max(0, t - chunk + 1)
+            _surrogate_into(grad_x[lo : t + 1], volts[lo : t + 1], k)
+            hi = t + 1
+        g = gx_steps[t]  # dO/dV[t], then g_v, then g_p
+        # g_v = (g_spikes[t] + c_o) * dO/dV + c_v (+ g_volts[t])   (x*y == y*x, x+y == y+x)
+        if gs_steps is None:
+            g.mul_(c_o)
+        else:
+            g.mul_(torch.add(gs_steps[t], c_o, out=buf_grt))  # c_o (if not zero) is buf_grt
+        g.add_(c_v)
+        if gv_steps is not None:
+            g.add_(gv_steps[t])
+        # g_r_t = c_r - V_th*g_v
+        if k.v_threshold == 1.0:
+            torch.sub(c_r, g, out=buf_grt)
+        else:
+            tmp = scratch.tmp()
+            torch.mul(g, vth, out=tmp)
+            torch.sub(c_r, tmp, out=buf_grt)
+        g_r_t = buf_grt
+        torch.mul(g, lam, out=buf_cv)
+        c_v = buf_cv
+        g.add_(cp0)  # g_p = cp0 + g_v
+        g_p = g
+        torch.mul(g_r_t, theta, out=buf_cr)
+        c_r = buf_cr
+        c_o = zero if ctx.detach_reset else g_r_t
+        if k.a1 != 0.0:
+            out = _free(cp_bufs, cp1)
+            if k.a1 == 1.0:
+                torch.add(cp1, g_p, out=out)
+            else:
+                tmp = scratch.tmp()
+                torch.mul(g_p, a1, out=tmp)
+                torch.add(cp1, tmp, out=out)
+            cp0 = out
+        else:
+            cp0 = cp1
+        if k.a2 != 0.0:
+            cp1 = torch.mul(g_p, a2, out=_free(cp_bufs, cp0))
+        else:
+            cp1 = zero
+        if t == lo and k.b != 1.0:  # leaving the chunk
+            grad_x[lo:hi].mul_(scalar(k.b))
+
+    def full(t: Tensor) -> Tensor:
+        return volts.new_zeros(shape) if t is zero else t
+
+    return grad_x, full(cp0), full(cp1), full(c_r), full(c_v), full(c_o)
+
+
 class IIRMultiStep(torch.autograd.Function):
     """Fused multistep forward and hand-written BPTT backward.
 
@@ -284,16 +444,17 @@ class IIRMultiStep(torch.autograd.Function):
     for zeros), the `Coefficients`, detach_reset, and smooth (fire with P(V) of eq. 5
     instead of U, making the forward differentiable so that gradcheck can verify this
     backward exactly). Outputs: spikes [T, ...], V [T, ...], p[T-1], p[T-2], R[T-1].
-    Only V is saved; the surrogate of eq. 6 is recomputed from it in backward.
+    Saved: V only; the surrogate of eq. 6 is recomputed from it in backward. For an input
+    constant over time (a duplicate-coded current, stride 0 along T) not even V: the
+    input (one step's memory) and the initial state, from which backward recomputes V.
     """
 
     @staticmethod
     def forward(ctx, x_seq, p1, p2, r, v, o, k: Coefficients, detach_reset: bool, smooth: bool):  # type: ignore[override]
-        given = tuple(s for s in (p1, p2, r, v, o) if s is not None)
-        spikes, volts, p1, p2, r, _, _ = _fused_forward(x_seq, p1, p2, r, v, o, k, smooth, True)
-        ctx.save_for_backward(volts)
-        ctx.k, ctx.detach_reset = k, detach_reset
-        ctx.set_materialize_grads(False)
+        state = (p1, p2, r, v, o)
+        given = tuple(s for s in state if s is not None)
+        spikes, volts, p1, p2, r, _, _ = _fused_forward(x_seq, *state, k, smooth, True)
+        _save(ctx, x_seq, None if _constant_over_time(x_seq) else volts, state, k, detach_reset, smooth)
         # p[T-1], p[T-2] and R[T-1] can be an input or a view of x_seq or of the spikes
         # (T = 1, synapse "none", theta = 0); an output of a Function must own its memory.
         p_last, p_prev, r = (_owned(t, (x_seq, *given)) for t in (p1, p2, r))
@@ -301,85 +462,26 @@ class IIRMultiStep(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_spikes, g_volts, g_p1, g_p2, g_r):  # type: ignore[override]
-        (volts,) = ctx.saved_tensors
-        k: Coefficients = ctx.k
-        steps = volts.shape[0]
-        scalar = _scalar_maker(volts)
-        zero = volts.new_zeros(volts.shape[1:])
-        new = lambda: torch.empty_like(zero)  # noqa: E731
-        c_v = c_r = c_o = zero
-        cp0 = zero if g_p1 is None else g_p1  # adjoint of p[t]
-        cp1 = zero if g_p2 is None else g_p2  # adjoint of p[t-1]
-        if g_r is not None:
-            c_r = g_r
-        # grad_x holds the surrogate dO/dV[t] of every step until step t overwrites it with
-        # g_p[t]; b*g_p is applied to all steps at the end.
-        grad_x = torch.empty_like(volts)
-        chunk = _chunk_steps(volts)
-        gx_steps = grad_x.unbind(0)
-        gs_steps = None if g_spikes is None else g_spikes.unbind(0)
-        gv_steps = None if g_volts is None else g_volts.unbind(0)
-        buf_gv, buf_grt, buf_cv, buf_cr, tmp = new(), new(), new(), new(), new()
-        cp_bufs = (new(), new())
-        vth, lam, theta = scalar(k.v_threshold), scalar(k.lam), scalar(k.theta)
-        a1, a2 = scalar(k.a1), scalar(k.a2)
-        for t in range(steps - 1, -1, -1):
-            if (steps - 1 - t) % chunk == 0:  # entering the chunk [lo, t]
-                lo = max(0, t - chunk + 1)
-                _surrogate_into(grad_x[lo : t + 1], volts[lo : t + 1], k)
-                hi = t + 1
-            g_p = gx_steps[t]
-            # g_v = (g_spikes[t] + c_o) * dO/dV + c_v (+ g_volts[t])
-            if gs_steps is None:
-                torch.mul(c_o, g_p, out=buf_gv)
-            else:
-                torch.add(gs_steps[t], c_o, out=buf_gv)
-                buf_gv.mul_(g_p)
-            buf_gv.add_(c_v)
-            if gv_steps is not None:
-                buf_gv.add_(gv_steps[t])
-            g_v = buf_gv
-            # g_r_t = c_r - V_th*g_v
-            if k.v_threshold == 1.0:
-                torch.sub(c_r, g_v, out=buf_grt)
-            else:
-                torch.mul(g_v, vth, out=tmp)
-                torch.sub(c_r, tmp, out=buf_grt)
-            g_r_t = buf_grt
-            torch.add(cp0, g_v, out=g_p)  # g_p = cp0 + g_v, in place of dO/dV[t]
-            torch.mul(g_v, lam, out=buf_cv)
-            c_v = buf_cv
-            torch.mul(g_r_t, theta, out=buf_cr)
-            c_r = buf_cr
-            c_o = zero if ctx.detach_reset else g_r_t
-            if k.a1 != 0.0:
-                out = _free(cp_bufs, cp1)
-                if k.a1 == 1.0:
-                    torch.add(cp1, g_p, out=out)
-                else:
-                    torch.mul(g_p, a1, out=tmp)
-                    torch.add(cp1, tmp, out=out)
-                cp0 = out
-            else:
-                cp0 = cp1
-            if k.a2 != 0.0:
-                cp1 = torch.mul(g_p, a2, out=_free(cp_bufs, cp0))
-            else:
-                cp1 = zero
-            if t == lo and k.b != 1.0:  # leaving the chunk
-                grad_x[lo:hi].mul_(scalar(k.b))
+        grads = _bptt(ctx, g_spikes, g_volts, g_p1, g_p2, g_r)
         needs = ctx.needs_input_grad
-        return (
-            grad_x,
-            cp0 if needs[1] else None,
-            cp1 if needs[2] else None,
-            c_r if needs[3] else None,
-            c_v if needs[4] else None,
-            c_o if needs[5] else None,
-            None,
-            None,
-            None,
-        )
+        return (grads[0], *(g if n else None for g, n in zip(grads[1:], needs[1:6])), None, None, None)
+
+
+class IIRSpikes(torch.autograd.Function):
+    """`IIRMultiStep` from zero state with the spikes as the only output (`IIRNeuron`):
+    ``IIRSpikes.apply(x_seq, k, detach_reset)``. For an input constant over time the
+    forward keeps no membrane sequence at all (V is recomputed in backward)."""
+
+    @staticmethod
+    def forward(ctx, x_seq, k: Coefficients, detach_reset: bool):  # type: ignore[override]
+        constant = _constant_over_time(x_seq)
+        spikes, volts, *_ = _fused_forward(x_seq, None, None, None, None, None, k, False, not constant)
+        _save(ctx, x_seq, volts, (None,) * 5, k, detach_reset, False)
+        return spikes
+
+    @staticmethod
+    def backward(ctx, g_spikes):  # type: ignore[override]
+        return _bptt(ctx, g_spikes, None, None, None, None)[0], None, None
 
 
 def _needs_graph(*tensors: Optional[Tensor]) -> bool:
@@ -416,10 +518,11 @@ def iir_multistep(
 def iir_spikes(x_seq: Tensor, params: IIRParams) -> Tensor:
     """The spikes of `iir_multistep` from zero state (what `IIRNeuron` returns).
 
-    Without a graph to record it keeps no membrane sequence: V lives in two [...]-sized
-    buffers instead of a [T, ...] one (the evaluation path).
+    Runs `IIRSpikes`; without a graph to record it keeps no membrane sequence: V lives in
+    one step-sized buffer instead of a [T, ...] one (the evaluation path).
     """
     _check_seq(x_seq)
+    k = Coefficients.of(params)
     if _needs_graph(x_seq):
-        return iir_multistep(x_seq, params)[0]
-    return _fused_forward(x_seq, None, None, None, None, None, Coefficients.of(params), False, False)[0]
+        return IIRSpikes.apply(x_seq, k, params.detach_reset)
+    return _fused_forward(x_seq, None, None, None, None, None, k, False, False)[0]
