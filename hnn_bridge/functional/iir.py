@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ..params import IIRParams
-from .surrogate import _INV_SQRT_2PI, EXP_FLOOR, exp_, firing_probability, heaviside, spike, surrogate_grad
+from .surrogate import _INV_SQRT_2PI, firing_probability, flushed_exp_, heaviside, one_thread, spike, surrogate_grad
 
 
 class IIRState(NamedTuple):
@@ -121,9 +121,9 @@ def _owned(t: Tensor, inputs: tuple[Tensor, ...]) -> Tensor:
 # and of the BPTT recurrences, in the same order, but execute them with `out=` arguments
 # into preallocated buffers, with each coefficient held in a 0-dim tensor (a Python float
 # operand costs a wrapped-number conversion per op), and with element-wise work that does
-# not depend on the recurrence done for many steps per op (b*x[t], the surrogate of eq. 6,
-# b*g_p[t]; see `_chunk_steps`): an element-wise op gives the same bits whether it runs on
-# one step or on many.
+# not depend on the recurrence done in one op over all T steps (b*x[t], the surrogate of
+# eq. 6, b*g_p[t]): an element-wise op gives the same bits on one step or on all. On the
+# CPU, layers whose step is below ATen's parallel grain run on one thread (`_one_thread`).
 # Two rewrites are exact in IEEE arithmetic and skip a multiply: 1*a == a, and
 # a + (-1*b) == a - b (negation is exact), used when V_th == 1.
 
@@ -237,7 +237,7 @@ def _fused_forward(
     else:
         v_buf = scratch.new()  # V[t] overwrites V[t-1] in place
     # The input term b*x[t] of the synapse filter: x itself for b == 1; b*x[0] once when x
-    # is constant; else, when p[t] has other terms, b*x for several steps per op into the
+    # is constant; else, when p[t] has other terms, b*x for all steps in one op into the
     # spike buffer (step t reads it before writing O[t]); else per step.
     recurrent = k.a1 != 0.0 or k.a2 != 0.0
     x_steps, x_coef = x_seq.unbind(0), k.b
@@ -249,15 +249,14 @@ def _fused_forward(
             if not keep_spikes:
                 raise ValueError("_fused_forward: keep_spikes=False needs an input constant over time")
             x_steps, x_coef, pre_scale = s_out, 1.0, True
-    chunk = _chunk_steps(x_seq)
+    if pre_scale:
+        torch.mul(x_seq, scalar(k.b), out=spikes)
     # Buffers of p: one for p[t] plus one per older p still read (p[t-1] for a1, p[t-2] for a2).
     single = x_coef == 1.0 and not recurrent
     p_bufs = [] if single else [scratch.new() for _ in range(1 + (k.a1 != 0.0) + (k.a2 != 0.0))]
     r_buf = scratch.new() if k.theta != 0.0 else None
     vth, neg_vth = scalar(k.v_threshold), -k.v_threshold
     for t in range(steps):
-        if pre_scale and t % chunk == 0:
-            torch.mul(x_seq[t : t + chunk], scalar(k.b), out=spikes[t : t + chunk])
         # p[t] = a1*p[t-1] + a2*p[t-2] + b*x[t]
         terms, live = [], []
         if k.a1 != 0.0:
@@ -303,26 +302,11 @@ def _fused_forward(
     return spikes, volts, p1, p2, r, v, o
 
 
-# ATen splits an element-wise op over threads from this many elements on (GRAIN_SIZE);
-# exp already from 2048 on (see `surrogate.exp_`).
-_GRAIN = 32768
-
-
-def _chunk_steps(seq: Tensor) -> int:
-    """Time steps per element-wise op that covers several steps.
-
-    On the CPU an op of GRAIN elements or more runs on several OpenMP threads; on a busy
-    machine every such op can wait a scheduler time slice (milliseconds) for a thread,
-    while the per-step ops of the recurrences stay below the grain. So the whole-sequence
-    element-wise work runs in chunks of steps that stay below it too (one step when a
-    step alone reaches it), and exp in pieces below its own grain (`surrogate.exp_`).
-    With one thread, or on other devices: all steps at once (fewest ops).
-    """
-    steps = seq.shape[0]
-    if seq.device.type != "cpu" or torch.get_num_threads() == 1:
-        return max(steps, 1)
-    per_step = max(seq[0].numel(), 1)
-    return max(1, min(steps, (_GRAIN - 1) // per_step))
+def _one_thread(seq: Tensor):
+    """`surrogate.one_thread` judged by one time step of ``seq`` [T, ...]: the recurrences
+    run one step per op, so on the CPU below ATen's grain they are single-threaded anyway;
+    this keeps the few ops over all steps (and exp, whose grain is smaller) there too."""
+    return one_thread(seq, seq[0].numel() if seq.dim() > 0 and seq.shape[0] > 0 else 0)
 
 
 def _surrogate_into(out: Tensor, volts: Tensor, k: Coefficients) -> Tensor:
@@ -331,10 +315,8 @@ def _surrogate_into(out: Tensor, volts: Tensor, k: Coefficients) -> Tensor:
     torch.sub(volts, k.v_threshold, out=out)
     out.mul_(out)
     out.mul_(-0.5 / (k.sigma * k.sigma))
-    flushed = out < EXP_FLOOR
-    exp_(out.clamp_(min=EXP_FLOOR))
-    out.mul_(_INV_SQRT_2PI / k.sigma)
-    return out.masked_fill_(flushed, 0.0)
+    flushed_exp_(out)
+    return out.mul_(_INV_SQRT_2PI / k.sigma)
 
 
 _STATE_NAMES = ("p1", "p2", "r", "v", "o")
@@ -376,7 +358,8 @@ def _bptt(ctx, g_spikes, g_volts, g_p1, g_p2, g_r):
     cp1 = zero if g_p2 is None else g_p2  # adjoint of p[t-1]
     if g_r is not None:
         c_r = g_r
-    chunk = _chunk_steps(volts)
+    # grad_x holds dO/dV of every step until step t overwrites it with g_p[t].
+    _surrogate_into(grad_x, volts, k)
     gx_steps = grad_x.unbind(0)
     gs_steps = None if g_spikes is None else g_spikes.unbind(0)
     gv_steps = None if g_volts is None else g_volts.unbind(0)
@@ -385,10 +368,6 @@ def _bptt(ctx, g_spikes, g_volts, g_p1, g_p2, g_r):
     vth, lam, theta = scalar(k.v_threshold), scalar(k.lam), scalar(k.theta)
     a1, a2 = scalar(k.a1), scalar(k.a2)
     for t in range(steps - 1, -1, -1):
-        if (steps - 1 - t) % chunk == 0:  # entering the chunk [lo, t]
-            lo = max(0, t - chunk + 1)
-            _surrogate_into(grad_x[lo : t + 1], volts[lo : t + 1], k)
-            hi = t + 1
         g = gx_steps[t]  # dO/dV[t], then g_v, then g_p
         # g_v = (g_spikes[t] + c_o) * dO/dV + c_v (+ g_volts[t])   (x*y == y*x, x+y == y+x)
         if gs_steps is None:
@@ -428,8 +407,8 @@ def _bptt(ctx, g_spikes, g_volts, g_p1, g_p2, g_r):
             cp1 = torch.mul(g_p, a2, out=_free(cp_bufs, cp0))
         else:
             cp1 = zero
-        if t == lo and k.b != 1.0:  # leaving the chunk
-            grad_x[lo:hi].mul_(scalar(k.b))
+    if k.b != 1.0:
+        grad_x.mul_(scalar(k.b))
 
     def full(t: Tensor) -> Tensor:
         return volts.new_zeros(shape) if t is zero else t
@@ -453,7 +432,8 @@ class IIRMultiStep(torch.autograd.Function):
     def forward(ctx, x_seq, p1, p2, r, v, o, k: Coefficients, detach_reset: bool, smooth: bool):  # type: ignore[override]
         state = (p1, p2, r, v, o)
         given = tuple(s for s in state if s is not None)
-        spikes, volts, p1, p2, r, _, _ = _fused_forward(x_seq, *state, k, smooth, True)
+        with _one_thread(x_seq):
+            spikes, volts, p1, p2, r, _, _ = _fused_forward(x_seq, *state, k, smooth, True)
         _save(ctx, x_seq, None if _constant_over_time(x_seq) else volts, state, k, detach_reset, smooth)
         # p[T-1], p[T-2] and R[T-1] can be an input or a view of x_seq or of the spikes
         # (T = 1, synapse "none", theta = 0); an output of a Function must own its memory.
@@ -462,7 +442,8 @@ class IIRMultiStep(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_spikes, g_volts, g_p1, g_p2, g_r):  # type: ignore[override]
-        grads = _bptt(ctx, g_spikes, g_volts, g_p1, g_p2, g_r)
+        with _one_thread(ctx.saved_tensors[0]):
+            grads = _bptt(ctx, g_spikes, g_volts, g_p1, g_p2, g_r)
         needs = ctx.needs_input_grad
         return (grads[0], *(g if n else None for g, n in zip(grads[1:], needs[1:6])), None, None, None)
 
@@ -475,13 +456,15 @@ class IIRSpikes(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_seq, k: Coefficients, detach_reset: bool):  # type: ignore[override]
         constant = _constant_over_time(x_seq)
-        spikes, volts, *_ = _fused_forward(x_seq, None, None, None, None, None, k, False, not constant)
+        with _one_thread(x_seq):
+            spikes, volts, *_ = _fused_forward(x_seq, None, None, None, None, None, k, False, not constant)
         _save(ctx, x_seq, volts, (None,) * 5, k, detach_reset, False)
         return spikes
 
     @staticmethod
     def backward(ctx, g_spikes):  # type: ignore[override]
-        return _bptt(ctx, g_spikes, None, None, None, None)[0], None, None
+        with _one_thread(ctx.saved_tensors[0]):
+            return _bptt(ctx, g_spikes, None, None, None, None)[0], None, None
 
 
 def _needs_graph(*tensors: Optional[Tensor]) -> bool:
@@ -509,7 +492,8 @@ def iir_multistep(
     if _needs_graph(x_seq, *given):
         spikes, volts, p1, p2, r = IIRMultiStep.apply(x_seq, *given, k, params.detach_reset, smooth)
         return spikes, volts, IIRState(p1, p2, r, volts[-1], spikes[-1])
-    spikes, volts, p1, p2, r, v, o = _fused_forward(x_seq, *given, k, smooth, True)
+    with _one_thread(x_seq):
+        spikes, volts, p1, p2, r, v, o = _fused_forward(x_seq, *given, k, smooth, True)
     inputs = (x_seq, *(s for s in given if s is not None))
     p1, p2, r = (_owned(t, inputs) for t in (p1, p2, r))
     return spikes, volts, IIRState(p1, p2, r, volts[-1], spikes[-1])
@@ -525,4 +509,5 @@ def iir_spikes(x_seq: Tensor, params: IIRParams) -> Tensor:
     k = Coefficients.of(params)
     if _needs_graph(x_seq):
         return IIRSpikes.apply(x_seq, k, params.detach_reset)
-    return _fused_forward(x_seq, None, None, None, None, None, k, False, False)[0]
+    with _one_thread(x_seq):
+        return _fused_forward(x_seq, None, None, None, None, None, k, False, False)[0]
