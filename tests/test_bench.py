@@ -73,7 +73,7 @@ def test_epoch_suite_estimates_from_limited_batches(tmp_path):
         assert r["step"]["n"] == 2 and r["epoch_s"] > 0 and r["saved_bytes"] > 0 and r["mean_loss"] > 0
     check_ratios(rows)
     assert res["targets"] and res["targets"][0]["limit"] == pytest.approx(1 / 3)
-    assert "| contender | epoch s |" in text
+    assert "| contender | epoch s (median step x batches) |" in text
 
 
 def test_unknown_backend_is_a_usage_error():
