@@ -161,3 +161,12 @@ def test_missing_dataset_is_a_clean_error(tmp_path: Path, monkeypatch) -> None:
     assert result.exit_code == 1
     assert "Error: dataset 'mnist' not found under" in result.output and "--data-dir" in result.output
     assert "Traceback" not in result.output
+
+
+def test_two_runs_cannot_share_an_output_folder(tmp_path: Path) -> None:
+    out = tmp_path / "busy"
+    out.mkdir()
+    with runner_module._exclusive(out):  # another run holds the folder
+        result = CliRunner().invoke(main, [*ARGS, "--out", str(out)])
+    assert result.exit_code == 1
+    assert f"another hnn-bridge run is writing to {out}" in result.output and "Traceback" not in result.output

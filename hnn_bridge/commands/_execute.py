@@ -11,7 +11,7 @@ import torch
 from ..recipe import Recipe, RecipeError, check_rows
 from ..report import render_table, write_report
 from ..training.progress import ConsoleReporter
-from ..training.runner import RunOptions, run_recipe
+from ..training.runner import OutputBusy, RunOptions, run_recipe
 
 
 def check_device(device: str) -> str:
@@ -33,7 +33,7 @@ def execute(recipe: Recipe, *, out: Path, seeds: int, device: str, data_dir: Pat
 
     ``resume_hint`` is the command line to print when the run is interrupted.
     """
-    from ..data import DatasetNotFound
+    from ..data import DatasetFormatError, DatasetNotFound
 
     try:
         check_rows(recipe)
@@ -46,7 +46,7 @@ def execute(recipe: Recipe, *, out: Path, seeds: int, device: str, data_dir: Pat
                f"writing to {out}", err=True)
     try:
         results = run_recipe(recipe, options, on_results=lambda r: write_report(out, r))
-    except DatasetNotFound as err:
+    except (DatasetNotFound, DatasetFormatError, OutputBusy) as err:
         raise click.ClickException(str(err))
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted: finished epochs and rows are saved in {out}; continue with\n  {resume_hint}",

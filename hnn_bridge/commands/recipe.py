@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 
 import click
@@ -19,6 +18,19 @@ def _listing() -> str:
         lines.append(f"{name:<9} {r.paper_table:<12} {r.dataset:<8} {len(r.rows):>4}  {r.title}")
     lines.append("\nrun one with `hnn-bridge recipe NAME` (add --quick for a smoke run), or pass a .toml path")
     return "\n".join(lines)
+
+
+def _resume_command(name: str, quick: bool, epochs: int | None, steps: int | None, rows: str | None, seeds: int,
+                    device: str, backend: str | None, data_dir: Path | None, out: Path) -> list[str]:
+    """The command line that continues this run."""
+    argv = ["hnn-bridge", "recipe", name]
+    argv += ["--quick"] if quick else []
+    for flag, value in (("--epochs", epochs), ("--steps", steps), ("--rows", rows), ("--backend", backend),
+                        ("--data-dir", data_dir)):
+        argv += [flag, str(value)] if value is not None else []
+    argv += ["--seeds", str(seeds)] if seeds != 1 else []
+    argv += ["--device", device] if device != "cpu" else []
+    return [*argv, "--out", str(out), "--resume"]
 
 
 @click.command("recipe")
@@ -63,9 +75,6 @@ def recipe(name: str | None, show_list: bool, quick: bool, epochs: int | None, s
         raise click.ClickException(str(err))
     if out is None:
         out = Path("runs") / (configured.name + ("-quick" if quick else ""))
-    argv = [a for a in sys.argv[1:] if a != "--resume"] if sys.argv[1:2] == ["recipe"] else []
-    if "--out" not in argv:
-        argv += ["--out", str(out)]
-    hint = "hnn-bridge " + " ".join(shlex.quote(a) for a in argv) + " --resume" if argv else \
-        f"hnn-bridge recipe {shlex.quote(name)} --out {shlex.quote(str(out))} --resume (and the same options)"
+    hint = " ".join(shlex.quote(a) for a in _resume_command(name, quick, epochs, steps, rows_text, seeds, device,
+                                                             backend, data_dir, out))
     execute(configured, out=out, seeds=seeds, device=device, data_dir=data_dir, resume=resume, resume_hint=hint)

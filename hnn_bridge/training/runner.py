@@ -29,10 +29,11 @@ import io
 import json
 import platform
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -44,7 +45,7 @@ from .checkpoint import atomic_write_json, atomic_write_text, load_state, read_j
 from .loop import TIE_RULE, NonFiniteLoss, Progress, evaluate, train_model
 from .progress import Reporter
 
-__all__ = ["RunOptions", "derive_seed", "run_recipe", "RESULTS_FORMAT", "EPOCH_FIELDS"]
+__all__ = ["EPOCH_FIELDS", "OutputBusy", "RESULTS_FORMAT", "RunOptions", "derive_seed", "run_recipe"]
 
 RESULTS_FORMAT = "hnn-bridge-results/1"
 EPOCH_FIELDS = ("job", "row", "label", "seed", "phase", "epoch", "train_loss", "train_acc", "val_acc",
@@ -371,6 +372,37 @@ def run_recipe(recipe: Recipe, options: RunOptions,
     """
     run = _Run(recipe, options)
     run.out.mkdir(parents=True, exist_ok=True)
+    with _exclusive(run.out):
+        return _run(run, recipe, options, on_results)
+
+
+class OutputBusy(RuntimeError):
+    """Another process is running into the same output folder."""
+
+
+@contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold ``OUT/.lock`` for the run: two runs writing the same checkpoints would corrupt
+    each other's results (POSIX only; elsewhere no lock is taken)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(out / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise OutputBusy(f"another hnn-bridge run is writing to {out}; wait for it or choose another --out") \
+                from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _run(run: _Run, recipe: Recipe, options: RunOptions,
+         on_results: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     run.load_data()
     for d in run.data.values():
         options.reporter.note(f"data: {d.description}")
