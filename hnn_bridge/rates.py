@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from contextlib import contextmanager
+from typing import Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -10,10 +11,11 @@ from torch import Tensor
 from .builder import HybridNet
 
 
-@torch.no_grad()
-def measure_input_rates(model: HybridNet, batches: Iterable[tuple[Tensor, Tensor]]) -> dict[int, float]:
-    """Mean presynaptic firing rate (spikes per neuron per time step) of every SL fed by
-    spikes, keyed by its index in ``model.layers``, over the images of ``batches``."""
+@contextmanager
+def recording_input_rates(model: HybridNet) -> Iterator[dict[int, float]]:
+    """Record, during the forward passes inside the block, the mean presynaptic firing rate
+    (spikes per neuron per time step) of every SL fed by spikes; the yielded dict, keyed by
+    the layer's index in ``model.layers``, is filled when the block ends."""
     totals: dict[int, list[float]] = {}
     handles = []
     for i, info in enumerate(model.layers):
@@ -26,13 +28,24 @@ def measure_input_rates(model: HybridNet, batches: Iterable[tuple[Tensor, Tensor
             acc[1] += inputs[0].numel()
 
         handles.append(model.weight_ops[i].register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
+    rates: dict[int, float] = {}
     try:
-        for x, _ in batches:
-            model(x)
+        yield rates
     finally:
         for h in handles:
             h.remove()
+        rates.update({i: (s / n if n else 0.0) for i, (s, n) in totals.items()})
+
+
+@torch.no_grad()
+def measure_input_rates(model: HybridNet, batches: Iterable[tuple[Tensor, Tensor]]) -> dict[int, float]:
+    """`recording_input_rates` over one evaluation pass (``model.eval()``) of ``batches``."""
+    was_training = model.training
+    model.eval()
+    try:
+        with recording_input_rates(model) as rates:
+            for x, _ in batches:
+                model(x)
+    finally:
         model.train(was_training)
-    return {i: (s / n if n else 0.0) for i, (s, n) in totals.items()}
+    return rates
