@@ -56,11 +56,26 @@ class Coefficients(NamedTuple):
         return cls(a1, a2, b, params.theta, params.lam, params.v_threshold, params.sigma)
 
 
+_CONSTANTS: dict[tuple[float, torch.dtype], Tensor] = {}
+
+
 def _scaled(c: float, t: Tensor) -> Optional[Tensor]:
-    """c*t, skipping the multiply for c == 1 and the term for c == 0 (exact either way)."""
+    """c*t, skipping the multiply for c == 1 and the term for c == 0 (exact either way).
+
+    For float32/float64 the multiply takes c as a cached 0-dim CPU tensor of t's dtype:
+    the same product as with the Python float (which is rounded to t's dtype too), without
+    a wrapped-number conversion per op."""
     if c == 0.0:
         return None
-    return t if c == 1.0 else c * t
+    if c == 1.0:
+        return t
+    if t.dtype in (torch.float32, torch.float64):
+        key = (c, t.dtype)
+        const = _CONSTANTS.get(key)
+        if const is None:
+            const = _CONSTANTS[key] = torch.tensor(c, dtype=t.dtype)
+        return t * const
+    return c * t
 
 
 def _sum(*terms: Optional[Tensor]) -> Tensor:
