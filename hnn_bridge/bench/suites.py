@@ -557,6 +557,8 @@ def render(result: dict[str, Any]) -> str:
     suite, c = result["suite"], result["config"]
     m = result["machine"]
     where = f"{m['cpu']}, {m['cpu_cores']} cores, torch {m['torch']} ({m['torch_threads']} threads)"
+    if m.get("load_average"):
+        where += f", load average {m['load_average'][0]:.1f} at the end"
     if m.get("gpu"):
         where = f"{m['gpu']}; " + where
     parts = []
