@@ -199,8 +199,10 @@ def plot_accuracy(results: Mapping[str, Any]) -> bytes:
     ax.set_xlabel("share of artificial layers")
     ax.set_ylabel("test accuracy (%)")
     ax.set_xlim(-0.05, 1.05)
-    ax.set_title(f"{recipe.get('paper_table', '')} {recipe.get('title', '')} ({results.get('profile', 'full')})"
-                 .strip(), fontsize=10)
+    first = (results.get("rows") or [{}])[0].get("settings", {})
+    budget = f"{results.get('profile', 'full')} profile, {first.get('epochs')} epochs, T = {first.get('steps')}"
+    ax.set_title(f"{recipe.get('paper_table', '')} {recipe.get('title', '')}\n(ours: {budget}; "
+                 f"paper: {150 if recipe.get('dataset') == 'cifar10' else 100} epochs, T = 25)".strip(), fontsize=9)
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="best")
