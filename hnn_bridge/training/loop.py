@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checkpoint import rng_state, set_rng_state
+from .distributed import SINGLE, DistContext, all_gather_objects, all_reduce_sum, rank_seed
 
 __all__ = [
     "TIE_RULE",
@@ -115,8 +116,13 @@ def score_batch(out: Tensor, y: Tensor) -> tuple[int, int, int, int]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> Metrics:
-    """Accuracy (strict tie rule and argmax), tie rate and loss over ``batches``."""
+def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], dist: DistContext | None = None) -> Metrics:
+    """Accuracy (strict tie rule and argmax), tie rate and loss over ``batches``.
+
+    Under DDP (``dist`` with several processes) each process passes its own share of the
+    set and the counts are summed over all processes (every process gets the same
+    `Metrics`); ``model`` is the unwrapped module (no gradient synchronisation here).
+    """
     was_training = model.training
     model.eval()
     strict = argmax = ties = silent = n = 0
@@ -129,9 +135,23 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]) -> Metr
             strict, argmax, ties, silent, n = strict + s, argmax + a, ties + t, silent + z, n + len(y)
     finally:
         model.train(was_training)
+    if dist is not None and dist.distributed:
+        strict, argmax, ties, silent, n, loss = all_reduce_sum([strict, argmax, ties, silent, n, loss], dist)
+        strict, argmax, ties, silent, n = (int(round(v)) for v in (strict, argmax, ties, silent, n))
     if n == 0:
         return Metrics(0.0, 0.0, 0.0, 0.0, math.nan, 0)
     return Metrics(strict / n, argmax / n, ties / n, silent / n, loss / n, n)
+
+
+def _cpu(obj: Any) -> Any:
+    """``obj`` with every tensor moved to the CPU (for gathering RNG states)."""
+    if isinstance(obj, Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
 
 
 def _clone(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -152,6 +172,7 @@ def train_model(
     state: Mapping[str, Any] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     progress: Progress | None = None,
+    dist: DistContext | None = None,
 ) -> dict[str, Any]:
     """Train ``params`` of ``model`` with Adam for ``epochs`` epochs; return the final state.
 
@@ -166,10 +187,32 @@ def train_model(
     epoch finished), ``best_val`` (`Metrics` as a dict), ``best_model`` (a state dict),
     ``log`` (`EpochRecord` dicts) and ``wall_s``.
 
+    Data parallel (``dist`` from `distributed.from_env` with several processes; every
+    process calls this with the same arguments): the forward/backward pass runs through
+    `torch.nn.parallel.DistributedDataParallel`, which starts every process from rank 0's
+    weights and averages the gradients; ``model`` itself stays unwrapped, so state dicts
+    keep their keys. ``train_batches`` must be this process's shard (`TensorBatches` with
+    ``rank``/``world_size`` and batch_size = global batch / world size) and
+    ``val_batches`` its share of the validation set: `evaluate` sums the counts over the
+    processes, so the validation metrics, the best epoch and the returned state are the
+    same on every process. The logged train loss/accuracy are over the global batches
+    (all-reduced); the loss is also all-reduced per batch so that a non-finite loss on
+    any process stops all of them together. After wrapping, each process reseeds torch's
+    RNG with `distributed.rank_seed` (torch's initial seed, rank), so dropout masks and
+    coder noise differ across processes; a saved state holds every process's RNG state,
+    and resuming with the same number of processes continues each stream exactly.
+
     Raises:
         NonFiniteLoss: a NaN or infinite loss; ``.finished`` holds the epochs before it.
     """
     progress = progress or Progress()
+    dist = dist or SINGLE
+    net: nn.Module = model  # what the training forward/backward runs through
+    if dist.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        dev = torch.device(device)
+        net = DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
     optimizer = torch.optim.Adam(params, lr=lr)
     scheduler = (torch.optim.lr_scheduler.MultiStepLR(optimizer, list(lr_milestones), lr_gamma)
                  if lr_milestones else None)
@@ -184,7 +227,13 @@ def train_model(
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler") is not None:
             scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks")
+        if dist.distributed and ranks is not None and len(ranks) == dist.world_size:
+            set_rng_state(ranks[dist.rank])
+        else:
+            set_rng_state(state["rng"])
+            if dist.distributed:  # saved with another number of processes: a new stream per rank
+                torch.manual_seed(rank_seed(int(torch.randint(0, 2**62, ())), dist.rank))
         start = int(state["epoch"])
         best_epoch = int(state["best_epoch"])
         best_val = dict(state["best_val"]) if state.get("best_val") else None
@@ -192,14 +241,20 @@ def train_model(
         best_model = _clone(state["best_model"])
         log = [dict(r) for r in state["log"]]
         wall = float(state.get("wall_s", 0.0))
+    elif dist.distributed:
+        torch.manual_seed(rank_seed(torch.initial_seed(), dist.rank))
 
     def snapshot(epoch: int) -> dict[str, Any]:
-        return {
+        snap = {
             "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "rng": rng_state(device), "best_epoch": best_epoch, "best_val": best_val,
             "best_model": best_model, "log": log, "wall_s": wall,
         }
+        if dist.distributed:  # every process's RNG state (collective: all processes call snapshot)
+            ranks = all_gather_objects(_cpu(snap["rng"]), dist)
+            snap.update(rng=ranks[0], rng_ranks=ranks, world_size=dist.world_size)
+        return snap
 
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
@@ -209,9 +264,12 @@ def train_model(
         loss_sum, correct, seen = 0.0, 0, 0
         current_lr = optimizer.param_groups[0]["lr"]
         for i, (x, y) in enumerate(train_batches.epoch_batches(epoch)):
-            out = model(x)
+            out = net(x)
             loss = F.cross_entropy(out, y)
             value = float(loss.detach())
+            if dist.distributed:  # the global batch's mean loss, the same on every process
+                total, count = all_reduce_sum([value * len(y), len(y)], dist)
+                value = total / count if count else math.nan
             if not math.isfinite(value):
                 finished = {"epoch": epoch, "best_epoch": best_epoch, "best_val": best_val,
                             "best_model": best_model, "log": log, "wall_s": wall + time.perf_counter() - t0}
@@ -223,9 +281,13 @@ def train_model(
             correct += score_batch(out.detach(), y)[0]
             seen += len(y)
             progress.batch(i + 1, value)
+        if dist.distributed:  # sum of (global batch mean) x rows over every process's rows
+            correct, seen, loss_sum = all_reduce_sum([correct, seen, loss_sum], dist)
+            correct, seen = int(round(correct)), int(round(seen))
         if scheduler is not None:
             scheduler.step()
-        val = evaluate(model, val_batches.epoch_batches(epoch))
+        val_iter = val_batches.epoch_batches(epoch)
+        val = evaluate(model, val_iter, dist) if dist.distributed else evaluate(model, val_iter)
         improved = val.acc > best_acc
         if improved:
             best_epoch, best_acc, best_val = epoch + 1, val.acc, val.as_dict()
