@@ -19,6 +19,21 @@ Per (row, seed index) the runner
 
 With ``resume=True`` finished rows are read back instead of trained. The 6:2:2 split
 (§4.1) is stratified and fixed by ``split_seed``: all seeds of a row share it.
+
+Data parallel (``RunOptions.dist`` with several processes, launched by torchrun; see
+`distributed`): every process runs the same jobs in the same order; each trains on its
+shard of every global batch (``batch_size`` / world size rows, so ``batch_size`` must be
+divisible by the world size) and evaluates its share of the validation and test sets.
+Rank 0 alone writes checkpoints, result and report files and prints progress; the others
+wait at a barrier after each job's files are written, since later jobs read them (the
+pre-trained ANN of separate learning, finished rows on resume).
+
+Parallel jobs (``RunOptions.jobs`` > 1, one process): the independent (row, seed) jobs
+run in worker processes. The pure ANNs that separate rows need are trained first (each
+once), then the rows; every job is seeded from its own derived seed and data order, so
+the results are the same as a sequential run's: bit for bit when the sequential run uses
+the intra-op thread count of a worker (``cpu_count // jobs``; CPU float reductions such as
+matrix products can round differently with another thread count).
 """
 
 from __future__ import annotations
@@ -27,6 +42,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import platform
 import time
 from contextlib import contextmanager
@@ -40,12 +56,14 @@ from torch import nn
 
 from .. import __version__
 from ..notation import ann_twin, parse_arch
-from ..recipe import Recipe, RowSpec, Settings, build_row
+from ..recipe import Recipe, RecipeError, RowSpec, Settings, build_row
 from .checkpoint import atomic_write_json, atomic_write_text, load_state, read_json, save_state, torch_load, torch_save
+from .distributed import SINGLE, DistContext, barrier
 from .loop import TIE_RULE, NonFiniteLoss, Progress, evaluate, train_model
-from .progress import Reporter
+from .progress import ConsoleReporter, Reporter
 
-__all__ = ["EPOCH_FIELDS", "OutputBusy", "RESULTS_FORMAT", "RunOptions", "derive_seed", "run_recipe"]
+__all__ = ["EPOCH_FIELDS", "OutputBusy", "RESULTS_FORMAT", "RunOptions", "check_parallel", "derive_seed",
+           "run_recipe"]
 
 RESULTS_FORMAT = "hnn-bridge-results/1"
 EPOCH_FIELDS = ("job", "row", "label", "seed", "phase", "epoch", "train_loss", "train_acc", "val_acc",
@@ -56,7 +74,10 @@ _SNN_ONLY = ("steps", "input_mode", "backend", "neuron")
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How to run a recipe: where to write, how many seeds, on which device."""
+    """How to run a recipe: where to write, how many seeds, on which device.
+
+    ``dist``: this process's place in a data-parallel (torchrun) run; ``jobs``: worker
+    processes for independent (row, seed) jobs (not together with ``dist``)."""
 
     out: Path
     seeds: int = 1
@@ -64,6 +85,33 @@ class RunOptions:
     data_dir: str | None = None
     resume: bool = False
     reporter: Reporter = field(default_factory=Reporter)
+    dist: DistContext = SINGLE
+    jobs: int = 1
+
+
+def check_parallel(recipe: Recipe, world_size: int, jobs: int = 1) -> None:
+    """Fail before any training when the recipe cannot run on ``world_size`` processes
+    (every row's batch size must split evenly) or ``jobs`` is combined with DDP.
+
+    Raises:
+        RecipeError: naming the row, its batch size and the world size.
+    """
+    if jobs < 1:
+        raise RecipeError(f"--jobs must be at least 1, got {jobs}")
+    if world_size > 1 and jobs > 1:
+        raise RecipeError(f"--jobs {jobs} cannot be combined with a torchrun launch (WORLD_SIZE={world_size}): "
+                          "run the rows either data-parallel under torchrun or in --jobs processes, not both")
+    if world_size == 1:
+        return
+    for row in recipe.rows:
+        b = row.settings.batch_size
+        if b % world_size:
+            fits = [w for w in range(1, min(b, 16) + 1) if b % w == 0]
+            raise RecipeError(
+                f"{recipe.source}: row {row.index} ({row.arch}): batch_size {b} is not divisible by the "
+                f"{world_size} processes of this torchrun launch (WORLD_SIZE={world_size}); every process takes "
+                f"batch_size / WORLD_SIZE rows of each global batch. Use --nproc_per_node in "
+                f"{{{', '.join(map(str, fits))}}} or a batch size divisible by {world_size}")
 
 
 def derive_seed(base: int, index: int, *parts: str) -> int:
@@ -147,7 +195,12 @@ class _Run:
         self.options = options
         self.out = Path(options.out)
         self.ckpt = self.out / "checkpoints"
+        self.dist = options.dist
         self.device = torch.device(options.device)
+        if self.dist.distributed and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.reporter = options.reporter if self.dist.is_main else Reporter()
+        self.write_epochs = True  # epochs.csv after every epoch (off in --jobs workers)
         self.data: dict[tuple[str, int, int], _Data] = {}
         self.logs: dict[str, list[dict[str, Any]]] = {}  # job name -> epoch rows for epochs.csv
         self.job_results: dict[str, dict[str, Any]] = {}  # finished jobs of this run
@@ -155,11 +208,12 @@ class _Run:
 
     # -------------------------------------------------------------------- data
 
-    def load_data(self) -> None:
-        """Load every dataset the rows need, before any training (fails fast)."""
+    def load_data(self, rows: Any = None) -> None:
+        """Load every dataset the rows need (all rows of the recipe when ``rows`` is None),
+        before any training (fails fast)."""
         from ..data import load_dataset, split_622
 
-        for row in self.recipe.rows:
+        for row in self.recipe.rows if rows is None else rows:
             s = row.settings
             key = (s.dataset, s.subset, s.split_seed)
             if key in self.data:
@@ -183,15 +237,20 @@ class _Run:
         d = self.data[(s.dataset, s.subset, s.split_seed)]
         preload = self.device.type == "cuda"
         common = dict(device=self.device, preload=preload)
-        train = TensorBatches(d.images, d.labels, d.train, batch_size=s.batch_size, shuffle=True,
-                              seed=job.seed, **common)
-        val = TensorBatches(d.images, d.labels, d.val, batch_size=s.eval_batch_size, shuffle=False, **common)
-        test = TensorBatches(d.images, d.labels, d.test, batch_size=s.eval_batch_size, shuffle=False, **common)
+        rank, world = self.dist.rank, self.dist.world_size
+        # DDP: this rank's shard of every global batch; every world-th validation/test image
+        train = TensorBatches(d.images, d.labels, d.train, batch_size=s.batch_size // world, shuffle=True,
+                              seed=job.seed, rank=rank, world_size=world, **common)
+        val_idx, test_idx = (d.val, d.test) if world == 1 else (d.val[rank::world], d.test[rank::world])
+        val = TensorBatches(d.images, d.labels, val_idx, batch_size=s.eval_batch_size, shuffle=False, **common)
+        test = TensorBatches(d.images, d.labels, test_idx, batch_size=s.eval_batch_size, shuffle=False, **common)
         return train, val, test
 
     # -------------------------------------------------------------------- epoch log
 
     def write_epoch_log(self) -> None:
+        if not self.dist.is_main:
+            return
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=EPOCH_FIELDS, lineterminator="\n")
         writer.writeheader()
@@ -240,7 +299,8 @@ class _Run:
         result_path = self.ckpt / f"{job.name}.json"
         state_path = self.ckpt / f"{job.name}.state.pt"
         weights_path = self.ckpt / f"{job.name}.pt"
-        reporter = self.options.reporter
+        reporter = self.reporter
+        main = self.dist.is_main
         if job.name in self.job_results:
             return self.job_results[job.name]
         reusable = job.kind == "ann" or self.options.resume
@@ -276,29 +336,33 @@ class _Run:
         fingerprint = json.loads(json.dumps(job.fingerprint))
 
         def on_epoch(snapshot: dict[str, Any]) -> None:
-            save_state(state_path, {**snapshot, "fingerprint": fingerprint})
+            if main:
+                save_state(state_path, {**snapshot, "fingerprint": fingerprint})
             self.logs[job.name] = self._log_rows(job, row, snapshot["log"])
-            self.write_epoch_log()
+            if self.write_epochs:
+                self.write_epoch_log()
 
         status, error = "ok", None
         try:
             final = train_model(model, params, train, val, epochs=s.epochs, lr=s.lr,
                                 lr_milestones=s.lr_milestones, lr_gamma=s.lr_gamma, device=self.device,
-                                state=state, on_epoch=on_epoch, progress=progress)
+                                state=state, on_epoch=on_epoch, progress=progress, dist=self.dist)
         except NonFiniteLoss as err:
             final, status, error = dict(err.finished), "failed", str(err)
             reporter.note(f"row {row.index} {row.label} seed {job.seed_index}: {error}")
         finally:
             progress.close()
         self.logs[job.name] = self._log_rows(job, row, final["log"])
-        self.write_epoch_log()
+        if self.write_epochs:
+            self.write_epoch_log()
         test_metrics = None
         if final["best_epoch"] > 0:
             model.load_state_dict(final["best_model"])
-            test_metrics = evaluate(model, test.epoch_batches(0)).as_dict()
-            torch_save({"model": final["best_model"], "arch": job.arch, "coder": job.coder,
-                        "training": job.training, "settings": s.as_dict(), "best_epoch": final["best_epoch"],
-                        "fingerprint": fingerprint}, weights_path)
+            test_metrics = evaluate(model, test.epoch_batches(0), self.dist).as_dict()
+            if main:
+                torch_save({"model": final["best_model"], "arch": job.arch, "coder": job.coder,
+                            "training": job.training, "settings": s.as_dict(),
+                            "best_epoch": final["best_epoch"], "fingerprint": fingerprint}, weights_path)
         result = {
             "job": job.name, "kind": job.kind, "arch": job.arch, "coder": job.coder, "training": job.training,
             "activation": job.activation, "seed_index": job.seed_index, "seed": job.seed, "status": status,
@@ -309,10 +373,12 @@ class _Run:
                 "best_epoch": pretrain["best_epoch"], "wall_s": pretrain["wall_s"],
                 "reused": bool(pretrain.get("reused"))},
             "checkpoint": str(weights_path.relative_to(self.out)) if test_metrics else None,
-            "fingerprint": fingerprint, "log": final["log"],
+            "processes": self.dist.world_size, "fingerprint": fingerprint, "log": final["log"],
         }
-        atomic_write_json(result_path, result)
-        state_path.unlink(missing_ok=True)
+        if main:
+            atomic_write_json(result_path, result)
+            state_path.unlink(missing_ok=True)
+        barrier(self.dist)  # later jobs (on every rank) read these files
         self.job_results[job.name] = result
         return result
 
@@ -331,7 +397,8 @@ class _Run:
             "recipe": {"name": r.name, "title": r.title, "paper_table": r.paper_table, "dataset": r.dataset,
                        "source": r.source, "description": r.description},
             "profile": r.profile, "overrides": dict(r.overrides), "seeds": self.options.seeds,
-            "device": str(self.device), "data": sorted({d.description for d in self.data.values()}),
+            "device": str(self.device), "processes": self.dist.world_size,
+            "data": sorted({d.description for d in self.data.values()}),
             "tie_rule": TIE_RULE, "finished": finished,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "wall_s": time.perf_counter() - self.started,
@@ -369,9 +436,16 @@ def run_recipe(recipe: Recipe, options: RunOptions,
     dict (the content of ``results.json``, see `hnn_bridge.report`). A NaN or infinite
     loss fails that row only; KeyboardInterrupt propagates, leaving the last finished
     epoch's state on disk for ``resume=True``.
+
+    Under DDP (``options.dist``) every process calls this; ``on_results`` is called on
+    rank 0 only and every process returns the same results. Raises `RecipeError` when a
+    batch size does not split over the processes or ``jobs`` is combined with DDP.
     """
+    check_parallel(recipe, options.dist.world_size, options.jobs)
     run = _Run(recipe, options)
     run.out.mkdir(parents=True, exist_ok=True)
+    if not options.dist.is_main:  # rank 0 holds the lock for the whole launch
+        return _run(run, recipe, options, None)
     with _exclusive(run.out):
         return _run(run, recipe, options, on_results)
 
@@ -403,12 +477,23 @@ def _exclusive(out: Path) -> Iterator[None]:
 
 def _run(run: _Run, recipe: Recipe, options: RunOptions,
          on_results: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
-    run.load_data()
+    dist = run.dist
+    if dist.is_main:  # rank 0 first: a dataset missing from the cache is downloaded once
+        run.load_data()
+    barrier(dist)
+    if not dist.is_main:
+        run.load_data()
     for d in run.data.values():
-        options.reporter.note(f"data: {d.description}")
-    if not options.resume:
+        run.reporter.note(f"data: {d.description}")
+    if dist.distributed:
+        run.reporter.note(f"data parallel: {dist.world_size} processes, each takes batch_size / {dist.world_size} "
+                          "rows of every global batch")
+    if not options.resume and dist.is_main:
         for stale in run.ckpt.glob("*.state.pt"):
             stale.unlink()
+    barrier(dist)
+    if options.jobs > 1:
+        return _run_parallel(run, recipe, options, on_results)
     done: dict[int, list[dict[str, Any]]] = {}
     for row in recipe.rows:
         for k in range(options.seeds):
@@ -420,3 +505,119 @@ def _run(run: _Run, recipe: Recipe, options: RunOptions,
     if on_results is not None:
         on_results(results)
     return results
+
+
+# ---------------------------------------------------------------------------- --jobs N
+
+
+def _run_parallel(run: _Run, recipe: Recipe, options: RunOptions,
+                  on_results: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    """`_run` with the (row, seed) jobs in ``options.jobs`` worker processes.
+
+    Phase 1 trains (or reuses) every pure ANN that a separate row needs, each once, with the
+    row that needs it first in the sequential order; phase 2 runs the remaining jobs, each
+    given the results of phase 1 so that it reuses them exactly as a sequential run does.
+    Results, logs and report files are put together here in the sequential order.
+    """
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    order = [(row, k, _jobs(row, k)) for row in recipe.rows for k in range(options.seeds)]
+    first: dict[str, tuple[_Job, RowSpec]] = {}  # pure ANN -> (job, row) where a sequential run trains it
+    needed: list[str] = []  # pure ANNs that separate rows need
+    for row, _k, job in order:
+        if job.twin is not None and run._needs_twin(job):
+            first.setdefault(job.twin.name, (job.twin, row))
+            needed += [job.twin.name] if job.twin.name not in needed else []
+        if job.kind == "ann":
+            first.setdefault(job.name, (job, row))
+    twins = {name: first[name] for name in needed}
+    workers = max(1, min(options.jobs, len(order)))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    worker_options = replace(options, reporter=Reporter())
+    console = isinstance(options.reporter, ConsoleReporter)
+    run.reporter.note(f"running {len(order)} job(s) in {workers} worker processes ({threads} thread(s) each)"
+                      + (f", after {len(twins)} pure ANN(s) for separate learning" if twins else ""))
+    finished: dict[tuple[int, int], dict[str, Any]] = {}
+
+    def done_so_far() -> dict[int, list[dict[str, Any]]]:
+        done: dict[int, list[dict[str, Any]]] = {}
+        for row, k, _job in order:
+            if (row.index, k) in finished:
+                done.setdefault(row.index, []).append(finished[(row.index, k)])
+        return done
+
+    def collect(result: dict[str, Any], logs: dict[str, list[dict[str, Any]]]) -> None:
+        run.job_results.setdefault(result["job"], result)
+        for name, rows in logs.items():
+            run.logs.setdefault(name, rows)
+        run.write_epoch_log()
+
+    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,))
+    try:
+        for phase in ("pure ANNs", "rows"):
+            if phase == "pure ANNs":
+                tasks = [(job, row, {}) for job, row in twins.values()]
+            else:
+                tasks = []
+                for row, k, job in order:
+                    if job.name in run.job_results:  # a pure-ANN row trained in phase 1
+                        finished[(row.index, k)] = run.job_results[job.name]
+                        continue
+                    known = {}
+                    if job.twin is not None and job.twin.name in run.job_results:
+                        known[job.twin.name] = run.job_results[job.twin.name]
+                    tasks.append((job, row, known))
+            pending = {pool.submit(_job_worker, recipe, worker_options, job, row, known, console)
+                       for job, row, known in tasks}
+            while pending:
+                ready, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in ready:
+                    result, logs = future.result()
+                    collect(result, logs)
+                    if phase == "rows":
+                        for row, k, job in order:
+                            if job.name == result["job"]:
+                                finished[(row.index, k)] = result
+                        if on_results is not None:
+                            on_results(run.results(done_so_far(), finished=False))
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in list(getattr(pool, "_processes", {}).values()):  # stop running jobs too
+            process.terminate()
+        raise
+    pool.shutdown()
+    ordered: dict[str, list[dict[str, Any]]] = {}  # epochs.csv in the sequential order
+    for _row, _k, job in order:
+        for name in ([job.twin.name] if job.twin is not None else []) + [job.name]:
+            if name in run.logs:
+                ordered.setdefault(name, run.logs[name])
+    run.logs = {**ordered, **{k: v for k, v in run.logs.items() if k not in ordered}}
+    run.write_epoch_log()
+    results = run.results(done_so_far(), finished=True)
+    if on_results is not None:
+        on_results(results)
+    return results
+
+
+_WORKER_DATA: dict[tuple[str, int, int], _Data] = {}  # datasets loaded by this worker process
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _job_worker(recipe: Recipe, options: RunOptions, job: _Job, row: RowSpec, known: dict[str, dict[str, Any]],
+                console: bool) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+    """Run one job in a ``--jobs`` worker; return its result and epoch-log rows. Progress:
+    one line per finished epoch (no live bar), prefixed with the job's title."""
+    if console:
+        options = replace(options, reporter=ConsoleReporter(live=False))
+    run = _Run(recipe, options)
+    run.data = _WORKER_DATA
+    run.load_data([row, job.row])
+    run.write_epochs = False  # the parent writes epochs.csv
+    run.job_results.update(known)
+    result = run.run_job(job, row)
+    return result, run.logs
