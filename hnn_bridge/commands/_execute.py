@@ -10,8 +10,16 @@ import torch
 
 from ..recipe import Recipe, RecipeError, check_rows
 from ..report import render_table, write_report
-from ..training.progress import ConsoleReporter
-from ..training.runner import OutputBusy, RunOptions, run_recipe
+from ..training.distributed import env_rank, env_world_size, from_env, teardown
+from ..training.progress import ConsoleReporter, Reporter
+from ..training.runner import OutputBusy, RunOptions, check_parallel, run_recipe
+
+
+def _fail(message: str) -> click.ClickException | click.exceptions.Exit:
+    """The error to raise: printed by rank 0 only (every torchrun process hits it)."""
+    if env_rank() != 0:
+        return click.exceptions.Exit(1)
+    return click.ClickException(message)
 
 
 def check_device(device: str) -> str:
@@ -28,31 +36,52 @@ def check_device(device: str) -> str:
 
 
 def execute(recipe: Recipe, *, out: Path, seeds: int, device: str, data_dir: Path | None, resume: bool,
-            resume_hint: str) -> dict[str, Any]:
+            resume_hint: str, jobs: int = 1) -> dict[str, Any]:
     """Check every row, train, write the report files after every row, print the table.
 
-    ``resume_hint`` is the command line to print when the run is interrupted.
+    ``resume_hint`` is the command line to print when the run is interrupted. Under
+    torchrun (``WORLD_SIZE`` > 1) this process joins the data-parallel group after the
+    checks; only rank 0 prints. ``jobs`` > 1 runs (row, seed) jobs in worker processes.
     """
     from ..data import DatasetFormatError, DatasetNotFound
 
+    world = env_world_size()
+    main = env_rank() == 0
     try:
         check_rows(recipe)
+        check_parallel(recipe, world, jobs)
     except RecipeError as err:
-        raise click.ClickException(str(err))
-    reporter = ConsoleReporter()
-    options = RunOptions(out=out, seeds=seeds, device=device, data_dir=str(data_dir) if data_dir else None,
-                         resume=resume, reporter=reporter)
-    click.echo(f"{recipe.name}: {len(recipe.rows)} row(s) x {seeds} seed(s), profile {recipe.profile}, "
-               f"writing to {out}", err=True)
+        raise _fail(str(err))
+    if world > 1 and torch.device(device).type == "cuda":
+        device = "cuda"  # each process trains on cuda:LOCAL_RANK
     try:
-        results = run_recipe(recipe, options, on_results=lambda r: write_report(out, r))
-    except (DatasetNotFound, DatasetFormatError, OutputBusy) as err:
-        raise click.ClickException(str(err))
-    except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: finished epochs and rows are saved in {out}; continue with\n  {resume_hint}",
+        dist = from_env(device)
+    except (RuntimeError, ValueError) as err:
+        raise _fail(f"cannot join the torchrun process group: {err}")
+    try:
+        reporter = ConsoleReporter() if main else Reporter()
+        options = RunOptions(out=out, seeds=seeds, device=device, data_dir=str(data_dir) if data_dir else None,
+                             resume=resume, reporter=reporter, dist=dist, jobs=jobs)
+        if main:
+            how = (f", {world} processes (DDP)" if world > 1 else f", {jobs} worker processes" if jobs > 1 else "")
+            click.echo(f"{recipe.name}: {len(recipe.rows)} row(s) x {seeds} seed(s), profile {recipe.profile}"
+                       f"{how}, writing to {out}", err=True)
+        try:
+            results = run_recipe(recipe, options, on_results=lambda r: write_report(out, r))
+        except (DatasetNotFound, DatasetFormatError, OutputBusy) as err:
+            raise _fail(str(err))
+        except KeyboardInterrupt:
+            if main:
+                hint = resume_hint
+                if world > 1 and hint.startswith("hnn-bridge "):
+                    hint = f"torchrun --nproc_per_node {world} -m hnn_bridge " + hint[len("hnn-bridge "):]
+                click.echo(f"\ninterrupted: finished epochs and rows are saved in {out}; continue with\n  {hint}",
+                           err=True)
+            raise SystemExit(130)
+    finally:
+        teardown(dist)
+    if main:
+        click.echo(render_table(results))
+        click.echo(f"wrote {out}/results.json, results.csv, table.md, epochs.csv, accuracy.png, checkpoints/",
                    err=True)
-        raise SystemExit(130)
-    click.echo(render_table(results))
-    click.echo(f"wrote {out}/results.json, results.csv, table.md, epochs.csv, accuracy.png, checkpoints/",
-               err=True)
     return results

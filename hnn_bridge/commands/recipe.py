@@ -21,7 +21,8 @@ def _listing() -> str:
 
 
 def _resume_command(name: str, quick: bool, epochs: int | None, steps: int | None, rows: str | None, seeds: int,
-                    device: str, backend: str | None, data_dir: Path | None, out: Path) -> list[str]:
+                    device: str, backend: str | None, data_dir: Path | None, out: Path,
+                    jobs: int = 1) -> list[str]:
     """The command line that continues this run."""
     argv = ["hnn-bridge", "recipe", name]
     argv += ["--quick"] if quick else []
@@ -30,6 +31,7 @@ def _resume_command(name: str, quick: bool, epochs: int | None, steps: int | Non
         argv += [flag, str(value)] if value is not None else []
     argv += ["--seeds", str(seeds)] if seeds != 1 else []
     argv += ["--device", device] if device != "cpu" else []
+    argv += ["--jobs", str(jobs)] if jobs != 1 else []
     return [*argv, "--out", str(out), "--resume"]
 
 
@@ -51,14 +53,24 @@ def _resume_command(name: str, quick: bool, epochs: int | None, steps: int | Non
               help="Output folder [default: runs/NAME, runs/NAME-quick with --quick].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out: skip finished rows, "
               "continue the interrupted one from its last finished epoch.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run independent (row, seed) jobs in this many worker processes, each with "
+              "cpu_count / N threads (seeded per job: the results of a sequential run).")
 def recipe(name: str | None, show_list: bool, quick: bool, epochs: int | None, steps: int | None,
            rows_text: str | None, seeds: int, device: str, backend: str | None, data_dir: Path | None,
-           out: Path | None, resume: bool) -> None:
+           out: Path | None, resume: bool, jobs: int) -> None:
     """Train the rows of a paper table and compare with the paper.
 
     NAME is a shipped recipe (table1a, table1b, table2a, table2b, table3a, table3b, sec4_2;
     see --list) or the path of a TOML recipe file. Writes results.json, results.csv,
     table.md, epochs.csv, accuracy.png and checkpoints/ into --out and prints the table.
+
+    \b
+    Data parallel (PyTorch DDP: one process per GPU, or gloo processes on the CPU):
+      torchrun --nproc_per_node N -m hnn_bridge recipe NAME --out DIR
+    Each process takes batch_size / N rows of every global batch (batch_size must be
+    divisible by N); rank 0 alone writes the files and prints. --jobs N instead runs
+    independent (row, seed) jobs in N worker processes on one machine; not both.
     """
     if show_list:
         click.echo(_listing())
@@ -76,5 +88,6 @@ def recipe(name: str | None, show_list: bool, quick: bool, epochs: int | None, s
     if out is None:
         out = Path("runs") / (configured.name + ("-quick" if quick else ""))
     hint = " ".join(shlex.quote(a) for a in _resume_command(name, quick, epochs, steps, rows_text, seeds, device,
-                                                             backend, data_dir, out))
-    execute(configured, out=out, seeds=seeds, device=device, data_dir=data_dir, resume=resume, resume_hint=hint)
+                                                             backend, data_dir, out, jobs))
+    execute(configured, out=out, seeds=seeds, device=device, data_dir=data_dir, resume=resume, resume_hint=hint,
+            jobs=jobs)

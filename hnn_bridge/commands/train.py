@@ -36,14 +36,22 @@ from ._execute import check_device, execute
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Output folder [default: runs/train-ARCH].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run the seeds (and a separate row's pure ANN first) in this many worker processes.")
 def train(arch: str, coder: str | None, training: str, dataset: str | None, quick: bool, epochs: int | None,
           steps: int | None, batch_size: int | None, lr: float | None, dropout: float | None,
           activation: str | None, input_mode: str | None, seed: int | None, seeds: int, device: str,
-          backend: str | None, data_dir: Path | None, out: Path | None, resume: bool) -> None:
+          backend: str | None, data_dir: Path | None, out: Path | None, resume: bool, jobs: int) -> None:
     """Train ARCH (e.g. A784-A500-S10) on one dataset and report its test accuracy.
 
     Every hyperparameter not given is taken from the paper recipe of the dataset
     (table1a for the 28x28 datasets, table1b for CIFAR-10); --quick uses its smoke profile.
+
+    \b
+    Data parallel (PyTorch DDP: one process per GPU, or gloo processes on the CPU):
+      torchrun --nproc_per_node N -m hnn_bridge train ARCH --out DIR
+    Each process takes batch_size / N rows of every global batch (batch_size must be
+    divisible by N); rank 0 alone writes the files and prints.
     """
     device = check_device(device)
     try:
@@ -66,4 +74,5 @@ def train(arch: str, coder: str | None, training: str, dataset: str | None, quic
     if out is None:
         out = Path("runs") / f"train-{configured.rows[0].arch}"
     hint = f"the same `hnn-bridge train {arch} ...` command with --out {out} --resume"
-    execute(configured, out=out, seeds=seeds, device=device, data_dir=data_dir, resume=resume, resume_hint=hint)
+    execute(configured, out=out, seeds=seeds, device=device, data_dir=data_dir, resume=resume, resume_hint=hint,
+            jobs=jobs)
