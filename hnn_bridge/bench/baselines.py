@@ -5,6 +5,10 @@ Stock neurons, as layers mapping ``[T, B, ...]`` to spikes from zero state per c
 - `SJLIFLayer`: SpikingJelly's ``LIFNode`` in multi-step mode (its own CPU/CUDA operator);
 - `LeakyLoopLayer`: snnTorch's ``Leaky`` stepped over T in a Python loop.
 
+After a call every layer drops its state (as `hnn_bridge.backends` does for ours):
+a stock ``Leaky`` otherwise keeps its last membrane tensor, and with it the whole graph
+of the call, until its next call.
+
 Their constants follow the IIR neuron's where they have one (threshold, and the membrane
 time constant tau_m as SpikingJelly's ``tau`` and snnTorch's ``beta = e^(-1/tau_m)``);
 everything else is the library's default (SpikingJelly: hard reset to 0 and the sigmoid
@@ -95,6 +99,7 @@ class LeakyLoopLayer(nn.Module):
         for x_t in x:
             spk, mem = self.lif(x_t, mem)
             spikes.append(spk)
+        self.lif.reset_mem()  # Leaky keeps its last mem, and with it this call's graph
         return torch.stack(spikes)
 
 
@@ -202,7 +207,9 @@ class SNNTorchLoopNet(nn.Module):
                 else:
                     h = layer(h)
             counts = h if counts is None else counts + h
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             if isinstance(layer, _StepDropout):
                 layer.mask = None
+            elif i in mems:
+                layer.reset_mem()  # Leaky keeps its last mem, and with it this call's graph
         return counts

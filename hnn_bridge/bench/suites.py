@@ -181,8 +181,8 @@ def neuron_suite(
         group, tag = groups[name]
         with torch.no_grad():
             rate = float(layer(x0).float().mean())
-        saved = saved_tensor_bytes(lambda: layer(x0.detach().requires_grad_()))
         peak = peak_memory(train_call(layer), dev)
+        saved = saved_tensor_bytes(lambda: layer(x0.detach().requires_grad_()))
         rows.append(_row(
             name, group, baseline=tag, backend=backend_of.get(name), fwd_bwd=summarize(train[name]).as_dict(),
             fwd_eval=summarize(evals[name]).as_dict(), saved_bytes=saved, peak_bytes=peak,
@@ -280,8 +280,8 @@ def network_suite(
         for name, (model, group, tag) in models.items():
             weights = list(model.parameters())
             model.train()
-            saved = saved_tensor_bytes(lambda: model(x), exclude=weights)
             peak = peak_memory(train_call(model), dev)
+            saved = saved_tensor_bytes(lambda: model(x), exclude=weights)
             rows.append(_row(name, group, baseline=tag, backend=backend_of.get(name),
                              fwd_bwd=summarize(train[name]).as_dict(),
                              fwd_eval=summarize(evals[name]).as_dict(), saved_bytes=saved, peak_bytes=peak))
@@ -472,8 +472,8 @@ def epoch_suite(
         epoch_median_s = step_stats.median * full_batches + data_time * scale
         x, y = first
         weights = list(model.parameters())
-        saved = saved_tensor_bytes(lambda: F.cross_entropy(model(x), y), exclude=weights)
         peaks = [peak_memory(lambda: _train_step(model, opts[name], x, y), dev) for _ in range(memory_steps)]
+        saved = saved_tensor_bytes(lambda: F.cross_entropy(model(x), y), exclude=weights)
         peak = None if any(p is None for p in peaks) else max(peaks)
         rows.append(_row(
             name, group, baseline=tag, backend=backend_of.get(name), epoch_s=epoch_s, epoch_median_s=epoch_median_s,
