@@ -145,3 +145,19 @@ def test_baseline_networks_share_the_weights_and_shapes():
     assert out.shape == ref.shape == (2, 10)
     loop = SNNTorchLoopNet(model)
     assert torch.equal(loop.layers[0][-1].weight, model.first_op[-1].weight)
+
+
+def test_small_layers_run_on_one_thread_and_restore_the_count():
+    from hnn_bridge.functional.surrogate import GRAIN, one_thread
+
+    before = torch.get_num_threads()
+    seen = []
+    with one_thread(torch.zeros(4, 10)):
+        seen.append(torch.get_num_threads())
+    with one_thread(torch.zeros(2, GRAIN), per_step=GRAIN):
+        seen.append(torch.get_num_threads())
+    assert torch.get_num_threads() == before
+    assert seen[0] == 1 and seen[1] == before
+    x = torch.randn(5, 3, 4, requires_grad=True)
+    IIRNeuron()(x).sum().backward()  # forward and backward restore it too
+    assert torch.get_num_threads() == before and x.grad is not None

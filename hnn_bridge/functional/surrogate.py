@@ -41,17 +41,29 @@ EXP_FLOOR = -87.0
 GRAIN = 32768
 
 
+_OPENMP: list[bool] = []
+
+
+def _openmp() -> bool:
+    """ATen runs its intra-op threads on OpenMP (then set_num_threads is per thread and
+    cheap; the native and TBB pools warn when it changes after use)."""
+    if not _OPENMP:
+        _OPENMP.append("parallel backend: OpenMP" in torch.__config__.parallel_info())
+    return _OPENMP[0]
+
+
 @contextmanager
 def one_thread(like: Tensor, per_step: int | None = None):
     """Run the body with ``torch.set_num_threads(1)`` when ``like`` is on the CPU and one
-    step of it (``per_step`` elements, default all of it) is below `GRAIN`, so that no op
-    inside opens a parallel region; restores the thread count after. Elsewhere: no-op.
+    step of it (``per_step`` elements, default all of it) is below `GRAIN` and ATen uses
+    OpenMP, so that no op inside opens a parallel region; restores the thread count
+    after. Elsewhere: no-op.
 
     ``torch.set_num_threads`` sets the calling thread's OpenMP and MKL thread counts (and
     costs about half a microsecond a pair)."""
     threads = torch.get_num_threads()
     n = like.numel() if per_step is None else per_step
-    if like.device.type != "cpu" or threads == 1 or n >= GRAIN:
+    if like.device.type != "cpu" or threads == 1 or n >= GRAIN or not _openmp():
         yield
         return
     torch.set_num_threads(1)
