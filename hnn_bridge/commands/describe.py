@@ -59,8 +59,11 @@ def render(model: HybridNet, rate: float) -> str:
 @click.option("--rate", type=click.FloatRange(0, 1), default=0.1, show_default=True,
               help="Assumed firing rate of spikes feeding SLs, for the accumulate count.")
 def describe(arch: str, coder: str | None, steps: int, input_shape: str, input_mode: str, rate: float) -> None:
-    """Print the layers of ARCH (e.g. A784-A500-S10), where the coder sits, and the
-    multiply-accumulates and accumulates of one inference."""
+    """Print the layers of ARCH, where the coder sits, and the operations of one inference.
+
+    ARCH is the paper's notation, for example A784-A500-S10. Operations are
+    multiply-accumulates (ALs, and SLs fed by real values) and accumulates (SLs fed by
+    spikes, at the firing rate --rate), with an energy estimate at 45 nm."""
     try:
         shape = tuple(int(v) for v in input_shape.lower().split("x"))
     except ValueError:

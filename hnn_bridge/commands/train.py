@@ -42,7 +42,7 @@ def train(arch: str, coder: str | None, training: str, dataset: str | None, quic
           steps: int | None, batch_size: int | None, lr: float | None, dropout: float | None,
           activation: str | None, input_mode: str | None, seed: int | None, seeds: int, device: str,
           backend: str | None, data_dir: Path | None, out: Path | None, resume: bool, jobs: int) -> None:
-    """Train ARCH (e.g. A784-A500-S10) on one dataset and report its test accuracy.
+    """Train one network ARCH (paper notation) and report its test accuracy.
 
     Every hyperparameter not given is taken from the paper recipe of the dataset
     (table1a for the 28x28 datasets, table1b for CIFAR-10); --quick uses its smoke profile.
