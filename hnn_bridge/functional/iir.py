@@ -12,7 +12,12 @@ Three entry points share one arithmetic (`charge`), so they agree bit for bit:
 - `iir_step`: one differentiable time step (autograd through `ErfcSpike`); used by the
   single-step adapters and by `iir_multistep_reference`, the per-step autograd loop;
 - `iir_multistep`: the whole sequence as one `torch.autograd.Function` whose backward
-  is hand-written BPTT (no autograd graph per step; it saves only V[t]).
+  is hand-written BPTT (no autograd graph per step; it saves only V[t], or nothing but
+  the input for an input constant over time); `iir_spikes` is its spikes-only form
+  (`IIRNeuron`), which without a graph to record keeps no membrane sequence at all.
+
+Performance notes (how the fused path executes, same arithmetic): see the comment above
+`_scalar_maker` and docs/performance.md.
 """
 
 from __future__ import annotations
