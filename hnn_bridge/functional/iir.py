@@ -355,11 +355,11 @@ def _save(ctx, x_seq: Tensor, volts: Optional[Tensor], state, k: Coefficients, d
     ctx.set_materialize_grads(False)
 
 
-def _bptt(ctx, g_spikes, g_volts, g_p1, g_p2, g_r):
+def _bptt(ctx, saved_tensors, g_spikes, g_volts, g_p1, g_p2, g_r):
     """Hand-written BPTT: returns (grad_x, grads of p1, p2, r, v, o of the initial state)."""
     k: Coefficients = ctx.k
     if ctx.recompute:
-        x_seq, *saved = ctx.saved_tensors
+        x_seq, *saved = saved_tensors
         it = iter(saved)
         state = [next(it) if g else None for g in ctx.given]
         # V is recomputed into grad_x, where the surrogate and then g_p overwrite it.
@@ -367,7 +367,7 @@ def _bptt(ctx, g_spikes, g_volts, g_p1, g_p2, g_r):
         _fused_forward(x_seq, *state, k, ctx.smooth, True, volts_out=grad_x, keep_spikes=False)
         volts = grad_x
     else:
-        (volts,) = ctx.saved_tensors
+        (volts,) = saved_tensors
         grad_x = torch.empty_like(volts)
     steps, shape = volts.shape[0], volts.shape[1:]
     scalar = _scalar_maker(volts)
@@ -462,8 +462,9 @@ class IIRMultiStep(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_spikes, g_volts, g_p1, g_p2, g_r):  # type: ignore[override]
-        with _one_thread(ctx.saved_tensors[0]):
-            grads = _bptt(ctx, g_spikes, g_volts, g_p1, g_p2, g_r)
+        saved = ctx.saved_tensors
+        with _one_thread(saved[0]):
+            grads = _bptt(ctx, saved, g_spikes, g_volts, g_p1, g_p2, g_r)
         needs = ctx.needs_input_grad
         return (grads[0], *(g if n else None for g, n in zip(grads[1:], needs[1:6])), None, None, None)
 
@@ -483,8 +484,9 @@ class IIRSpikes(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_spikes):  # type: ignore[override]
-        with _one_thread(ctx.saved_tensors[0]):
-            return _bptt(ctx, g_spikes, None, None, None, None)[0], None, None
+        saved = ctx.saved_tensors
+        with _one_thread(saved[0]):
+            return _bptt(ctx, saved, g_spikes, None, None, None, None)[0], None, None
 
 
 def _needs_graph(*tensors: Optional[Tensor]) -> bool:
