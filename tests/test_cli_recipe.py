@@ -49,7 +49,7 @@ def test_table3a_quick_end_to_end(tmp_path: Path) -> None:
     assert row3["seeds"][0]["pretrain"]["job"] == row4["seeds"][0]["job"]
     table = (out / "table.md").read_text()
     for text in ("Table 3(a)", "| 1 | S784-S500-S10 (baseline) | poisson | simultaneous |", "98.09", "Tie rule",
-                 "dataset mnist-5k, 3 epochs, T = 8"):
+                 "dataset mnist-5k, 5 epochs, T = 10"):
         assert text in table
     assert table.strip() in result.stdout
     with open(out / "results.csv") as f:
@@ -59,7 +59,7 @@ def test_table3a_quick_end_to_end(tmp_path: Path) -> None:
         log = list(csv.DictReader(f))
     assert {(r["row"], r["phase"]) for r in log} == {("1", "train"), ("2", "train"), ("3", "pretrain"),
                                                      ("3", "train")}
-    assert len(log) == 4 * 3
+    assert len(log) == 4 * 5
     assert list((out / "checkpoints").glob("*.state.pt")) == []  # finished rows keep no resume state
 
 
