@@ -75,3 +75,10 @@ def count_ops(model: HybridNet, rate: float | Mapping[int, float] = 0.1) -> OpsR
             acs = in_rate * info.macs * steps
         rows.append(LayerOps(i, info.token, info.part, macs, acs, in_rate))
     return OpsReport(rows)
+
+
+def ops_summary(model: HybridNet, rates: Mapping[int, float]) -> dict[str, object]:
+    """Per-image MACs, ACs and energy (uJ) at measured input rates, for results files."""
+    report = count_ops(model, rates)
+    return {"macs": report.macs, "acs": report.acs, "energy_uj": report.energy_pj / 1e6,
+            "input_rates": {model.layers[i].token + f"#{i}": r for i, r in sorted(rates.items())}}

@@ -1,6 +1,7 @@
-"""Report files of a recipe run: ``results.json``, ``results.csv``, ``table.md`` and
+"""Report files of a recipe run: ``results.json``, ``results.csv``, ``table.md``,
 ``accuracy.png`` (accuracy against the share of ALs, ours beside the paper's, as in the
-paper's Figure 1 and §5 discussion).
+paper's Figure 1 and §5 discussion) and ``energy.png`` (accuracy against the estimated
+energy per image, `hnn_bridge.ops`).
 
 ``results.json`` is the source of truth (written by the runner, see
 `hnn_bridge.training.runner`); everything else is rendered from it, so ``hnn-bridge
@@ -16,12 +17,14 @@ import statistics
 from pathlib import Path
 from typing import Any, Mapping
 
+from .ops import ENERGY_NOTE
 from .training.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 
 __all__ = [
     "CSV_FIELDS",
     "load_results",
     "plot_accuracy",
+    "plot_energy",
     "render_table",
     "summarize_row",
     "write_csv",
@@ -29,8 +32,8 @@ __all__ = [
 ]
 
 CSV_FIELDS = ("row", "label", "arch", "coder", "training", "input_mode", "al_share", "paper", "acc_mean",
-              "acc_std", "diff", "acc_argmax_mean", "tie_rate_mean", "silent_rate_mean", "n_seeds", "epochs",
-              "best_epochs", "steps", "wall_s", "status", "error")
+              "acc_std", "diff", "acc_argmax_mean", "tie_rate_mean", "silent_rate_mean", "macs", "acs", "energy_uj",
+              "n_seeds", "epochs", "best_epochs", "steps", "wall_s", "status", "error")
 
 
 def _pct(value: float | None) -> float | None:
@@ -44,9 +47,9 @@ def summarize_row(row: Mapping[str, Any]) -> dict[str, Any]:
     mean = statistics.fmean(accs) if accs else None
     std = statistics.stdev(accs) if len(accs) > 1 else (0.0 if accs else None)
 
-    def avg(key: str) -> float | None:
+    def avg(key: str, scale: float = 100.0) -> float | None:
         values = [s[key] for s in seeds if s.get(key) is not None]
-        return 100.0 * statistics.fmean(values) if values else None
+        return scale * statistics.fmean(values) if values else None
 
     errors = [s.get("error") for s in row.get("seeds", []) if s.get("error")]
     paper = row.get("paper")
@@ -57,7 +60,8 @@ def summarize_row(row: Mapping[str, Any]) -> dict[str, Any]:
         "al_share": row.get("al_share"), "paper": paper, "acc_mean": mean, "acc_std": std,
         "diff": None if mean is None or paper is None else mean - paper,
         "acc_argmax_mean": avg("test_acc_argmax"), "tie_rate_mean": avg("test_tie_rate"),
-        "silent_rate_mean": avg("test_silent_rate"), "n_seeds": len(seeds),
+        "silent_rate_mean": avg("test_silent_rate"), "macs": avg("macs", 1.0), "acs": avg("acs", 1.0),
+        "energy_uj": avg("energy_uj", 1.0), "n_seeds": len(seeds),
         "epochs": max((s.get("epochs_run", 0) for s in row.get("seeds", [])), default=0),
         "best_epochs": ",".join(str(s.get("best_epoch")) for s in row.get("seeds", [])),
         "steps": settings.get("steps") if row.get("coder") else None,
@@ -114,8 +118,8 @@ def render_table(results: Mapping[str, Any]) -> str:
     n = results.get("seeds", 1)
     lines += [
         "| # | network | coder | training | ours (test acc. %) | paper | diff | argmax acc. | tie rate | "
-        "epochs (best) | wall |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "MACs (M) | ACs (M) | energy (uJ) | epochs (best) | wall |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results.get("rows", []):
         s = summarize_row(row)
@@ -132,7 +136,7 @@ def render_table(results: Mapping[str, Any]) -> str:
         lines.append(
             f"| {s['row']} | {s['label']} | {s['coder']} | {s['training']} | {ours} | {_fmt(s['paper'])} | "
             f"{_fmt(s['diff'], sign=True)} | {_fmt(s['acc_argmax_mean'])} | {_fmt(s['tie_rate_mean'])}{'%' if s['tie_rate_mean'] is not None else ''} | "
-            f"{epochs} | {_wall(s['wall_s']) if s['epochs'] else '–'} |"
+            f"{_millions(s['macs'])} | {_millions(s['acs'])} | {_fmt(s['energy_uj'], 3)} | {epochs} | {_wall(s['wall_s']) if s['epochs'] else '–'} |"
         )
     std = " ± sample standard deviation" if n > 1 else ""
     lines += [
@@ -141,11 +145,19 @@ def render_table(results: Mapping[str, Any]) -> str:
         "diff = ours − paper, in percentage points; wall = training time of the row (all seeds; "
         "pre-training of separate rows not included).",
         "",
+        "MACs / ACs: millions of multiply-accumulates / accumulates per test image (ALs once per "
+        "image; SLs fed by real values per step, or once for a duplicate-coded train; SLs fed by "
+        f"spikes at the firing rates measured on the test set); {ENERGY_NOTE}.",
+        "",
         f"Tie rule: {results.get('tie_rule', '')}",
     ]
     if not results.get("finished", True):
         lines += ["", "**Unfinished run**: rows marked pending have not been trained yet (continue with --resume)."]
     return "\n".join(lines) + "\n"
+
+
+def _millions(value: float | None) -> str:
+    return "–" if value is None else f"{value / 1e6:.3g}"
 
 
 def write_csv(results: Mapping[str, Any]) -> str:
@@ -212,16 +224,57 @@ def plot_accuracy(results: Mapping[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
+def plot_energy(results: Mapping[str, Any]) -> bytes:
+    """PNG bytes: our test accuracy against the estimated energy per image (log scale),
+    one point per row, labelled with its architecture."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    summaries = [s for s in map(summarize_row, results.get("rows", []))
+                 if s["acc_mean"] is not None and s["energy_uj"]]
+    fig = Figure(figsize=(7.0, 4.6), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    modes = {s["input_mode"] for s in summaries if s["coder"] != "none"}
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink"]
+    series: dict[str, list[dict[str, Any]]] = {}
+    for s in summaries:
+        series.setdefault(_series_key(s, modes), []).append(s)
+    for i, (name, items) in enumerate(series.items()):
+        color = "black" if name == "pure ANN" else colors[i % len(colors)]
+        ax.errorbar([s["energy_uj"] for s in items], [s["acc_mean"] for s in items],
+                    yerr=[s["acc_std"] or 0.0 for s in items], color=color, linestyle="none",
+                    marker="*" if name == "pure ANN" else "o", capsize=3, label=name)
+        for s in items:
+            ax.annotate(s["arch"], (s["energy_uj"], s["acc_mean"]), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+    recipe = results.get("recipe", {})
+    ax.set_xscale("log")
+    ax.set_xlabel("estimated energy per image (uJ, log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{recipe.get('paper_table', '')} {recipe.get('title', '')}\n({ENERGY_NOTE})".strip(),
+                 fontsize=8)
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
 def write_report(out: str | Path, results: Mapping[str, Any], *, json_too: bool = True) -> dict[str, Path]:
-    """Write ``results.json`` (unless ``json_too`` is False), ``results.csv``, ``table.md``
-    and ``accuracy.png`` into ``out``, each atomically. Returns the paths."""
+    """Write ``results.json`` (unless ``json_too`` is False), ``results.csv``, ``table.md``,
+    ``accuracy.png`` and ``energy.png`` into ``out``, each atomically. Returns the paths."""
     out = Path(out)
-    paths = {name: out / name for name in ("results.json", "results.csv", "table.md", "accuracy.png")}
+    names = ("results.json", "results.csv", "table.md", "accuracy.png", "energy.png")
+    paths = {name: out / name for name in names}
     if json_too:
         atomic_write_json(paths["results.json"], results)
     atomic_write_text(paths["results.csv"], write_csv(results))
     atomic_write_text(paths["table.md"], render_table(results))
     atomic_write_bytes(paths["accuracy.png"], plot_accuracy(results))
+    atomic_write_bytes(paths["energy.png"], plot_energy(results))
     return paths
 
 

@@ -17,7 +17,7 @@ from hnn_bridge.cli import main
 from hnn_bridge.training import runner as runner_module
 from hnn_bridge.training.checkpoint import torch_load
 
-OUTPUTS = ("results.json", "results.csv", "table.md", "epochs.csv", "accuracy.png")
+OUTPUTS = ("results.json", "results.csv", "table.md", "epochs.csv", "accuracy.png", "energy.png")
 
 
 def invoke(args: list[str]):
@@ -44,11 +44,18 @@ def test_table3a_quick_end_to_end(tmp_path: Path) -> None:
         assert 0.0 <= seed["test_acc"] <= seed["test_acc_argmax"] <= 1.0
         assert (out / seed["checkpoint"]).is_file()
         assert row["settings"]["dataset"] == "mnist-5k"
+    # operations per image at the firing rates measured on test (hnn_bridge.ops)
+    s1, s4 = results["rows"][0]["seeds"][0], results["rows"][3]["seeds"][0]
+    assert s4["macs"] == 784 * 500 + 500 * 10 and s4["acs"] == 0  # the pure ANN
+    assert s1["macs"] == 0 and 0 < s1["acs"] < (784 * 500 + 500 * 10) * 10  # Poisson spikes, T = 10
+    assert s1["energy_uj"] == pytest.approx(s1["acs"] * 0.9e-6)
+    assert (out / "energy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the separate rows used the pure sigmoid ANN that is also row 4 (trained once)
     row3, row4 = results["rows"][2], results["rows"][3]
     assert row3["seeds"][0]["pretrain"]["job"] == row4["seeds"][0]["job"]
     table = (out / "table.md").read_text()
     for text in ("Table 3(a)", "| 1 | S784-S500-S10 (baseline) | poisson | simultaneous |", "98.09", "Tie rule",
+                 "energy (uJ)", "0.9 pJ per AC",
                  "dataset mnist-5k, 5 epochs, T = 10"):
         assert text in table
     assert table.strip() in result.stdout

@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from hnn_bridge.report import CSV_FIELDS, load_results, plot_accuracy, render_table, summarize_row, write_csv, write_report
+from hnn_bridge.report import (
+    CSV_FIELDS,
+    load_results,
+    plot_accuracy,
+    plot_energy,
+    render_table,
+    summarize_row,
+    write_csv,
+    write_report,
+)
 from hnn_bridge.training import checkpoint
 from hnn_bridge.training.loop import TIE_RULE
 
@@ -16,7 +25,8 @@ from hnn_bridge.training.loop import TIE_RULE
 def seed(acc: float, **kw) -> dict:
     base = {"seed_index": 0, "seed": 1, "status": "ok", "error": None, "test_acc": acc, "test_acc_argmax": acc + 0.01,
             "test_tie_rate": 0.02, "test_silent_rate": 0.01, "best_epoch": 4, "best_val_acc": acc, "epochs": 5,
-            "epochs_run": 5, "wall_s": 30.0, "pretrain": None, "checkpoint": None, "job": "j", "reused": False}
+            "epochs_run": 5, "wall_s": 30.0, "pretrain": None, "checkpoint": None, "job": "j", "reused": False,
+            "macs": 397_000.0, "acs": 1_000_000.0, "energy_uj": 397_000 * 4.6e-6 + 1_000_000 * 0.9e-6}
     return {**base, **kw}
 
 
@@ -61,10 +71,12 @@ def test_render_table(results: dict) -> None:
     assert text.startswith("## Table 1(a): MLPs with duplicate coding on MNIST\n")
     assert "profile full, overrides epochs=5" in text
     assert "Budget: dataset mnist, 5 epochs, T = 10, batch 64, Adam lr 0.0001, x0.1 at epochs 50" in text
-    assert "| 1 | S784-S500-S10 | duplicate | simultaneous | 97.50 ± 0.71 | 98.13 | -0.63 | 98.50 | 2.00% | 5 (4,4) | 1m00s |" in text
+    assert ("| 1 | S784-S500-S10 | duplicate | simultaneous | 97.50 ± 0.71 | 98.13 | -0.63 | 98.50 | 2.00% | "
+            "0.397 | 1 | 2.726 | 5 (4,4) | 1m00s |") in text
     assert "| 2 | A784-A500-S10 | duplicate | separate | failed: non-finite training loss (nan) in epoch 2" in text
     assert "| 3 | A784-A500-A10 | none | simultaneous | 98.10 ± 0.00 (1/2 seeds) | 98.23 | -0.13 |" in text
-    assert "| 4 | A784-S500-S10 | duplicate | simultaneous | pending | – | – | – | – | – | – |" in text
+    assert "| 4 | A784-S500-S10 | duplicate | simultaneous | pending | – | – | – | – | – | – | – | – |" in text
+    assert "energy at 45 nm, float32: 4.6 pJ per MAC, 0.9 pJ per AC" in text
     assert "mean ± sample standard deviation over 2 seed(s)" in text
     assert "Tie rule: Accuracy counts a prediction as correct only when the true class has the unique highest" in text
 
@@ -76,14 +88,14 @@ def test_csv(results: dict) -> None:
     assert lines[1].startswith("1,S784-S500-S10,S784-S500-S10,duplicate,simultaneous,direct,0.0,98.13,97.5,")
 
 
-def test_plot_is_a_png(results: dict) -> None:
-    png = plot_accuracy(results)
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+def test_plots_are_pngs(results: dict) -> None:
+    for png in (plot_accuracy(results), plot_energy(results)):
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
 def test_write_report_and_load(results: dict, tmp_path: Path) -> None:
     paths = write_report(tmp_path, results)
-    assert sorted(p.name for p in paths.values()) == ["accuracy.png", "results.csv", "results.json", "table.md"]
+    assert sorted(p.name for p in paths.values()) == ["accuracy.png", "energy.png", "results.csv", "results.json", "table.md"]
     assert load_results(tmp_path) == json.loads(json.dumps(results))
     assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in paths.values())  # no temporary files left
     with pytest.raises(FileNotFoundError, match="no results.json"):

@@ -82,6 +82,6 @@ def execute(recipe: Recipe, *, out: Path, seeds: int, device: str, data_dir: Pat
         teardown(dist)
     if main:
         click.echo(render_table(results))
-        click.echo(f"wrote {out}/results.json, results.csv, table.md, epochs.csv, accuracy.png, checkpoints/",
+        click.echo(f"wrote {out}/results.json, results.csv, table.md, epochs.csv, accuracy.png, energy.png, checkpoints/",
                    err=True)
     return results

@@ -63,7 +63,7 @@ def recipe(name: str | None, show_list: bool, quick: bool, epochs: int | None, s
 
     NAME is a shipped recipe (table1a, table1b, table2a, table2b, table3a, table3b, sec4_2;
     see --list) or the path of a TOML recipe file. Writes results.json, results.csv,
-    table.md, epochs.csv, accuracy.png and checkpoints/ into --out and prints the table.
+    table.md, epochs.csv, accuracy.png, energy.png and checkpoints/ into --out and prints the table.
 
     \b
     Data parallel (PyTorch DDP: one process per GPU, or gloo processes on the CPU):

@@ -56,6 +56,8 @@ from torch import nn
 
 from .. import __version__
 from ..notation import ann_twin, parse_arch
+from ..ops import ops_summary
+from ..rates import recording_input_rates
 from ..recipe import Recipe, RecipeError, RowSpec, Settings, build_row
 from .checkpoint import atomic_write_json, atomic_write_text, load_state, read_json, save_state, torch_load, torch_save
 from .distributed import SINGLE, DistContext, barrier
@@ -358,7 +360,10 @@ class _Run:
         test_metrics = None
         if final["best_epoch"] > 0:
             model.load_state_dict(final["best_model"])
-            test_metrics = evaluate(model, test.epoch_batches(0), self.dist).as_dict()
+            # the firing rates of the test pass give the accumulate count (rank 0's shard under DDP)
+            with recording_input_rates(model) as rates:
+                test_metrics = evaluate(model, test.epoch_batches(0), self.dist).as_dict()
+            test_metrics["ops"] = ops_summary(model, rates)
             if main:
                 torch_save({"model": final["best_model"], "arch": job.arch, "coder": job.coder,
                             "training": job.training, "settings": s.as_dict(),
@@ -417,7 +422,7 @@ def _seed_summary(job: dict[str, Any]) -> dict[str, Any]:
         "best_epoch": job["best_epoch"], "best_val_acc": (job.get("best_val") or {}).get("acc"),
         "epochs": job["epochs"], "epochs_run": job["epochs_run"], "wall_s": job["wall_s"],
         "pretrain": job.get("pretrain"), "checkpoint": job.get("checkpoint"), "job": job["job"],
-        "reused": bool(job.get("reused")),
+        "reused": bool(job.get("reused")), **{k: (test.get("ops") or {}).get(k) for k in ("macs", "acs", "energy_uj")},
     }
 
 
