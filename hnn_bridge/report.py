@@ -178,25 +178,45 @@ def _series_key(s: Mapping[str, Any], modes: set[str]) -> str:
     return key + (f", {s['input_mode']} input" if len(modes) > 1 else "")
 
 
-def plot_accuracy(results: Mapping[str, Any]) -> bytes:
-    """PNG bytes: test accuracy against the share of ALs, one colour per coder and training
-    method; ours solid with filled markers (error bars: std over seeds), the paper's dashed
-    with hollow markers."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink")
 
-    summaries = [summarize_row(r) for r in results.get("rows", [])]
+
+def _grouped(summaries: list[dict[str, Any]]) -> list[tuple[str, str, list[dict[str, Any]]]]:
+    """(series name, colour, rows) per coder and training method; the pure ANN in black."""
     modes = {s["input_mode"] for s in summaries if s["coder"] != "none"}
     series: dict[str, list[dict[str, Any]]] = {}
     for s in summaries:
         series.setdefault(_series_key(s, modes), []).append(s)
+    return [(name, "black" if name == "pure ANN" else _COLORS[i % len(_COLORS)], items)
+            for i, (name, items) in enumerate(series.items())]
+
+
+def _axes():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(7.0, 4.6), dpi=110)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink"]
-    for i, (name, items) in enumerate(series.items()):
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _png(fig, ax) -> bytes:
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def plot_accuracy(results: Mapping[str, Any]) -> bytes:
+    """PNG bytes: test accuracy against the share of ALs, one colour per coder and training
+    method; ours solid with filled markers (error bars: std over seeds), the paper's dashed
+    with hollow markers."""
+    fig, ax = _axes()
+    for name, color, items in _grouped([summarize_row(r) for r in results.get("rows", [])]):
         items = sorted(items, key=lambda s: (s["al_share"], s["row"]))
-        color = "black" if name == "pure ANN" else colors[i % len(colors)]
         marker = "*" if name == "pure ANN" else "o"
         ours = [s for s in items if s["acc_mean"] is not None]
         if ours:
@@ -215,33 +235,16 @@ def plot_accuracy(results: Mapping[str, Any]) -> bytes:
     budget = f"{results.get('profile', 'full')} profile, {first.get('epochs')} epochs, T = {first.get('steps')}"
     ax.set_title(f"{recipe.get('paper_table', '')} {recipe.get('title', '')}\n(ours: {budget}; "
                  f"paper: {150 if recipe.get('dataset') == 'cifar10' else 100} epochs, T = 25)".strip(), fontsize=9)
-    ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return _png(fig, ax)
 
 
 def plot_energy(results: Mapping[str, Any]) -> bytes:
     """PNG bytes: our test accuracy against the estimated energy per image (log scale),
     one point per row, labelled with its architecture."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     summaries = [s for s in map(summarize_row, results.get("rows", []))
                  if s["acc_mean"] is not None and s["energy_uj"]]
-    fig = Figure(figsize=(7.0, 4.6), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    modes = {s["input_mode"] for s in summaries if s["coder"] != "none"}
-    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink"]
-    series: dict[str, list[dict[str, Any]]] = {}
-    for s in summaries:
-        series.setdefault(_series_key(s, modes), []).append(s)
-    for i, (name, items) in enumerate(series.items()):
-        color = "black" if name == "pure ANN" else colors[i % len(colors)]
+    fig, ax = _axes()
+    for name, color, items in _grouped(summaries):
         ax.errorbar([s["energy_uj"] for s in items], [s["acc_mean"] for s in items],
                     yerr=[s["acc_std"] or 0.0 for s in items], color=color, linestyle="none",
                     marker="*" if name == "pure ANN" else "o", capsize=3, label=name)
@@ -254,13 +257,7 @@ def plot_energy(results: Mapping[str, Any]) -> bytes:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{recipe.get('paper_table', '')} {recipe.get('title', '')}\n({ENERGY_NOTE})".strip(),
                  fontsize=8)
-    ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return _png(fig, ax)
 
 
 def write_report(out: str | Path, results: Mapping[str, Any], *, json_too: bool = True) -> dict[str, Path]:
