@@ -87,7 +87,8 @@ class HybridNet(nn.Module):
       broadcast over T (duplicate coding: the coded train is constant in time);
     - ``layers``: a `LayerInfo` per token;
     - ``weight_ops``: layer index (into ``layers``) -> its Linear/Conv2d, whose input is
-      what feeds that layer (hooks on it measure presynaptic firing rates).
+      what feeds that layer (hooks on it measure presynaptic firing rates);
+    - ``neurons``: SL index (into ``layers``) -> its neuron module (spikes [T, B, ...]).
     """
 
     def __init__(
@@ -108,6 +109,7 @@ class HybridNet(nn.Module):
         self.sl = sl
         self.layers = layers
         self.weight_ops: dict[int, nn.Module] = {}
+        self.neurons: dict[int, nn.Module] = {}
         self.settings = settings
 
     @property
@@ -260,6 +262,7 @@ def build(
     sl: list[nn.Module] = []
     first_op: nn.Module | None = None
     weight_ops: dict[int, nn.Module] = {}
+    neurons: dict[int, nn.Module] = {}
     layers: list[LayerInfo] = []
     coded = "spikes" if coder_module is not None and coder_module.binary else "values"
     mlp = is_mlp(specs)
@@ -327,7 +330,8 @@ def build(
                 first_op = nn.Sequential(*flatten, op)
             else:
                 sl.extend(SeqOp(m) for m in (*flatten, op))
-            sl.append(make_neuron(backend, layer_params))
+            neurons[len(layers)] = make_neuron(backend, layer_params)
+            sl.append(neurons[len(layers)])
             if not out_layer and dropout > 0:
                 sl.append(TimeSharedDropout(dropout))
             fed_by = coded if i == first_sl else "spikes"
@@ -342,5 +346,5 @@ def build(
         dropout=dropout,
     )
     model = HybridNet(text, nn.Sequential(*al), coder_module, first_op, nn.Sequential(*sl), layers, settings)
-    model.weight_ops = weight_ops
+    model.weight_ops, model.neurons = weight_ops, neurons
     return model

@@ -97,6 +97,9 @@ class Settings:
         activation: of the ALs: ``relu``, ``sigmoid`` or ``auto`` (sigmoid for Poisson
             coding, §4.3.3, else ReLU).
         neuron: IIR neuron constants of every SL.
+        init_rate: when > 0, scale each SL's initial weights so that it fires at this
+            rate on a batch of training images (`hnn_bridge.calibration`); 0: PyTorch's
+            default initialisation as it is.
     """
 
     dataset: str = "mnist"
@@ -115,6 +118,7 @@ class Settings:
     backend: str = "reference"
     activation: str = "auto"
     neuron: IIRParams = field(default_factory=IIRParams)
+    init_rate: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -298,7 +302,7 @@ def _check_setting(key: str, value: Any, where: str) -> Any:
         return _float(value, where, 0.0, 10.0, lo_open=True)
     if key == "lr_gamma":
         return _float(value, where, 0.0, 1.0, lo_open=True)
-    if key == "dropout":
+    if key in ("dropout", "init_rate"):
         return _float(value, where, 0.0, 1.0, hi_open=True)
     if key == "lr_milestones":
         if not isinstance(value, (list, tuple)):

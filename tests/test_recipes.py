@@ -64,6 +64,8 @@ def test_every_shipped_recipe_parses_and_every_row_builds(name: str, quick: bool
             assert (s.neuron.tau_m, s.neuron.tau_s, s.neuron.synapse) == (4.0, 1.0, "dual_exp")
         elif recipe.dataset == "mnist":
             assert s.dataset == "mnist-5k"
+        # CIFAR CNNs start from SL weights calibrated to fire (hnn_bridge.calibration)
+        assert s.init_rate == (0.1 if recipe.dataset == "cifar10" else 0.0)
 
 
 def test_table_rows_match_the_paper() -> None:
@@ -126,6 +128,7 @@ def test_bad_toml_names_the_file(tmp_path: Path) -> None:
         ('dataset = "mnist"', 'dataset = "imagenet"', r": \[recipe\]: key 'dataset': expected one of 'mnist'"),
         ("steps = 4", "steps = 4\n[defaults.neuron]\nsigma = -1.0", r": \[defaults\]: key 'neuron': IIR neuron: sigma"),
         ("paper = 90.0", "paper = 190.0", r"key 'paper': must be in \[0, 100\]"),
+        ("epochs = 1", "epochs = 1\ninit_rate = 1.0", r": \[defaults\]: key 'init_rate': must be in \[0, 1\)"),
     ],
 )
 def test_bad_keys_name_file_row_and_key(tmp_path: Path, old: str, new: str, message: str) -> None:

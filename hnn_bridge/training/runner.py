@@ -55,6 +55,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..calibration import calibrate_firing
 from ..notation import ann_twin, parse_arch
 from ..ops import ops_summary
 from ..rates import recording_input_rates
@@ -70,8 +71,10 @@ __all__ = ["EPOCH_FIELDS", "OutputBusy", "RESULTS_FORMAT", "RunOptions", "check_
 RESULTS_FORMAT = "hnn-bridge-results/1"
 EPOCH_FIELDS = ("job", "row", "label", "seed", "phase", "epoch", "train_loss", "train_acc", "val_acc",
                 "val_acc_argmax", "val_tie_rate", "lr", "seconds", "best")
+# the first training images (in split order) on which SL weights are calibrated (init_rate)
+CALIBRATION_IMAGES = 64
 # settings that do not change a pure ANN (it has no coder and no spiking layer)
-_SNN_ONLY = ("steps", "input_mode", "backend", "neuron")
+_SNN_ONLY = ("steps", "input_mode", "backend", "neuron", "init_rate")
 
 
 @dataclass(frozen=True)
@@ -285,6 +288,10 @@ class _Run:
         if twin_model is not None:
             model.load_als_from(twin_model)
             model.freeze_als()
+        if job.settings.init_rate > 0 and model.neurons:
+            d = self.data[(job.settings.dataset, job.settings.subset, job.settings.split_seed)]
+            x = d.images[d.train[:CALIBRATION_IMAGES]].to(self.device, torch.float32) / 255
+            calibrate_firing(model, x, job.settings.init_rate)
         return model, [p for p in model.parameters() if p.requires_grad]
 
     def _needs_twin(self, job: _Job) -> bool:
