@@ -13,16 +13,7 @@ from hnn_bridge import IIRNeuron, IIRParams
 from hnn_bridge.adapters.snntorch import IIRLeaky, detach, erfc_surrogate, reset
 from hnn_bridge.functional import IIRState, iir_multistep
 
-SYNAPSES = ["dual_exp", "first_order", "none"]
-
-
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
-
-
-def currents(T, *shape, seed=0, scale=1.5, shift=0.3):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(T, *shape, generator=gen) * scale + shift
+from helpers import SYNAPSES, currents, rel_err
 
 
 def run_explicit(lif, x):

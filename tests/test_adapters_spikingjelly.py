@@ -12,16 +12,7 @@ from hnn_bridge import IIRNeuron, IIRParams
 from hnn_bridge.adapters.spikingjelly import IIRNode
 from hnn_bridge.functional import iir_multistep, iir_multistep_reference
 
-SYNAPSES = ["dual_exp", "first_order", "none"]
-
-
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
-
-
-def currents(T, *shape, seed=0, scale=1.5, shift=0.3):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(T, *shape, generator=gen) * scale + shift
+from helpers import SYNAPSES, currents, rel_err
 
 
 def test_is_a_spikingjelly_node_with_five_memories():

@@ -13,8 +13,9 @@ from hnn_bridge.adapters.snntorch import IIRLeaky
 from hnn_bridge.adapters.spikingjelly import IIRNode
 from hnn_bridge.backends import BACKENDS, SNNTorchLayer, SpikingJellyLayer, copy_weights, make_neuron
 
+from helpers import SYNAPSES, rel_err
+
 CPU_BACKENDS = ["reference", "spikingjelly", "snntorch"]
-SYNAPSES = ["dual_exp", "first_order", "none"]
 NEURON_TYPES = (IIRNeuron, SpikingJellyLayer, SNNTorchLayer)
 
 # (arch, input shape, weight std): a hybrid MLP and a hybrid CNN, small enough to be fast.
@@ -22,10 +23,6 @@ NETS = {
     "mlp": ("A64-A48-S32-S10", (1, 8, 8), 0.5),
     "cnn": ("A4C3-P2-S6C3-S8C3-P2-S10", (1, 12, 12), 0.6),
 }
-
-
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
 def build_all(arch, shape, std, T, synapse, input_mode="direct", coder="duplicate"):

@@ -16,14 +16,11 @@ from hnn_bridge.adapters.spikingjelly import IIRNode
 from hnn_bridge.backends import make_neuron
 from hnn_bridge.functional import Coefficients, IIRMultiStep
 
+from helpers import rel_err
+
 HAVE_CUDA_CUPY = torch.cuda.is_available() and importlib.util.find_spec("cupy") is not None
 needs_gpu = pytest.mark.skipif(not HAVE_CUDA_CUPY, reason="needs a CUDA device and cupy (pip install cupy-cuda12x)")
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the kernel source as C")
-
-
-def rel_err(a, b):
-    a, b = torch.as_tensor(a), torch.as_tensor(b)
-    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
 
 # ------------------------------------------------------------------ the kernel source as C

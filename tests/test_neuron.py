@@ -16,7 +16,7 @@ from hnn_bridge.functional import (
     iir_step,
 )
 
-SYNAPSES = ["dual_exp", "first_order", "none"]
+from helpers import SYNAPSES
 
 
 def numpy_reference(x, *, synapse, tau_m=4.0, tau_s=1.0, lam=None, theta=None, v_th=1.0):
