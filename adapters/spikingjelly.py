@@ -16,22 +16,41 @@ Example::
     functional.set_step_mode(net, "m")
     spikes = net(torch.rand(25, 8, 784))      # [T, B, ...] -> [T, B, 100]
     functional.reset_net(net)
+
+Drop-in for SpikingJelly's own code: `IIRNode` accepts the keyword arguments that
+SpikingJelly's model zoo passes to every ``spiking_neuron`` (``surrogate_function``,
+``detach_reset``, ``v_threshold``, ``v_reset``, ``step_mode``, ``backend``,
+``store_v_seq``), e.g. ``spiking_resnet.spiking_resnet18(spiking_neuron=IIRNode,
+surrogate_function=surrogate.Erf(), detach_reset=True)``. Which path runs:
+
+- ``surrogate_function=None`` (eq. 6 with ``sigma``) or ``surrogate.Erf(alpha)``, which *is*
+  eq. 6 with sigma = 1 / (sqrt(2) alpha): the fused multistep Function (``backend="torch"``)
+  or the CuPy kernels (``backend="cupy"``);
+- any other SpikingJelly surrogate (``ATan``, ``Sigmoid``, ...): the per-step autograd path
+  (`iir_multistep_reference`), which calls the surrogate on V - V_th for the gradient; the
+  spikes are the same Heaviside (eq. 1f). It is slower, and with ``backend="cupy"`` it
+  still runs in PyTorch (a warning says so).
+
+``v_reset`` must be None: the IIR neuron resets through its reset filter, never to a value.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import fields
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
 
 from spikingjelly.activation_based import neuron as sj_neuron
+from spikingjelly.activation_based import surrogate as sj_surrogate
 
-from hnn_bridge.functional.iir import IIRState, iir_multistep, iir_step
+from hnn_bridge.functional.iir import IIRState, iir_multistep, iir_multistep_reference, iir_step
 from hnn_bridge.params import IIRParams
 
-__all__ = ["IIRNode", "BACKENDS", "SPIKINGJELLY_VERSIONS"]
+__all__ = ["IIRNode", "BACKENDS", "SPIKINGJELLY_VERSIONS", "erf_sigma"]
 
 #: Backends of `IIRNode` (multi-step mode; single-step mode always runs `iir_step`).
 BACKENDS = ("torch", "cupy")
@@ -40,14 +59,65 @@ SPIKINGJELLY_VERSIONS = ">=2.0,<2.1"
 
 # SpikingJelly memory names in registration order (BaseNode registers "v" first).
 _MEMORIES = ("v", "p1", "p2", "r", "o")
+_DEFAULT_SIGMA = 0.4
+
+
+def erf_sigma(alpha: float) -> float:
+    """The sigma of eq. 6 equal to SpikingJelly's ``surrogate.Erf(alpha)``.
+
+    Erf's gradient alpha / sqrt(pi) * exp(-alpha^2 x^2) is eq. 6,
+    exp(-x^2 / (2 sigma^2)) / (sqrt(2 pi) sigma), for sigma = 1 / (sqrt(2) alpha).
+    """
+    if isinstance(alpha, Tensor):
+        alpha = alpha.item()
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
+        raise ValueError(f"IIRNode: surrogate.Erf needs alpha > 0, got {alpha!r}")
+    return 1.0 / (math.sqrt(2.0) * float(alpha))
+
+
+def _resolve_surrogate(surrogate_function, sigma: Optional[float]) -> tuple[float, Optional[Callable]]:
+    """(sigma of eq. 6, None) for the fused path, or (default sigma, function) for the
+    per-step path with another surrogate."""
+    if surrogate_function is None:
+        return (_DEFAULT_SIGMA if sigma is None else sigma), None
+    if not callable(surrogate_function):
+        raise TypeError(f"IIRNode: surrogate_function must be callable, got {type(surrogate_function).__name__}")
+    name = type(surrogate_function).__name__
+    if getattr(surrogate_function, "spiking", True) is False:
+        raise ValueError(
+            f"IIRNode: surrogate_function={name}(spiking=False) cannot be honoured: the IIR neuron always "
+            f"fires Heaviside spikes (eq. 1f); use {name}(spiking=True)"
+        )
+    if isinstance(surrogate_function, sj_surrogate.Erf):
+        mapped = erf_sigma(surrogate_function.alpha)
+        if sigma is not None and sigma != mapped:
+            raise ValueError(
+                f"IIRNode: sigma={sigma!r} disagrees with surrogate_function=Erf(alpha={surrogate_function.alpha!r}), "
+                f"which means sigma = 1 / (sqrt(2) alpha) = {mapped!r}; pass one of them"
+            )
+        return mapped, None
+    if sigma is not None:
+        raise ValueError(
+            f"IIRNode: sigma={sigma!r} has no effect with surrogate_function={name}: sigma is the width of "
+            f"eq. 6, which {name} replaces; pass one of them (surrogate.Erf(alpha) is eq. 6 with "
+            f"sigma = 1 / (sqrt(2) alpha))"
+        )
+    return _DEFAULT_SIGMA, surrogate_function
 
 
 class IIRNode(sj_neuron.BaseNode):
     """A layer of IIR LIF neurons (eq. 1a-1f, 5, 6) as a SpikingJelly 2.x node.
 
-    Keyword arguments are those of `hnn_bridge.IIRNeuron` (see `IIRParams`), plus:
+    Keyword arguments are those of `hnn_bridge.IIRNeuron` (see `IIRParams`; ``sigma=None``
+    means 0.4), plus:
 
     Args:
+        surrogate_function: None (eq. 6 with ``sigma``), ``surrogate.Erf(alpha)`` (eq. 6
+            with sigma = 1 / (sqrt(2) alpha); fused path) or any other SpikingJelly
+            surrogate (its gradient on V - V_th replaces eq. 6; per-step autograd path,
+            see the module docstring). Fixed at construction.
+        v_reset: must be None (SpikingJelly's soft reset); the IIR neuron resets through
+            its reset filter R (eq. 1c). Anything else is a ValueError.
         step_mode: ``"m"`` (input ``[T, N, ...]``, the default) or ``"s"`` (input
             ``[N, ...]``, one time step per call).
         backend: multi-step implementation: ``"torch"`` (the fused autograd Function of
@@ -68,17 +138,26 @@ class IIRNode(sj_neuron.BaseNode):
         self,
         *,
         v_threshold: float = 1.0,
-        sigma: float = 0.4,
+        sigma: Optional[float] = None,
         tau_m: float = 4.0,
         tau_s: float = 1.0,
         membrane_decay: Optional[float] = None,
         reset_decay: Optional[float] = None,
         synapse: str = "dual_exp",
         detach_reset: bool = False,
+        surrogate_function: Optional[Callable[[Tensor], Tensor]] = None,
+        v_reset: Optional[float] = None,
         step_mode: str = "m",
         backend: str = "torch",
         store_v_seq: bool = False,
     ) -> None:
+        if v_reset is not None:
+            raise ValueError(
+                f"IIRNode: v_reset={v_reset!r} cannot be honoured: the IIR neuron resets through its reset "
+                f"filter (R[t] = theta*R[t-1] + O[t-1], V[t] -= V_th*R[t], eq. 1c), never to a fixed value; "
+                f"use v_reset=None, and reset_decay to shape the reset"
+            )
+        sigma, custom = _resolve_surrogate(surrogate_function, sigma)
         params = IIRParams(
             v_threshold=v_threshold,
             sigma=sigma,
@@ -95,10 +174,16 @@ class IIRNode(sj_neuron.BaseNode):
             from .cupy_kernels import require_cupy
 
             require_cupy()
+            if custom is not None:
+                warnings.warn(
+                    f"IIRNode: surrogate_function={type(custom).__name__} runs the per-step PyTorch path; "
+                    f"the CuPy kernels implement eq. 6 only (surrogate_function=None or surrogate.Erf)",
+                    stacklevel=2,
+                )
         super().__init__(
             v_threshold=float(params.v_threshold),
             v_reset=None,
-            surrogate_function=None,
+            surrogate_function=surrogate_function,
             detach_reset=bool(params.detach_reset),
             step_mode=step_mode,
             store_v_seq=store_v_seq,
@@ -107,11 +192,28 @@ class IIRNode(sj_neuron.BaseNode):
             self.register_memory(name, 0.0)
         self.params = params
         self.backend = backend
+        # The surrogate module itself is self.surrogate_function (a submodule, as in SpikingJelly).
+        self._per_step = custom is not None
+
+    @property
+    def path(self) -> str:
+        """Which multi-step implementation runs: ``"fused"`` (torch), ``"cupy"`` or
+        ``"per-step"`` (another surrogate than eq. 6)."""
+        if self._per_step:
+            return "per-step"
+        return "cupy" if self.backend == "cupy" else "fused"
 
     @classmethod
     def from_params(cls, params: IIRParams, **kwargs) -> "IIRNode":
-        """An IIRNode with the settings of `params`; `kwargs` are step_mode, backend, store_v_seq."""
+        """An IIRNode with the settings of `params`; `kwargs` are step_mode, backend,
+        store_v_seq (a ``surrogate_function`` other than Erf would conflict with
+        ``params.sigma``)."""
         return cls(**params.as_dict(), **kwargs)
+
+    @property
+    def _surrogate(self) -> Optional[Callable[[Tensor], Tensor]]:
+        """The surrogate of the per-step path, or None for eq. 6."""
+        return self.surrogate_function if self._per_step else None
 
     def supported_step_mode(self):
         return ("s", "m")
@@ -154,12 +256,14 @@ class IIRNode(sj_neuron.BaseNode):
 
     def single_step_functional_forward(self, inputs, states, **kwargs):
         v, p1, p2, r, o = states
-        o_new, st = iir_step(inputs[0], IIRState(p1, p2, r, v, o), self.params)
+        o_new, st = iir_step(inputs[0], IIRState(p1, p2, r, v, o), self.params, surrogate=self._surrogate)
         return (o_new,), (st.v, st.p1, st.p2, st.r, st.o)
 
     def _multistep(self, x_seq: Tensor, states) -> tuple[Tensor, Tensor, IIRState]:
         v, p1, p2, r, o = states
         start = None if all(s is None for s in states) else IIRState(p1, p2, r, v, o)
+        if self._per_step:
+            return iir_multistep_reference(x_seq, self.params, start, surrogate=self.surrogate_function)
         if self.backend == "cupy":
             from .cupy_kernels import cupy_multistep
 
@@ -194,4 +298,5 @@ class IIRNode(sj_neuron.BaseNode):
             for f in fields(IIRParams)
             if getattr(self.params, f.name) != getattr(defaults, f.name)
         ]
-        return ", ".join(changed + [f"step_mode={self.step_mode!r}", f"backend={self.backend!r}"])
+        custom = [f"surrogate_function={self.surrogate_function!r}"] if self._per_step else []
+        return ", ".join(changed + custom + [f"step_mode={self.step_mode!r}", f"backend={self.backend!r}"])

@@ -10,7 +10,7 @@ from .iir import (
     iir_spikes,
     iir_step,
 )
-from .surrogate import ErfcSpike, firing_probability, heaviside, spike, surrogate_grad
+from .surrogate import ErfcSpike, firing_probability, heaviside, spike, spike_with, surrogate_grad
 
 __all__ = [
     "Coefficients",
@@ -25,5 +25,6 @@ __all__ = [
     "iir_spikes",
     "iir_step",
     "spike",
+    "spike_with",
     "surrogate_grad",
 ]

@@ -22,13 +22,22 @@ Performance notes (how the fused path executes, same arithmetic): see the commen
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
 from ..params import IIRParams
-from .surrogate import _INV_SQRT_2PI, firing_probability, flushed_exp_, heaviside, one_thread, spike, surrogate_grad
+from .surrogate import (
+    _INV_SQRT_2PI,
+    firing_probability,
+    flushed_exp_,
+    heaviside,
+    one_thread,
+    spike,
+    spike_with,
+    surrogate_grad,
+)
 
 
 class IIRState(NamedTuple):
@@ -105,27 +114,38 @@ def charge(x: Tensor, p1: Tensor, p2: Tensor, r: Tensor, v: Tensor, o: Tensor, k
     return p, r_new, v_new
 
 
-def iir_step(x: Tensor, state: IIRState, params: IIRParams) -> tuple[Tensor, IIRState]:
-    """One differentiable time step; returns (O[t], state after t)."""
+def iir_step(
+    x: Tensor, state: IIRState, params: IIRParams, *, surrogate: Optional[Callable[[Tensor], Tensor]] = None
+) -> tuple[Tensor, IIRState]:
+    """One differentiable time step; returns (O[t], state after t).
+
+    ``surrogate``: a function of V - V_th whose gradient replaces eq. 6 (`spike_with`;
+    the spikes stay the same); None means eq. 6 with ``params.sigma``.
+    """
     k = Coefficients.of(params)
     o_prev = state.o.detach() if params.detach_reset else state.o
     p, r, v = charge(x, state.p1, state.p2, state.r, state.v, o_prev, k)
-    o = spike(v, k.v_threshold, k.sigma)
+    o = spike(v, k.v_threshold, k.sigma) if surrogate is None else spike_with(v, k.v_threshold, surrogate)
     return o, IIRState(p, state.p1, r, v, o)
 
 
 def iir_multistep_reference(
-    x_seq: Tensor, params: IIRParams, state: Optional[IIRState] = None
+    x_seq: Tensor,
+    params: IIRParams,
+    state: Optional[IIRState] = None,
+    *,
+    surrogate: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> tuple[Tensor, Tensor, IIRState]:
     """The straightforward per-step autograd loop over x_seq [T, ...].
 
     Returns (spikes [T, ...], membrane V [T, ...], final state). Kept as the reference
-    the fused `iir_multistep` is tested against.
+    the fused `iir_multistep` is tested against, and the path for another surrogate
+    gradient (``surrogate``, see `iir_step`).
     """
     state = IIRState.zeros_like(x_seq[0]) if state is None else state
     spikes, volts = [], []
     for x in x_seq:
-        o, state = iir_step(x, state, params)
+        o, state = iir_step(x, state, params, surrogate=surrogate)
         spikes.append(o)
         volts.append(state.v)
     return torch.stack(spikes), torch.stack(volts), state

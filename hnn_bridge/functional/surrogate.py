@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -134,3 +135,16 @@ class ErfcSpike(torch.autograd.Function):
 def spike(v: Tensor, v_threshold: float, sigma: float) -> Tensor:
     """Differentiable spike function: Heaviside forward, erfc surrogate backward."""
     return ErfcSpike.apply(v, v_threshold, sigma)
+
+
+def spike_with(v: Tensor, v_threshold: float, surrogate: Callable[[Tensor], Tensor]) -> Tensor:
+    """Spike function with another surrogate gradient in place of eq. 6.
+
+    Forward: exactly `heaviside` (eq. 1f, U(0) = 1), whatever ``surrogate`` returns.
+    Backward: the gradient of ``surrogate(v - v_threshold)``, e.g. a SpikingJelly
+    surrogate module or an snnTorch ``spike_grad``. Written as ``H + (s - s.detach())``:
+    ``s - s`` is exactly 0 for finite ``s``, so the value is H bit for bit and the gradient
+    is ds/dv (parameters of the surrogate, if any, get gradients too).
+    """
+    s = surrogate(v - v_threshold)
+    return heaviside(v, v_threshold) + (s - s.detach()).to(v.dtype)
