@@ -7,17 +7,33 @@ torch core (`hnn_bridge.functional.iir_step`), so a loop over T gives exactly th
 of `hnn_bridge.IIRNeuron` and of the SpikingJelly node. It fires at ``V >= V_th``
 (eq. 1f; snnTorch's own neurons fire at ``V > V_th``).
 
-Two ways to use it, as with snnTorch's neurons:
+It is a drop-in for ``snntorch.Leaky``: swap the constructor and snnTorch code runs as
+it is. Three ways to use it:
 
-- explicit state: ``state = lif.init_iirleaky()`` then ``spk, state = lif(x, state)`` per
-  step; ``state`` is an `IIRState` ``(p1, p2, r, v, o)`` = (p[t-1], p[t-2], R[t-1],
-  V[t-1], O[t-1]) and ``state.v`` is the membrane potential (snnTorch's ``mem``);
+- snnTorch's explicit state: ``mem = lif.init_leaky()`` then ``spk, mem = lif(cur, mem)``
+  per step, ``mem`` a tensor (V) that stacks. The other four states (p[t-1], p[t-2],
+  R[t-1], O[t-1]) are held in the module and continue as long as ``mem`` is the tensor
+  the module returned (or a detached view of it, e.g. ``mem.detach()``); any other tensor
+  is a new starting membrane potential, with the other four states zero;
+- the full state: ``state = lif.init_iirleaky()`` then ``spk, state = lif(x, state)``;
+  ``state`` is an `IIRState` ``(p1, p2, r, v, o)`` = (p[t-1], p[t-2], R[t-1], V[t-1],
+  O[t-1]) and ``state.v`` is the membrane potential (snnTorch's ``mem``);
 - hidden state: ``IIRLeaky(init_hidden=True)`` inside ``nn.Sequential``; ``forward(x)``
   returns the spikes (``(spk, mem)`` with ``output=True``).
 
+snnTorch's constructor arguments, where they mean something here: ``beta`` (the membrane
+decay lambda, eq. 1a), ``threshold`` (V_th), ``spike_grad`` (any snnTorch surrogate: its
+gradient on V - V_th replaces eq. 6; the spikes stay the Heaviside of eq. 1f; our
+`erfc_surrogate` is eq. 6 itself), ``init_hidden``, ``output``. The others are accepted
+at their defaults only (``reset_mechanism="subtract"``, ``learn_beta=False``, ...); any
+value the IIR neuron cannot honour is a ValueError naming the argument and what to use
+instead. ``IIRLeaky(beta=b)`` keeps the IIR synapse and reset filters; with
+``synapse="none", reset_decay=0.0`` it follows snnTorch's ``Leaky(beta=b)`` equations
+(still firing at ``V >= V_th``).
+
 Resetting: `snntorch.utils.reset(net)` and ``snntorch.Leaky.reset_hidden()`` /
 ``detach_hidden()`` (which `IIRLeaky` inherits, being a `snntorch.Leaky`) clear or
-detach all five states. Like every snnTorch reset helper they act on *every* instance of
+detach all five states; so do ``lif.init_leaky()`` and ``lif.reset_mem()``. Like every snnTorch reset helper they act on *every* instance of
 the class in the process, and `snntorch.utils.reset` only looks at the direct children of
 ``net``. `reset` and `detach` of this module act on the neurons inside one module only,
 at any depth.
@@ -25,8 +41,9 @@ at any depth.
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields
-from typing import Optional
+from typing import Any, Callable, Optional, Union
 
 import snntorch
 import torch
@@ -81,7 +98,119 @@ def erfc_surrogate(sigma: float = 0.4):
         return ErfcSurrogate.apply(x, sigma)
 
     inner.sigma = sigma  # type: ignore[attr-defined]
+    inner.is_eq6 = True  # type: ignore[attr-defined]  # IIRLeaky(spike_grad=...) reads sigma from it
     return inner
+
+
+def _reject(name: str, value: Any, why: str, instead: str) -> ValueError:
+    return ValueError(f"IIRLeaky: {name}={value!r} cannot be honoured: {why}; use {instead}")
+
+
+# snnTorch arguments accepted at their defaults only: name -> (default, why, instead).
+_FIXED = {
+    "surrogate_disable": (
+        False,
+        "the spike function always carries a surrogate gradient",
+        "surrogate_disable=False (choose the gradient with spike_grad; run inference under torch.no_grad())",
+    ),
+    "inhibition": (
+        False,
+        "the IIR neuron has no lateral inhibition",
+        "inhibition=False and apply winner-take-all to the spikes after the layer",
+    ),
+    "learn_beta": (
+        False,
+        "the membrane decay is a constant of the IIR filter (eq. 1a)",
+        "learn_beta=False with beta (or membrane_decay) a fixed number",
+    ),
+    "learn_threshold": (
+        False,
+        "the threshold V_th is a constant of the IIR neuron (eq. 1a, 1e)",
+        "learn_threshold=False with threshold (or v_threshold) a fixed number",
+    ),
+    "state_quant": (
+        False,
+        "the IIR states are not quantized",
+        "state_quant=False, and quantize the layer before the neuron (its weights or output) instead",
+    ),
+    "graded_spikes_factor": (
+        1.0,
+        "the IIR neuron fires spikes of 1 (eq. 1f)",
+        "graded_spikes_factor=1.0 and scale the spikes after the layer",
+    ),
+    "learn_graded_spikes_factor": (
+        False,
+        "the IIR neuron fires spikes of 1 (eq. 1f)",
+        "learn_graded_spikes_factor=False and scale the spikes after the layer with a parameter",
+    ),
+    "reset_delay": (
+        True,
+        "the IIR reset acts from the next step on (R[t] = theta*R[t-1] + O[t-1], eq. 1c)",
+        "reset_delay=True (the default)",
+    ),
+}
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    if isinstance(value, Tensor):
+        return value.numel() == 1 and value.item() == default
+    return isinstance(value, (bool, int, float)) and value == default
+
+
+def _check_fixed(**given: Any) -> None:
+    """Raise the ValueError of `_FIXED` for the first argument not at its default."""
+    for name, value in given.items():
+        default, why, instead = _FIXED[name]
+        if not _is_default(value, default):
+            raise _reject(name, value, why, instead)
+
+
+def _number(name: str, value: Union[float, Tensor]) -> float:
+    """A Python float from a number or a one-element tensor (snnTorch allows tensors)."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"IIRLeaky: {name} must be one number, got a tensor of shape {tuple(value.shape)}: the IIR "
+                f"neuron has one {name} per layer; use a float"
+            )
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"IIRLeaky: {name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _alias(snn_name: str, snn_value: Any, iir_name: str, iir_value: Any) -> Any:
+    """The one of snnTorch's name and ours that is given (None = not given)."""
+    if snn_value is None:
+        return iir_value
+    value = _number(snn_name, snn_value)
+    if iir_value is not None and iir_value != value:
+        raise ValueError(
+            f"IIRLeaky: {snn_name}={value!r} and {iir_name}={iir_value!r} name the same setting; pass one of them"
+        )
+    return value
+
+
+def _resolve_spike_grad(spike_grad: Optional[Callable], sigma: Optional[float]) -> tuple[float, Optional[Callable]]:
+    """(sigma of eq. 6, None) or (default sigma, another surrogate for `spike_with`)."""
+    if spike_grad is None:
+        return (0.4 if sigma is None else sigma), None
+    if not callable(spike_grad):
+        raise TypeError(f"IIRLeaky: spike_grad must be callable, got {type(spike_grad).__name__}")
+    if getattr(spike_grad, "is_eq6", False):
+        if sigma is not None and sigma != spike_grad.sigma:
+            raise ValueError(
+                f"IIRLeaky: sigma={sigma!r} disagrees with spike_grad=erfc_surrogate({spike_grad.sigma!r}); "
+                f"pass one of them"
+            )
+        return spike_grad.sigma, None
+    if sigma is not None:
+        raise ValueError(
+            f"IIRLeaky: sigma={sigma!r} has no effect with spike_grad={getattr(spike_grad, '__name__', spike_grad)!r}: "
+            f"sigma is the width of eq. 6, which spike_grad replaces; pass one of them "
+            f"(spike_grad=erfc_surrogate(sigma) is eq. 6)"
+        )
+    return 0.4, spike_grad
 
 
 def _fit(state: IIRState, x: Tensor) -> IIRState:
@@ -96,43 +225,97 @@ def _fit(state: IIRState, x: Tensor) -> IIRState:
 class IIRLeaky(snntorch.Leaky):
     """A layer of IIR LIF neurons (eq. 1a-1f, 5, 6) as an snnTorch neuron, one step per call.
 
-    Keyword arguments are those of `hnn_bridge.IIRNeuron` (see `IIRParams`), plus
-    snnTorch's ``init_hidden`` and ``output``.
+    Keyword arguments are those of `hnn_bridge.IIRNeuron` (see `IIRParams`; ``v_threshold``
+    and ``sigma`` None mean 1.0 and 0.4), plus snnTorch's ``Leaky`` arguments:
 
-    ``forward(input_, state=None)``:
+    Args:
+        beta: the membrane decay lambda (eq. 1a), a number in [0, 1] (or a one-element
+            tensor); the same as ``membrane_decay`` (pass one of them).
+        threshold: V_th; the same as ``v_threshold``.
+        spike_grad: an snnTorch surrogate (``snntorch.surrogate.atan()``, ...): its gradient
+            on V - V_th replaces eq. 6 (per-step autograd, as always here); the forward stays
+            the Heaviside of eq. 1f with U(0) = 1. ``erfc_surrogate(sigma)`` (or None) is
+            eq. 6 itself.
+        init_hidden, output: as in snnTorch.
+        reset_mechanism: ``"subtract"`` only (the IIR reset filter subtracts V_th*R[t]).
+        surrogate_disable, inhibition, learn_beta, learn_threshold, state_quant,
+        graded_spikes_factor, learn_graded_spikes_factor, reset_delay: accepted at their
+            snnTorch defaults only; anything else is a ValueError that says what to use.
 
-    - ``init_hidden=False`` returns ``(spk, state)`` with ``state`` an `IIRState`
-      ``(p1, p2, r, v, o)``; pass it back on the next step. ``state=None`` continues from
-      the state the module holds (as ``snntorch.Leaky`` does with ``mem=None``); a state
-      shaped for another input (e.g. the empty one of `init_iirleaky`) means zeros.
-    - ``init_hidden=True`` keeps the state in the module and returns ``spk``, or
-      ``(spk, mem)`` with ``output=True``; passing ``state`` is then a TypeError.
+    ``forward(input_, state=None)``; with ``init_hidden=False`` the second argument and the
+    second result are of the same kind:
+
+    - a tensor ``mem`` (snnTorch's ``spk, mem = lif(cur, mem)``, ``mem`` from
+      ``init_leaky()`` or the last call) returns ``(spk, mem)``; the other four states are
+      held in the module (see the module docstring);
+    - an `IIRState` ``(p1, p2, r, v, o)`` returns ``(spk, state)``; a state shaped for
+      another input (e.g. the empty one of `init_iirleaky`) means zeros;
+    - None continues from the state the module holds and returns ``(spk, mem)``, as
+      ``snntorch.Leaky`` does.
+
+    With ``init_hidden=True`` the state stays in the module and forward returns ``spk``,
+    or ``(spk, mem)`` with ``output=True``; passing a state is then a TypeError.
 
     The state lives in the buffers ``p1``, ``p2``, ``r``, ``mem`` (V) and ``o``, not saved
-    in the ``state_dict``. Assigning ``mem`` from outside (as snnTorch's ``reset_hidden``,
-    ``reset_mem`` and ``init_leaky`` do) starts the neuron afresh at that membrane
-    potential: p1, p2, r and o become zero on the next step. Detaching ``mem`` in place (as
-    ``detach_hidden`` does) detaches the other four states on the next step too. The
-    spike function is `hnn_bridge.functional.surrogate.spike`, the same Heaviside and
-    eq. 6 surrogate as `erfc_surrogate`, which is set as ``spike_grad``.
+    in the ``state_dict``. Assigning ``mem`` from outside (as snnTorch's ``reset_hidden``
+    does) starts the neuron afresh at that membrane potential: p1, p2, r and o become
+    zero on the next step. Detaching ``mem`` in place (as ``detach_hidden`` does) detaches
+    the other four states on the next step too.
     """
 
     def __init__(
         self,
+        beta: Optional[Union[float, Tensor]] = None,
         *,
-        v_threshold: float = 1.0,
-        sigma: float = 0.4,
+        threshold: Optional[Union[float, Tensor]] = None,
+        spike_grad: Optional[Callable[[Tensor], Tensor]] = None,
+        surrogate_disable: bool = False,
+        init_hidden: bool = False,
+        inhibition: bool = False,
+        learn_beta: bool = False,
+        learn_threshold: bool = False,
+        reset_mechanism: str = "subtract",
+        state_quant: Any = False,
+        output: bool = False,
+        graded_spikes_factor: Union[float, Tensor] = 1.0,
+        learn_graded_spikes_factor: bool = False,
+        reset_delay: bool = True,
+        v_threshold: Optional[float] = None,
+        sigma: Optional[float] = None,
         tau_m: float = 4.0,
         tau_s: float = 1.0,
         membrane_decay: Optional[float] = None,
         reset_decay: Optional[float] = None,
         synapse: str = "dual_exp",
         detach_reset: bool = False,
-        init_hidden: bool = False,
-        output: bool = False,
     ) -> None:
+        _check_fixed(
+            surrogate_disable=surrogate_disable,
+            inhibition=inhibition,
+            learn_beta=learn_beta,
+            learn_threshold=learn_threshold,
+            state_quant=state_quant,
+            graded_spikes_factor=graded_spikes_factor,
+            learn_graded_spikes_factor=learn_graded_spikes_factor,
+            reset_delay=reset_delay,
+        )
+        if reset_mechanism != "subtract":
+            raise _reject(
+                "reset_mechanism",
+                reset_mechanism,
+                "the IIR neuron resets by subtraction through its reset filter "
+                "(R[t] = theta*R[t-1] + O[t-1], V[t] -= V_th*R[t], eq. 1c)",
+                "reset_mechanism='subtract' (the default), with reset_decay=0.0 for snnTorch's one-step subtraction",
+            )
+        if beta is not None:
+            beta = _number("beta", beta)
+            if not 0.0 <= beta <= 1.0:
+                raise ValueError(f"IIRLeaky: beta (the membrane decay, eq. 1a) must be in [0, 1], got {beta!r}")
+        membrane_decay = _alias("beta", beta, "membrane_decay", membrane_decay)
+        v_threshold = _alias("threshold", threshold, "v_threshold", v_threshold)
+        sigma, custom = _resolve_spike_grad(spike_grad, sigma)
         params = IIRParams(
-            v_threshold=v_threshold,
+            v_threshold=1.0 if v_threshold is None else v_threshold,
             sigma=sigma,
             tau_m=tau_m,
             tau_s=tau_s,
@@ -144,12 +327,14 @@ class IIRLeaky(snntorch.Leaky):
         super().__init__(
             beta=params.lam,
             threshold=params.v_threshold,
-            spike_grad=erfc_surrogate(params.sigma),
+            spike_grad=erfc_surrogate(params.sigma) if custom is None else custom,
             init_hidden=init_hidden,
             output=output,
             reset_mechanism="subtract",
         )
         self.params = params
+        #: The surrogate replacing eq. 6 (an snnTorch ``spike_grad``), or None.
+        self.custom_grad: Optional[Callable[[Tensor], Tensor]] = custom
         for name in _CONSTANT_BUFFERS:
             if name in self._buffers:
                 self._non_persistent_buffers_set.add(name)
@@ -242,22 +427,47 @@ class IIRLeaky(snntorch.Leaky):
 
     # -- forward --------------------------------------------------------------------------
 
-    def forward(self, input_: Tensor, state: Optional[IIRState] = None):
-        if state is not None:
-            if self.init_hidden:
-                raise TypeError("`state` should not be passed as an argument while `init_hidden=True`")
-            start = _fit(IIRState(*state), input_)
+    def _start_from_mem(self, mem: Tensor) -> IIRState:
+        """The state before a step given snnTorch's ``mem``: the held p1, p2, r, o when
+        ``mem`` is the held membrane (or a view of it, e.g. ``mem.detach()``; detached
+        ones detach them too), else zeros beside ``mem``."""
+        b = self._buffers
+        held = b["mem"]
+        same = mem is held or (
+            held.numel() > 0
+            and mem.shape == held.shape
+            and mem.dtype == held.dtype
+            and mem.device == held.device
+            and mem.stride() == held.stride()
+            and mem.data_ptr() == held.data_ptr()
+        )
+        if not same:
+            zero = torch.zeros_like(mem)
+            return IIRState(zero, zero, zero, mem, zero)
+        p1, p2, r, o = (b[n] for n in ("p1", "p2", "r", "o"))
+        if not mem.requires_grad:
+            p1, p2, r, o = p1.detach(), p2.detach(), r.detach(), o.detach()
+        return IIRState(p1, p2, r, mem, o)
+
+    def forward(self, input_: Tensor, state: Optional[Union[Tensor, IIRState]] = None):
+        if state is not None and self.init_hidden:
+            raise TypeError("`mem` (or `state`) should not be passed as an argument while `init_hidden=True`")
+        full_state = state is not None and not isinstance(state, Tensor)
+        if full_state:
+            start = IIRState(*state)
+        elif state is not None:
+            start = self._start_from_mem(state)
         else:
             self._sync()
             b = self._buffers
-            start = _fit(IIRState(b["p1"], b["p2"], b["r"], b["mem"], b["o"]), input_)
-        spk, new = iir_step(input_, start, self.params)
+            start = IIRState(b["p1"], b["p2"], b["r"], b["mem"], b["o"])
+        spk, new = iir_step(input_, _fit(start, input_), self.params, surrogate=self.custom_grad)
         if new.v is input_:  # degenerate settings (V = x): keep snnTorch's mem.detach_() off the caller's tensor
             new = new._replace(v=new.v.clone())
         self._store(new)
         if self.init_hidden:
             return (spk, new.v) if self.output else spk
-        return spk, new
+        return (spk, new) if full_state else (spk, new.v)
 
     def extra_repr(self) -> str:
         defaults = IIRParams()
@@ -267,7 +477,8 @@ class IIRLeaky(snntorch.Leaky):
             if getattr(self.params, f.name) != getattr(defaults, f.name)
         ]
         flags = [f"{n}=True" for n in ("init_hidden", "output") if getattr(self, n)]
-        return ", ".join(changed + flags)
+        grad = [f"spike_grad={getattr(self.custom_grad, '__name__', self.custom_grad)!r}"] if self.custom_grad else []
+        return ", ".join(changed + grad + flags)
 
 
 def reset(module: nn.Module) -> nn.Module:

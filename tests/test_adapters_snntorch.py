@@ -58,8 +58,8 @@ def test_explicit_state_loop_equals_reference(synapse, T, detach_reset):
 
 def test_fires_at_exactly_the_threshold_unlike_stock_leaky():
     x = torch.tensor([[1.0, 0.999]])  # synapse 'none', first step: V = x
-    spk, state = IIRLeaky(synapse="none")(x, None)
-    assert spk.tolist() == [[1.0, 0.0]] and state.v.tolist() == x.tolist()
+    spk, mem = IIRLeaky(synapse="none")(x, None)
+    assert spk.tolist() == [[1.0, 0.0]] and mem.tolist() == x.tolist()
     stock_spk, _ = snntorch.Leaky(beta=0.5)(x)
     assert stock_spk.tolist() == [[0.0, 0.0]]  # snnTorch fires at V > V_th
 
@@ -83,9 +83,14 @@ def test_output_flag_and_explicit_state_errors():
     lif = IIRLeaky(init_hidden=True, output=True)
     spk, mem = lif(x[0])
     assert mem is lif.mem and torch.equal(mem, lif.state.v)
-    with pytest.raises(TypeError, match="`state` should not be passed"):
+    with pytest.raises(TypeError, match=r"`mem` \(or `state`\) should not be passed"):
         lif(x[1], lif.state)
-    spk2, state = IIRLeaky(output=True)(x[0])  # explicit mode returns the whole state
+    with pytest.raises(TypeError, match=r"`mem` \(or `state`\) should not be passed"):
+        lif(x[1], lif.mem)
+    plain = IIRLeaky(output=True)
+    _, mem = plain(x[0])  # explicit mode without a state returns mem, as snnTorch does
+    assert isinstance(mem, torch.Tensor) and mem is plain.mem
+    _, state = plain(x[1], plain.state)  # ... and the whole state when given one
     assert isinstance(state, IIRState)
 
 
