@@ -23,13 +23,18 @@ def code_blocks() -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", body, flags=re.M | re.S)
 
 
-def test_section_has_an_snntorch_and_a_spikingjelly_example():
+EXAMPLES = ["snntorch-swap", "spikingjelly-swap", "snntorch-mlp", "spikingjelly-cnn"]
+
+
+def test_section_shows_the_one_line_swaps_first_then_the_richer_api():
     blocks = code_blocks()
-    assert len(blocks) == 2
-    assert "IIRLeaky" in blocks[0] and "IIRNode" in blocks[1]
+    assert len(blocks) == len(EXAMPLES)
+    assert "IIRLeaky()" in blocks[0] and "was: snn.Leaky(beta=0.9)" in blocks[0]
+    assert "spiking_neuron=IIRNode" in blocks[1] and "was: neuron.LIFNode" in blocks[1]
+    assert "IIRLeaky" in blocks[2] and "IIRNode" in blocks[3]
 
 
-@pytest.mark.parametrize("index", [0, 1], ids=["snntorch-mlp", "spikingjelly-cnn"])
+@pytest.mark.parametrize("index", range(len(EXAMPLES)), ids=EXAMPLES)
 def test_example_runs(index):
     code = code_blocks()[index]
     exec(compile(code, f"<{section()[0]} example {index + 1}>", "exec"), {"__name__": "__example__"})
