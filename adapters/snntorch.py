@@ -33,10 +33,10 @@ instead. ``IIRLeaky(beta=b)`` keeps the IIR synapse and reset filters; with
 
 Resetting: `snntorch.utils.reset(net)` and ``snntorch.Leaky.reset_hidden()`` /
 ``detach_hidden()`` (which `IIRLeaky` inherits, being a `snntorch.Leaky`) clear or
-detach all five states; so do ``lif.init_leaky()`` and ``lif.reset_mem()``. Like every snnTorch reset helper they act on *every* instance of
-the class in the process, and `snntorch.utils.reset` only looks at the direct children of
-``net``. `reset` and `detach` of this module act on the neurons inside one module only,
-at any depth.
+detach all five states; so do ``lif.init_leaky()`` and ``lif.reset_mem()``. Like every
+snnTorch reset helper they act on *every* instance of the class in the process, and
+`snntorch.utils.reset` only looks at the direct children of ``net``. `reset` and `detach`
+of this module act on the neurons inside one module only, at any depth.
 """
 
 from __future__ import annotations

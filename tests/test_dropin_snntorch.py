@@ -186,7 +186,8 @@ def explicit(lif, x):
         (dict(beta=0.8), dict(membrane_decay=0.8)),
         (dict(beta=torch.tensor(0.6)), dict(membrane_decay=0.6000000238418579)),  # float32 0.6
         (dict(threshold=0.7), dict(v_threshold=0.7)),
-        (dict(beta=0.5, threshold=1.3, spike_grad=erfc_surrogate(0.3)), dict(membrane_decay=0.5, v_threshold=1.3, sigma=0.3)),
+        (dict(beta=0.5, threshold=1.3, spike_grad=erfc_surrogate(0.3)),
+         dict(membrane_decay=0.5, v_threshold=1.3, sigma=0.3)),
     ],
     ids=["beta", "beta-tensor", "threshold", "beta-threshold-erfc"],
 )
@@ -263,7 +264,8 @@ def test_snntorch_spike_grad_replaces_eq6_and_keeps_the_spikes():
     assert torch.equal(spikes, ref)
     (gx,) = torch.autograd.grad((spikes * g).sum(), x)
     (gx_ref,) = torch.autograd.grad((ref * g).sum(), x)
-    assert rel_err(gx, gx_ref) < 1e-6  # snnTorch's surrogates return float32 (`.float()`), so the gradient passes float32
+    # snnTorch's surrogates return float32 (`.float()`), so the gradient passes float32
+    assert rel_err(gx, gx_ref) < 1e-6
     # one step, synapse "none" (V = x): dO/dx is exactly the arctan surrogate
     x1 = torch.tensor([0.2, 1.0, 1.6], dtype=torch.float64, requires_grad=True)
     spk, _ = IIRLeaky(spike_grad=surrogate.fast_sigmoid(slope=25), synapse="none")(x1, None)
