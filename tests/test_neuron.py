@@ -183,3 +183,83 @@ def test_bad_settings_name_the_setting(kwargs, message):
 def test_non_float_input_is_rejected():
     with pytest.raises(TypeError, match="IIRNeuron expects a floating-point tensor"):
         IIRNeuron()(torch.ones(3, 2, dtype=torch.long))
+
+
+# ----------------------------------------------------------------------------- the synapse filter
+# An independent check of the filter coefficients: the tests above share their (a1, a2, b)
+# with hnn_bridge/params.py (the same formulas typed twice), so a mistake made in both would
+# pass. Here the expected response comes from the closed form of the kernel instead.
+#
+# Eq. 1 (Fang et al. 2020, quoted as eq. 1b/1d in the paper) weighs the presynaptic spike train
+# with the dual-exponential PSP kernel of unit amplitude (the scale is the weight w, nothing
+# else): eps(s) = e^(-s/tau_m) - e^(-s/tau_s), s in time steps. A spike at step t0 enters the
+# filter in its own step, i.e. it is seen one step old at the end of step t0:
+#     p[t] = eps(t - t0 + 1) for t >= t0, and 0 before.
+# This is what p[t] = a1 p[t-1] + a2 p[t-2] + b x[t] does with a1 = e^(-1/tau_m) + e^(-1/tau_s),
+# a2 = -e^(-1/tau_m) e^(-1/tau_s), b = e^(-1/tau_m) - e^(-1/tau_s): both exponentials
+# e^(-(n+1)/tau) obey the recursion whose characteristic roots are e^(-1/tau_m), e^(-1/tau_s),
+# and n = 0 gives eps(1) = b. The test below knows none of this: it compares the neuron with
+# eps() evaluated directly.
+
+
+def _synaptic_current(x: torch.Tensor, synapse: str, tau_m: float, tau_s: float) -> torch.Tensor:
+    """p[t] of the core for input x[t]: no membrane filter and a threshold no input reaches, so
+    the membrane potential V[t] = p[t] (R stays 0 without spikes)."""
+    params = IIRParams(v_threshold=1e9, tau_m=tau_m, tau_s=tau_s, membrane_decay=0.0, synapse=synapse)
+    spikes, volts, _ = iir_multistep(x, params)
+    assert not spikes.any()
+    return volts
+
+
+def _eps(s: float, tau_m: float, tau_s: float) -> float:
+    return math.exp(-s / tau_m) - math.exp(-s / tau_s)
+
+
+@pytest.mark.parametrize("tau_m,tau_s", [(4.0, 1.0), (10.0, 2.5), (2.0, 5.0), (1.5, 0.7)])
+def test_dual_exp_impulse_response_is_the_closed_form_kernel(tau_m: float, tau_s: float) -> None:
+    T, t0 = 40, 3
+    x = torch.zeros(T, 1, dtype=torch.float64)
+    x[t0] = 1.0  # one input spike (weight 1)
+    p = _synaptic_current(x, "dual_exp", tau_m, tau_s)[:, 0]
+    expected = [0.0 if t < t0 else _eps(t - t0 + 1, tau_m, tau_s) for t in range(T)]
+    np.testing.assert_allclose(p.numpy(), expected, rtol=1e-12, atol=1e-15)
+    # the kernel's peak is where the continuous eps peaks: ln(tau_m / tau_s) / (1/tau_s - 1/tau_m)
+    s_peak = math.log(tau_m / tau_s) / (1 / tau_s - 1 / tau_m)
+    lag = int(torch.argmax(p.abs())) - t0 + 1
+    assert lag in (math.floor(s_peak), math.ceil(s_peak)) or (s_peak < 1 and lag == 1)
+
+
+def test_dual_exp_spike_train_is_the_sum_of_kernels() -> None:
+    """A train of weighted spikes gives the superposition sum_k w_k eps(t - t_k + 1) (eq. 1b)."""
+    tau_m, tau_s, T = 4.0, 1.0, 30
+    spikes = {0: 0.7, 2: -1.3, 3: 2.0, 11: 0.25}
+    x = torch.zeros(T, 1, dtype=torch.float64)
+    for t, w in spikes.items():
+        x[t] = w
+    p = _synaptic_current(x, "dual_exp", tau_m, tau_s)[:, 0]
+    expected = [sum(w * _eps(t - tk + 1, tau_m, tau_s) for tk, w in spikes.items() if tk <= t) for t in range(T)]
+    np.testing.assert_allclose(p.numpy(), expected, rtol=1e-12, atol=1e-15)
+
+
+def test_first_order_and_no_synapse_impulse_responses() -> None:
+    """first_order: p[t] = e^(-(t - t0)/tau_s) (gain 1 at the spike's own step); none: p = x."""
+    T, t0, tau_s = 20, 2, 2.5
+    x = torch.zeros(T, 1, dtype=torch.float64)
+    x[t0] = 1.0
+    p = _synaptic_current(x, "first_order", 4.0, tau_s)[:, 0]
+    np.testing.assert_allclose(p.numpy(), [0.0 if t < t0 else math.exp(-(t - t0) / tau_s) for t in range(T)],
+                               rtol=1e-12, atol=1e-15)
+    assert torch.equal(_synaptic_current(x, "none", 4.0, tau_s), x)
+
+
+def test_module_applies_the_closed_form_kernel_before_the_threshold() -> None:
+    """IIRNeuron (the module every backend is compared with) fires when the summed kernels cross
+    V_th: with lam = 0 and no earlier spike, the first spike is at the first t where
+    sum_k w eps(t - t_k + 1) >= V_th."""
+    tau_m, tau_s, w = 4.0, 1.0, 1.5
+    x = torch.zeros(20, 1, dtype=torch.float64)
+    x[[0, 1, 2]] = w
+    out = IIRNeuron(tau_m=tau_m, tau_s=tau_s, membrane_decay=0.0)(x)[:, 0]
+    p = [sum(w * _eps(t - tk + 1, tau_m, tau_s) for tk in (0, 1, 2) if tk <= t) for t in range(20)]
+    first = next(t for t, v in enumerate(p) if v >= 1.0)
+    assert int(torch.nonzero(out)[0]) == first
