@@ -10,6 +10,7 @@ import torch
 
 from ..recipe import Recipe, RecipeError, check_rows
 from ..report import render_table, write_report
+from ..training.checkpoint import CheckpointError, OutputNotWritable
 from ..training.distributed import env_rank, env_world_size, from_env, teardown
 from ..training.progress import ConsoleReporter, Reporter
 from ..training.runner import OutputBusy, RunOptions, check_parallel, run_recipe
@@ -68,7 +69,7 @@ def execute(recipe: Recipe, *, out: Path, seeds: int, device: str, data_dir: Pat
                        f"{how}, writing to {out}", err=True)
         try:
             results = run_recipe(recipe, options, on_results=lambda r: write_report(out, r))
-        except (DatasetNotFound, DatasetFormatError, OutputBusy) as err:
+        except (DatasetNotFound, DatasetFormatError, OutputBusy, OutputNotWritable, CheckpointError) as err:
             raise _fail(str(err))
         except KeyboardInterrupt:
             if main:

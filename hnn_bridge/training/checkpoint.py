@@ -10,13 +10,21 @@ generator and of every CUDA device in use (the Gaussian and Poisson coders and d
 draw from them), the best-validation weights and metrics so far, the per-epoch log and
 the wall time spent. Data order needs no state: `TensorBatches` derives it from
 (seed, epoch).
+
+A file that cannot be read back (truncated by a full disk, damaged, or not written by
+hnn-bridge) raises `CheckpointError`, whose one-line message names the file and says how to
+restart the row it belongs to. `ensure_writable` checks the output folder before a run
+starts (`OutputNotWritable` names the folder), and `remove_partial_writes` clears the
+temporary files that a process killed in the middle of a write leaves behind.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,12 +32,19 @@ from typing import Any, Mapping
 import torch
 
 __all__ = [
+    "MIN_FREE_BYTES",
     "STATE_FORMAT",
+    "CheckpointError",
+    "OutputNotWritable",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "ensure_writable",
     "load_state",
+    "load_weights",
+    "read_checkpoint_json",
     "read_json",
+    "remove_partial_writes",
     "rng_state",
     "save_state",
     "set_rng_state",
@@ -38,13 +53,26 @@ __all__ = [
 ]
 
 STATE_FORMAT = "hnn-bridge-train-state/1"
+# the least free space `ensure_writable` accepts in the output folder (checkpoints of the
+# quick profiles are a few MB; a full-size CIFAR CNN's training state is about 100 MB)
+MIN_FREE_BYTES = 64 * 2**20
+_TMP_SUFFIX = ".tmp"
+
+
+class CheckpointError(RuntimeError):
+    """A saved file that cannot be used: unreadable, or from an incompatible run. The
+    message is one line that names the file and how to restart its row."""
+
+
+class OutputNotWritable(RuntimeError):
+    """The output folder cannot be created or written, or its disk is (nearly) full."""
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as f:
@@ -111,13 +139,101 @@ def save_state(path: str | os.PathLike[str], state: Mapping[str, Any]) -> Path:
     return torch_save({"format": STATE_FORMAT, **state}, path)
 
 
-def load_state(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+def _unreadable(path: Path, err: BaseException, restart: str) -> CheckpointError:
+    reason = " ".join(str(err).split())[:160] or type(err).__name__
+    return CheckpointError(f"cannot read {path} (truncated or corrupt: {type(err).__name__}: {reason}); {restart}")
+
+
+RESTART_ROW = "delete that file to restart its row (the other rows are kept), or run without --resume to restart every row"
+
+
+def load_state(path: str | os.PathLike[str], restart: str = RESTART_ROW) -> dict[str, Any] | None:
     """The training state saved at ``path``, or None when there is none or it is from
-    another format version."""
+    another format version.
+
+    Raises:
+        CheckpointError: the file exists but cannot be read (``restart`` ends the message).
+    """
     path = Path(path)
     if not path.is_file():
         return None
-    state = torch_load(path)
+    try:
+        state = torch_load(path)
+    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ... for a bad file
+        raise _unreadable(path, err, restart) from err
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         return None
     return state
+
+
+def load_weights(path: str | os.PathLike[str], restart: str = RESTART_ROW) -> Any:
+    """`torch_load` of a weights file; `CheckpointError` when it cannot be read."""
+    path = Path(path)
+    try:
+        return torch_load(path)
+    except FileNotFoundError:
+        raise
+    except Exception as err:
+        raise _unreadable(path, err, restart) from err
+
+
+def read_checkpoint_json(path: str | os.PathLike[str], restart: str = RESTART_ROW) -> Any:
+    """`read_json` of a result file; `CheckpointError` when it cannot be parsed."""
+    path = Path(path)
+    try:
+        return read_json(path)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise _unreadable(path, err, restart) from err
+
+
+def remove_partial_writes(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files of interrupted atomic writes in ``folder`` (a process
+    killed in the middle of a write leaves ``.NAME.XXXX.tmp``; the file it was replacing
+    is intact). Returns the removed paths."""
+    folder = Path(folder)
+    removed = []
+    if folder.is_dir():
+        for tmp in folder.glob(f".*{_TMP_SUFFIX}"):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def ensure_writable(folder: str | os.PathLike[str], min_free: int = MIN_FREE_BYTES) -> Path:
+    """Create ``folder`` (and ``folder/checkpoints``) and check that files can be written
+    there and that at least ``min_free`` bytes are free, before any training.
+
+    Raises:
+        OutputNotWritable: naming the folder and why (read-only, permission, full disk).
+    """
+    folder = Path(folder)
+    where = folder
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        where = folder / "checkpoints"
+        where.mkdir(exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=_TMP_SUFFIX, dir=where)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(b"\0" * 4096)
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            os.unlink(probe)
+    except OSError as err:
+        why = os.strerror(err.errno) if err.errno else str(err)
+        if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            why += " (a read-only or foreign folder)"
+        elif err.errno in (errno.ENOSPC, errno.EDQUOT):
+            why += " (the disk is full)"
+        raise OutputNotWritable(f"cannot write to the output folder {where}: {why}; free it or choose another --out") \
+            from None
+    free = shutil.disk_usage(folder).free
+    if free < min_free:
+        raise OutputNotWritable(f"the output folder {folder} has only {free / 2**20:.1f} MiB free (at least "
+                                f"{min_free / 2**20:.0f} MiB needed for checkpoints); free some space or choose "
+                                "another --out")
+    return folder

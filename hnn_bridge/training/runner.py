@@ -60,7 +60,8 @@ from ..notation import ann_twin, parse_arch
 from ..ops import ops_summary
 from ..rates import recording_input_rates
 from ..recipe import Recipe, RecipeError, RowSpec, Settings, build_row
-from .checkpoint import atomic_write_json, atomic_write_text, load_state, read_json, save_state, torch_load, torch_save
+from .checkpoint import (CheckpointError, atomic_write_json, atomic_write_text, ensure_writable, load_state,
+                         load_weights, read_checkpoint_json, remove_partial_writes, save_state, torch_save)
 from .distributed import SINGLE, DistContext, barrier
 from .loop import TIE_RULE, NonFiniteLoss, Progress, evaluate, train_model
 from .progress import ConsoleReporter, Reporter
@@ -280,7 +281,8 @@ class _Run:
         twin_model = None
         if job.twin is not None:
             twin_model = self._build(job.twin)
-            twin_model.load_state_dict(torch_load(self.ckpt / f"{job.twin.name}.pt")["model"])
+            path = self.ckpt / f"{job.twin.name}.pt"
+            twin_model.load_state_dict(load_weights(path, _retrain_hint(path))["model"])
         torch.manual_seed(job.seed)
         if self.device.type == "cuda":
             torch.cuda.manual_seed_all(job.seed)
@@ -314,9 +316,14 @@ class _Run:
             return self.job_results[job.name]
         reusable = job.kind == "ann" or self.options.resume
         if reusable and result_path.is_file() and weights_path.is_file():
-            done = read_json(result_path)
-            if done.get("fingerprint") == json.loads(json.dumps(job.fingerprint)):
+            done = read_checkpoint_json(result_path, _retrain_hint(result_path, weights_path))
+            if done.get("fingerprint") != json.loads(json.dumps(job.fingerprint)):
+                reporter.note(f"{row.label} seed {job.seed_index}: {result_path} was made with other settings; "
+                              "training this row again")
+            else:
                 what = "pre-trained ANN" if job.kind == "ann" else "finished row"
+                if done.get("status") != "ok":
+                    what = f"failed row ({done.get('error')}; delete {result_path} to train it again)"
                 reporter.note(f"{row.label} seed {job.seed_index}: reusing the {what} in {result_path}")
                 done = {**done, "reused": True}
                 self.job_results[job.name] = done
@@ -334,6 +341,13 @@ class _Run:
             reporter.note(f"{row.label} seed {job.seed_index}: the saved state in {state_path} was made "
                           "with other settings; starting this row again")
             state = None
+        if state is not None and int(state.get("world_size", 1)) != self.dist.world_size:
+            n = int(state.get("world_size", 1))
+            how = f"torchrun --nproc_per_node {n}" if n > 1 else "one process (no torchrun)"
+            raise CheckpointError(
+                f"{state_path} was saved by {n} process(es) but this run has {self.dist.world_size}: every process "
+                f"continues its own random stream, so only the same number resumes exactly; resume with {how}, or "
+                "delete that file to restart its row")
         if state is not None:
             reporter.note(f"{row.label} seed {job.seed_index}: resuming after epoch {state['epoch']}")
         model, params = self._model_and_params(job)
@@ -420,6 +434,10 @@ class _Run:
         }
 
 
+def _retrain_hint(*paths: Path) -> str:
+    return f"delete {' and '.join(map(str, paths))} to train that job again (the other rows are kept)"
+
+
 def _seed_summary(job: dict[str, Any]) -> dict[str, Any]:
     test = job.get("test") or {}
     return {
@@ -451,13 +469,16 @@ def run_recipe(recipe: Recipe, options: RunOptions,
 
     Under DDP (``options.dist``) every process calls this; ``on_results`` is called on
     rank 0 only and every process returns the same results. Raises `RecipeError` when a
-    batch size does not split over the processes or ``jobs`` is combined with DDP.
+    batch size does not split over the processes or ``jobs`` is combined with DDP,
+    `OutputNotWritable` (before any training) when ``options.out`` cannot be written or its
+    disk is full, and `CheckpointError` when a saved file cannot be read or a saved state
+    was made by another number of processes (one line naming the file and how to restart).
     """
     check_parallel(recipe, options.dist.world_size, options.jobs)
     run = _Run(recipe, options)
-    run.out.mkdir(parents=True, exist_ok=True)
-    if not options.dist.is_main:  # rank 0 holds the lock for the whole launch
+    if not options.dist.is_main:  # rank 0 creates OUT and holds the lock for the whole launch
         return _run(run, recipe, options, None)
+    ensure_writable(run.out)  # a read-only or full --out fails here, before any data or training
     with _exclusive(run.out):
         return _run(run, recipe, options, on_results)
 
@@ -500,6 +521,9 @@ def _run(run: _Run, recipe: Recipe, options: RunOptions,
     if dist.distributed:
         run.reporter.note(f"data parallel: {dist.world_size} processes, each takes batch_size / {dist.world_size} "
                           "rows of every global batch")
+    if dist.is_main:  # a process killed while writing leaves a temporary file; the old file is intact
+        remove_partial_writes(run.out)
+        remove_partial_writes(run.ckpt)
     if not options.resume and dist.is_main:
         for stale in run.ckpt.glob("*.state.pt"):
             stale.unlink()
