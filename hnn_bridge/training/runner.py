@@ -326,6 +326,11 @@ class _Run:
                     what = f"failed row ({done.get('error')}; delete {result_path} to train it again)"
                 reporter.note(f"{row.label} seed {job.seed_index}: reusing the {what} in {result_path}")
                 done = {**done, "reused": True}
+                twin_path = self.ckpt / f"{job.twin.name}.json" if job.twin is not None else None
+                if twin_path is not None and job.twin.name not in self.logs and twin_path.is_file():
+                    # epochs.csv keeps the pre-training epochs of a reused separate row, before its own
+                    twin_log = read_checkpoint_json(twin_path, _retrain_hint(twin_path)).get("log", [])
+                    self.logs[job.twin.name] = self._log_rows(job.twin, row, twin_log)
                 self.job_results[job.name] = done
                 self.logs[job.name] = self._log_rows(job, row, done.get("log", []))
                 return done
