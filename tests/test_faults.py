@@ -29,7 +29,7 @@ from hnn_bridge.training import checkpoint as checkpoint_module
 from hnn_bridge.training import loop
 from hnn_bridge.training import runner as runner_module
 from hnn_bridge.training.checkpoint import CheckpointError, torch_load
-from hnn_bridge.training.runner import RunOptions, run_recipe
+from hnn_bridge.training.runner import RunOptions
 
 RECIPE = """
 [recipe]
@@ -57,6 +57,16 @@ coder = "gaussian"
 training = "simultaneous"
 """
 # jobs in order: the pure ANN twin of row 1 (3 epochs), row 1 (3), row 2 (3): 9 state saves
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small networks: one intra-op thread is fastest and does not slow to a crawl on a shared
+    CPU (two OpenMP threads on a busy 2-core machine took 10x longer)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _write_recipe(folder: Path, text: str = RECIPE) -> Path:
@@ -499,6 +509,7 @@ def test_load_als_from_a_mismatched_network() -> None:
     assert all(torch.equal(before[k], v) for k, v in hnn.state_dict().items())  # nothing half-copied
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_checkpoint_error_is_one_line_and_picklable(tmp_path: Path) -> None:
     import pickle
 
