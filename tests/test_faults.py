@@ -22,6 +22,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from helpers import TINY_RECIPE, one_thread  # noqa: F401  (one_thread: a fixture)
 from hnn_bridge import ConfigError, build
 from hnn_bridge.cli import main
 from hnn_bridge.recipe import load_recipe
@@ -31,42 +32,11 @@ from hnn_bridge.training import runner as runner_module
 from hnn_bridge.training.checkpoint import CheckpointError, torch_load
 from hnn_bridge.training.runner import RunOptions
 
-RECIPE = """
-[recipe]
-name = "faults"
-dataset = "mnist"
-
-[defaults]
-dataset = "mnist-5k"
-subset = 500
-epochs = 3
-steps = 4
-lr = 1e-3
-batch_size = 50
-dropout = 0.2
-
-[[rows]]
-arch = "A784-A32-S10"
-coder = "duplicate"
-training = "separate"
-
-[[rows]]
-arch = "A784-A32-S10"
-label = "gaussian"
-coder = "gaussian"
-training = "simultaneous"
-"""
+RECIPE = TINY_RECIPE.replace('name = "tiny"', 'name = "faults"').replace("epochs = 2", "epochs = 3")
 # jobs in order: the pure ANN twin of row 1 (3 epochs), row 1 (3), row 2 (3): 9 state saves
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small networks: one intra-op thread is fastest and does not slow to a crawl on a shared
-    CPU (two OpenMP threads on a busy 2-core machine took 10x longer)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _write_recipe(folder: Path, text: str = RECIPE) -> Path:

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import one_thread  # noqa: F401  (a fixture)
 from hnn_bridge.recipe import load_recipe
 from hnn_bridge.training import runner as runner_module
 from hnn_bridge.training.checkpoint import torch_load
@@ -70,14 +71,7 @@ THRESHOLD = 0.80
 CPU_BACKENDS = ("spikingjelly", "snntorch")  # besides "reference"; spikingjelly-cupy needs CUDA
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small networks: one intra-op thread is fastest and does not slow to a crawl on a shared
-    CPU (two OpenMP threads on a busy 2-core machine took 10x longer)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _recipe(tmp_path: Path, text: str):

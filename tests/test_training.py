@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import TINY_RECIPE
 from hnn_bridge import build
 from hnn_bridge.data import TensorBatches, load_dataset, split_622
 from hnn_bridge.recipe import load_recipe
@@ -17,31 +18,7 @@ from hnn_bridge.training.checkpoint import torch_load
 from hnn_bridge.training.loop import NonFiniteLoss, evaluate, score_batch, train_model
 from hnn_bridge.training.runner import RunOptions, derive_seed, run_recipe
 
-TINY = """
-[recipe]
-name = "tiny"
-dataset = "mnist"
-
-[defaults]
-dataset = "mnist-5k"
-subset = 500
-epochs = 2
-steps = 4
-lr = 1e-3
-batch_size = 50
-dropout = 0.2
-
-[[rows]]
-arch = "A784-A32-S10"
-coder = "duplicate"
-training = "separate"
-
-[[rows]]
-arch = "A784-A32-S10"
-label = "gaussian"
-coder = "gaussian"
-training = "simultaneous"
-"""
+TINY = TINY_RECIPE
 
 
 @pytest.fixture(scope="module")

@@ -188,7 +188,7 @@ def read_checkpoint_json(path: str | os.PathLike[str], restart: str = RESTART_RO
 
 def remove_partial_writes(folder: str | os.PathLike[str]) -> list[Path]:
     """Delete the temporary files of interrupted atomic writes in ``folder`` (a process
-    killed in the middle of a write leaves ``.NAME.XXXX.tmp``; the file it was replacing
+    killed in the middle of a write leaves ``.NAME.<random>.tmp``; the file it was replacing
     is intact). Returns the removed paths."""
     folder = Path(folder)
     removed = []
