@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor
@@ -49,3 +49,36 @@ def measure_input_rates(model: HybridNet, batches: Iterable[tuple[Tensor, Tensor
     finally:
         model.train(was_training)
     return rates
+
+
+def layer_key(model: HybridNet, index: int) -> str:
+    """How logs name a layer: its 1-based position in the architecture and its token
+    (``"5:S64C3"``), unique even where a token repeats."""
+    return f"{index + 1}:{model.layers[index].token}"
+
+
+@contextmanager
+def recording_spike_rates(model: HybridNet) -> Iterator[dict[str, list[float]]]:
+    """Count, during the forward passes inside the block, the output spikes of every SL:
+    the yielded dict maps `layer_key` to [spikes, neuron-steps] (sums, so that data
+    parallel processes can add theirs); the rate is their quotient."""
+    totals: dict[str, list[float]] = {}
+    handles = []
+    for i, neuron in getattr(model, "neurons", {}).items():
+        acc = totals.setdefault(layer_key(model, i), [0.0, 0.0])
+
+        def hook(_module, _inputs, output, acc=acc):
+            acc[0] += float(output.detach().sum(dtype=torch.float64))
+            acc[1] += output.numel()
+
+        handles.append(neuron.register_forward_hook(hook))
+    try:
+        yield totals
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def spike_rates(totals: Mapping[str, list[float]]) -> dict[str, float]:
+    """Rates (spikes per neuron per step) from `recording_spike_rates` totals."""
+    return {k: (s / n if n else 0.0) for k, (s, n) in totals.items()}

@@ -1,7 +1,8 @@
 """Report files of a recipe run: ``results.json``, ``results.csv``, ``table.md``,
 ``accuracy.png`` (accuracy against the share of ALs, ours beside the paper's, as in the
-paper's Figure 1 and §5 discussion) and ``energy.png`` (accuracy against the estimated
-energy per image, `hnn_bridge.ops`).
+paper's Figure 1 and §5 discussion), ``energy.png`` (accuracy against the estimated
+energy per image, `hnn_bridge.ops`) and ``rates.png`` (the validation firing rate of every
+spiking layer after every epoch: a dead or saturated layer shows at a glance).
 
 ``results.json`` is the source of truth (written by the runner, see
 `hnn_bridge.training.runner`); everything else is rendered from it, so ``hnn-bridge
@@ -25,6 +26,7 @@ __all__ = [
     "load_results",
     "plot_accuracy",
     "plot_energy",
+    "plot_rates",
     "render_table",
     "summarize_row",
     "write_csv",
@@ -94,7 +96,10 @@ def _budget(results: Mapping[str, Any]) -> str:
               f"Adam lr {s.get('lr'):g}"]
     if s.get("lr_milestones"):
         parts.append(f"x{s.get('lr_gamma'):g} at epochs {', '.join(map(str, s['lr_milestones']))}")
-    parts += [f"dropout {s.get('dropout')}", f"{results.get('seeds', 1)} seed(s)", f"device {results.get('device')}"]
+    parts.append(f"dropout {s.get('dropout')}")
+    if s.get("norm", "none") != "none":
+        parts.append(f"norm {s['norm']}")
+    parts += [f"{results.get('seeds', 1)} seed(s)", f"device {results.get('device')}"]
     return ", ".join(parts)
 
 
@@ -151,6 +156,19 @@ def render_table(results: Mapping[str, Any]) -> str:
         "",
         f"Tie rule: {results.get('tie_rule', '')}",
     ]
+    notes = []
+    for row in results.get("rows", []):
+        for seed in row.get("seeds", []):
+            who = f"row {row['row']} seed {seed.get('seed_index', 0)}"
+            if seed.get("resumed_after"):
+                notes.append(f"{who} was interrupted and resumed after epoch(s) "
+                             f"{', '.join(map(str, seed['resumed_after']))}.")
+            warnings = seed.get("warnings") or []
+            if warnings:
+                more = f" (and {len(warnings) - 1} more warning(s) in results.json)" if len(warnings) > 1 else ""
+                notes.append(f"{who}: warning: {warnings[-1]}{more}.")
+    if notes:
+        lines += ["", *(f"- {n}" for n in notes)]
     if not results.get("finished", True):
         lines += ["", "**Unfinished run**: rows marked pending have not been trained yet (continue with --resume)."]
     return "\n".join(lines) + "\n"
@@ -260,11 +278,53 @@ def plot_energy(results: Mapping[str, Any]) -> bytes:
     return _png(fig, ax)
 
 
+def plot_rates(results: Mapping[str, Any]) -> bytes:
+    """PNG bytes: one panel per spiking row (its first seed), the validation firing rate
+    (spikes per neuron per step) of each SL after every epoch, on a log scale."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = []
+    for row in results.get("rows", []):
+        seeds = [s for s in row.get("seeds", []) if s.get("val_rates")]
+        if seeds:
+            panels.append((row, seeds[0]["val_rates"]))
+    cols = min(3, max(1, len(panels)))
+    nrows = max(1, math.ceil(len(panels) / cols))
+    fig = Figure(figsize=(4.2 * cols, 2.9 * nrows), dpi=100)
+    FigureCanvasAgg(fig)
+    if not panels:
+        ax = fig.add_subplot(1, 1, 1)
+        ax.text(0.5, 0.5, "no spiking row has finished an epoch yet", ha="center", va="center")
+        ax.set_axis_off()
+    for k, (row, history) in enumerate(panels):
+        ax = fig.add_subplot(nrows, cols, k + 1)
+        for j, key in enumerate(history[-1]):
+            ys = [max(h.get(key, 0.0), 1e-5) for h in history]
+            ax.plot(range(1, len(ys) + 1), ys, color=_COLORS[j % len(_COLORS)], label=key, marker=".")
+        ax.set_yscale("log")
+        ax.set_ylim(1e-5, 1.5)
+        ax.set_title(f"row {row['row']}: {row['label']}"[:60], fontsize=7)
+        ax.set_xlabel("epoch", fontsize=7)
+        ax.set_ylabel("spikes / neuron / step", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=5, loc="lower left")
+    recipe = results.get("recipe", {})
+    fig.suptitle(f"{recipe.get('paper_table', '')} {recipe.get('title', '')}: validation firing rate per spiking "
+                 "layer (0 drawn at 1e-5)".strip(), fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
 def write_report(out: str | Path, results: Mapping[str, Any], *, json_too: bool = True) -> dict[str, Path]:
     """Write ``results.json`` (unless ``json_too`` is False), ``results.csv``, ``table.md``,
-    ``accuracy.png`` and ``energy.png`` into ``out``, each atomically. Returns the paths."""
+    ``accuracy.png``, ``energy.png`` and ``rates.png`` into ``out``, each atomically.
+    Returns the paths."""
     out = Path(out)
-    names = ("results.json", "results.csv", "table.md", "accuracy.png", "energy.png")
+    names = ("results.json", "results.csv", "table.md", "accuracy.png", "energy.png", "rates.png")
     paths = {name: out / name for name in names}
     if json_too:
         atomic_write_json(paths["results.json"], results)
@@ -272,6 +332,7 @@ def write_report(out: str | Path, results: Mapping[str, Any], *, json_too: bool 
     atomic_write_text(paths["table.md"], render_table(results))
     atomic_write_bytes(paths["accuracy.png"], plot_accuracy(results))
     atomic_write_bytes(paths["energy.png"], plot_energy(results))
+    atomic_write_bytes(paths["rates.png"], plot_rates(results))
     return paths
 
 

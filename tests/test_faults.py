@@ -232,14 +232,29 @@ def test_state_with_other_settings_restarts_only_that_row(straight, tmp_path: Pa
     changed = _write_recipe(tmp_path / "changed", RECIPE.replace('label = "gaussian"', 'label = "gaussian"\nlr = 2e-3'))
     again = _cli("recipe", str(changed), "--out", str(out), "--resume", catch=False)
     assert again.exit_code == 0, again.output
-    assert "gaussian seed 0: the saved state in" in again.output and "was made with other settings; " \
-        "starting this row again" in again.output
+    assert "gaussian seed 0: the saved state in" in again.output and "was made with other settings " \
+        "(lr: 0.001 -> 0.002); starting this row again" in again.output
     assert "A784-A32-S10 seed 0: reusing the finished row" in again.output  # row 1 untouched
     assert "epoch 1/3" in again.output and "resuming after epoch" not in again.output
     fresh = tmp_path / "fresh"
     assert _cli("recipe", str(changed), "--out", str(fresh), catch=False).exit_code == 0
     _assert_same(fresh, out)  # row 2 as trained from scratch with the new settings; row 1 as before
     assert _comparable(out)[0][0] == _comparable(reference)[0][0]
+
+
+def test_a_resumed_run_says_so_in_its_table(straight, tmp_path: Path, monkeypatch) -> None:
+    recipe, reference = straight
+    out = tmp_path / "out"
+    _interrupt_after(monkeypatch, 8)  # row 2, epoch 2
+    assert _cli("recipe", str(recipe), "--out", str(out)).exit_code == 130
+    monkeypatch.undo()
+    again = _cli("recipe", str(recipe), "--out", str(out), "--resume", catch=False)
+    assert again.exit_code == 0, again.output
+    table = (out / "table.md").read_text()
+    assert "- row 2 seed 0 was interrupted and resumed after epoch(s) 2." in table
+    assert "row 1 seed 0 was interrupted" not in table
+    assert "interrupted" not in (reference / "table.md").read_text()
+    _assert_same(out, reference)
 
 
 def test_finished_row_with_other_settings_is_trained_again(straight, tmp_path: Path) -> None:
@@ -249,7 +264,7 @@ def test_finished_row_with_other_settings_is_trained_again(straight, tmp_path: P
     changed = _write_recipe(tmp_path / "changed", RECIPE.replace('label = "gaussian"', 'label = "gaussian"\nlr = 2e-3'))
     again = _cli("recipe", str(changed), "--out", str(out), "--resume", catch=False)
     assert again.exit_code == 0
-    assert "was made with other settings; training this row again" in again.output
+    assert "was made with other settings (lr: 0.001 -> 0.002); training this row again" in again.output
     assert again.output.count("reusing the finished row") == 1
 
 

@@ -95,7 +95,7 @@ def test_plots_are_pngs(results: dict) -> None:
 
 def test_write_report_and_load(results: dict, tmp_path: Path) -> None:
     paths = write_report(tmp_path, results)
-    assert sorted(p.name for p in paths.values()) == ["accuracy.png", "energy.png", "results.csv", "results.json", "table.md"]
+    assert sorted(p.name for p in paths.values()) == ["accuracy.png", "energy.png", "rates.png", "results.csv", "results.json", "table.md"]
     assert load_results(tmp_path) == json.loads(json.dumps(results))
     assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in paths.values())  # no temporary files left
     with pytest.raises(FileNotFoundError, match="no results.json"):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..recipe import RecipeError, list_recipes, load_recipe, parse_rows
+from ..recipe import NORM_NAMES, RecipeError, list_recipes, load_recipe, parse_rows
 from ._execute import check_device, execute
 
 
@@ -22,12 +22,12 @@ def _listing() -> str:
 
 def _resume_command(name: str, quick: bool, epochs: int | None, steps: int | None, rows: str | None, seeds: int,
                     device: str, backend: str | None, data_dir: Path | None, out: Path,
-                    jobs: int = 1) -> list[str]:
+                    jobs: int = 1, norm: str | None = None) -> list[str]:
     """The command line that continues this run."""
     argv = ["hnn-bridge", "recipe", name]
     argv += ["--quick"] if quick else []
     for flag, value in (("--epochs", epochs), ("--steps", steps), ("--rows", rows), ("--backend", backend),
-                        ("--data-dir", data_dir)):
+                        ("--norm", norm), ("--data-dir", data_dir)):
         argv += [flag, str(value)] if value is not None else []
     argv += ["--seeds", str(seeds)] if seeds != 1 else []
     argv += ["--device", device] if device != "cpu" else []
@@ -47,6 +47,8 @@ def _resume_command(name: str, quick: bool, epochs: int | None, steps: int | Non
               help="Train every row with this many seeds; the table shows mean ± std.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--backend", default=None, help="Neuron backend (see hnn_bridge.backends.BACKENDS).")
+@click.option("--norm", type=click.Choice(NORM_NAMES), default=None,
+              help="Override the recipe's normalisation (batch: a BatchNorm after every weight op).")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Folder with the datasets (else $HNN_BRIDGE_DATA or the user cache; downloads if missing).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
@@ -57,8 +59,8 @@ def _resume_command(name: str, quick: bool, epochs: int | None, steps: int | Non
               help="Run independent (row, seed) jobs in this many worker processes, each with "
               "cpu_count / N threads (seeded per job: the results of a sequential run).")
 def recipe(name: str | None, show_list: bool, quick: bool, epochs: int | None, steps: int | None,
-           rows_text: str | None, seeds: int, device: str, backend: str | None, data_dir: Path | None,
-           out: Path | None, resume: bool, jobs: int) -> None:
+           rows_text: str | None, seeds: int, device: str, backend: str | None, norm: str | None,
+           data_dir: Path | None, out: Path | None, resume: bool, jobs: int) -> None:
     """Train the rows of a paper table and compare with the paper.
 
     NAME is a shipped recipe (table1a, table1b, table2a, table2b, table3a, table3b, sec4_2;
@@ -78,7 +80,8 @@ def recipe(name: str | None, show_list: bool, quick: bool, epochs: int | None, s
     if name is None:
         raise click.UsageError("give a recipe NAME or PATH, or --list to see the shipped recipes")
     device = check_device(device)
-    overrides = {k: v for k, v in (("epochs", epochs), ("steps", steps), ("backend", backend)) if v is not None}
+    overrides = {k: v for k, v in (("epochs", epochs), ("steps", steps), ("backend", backend), ("norm", norm))
+                 if v is not None}
     try:
         loaded = load_recipe(name)
         configured = loaded.configure(quick=quick, overrides=overrides)
@@ -88,6 +91,6 @@ def recipe(name: str | None, show_list: bool, quick: bool, epochs: int | None, s
     if out is None:
         out = Path("runs") / (configured.name + ("-quick" if quick else ""))
     hint = " ".join(shlex.quote(a) for a in _resume_command(name, quick, epochs, steps, rows_text, seeds, device,
-                                                             backend, data_dir, out, jobs))
+                                                             backend, data_dir, out, jobs, norm))
     execute(configured, out=out, seeds=seeds, device=device, data_dir=data_dir, resume=resume, resume_hint=hint,
             jobs=jobs)

@@ -8,7 +8,7 @@ import click
 
 from ..notation import parse_arch
 from ..errors import ArchError
-from ..recipe import ACTIVATION_NAMES, CODER_NAMES, INPUT_SHAPES, Recipe, RecipeError, load_recipe
+from ..recipe import ACTIVATION_NAMES, CODER_NAMES, INPUT_SHAPES, NORM_NAMES, Recipe, RecipeError, load_recipe
 from ._execute import check_device, execute
 
 
@@ -27,6 +27,8 @@ from ._execute import check_device, execute
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Adam learning rate [default: 1e-4].")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="[default: 0.3]")
 @click.option("--activation", type=click.Choice(ACTIVATION_NAMES), help="AL activation [default: auto].")
+@click.option("--norm", type=click.Choice(NORM_NAMES),
+              help="Batch norm after every weight op [default: the recipe's; none on MNIST, batch on CIFAR-10].")
 @click.option("--input-mode", type=click.Choice(["direct", "axon"]), help="§4.2 [default: direct].")
 @click.option("--seed", type=click.IntRange(min=0), help="Base seed [default: 0].")
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True)
@@ -40,7 +42,7 @@ from ._execute import check_device, execute
               help="Run the seeds (and a separate row's pure ANN first) in this many worker processes.")
 def train(arch: str, coder: str | None, training: str, dataset: str | None, quick: bool, epochs: int | None,
           steps: int | None, batch_size: int | None, lr: float | None, dropout: float | None,
-          activation: str | None, input_mode: str | None, seed: int | None, seeds: int, device: str,
+          activation: str | None, norm: str | None, input_mode: str | None, seed: int | None, seeds: int, device: str,
           backend: str | None, data_dir: Path | None, out: Path | None, resume: bool, jobs: int) -> None:
     """Train one network ARCH (paper notation) and report its test accuracy.
 
@@ -62,7 +64,7 @@ def train(arch: str, coder: str | None, training: str, dataset: str | None, quic
         coder = "duplicate" if any(s.spiking for s in specs) else "none"
     base = load_recipe("table1b" if dataset == "cifar10" else "table1a")
     given = {"dataset": dataset, "epochs": epochs, "steps": steps, "batch_size": batch_size, "lr": lr,
-             "dropout": dropout, "activation": activation, "input_mode": input_mode, "seed": seed,
+             "dropout": dropout, "activation": activation, "norm": norm, "input_mode": input_mode, "seed": seed,
              "backend": backend}
     overrides = {k: v for k, v in given.items() if v is not None}
     try:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..rates import recording_spike_rates, spike_rates
 from .checkpoint import rng_state, set_rng_state
 from .distributed import SINGLE, DistContext, all_gather_objects, all_reduce_sum, rank_seed
 
@@ -74,6 +75,12 @@ class EpochRecord:
     lr: float
     seconds: float
     best: bool  # this epoch's weights became the best so far
+    # spiking output only (None for an ANN): shares of this epoch's training images whose
+    # output was silent (no spike at all) or saturated (every class fired at every step)
+    train_out_silent: float | None = None
+    train_out_saturated: float | None = None
+    # spikes per neuron per step of every SL on the validation set, by `rates.layer_key`
+    val_rates: dict[str, float] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -197,7 +204,11 @@ def train_model(
     processes, so the validation metrics, the best epoch and the returned state are the
     same on every process. The logged train loss/accuracy are over the global batches
     (all-reduced); the loss is also all-reduced per batch so that a non-finite loss on
-    any process stops all of them together. After wrapping, each process reseeds torch's
+    any process stops all of them together. Batch norms (``norm="batch"``) become
+    `torch.nn.SyncBatchNorm` on CUDA, so their statistics are the global batch's; on the
+    CPU (gloo, where SyncBatchNorm does not run) each process normalises with its own
+    shard's statistics and the running statistics are rank 0's (DDP broadcasts buffers).
+    After wrapping, each process reseeds torch's
     RNG with `distributed.rank_seed` (torch's initial seed, rank), so dropout masks and
     coder noise differ across processes; a saved state holds every process's RNG state,
     and resuming with the same number of processes continues each stream exactly.
@@ -207,11 +218,14 @@ def train_model(
     """
     progress = progress or Progress()
     dist = dist or SINGLE
+    steps = getattr(model, "steps", None)  # T of a spiking output (counts in 0..T), else None
     net: nn.Module = model  # what the training forward/backward runs through
     if dist.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
         dev = torch.device(device)
+        if dev.type == "cuda":  # batch statistics over the global batch, as in one process
+            nn.SyncBatchNorm.convert_sync_batchnorm(model)  # replaces the BN children in place
         net = DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
     optimizer = torch.optim.Adam(params, lr=lr)
     scheduler = (torch.optim.lr_scheduler.MultiStepLR(optimizer, list(lr_milestones), lr_gamma)
@@ -261,7 +275,7 @@ def train_model(
         model.train()
         n_batches = len(train_batches)
         progress.start_epoch(epoch + 1, epochs, n_batches)
-        loss_sum, correct, seen = 0.0, 0, 0
+        loss_sum, correct, seen, silent, saturated = 0.0, 0, 0, 0, 0
         current_lr = optimizer.param_groups[0]["lr"]
         for i, (x, y) in enumerate(train_batches.epoch_batches(epoch)):
             out = net(x)
@@ -280,22 +294,32 @@ def train_model(
             loss_sum += value * len(y)
             correct += score_batch(out.detach(), y)[0]
             seen += len(y)
+            if steps is not None:
+                silent += int((out == 0).all(dim=1).sum())
+                saturated += int((out == steps).all(dim=1).sum())
             progress.batch(i + 1, value)
         if dist.distributed:  # sum of (global batch mean) x rows over every process's rows
-            correct, seen, loss_sum = all_reduce_sum([correct, seen, loss_sum], dist)
+            correct, seen, loss_sum, silent, saturated = all_reduce_sum(
+                [correct, seen, loss_sum, silent, saturated], dist)
             correct, seen = int(round(correct)), int(round(seen))
         if scheduler is not None:
             scheduler.step()
         val_iter = val_batches.epoch_batches(epoch)
-        val = evaluate(model, val_iter, dist) if dist.distributed else evaluate(model, val_iter)
+        with recording_spike_rates(model) as totals:
+            val = evaluate(model, val_iter, dist) if dist.distributed else evaluate(model, val_iter)
+        if dist.distributed and totals:  # every process's spikes and neuron-steps
+            summed = all_reduce_sum([v for pair in totals.values() for v in pair], dist)
+            totals = {k: summed[2 * j:2 * j + 2] for j, k in enumerate(totals)}
         improved = val.acc > best_acc
         if improved:
             best_epoch, best_acc, best_val = epoch + 1, val.acc, val.as_dict()
             best_model = _clone(model.state_dict())
         seconds = time.perf_counter() - t0
         wall += seconds
+        out_shares = (silent / max(seen, 1), saturated / max(seen, 1)) if steps is not None else (None, None)
         record = EpochRecord(epoch + 1, loss_sum / max(seen, 1), correct / max(seen, 1), val.acc,
-                             val.acc_argmax, val.tie_rate, current_lr, seconds, improved)
+                             val.acc_argmax, val.tie_rate, current_lr, seconds, improved, *out_shares,
+                             spike_rates(totals) or None)
         log.append(record.as_dict())
         progress.end_epoch(record, (epochs - epoch - 1) * wall / len(log))
         if on_epoch is not None:

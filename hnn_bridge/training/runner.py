@@ -59,7 +59,7 @@ from ..calibration import calibrate_firing
 from ..notation import ann_twin, parse_arch
 from ..ops import ops_summary
 from ..rates import recording_input_rates
-from ..recipe import Recipe, RecipeError, RowSpec, Settings, build_row
+from ..recipe import ADDED_LATER, Recipe, RecipeError, RowSpec, Settings, build_row
 from .checkpoint import (CheckpointError, atomic_write_json, atomic_write_text, ensure_writable, load_state,
                          load_weights, read_checkpoint_json, remove_partial_writes, save_state, torch_save)
 from .distributed import SINGLE, DistContext, barrier
@@ -67,11 +67,12 @@ from .loop import TIE_RULE, NonFiniteLoss, Progress, evaluate, train_model
 from .progress import ConsoleReporter, Reporter
 
 __all__ = ["EPOCH_FIELDS", "OutputBusy", "RESULTS_FORMAT", "RunOptions", "check_parallel", "derive_seed",
-           "run_recipe"]
+           "epoch_warnings", "run_recipe"]
 
 RESULTS_FORMAT = "hnn-bridge-results/1"
 EPOCH_FIELDS = ("job", "row", "label", "seed", "phase", "epoch", "train_loss", "train_acc", "val_acc",
-                "val_acc_argmax", "val_tie_rate", "lr", "seconds", "best")
+                "val_acc_argmax", "val_tie_rate", "lr", "seconds", "best", "train_out_silent",
+                "train_out_saturated", "val_rates")
 # the first training images (in split order) on which SL weights are calibrated (init_rate)
 CALIBRATION_IMAGES = 64
 # settings that do not change a pure ANN (it has no coder and no spiking layer)
@@ -160,7 +161,7 @@ def _ann_job(row: RowSpec, arch: str, seed_index: int) -> _Job:
     activation = _activation(row.coder, row.settings.activation)
     s = row.settings
     seed = derive_seed(s.seed, seed_index, "ann", arch, activation)
-    relevant = {k: v for k, v in s.as_dict().items() if k not in _SNN_ONLY}
+    relevant = {k: v for k, v in s.identity().items() if k not in _SNN_ONLY}
     relevant["activation"] = activation
     fingerprint = {"kind": "ann", "arch": arch, "settings": relevant, "seed_index": seed_index, "seed": seed}
     name = f"ann-{arch}-{activation}-{_short_hash(fingerprint)}-s{seed_index}"
@@ -177,7 +178,7 @@ def _jobs(row: RowSpec, seed_index: int) -> _Job:
     if row.training == "separate":
         twin = _ann_job(row, ann_twin(parse_arch(row.arch)), seed_index)
     fingerprint = {"kind": "hnn", "arch": row.arch, "coder": row.coder, "training": row.training,
-                   "settings": {**s.as_dict(), "activation": activation}, "seed_index": seed_index, "seed": seed,
+                   "settings": {**s.identity(), "activation": activation}, "seed_index": seed_index, "seed": seed,
                    "twin": twin.fingerprint if twin else None}
     return _Job("hnn", f"{row.slug}-s{seed_index}", row.arch, row.coder, row.training, activation, s,
                 seed_index, seed, fingerprint, row, twin)
@@ -266,8 +267,14 @@ class _Run:
 
     def _log_rows(self, job: _Job, row: RowSpec, log: list[dict[str, Any]]) -> list[dict[str, Any]]:
         phase = "pretrain" if job.kind == "ann" and row.coder is not None else "train"
-        return [{"job": job.name, "row": row.index, "label": row.label, "seed": job.seed_index, "phase": phase,
-                 **{k: r[k] for k in EPOCH_FIELDS if k in r}} for r in log]
+        rows = []
+        for r in log:
+            entry = {k: r[k] for k in EPOCH_FIELDS if k in r}
+            if isinstance(entry.get("val_rates"), Mapping):  # one cell: "2:S32C3=0.1031 4:S64C3=0.0472"
+                entry["val_rates"] = " ".join(f"{k}={v:.4f}" for k, v in entry["val_rates"].items())
+            rows.append({"job": job.name, "row": row.index, "label": row.label, "seed": job.seed_index,
+                         "phase": phase, **entry})
+        return rows
 
     # -------------------------------------------------------------------- models
 
@@ -318,8 +325,8 @@ class _Run:
         if reusable and result_path.is_file() and weights_path.is_file():
             done = read_checkpoint_json(result_path, _retrain_hint(result_path, weights_path))
             if done.get("fingerprint") != json.loads(json.dumps(job.fingerprint)):
-                reporter.note(f"{row.label} seed {job.seed_index}: {result_path} was made with other settings; "
-                              "training this row again")
+                reporter.note(f"{row.label} seed {job.seed_index}: {result_path} was made with other settings "
+                              f"({_changes(done.get('fingerprint'), job.fingerprint)}); training this row again")
             else:
                 what = "pre-trained ANN" if job.kind == "ann" else "finished row"
                 if done.get("status") != "ok":
@@ -344,7 +351,8 @@ class _Run:
         state = load_state(state_path) if self.options.resume else None
         if state is not None and state.get("fingerprint") != json.loads(json.dumps(job.fingerprint)):
             reporter.note(f"{row.label} seed {job.seed_index}: the saved state in {state_path} was made "
-                          "with other settings; starting this row again")
+                          f"with other settings ({_changes(state.get('fingerprint'), job.fingerprint)}); "
+                          "starting this row again")
             state = None
         if state is not None and int(state.get("world_size", 1)) != self.dist.world_size:
             n = int(state.get("world_size", 1))
@@ -353,8 +361,10 @@ class _Run:
                 f"{state_path} was saved by {n} process(es) but this run has {self.dist.world_size}: every process "
                 f"continues its own random stream, so only the same number resumes exactly; resume with {how}, or "
                 "delete that file to restart its row")
+        resumes: list[int] = []  # the epochs after which this job was interrupted and resumed
         if state is not None:
             reporter.note(f"{row.label} seed {job.seed_index}: resuming after epoch {state['epoch']}")
+            resumes = [*state.get("resumes", []), int(state["epoch"])]
         model, params = self._model_and_params(job)
         train, val, test = self.batches(job)
         s = job.settings
@@ -363,9 +373,15 @@ class _Run:
         progress = reporter.job(f"{title}, seed {job.seed_index}")
         fingerprint = json.loads(json.dumps(job.fingerprint))
 
+        warnings: list[str] = list(state.get("warnings", [])) if state is not None else []
+
         def on_epoch(snapshot: dict[str, Any]) -> None:
+            for text in epoch_warnings(snapshot["log"][-1]):
+                warnings.append(text)
+                reporter.note(f"warning: row {row.index} {row.label} seed {job.seed_index}: {text}")
             if main:
-                save_state(state_path, {**snapshot, "fingerprint": fingerprint})
+                save_state(state_path, {**snapshot, "fingerprint": fingerprint, "resumes": resumes,
+                                        "warnings": warnings})
             self.logs[job.name] = self._log_rows(job, row, snapshot["log"])
             if self.write_epochs:
                 self.write_epoch_log()
@@ -404,7 +420,8 @@ class _Run:
                 "best_epoch": pretrain["best_epoch"], "wall_s": pretrain["wall_s"],
                 "reused": bool(pretrain.get("reused"))},
             "checkpoint": str(weights_path.relative_to(self.out)) if test_metrics else None,
-            "processes": self.dist.world_size, "fingerprint": fingerprint, "log": final["log"],
+            "processes": self.dist.world_size, "resumed_after": resumes, "warnings": warnings,
+            "fingerprint": fingerprint, "log": final["log"],
         }
         if main:
             atomic_write_json(result_path, result)
@@ -439,6 +456,46 @@ class _Run:
         }
 
 
+def epoch_warnings(record: Mapping[str, Any]) -> list[str]:
+    """What a user must see about one epoch (an `EpochRecord` dict): an output layer that
+    was silent, or saturated (every class at every step), on every training image, and
+    hidden spiking layers that never fired on the validation set; each names the layer."""
+    rates = record.get("val_rates") or {}
+    out = list(rates)[-1] if rates else "the output layer"
+    e = record["epoch"]
+    found = []
+    if record.get("train_out_silent") == 1.0:
+        found.append(f"epoch {e}: output layer {out} was silent for the whole epoch (no spike for any training "
+                     "image, so no gradient reaches the weights); try norm = \"batch\", a larger init_rate or lr")
+    if record.get("train_out_saturated") == 1.0:
+        found.append(f"epoch {e}: output layer {out} fired at every step for every class on every training image "
+                     "of the epoch (every prediction is a tie); try norm = \"batch\" or a smaller lr")
+    for key, rate in list(rates.items())[:-1]:
+        if rate == 0.0:
+            found.append(f"epoch {e}: spiking layer {key} did not fire on the validation set")
+    return found
+
+
+def _changes(saved: Any, now: Mapping[str, Any]) -> str:
+    """What differs between a saved job fingerprint and this run's, e.g.
+    ``norm: 'none' -> 'batch'`` (a setting missing from a fingerprint has its
+    `ADDED_LATER` value)."""
+    if not isinstance(saved, Mapping):
+        return "no fingerprint saved"
+    now = json.loads(json.dumps(now))
+    old_s, new_s = dict(saved.get("settings") or {}), dict(now.get("settings") or {})
+    for key, before in ADDED_LATER.items():
+        old_s.setdefault(key, before)
+        new_s.setdefault(key, before)
+    diffs = [f"{k}: {old_s.get(k)!r} -> {new_s.get(k)!r}" for k in sorted(set(old_s) | set(new_s))
+             if old_s.get(k) != new_s.get(k)]
+    diffs += [f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now))
+              if k not in ("settings", "twin") and saved.get(k) != now.get(k)]
+    if not diffs and saved.get("twin") != now.get("twin"):
+        diffs.append("the pre-trained ANN's settings")
+    return "; ".join(diffs) or "unknown difference"
+
+
 def _retrain_hint(*paths: Path) -> str:
     return f"delete {' and '.join(map(str, paths))} to train that job again (the other rows are kept)"
 
@@ -452,7 +509,9 @@ def _seed_summary(job: dict[str, Any]) -> dict[str, Any]:
         "best_epoch": job["best_epoch"], "best_val_acc": (job.get("best_val") or {}).get("acc"),
         "epochs": job["epochs"], "epochs_run": job["epochs_run"], "wall_s": job["wall_s"],
         "pretrain": job.get("pretrain"), "checkpoint": job.get("checkpoint"), "job": job["job"],
-        "reused": bool(job.get("reused")), **{k: (test.get("ops") or {}).get(k) for k in ("macs", "acs", "energy_uj")},
+        "reused": bool(job.get("reused")), "resumed_after": job.get("resumed_after", []),
+        "warnings": job.get("warnings", []),
+        "val_rates": [r.get("val_rates") for r in job.get("log", []) if r.get("val_rates")], **{k: (test.get("ops") or {}).get(k) for k in ("macs", "acs", "energy_uj")},
     }
 
 
