@@ -9,10 +9,11 @@ Shape of a file::
     [defaults]                    # every hyperparameter (see `Settings`)
     [defaults.neuron]             # IIR neuron constants (see `hnn_bridge.params.IIRParams`)
     [quick]                       # the --quick profile: overrides of [defaults]
+    [cpu]                         # optional: the --profile cpu budget, overrides of [defaults]
     [[rows]]                      # arch, coder, training, paper, label; any [defaults] key
 
-Precedence, lowest first: ``[defaults]``, the row's own keys, ``[quick]`` (with
-``--quick``), then the command line. Every key is checked against the dataclass fields
+Precedence, lowest first: ``[defaults]``, the row's own keys, the profile's table
+(``[quick]`` with ``--quick``, ``[cpu]`` with ``--profile cpu``), then the command line. Every key is checked against the dataclass fields
 and every row is built once (cheap, on the CPU) before any training starts, so a typo or
 an impossible row fails at once with a `RecipeError` naming the file, the row and the key.
 """
@@ -39,6 +40,7 @@ __all__ = [
     "ADDED_LATER",
     "INPUT_SHAPES",
     "NORM_NAMES",
+    "PROFILES",
     "Recipe",
     "RecipeError",
     "RowSpec",
@@ -150,7 +152,10 @@ ADDED_LATER: dict[str, Any] = {"norm": "none"}
 NORM_NAMES = ("none", "batch")  # = hnn_bridge.builder.NORMS (checked by a test)
 ROW_KEYS = ("arch", "coder", "training", "paper", "label", "note")
 RECIPE_KEYS = ("name", "title", "paper_table", "dataset", "description")
-TOP_KEYS = ("recipe", "defaults", "quick", "rows")
+TOP_KEYS = ("recipe", "defaults", "quick", "cpu", "rows")
+#: full: the paper's budget ([defaults]); quick: a smoke run ([quick]); cpu: a budget that
+#: shows a CIFAR-10 table on a 2-core CPU in about an hour ([cpu], CIFAR recipes only)
+PROFILES = ("full", "quick", "cpu")
 
 
 @dataclass(frozen=True)
@@ -207,10 +212,21 @@ class Recipe:
     rows: tuple[RowSpec, ...]
     profile: str = "full"
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    cpu: Mapping[str, Any] = field(default_factory=dict)
 
-    def configure(self, *, quick: bool = False, overrides: Mapping[str, Any] | None = None) -> "Recipe":
-        """The recipe with every row's settings resolved for a profile and command-line
-        ``overrides`` (keys of `Settings`); raises `RecipeError` for a bad override."""
+    def configure(self, *, quick: bool = False, profile: str | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> "Recipe":
+        """The recipe with every row's settings resolved for a profile (`PROFILES`;
+        ``quick=True`` is ``profile="quick"``) and command-line ``overrides`` (keys of
+        `Settings`); raises `RecipeError` for a bad override or a profile the recipe lacks."""
+        profile = profile or ("quick" if quick else "full")
+        if profile not in PROFILES:
+            raise RecipeError(f"{self.source}: unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+        if profile == "cpu" and not self.cpu:
+            raise RecipeError(f"{self.source}: recipe {self.name!r} has no [cpu] profile (only the CIFAR-10 tables "
+                              "need one: the MNIST tables run at the paper's budget on a CPU); use the full "
+                              "budget or --quick")
+        layer = {"full": {}, "quick": self.quick, "cpu": self.cpu}[profile]
         overrides = dict(overrides or {})
         where = f"{self.source}: command-line overrides"
         for key in overrides:
@@ -219,10 +235,10 @@ class Recipe:
         overrides = _check_settings(self.source, "command-line overrides", overrides)
         rows = tuple(
             replace(row, settings=_resolve(self.source, row, self.dataset, self.defaults, row.overrides,
-                                           self.quick if quick else {}, overrides))
+                                           layer, overrides))
             for row in self.rows
         )
-        return replace(self, rows=rows, profile="quick" if quick else "full", overrides=overrides)
+        return replace(self, rows=rows, profile=profile, overrides=overrides)
 
     def select(self, rows: Sequence[int] | None) -> "Recipe":
         """Keep only the rows with these 1-based indices (all when None)."""
@@ -440,6 +456,7 @@ def _parse(source: str, data: Mapping[str, Any]) -> Recipe:
     defaults = _check_settings(source, "[defaults]",
                                _check_section(source, "[defaults]", data.get("defaults", {}), SETTING_KEYS))
     quick = _check_settings(source, "[quick]", _check_section(source, "[quick]", data.get("quick", {}), SETTING_KEYS))
+    cpu = _check_settings(source, "[cpu]", _check_section(source, "[cpu]", data.get("cpu", {}), SETTING_KEYS))
     _resolve(source, None, dataset, defaults)  # the neuron table of [defaults] alone must be valid
     raw_rows = data["rows"]
     if not isinstance(raw_rows, list) or not raw_rows:
@@ -449,9 +466,11 @@ def _parse(source: str, data: Mapping[str, Any]) -> Recipe:
     recipe = Recipe(
         name=meta["name"], title=meta.get("title", meta["name"]), paper_table=meta.get("paper_table", ""),
         dataset=dataset, description=meta.get("description", ""), source=source,
-        defaults=defaults, quick=quick, rows=rows,
+        defaults=defaults, quick=quick, rows=rows, cpu=cpu,
     )
-    recipe.configure(quick=True)  # the quick profile must resolve too
+    recipe.configure(quick=True)  # the other profiles must resolve too
+    if cpu:
+        recipe.configure(profile="cpu")
     return recipe
 
 

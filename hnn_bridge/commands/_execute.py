@@ -83,6 +83,7 @@ def execute(recipe: Recipe, *, out: Path, seeds: int, device: str, data_dir: Pat
         teardown(dist)
     if main:
         click.echo(render_table(results))
-        click.echo(f"wrote {out}/results.json, results.csv, table.md, epochs.csv, accuracy.png, energy.png, checkpoints/",
+        click.echo(f"wrote {out}/results.json, results.csv, table.md, epochs.csv, accuracy.png, energy.png, rates.png, "
+                   "checkpoints/",
                    err=True)
     return results

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..recipe import NORM_NAMES, RecipeError, list_recipes, load_recipe, parse_rows
+from ..recipe import NORM_NAMES, PROFILES, RecipeError, list_recipes, load_recipe, parse_rows
 from ._execute import check_device, execute
 
 
@@ -20,12 +20,12 @@ def _listing() -> str:
     return "\n".join(lines)
 
 
-def _resume_command(name: str, quick: bool, epochs: int | None, steps: int | None, rows: str | None, seeds: int,
+def _resume_command(name: str, profile: str, epochs: int | None, steps: int | None, rows: str | None, seeds: int,
                     device: str, backend: str | None, data_dir: Path | None, out: Path,
                     jobs: int = 1, norm: str | None = None) -> list[str]:
     """The command line that continues this run."""
     argv = ["hnn-bridge", "recipe", name]
-    argv += ["--quick"] if quick else []
+    argv += {"full": [], "quick": ["--quick"]}.get(profile, ["--profile", profile])
     for flag, value in (("--epochs", epochs), ("--steps", steps), ("--rows", rows), ("--backend", backend),
                         ("--norm", norm), ("--data-dir", data_dir)):
         argv += [flag, str(value)] if value is not None else []
@@ -39,7 +39,10 @@ def _resume_command(name: str, quick: bool, epochs: int | None, steps: int | Non
 @click.argument("name", required=False, metavar="NAME|PATH")
 @click.option("--list", "show_list", is_flag=True, help="List the shipped recipes and exit.")
 @click.option("--quick", is_flag=True,
-              help="The recipe's [quick] profile: a smoke run (MNIST tables: mnist-5k, minutes on a CPU).")
+              help="The recipe's [quick] profile: a smoke run (minutes on a CPU); = --profile quick.")
+@click.option("--profile", type=click.Choice(PROFILES), default=None,
+              help="full: the paper's budget [default]; quick: a smoke run; cpu: a CIFAR-10 table on a "
+              "2-core CPU in about an hour (subset, fewer epochs and steps).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the number of epochs.")
 @click.option("--steps", "-T", type=click.IntRange(min=1), help="Override the time steps T.")
 @click.option("--rows", "rows_text", metavar="LIST", help="Only these rows (1-based), e.g. 1,3-4.")
@@ -52,20 +55,20 @@ def _resume_command(name: str, quick: bool, epochs: int | None, steps: int | Non
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Folder with the datasets (else $HNN_BRIDGE_DATA or the user cache; downloads if missing).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder [default: runs/NAME, runs/NAME-quick with --quick].")
+              help="Output folder [default: runs/NAME, or runs/NAME-PROFILE].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out: skip finished rows, "
               "continue the interrupted one from its last finished epoch.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Run independent (row, seed) jobs in this many worker processes, each with "
               "cpu_count / N threads (seeded per job: the results of a sequential run).")
-def recipe(name: str | None, show_list: bool, quick: bool, epochs: int | None, steps: int | None,
+def recipe(name: str | None, show_list: bool, quick: bool, profile: str | None, epochs: int | None, steps: int | None,
            rows_text: str | None, seeds: int, device: str, backend: str | None, norm: str | None,
            data_dir: Path | None, out: Path | None, resume: bool, jobs: int) -> None:
     """Train the rows of a paper table and compare with the paper.
 
     NAME is a shipped recipe (table1a, table1b, table2a, table2b, table3a, table3b, sec4_2;
     see --list) or the path of a TOML recipe file. Writes results.json, results.csv,
-    table.md, epochs.csv, accuracy.png, energy.png and checkpoints/ into --out and prints the table.
+    table.md, epochs.csv, accuracy.png, energy.png, rates.png and checkpoints/ into --out and prints the table.
 
     \b
     Data parallel (PyTorch DDP: one process per GPU, or gloo processes on the CPU):
@@ -79,18 +82,21 @@ def recipe(name: str | None, show_list: bool, quick: bool, epochs: int | None, s
         return
     if name is None:
         raise click.UsageError("give a recipe NAME or PATH, or --list to see the shipped recipes")
+    if quick and profile not in (None, "quick"):
+        raise click.UsageError(f"--quick is --profile quick; it cannot be combined with --profile {profile}")
+    profile = profile or ("quick" if quick else "full")
     device = check_device(device)
     overrides = {k: v for k, v in (("epochs", epochs), ("steps", steps), ("backend", backend), ("norm", norm))
                  if v is not None}
     try:
         loaded = load_recipe(name)
-        configured = loaded.configure(quick=quick, overrides=overrides)
+        configured = loaded.configure(profile=profile, overrides=overrides)
         configured = configured.select(parse_rows(rows_text, len(loaded.rows)))
     except RecipeError as err:
         raise click.ClickException(str(err))
     if out is None:
-        out = Path("runs") / (configured.name + ("-quick" if quick else ""))
-    hint = " ".join(shlex.quote(a) for a in _resume_command(name, quick, epochs, steps, rows_text, seeds, device,
+        out = Path("runs") / (configured.name + ("" if profile == "full" else f"-{profile}"))
+    hint = " ".join(shlex.quote(a) for a in _resume_command(name, profile, epochs, steps, rows_text, seeds, device,
                                                              backend, data_dir, out, jobs, norm))
     execute(configured, out=out, seeds=seeds, device=device, data_dir=data_dir, resume=resume, resume_hint=hint,
             jobs=jobs)

@@ -1,4 +1,4 @@
-"""`hnn-bridge report DIR`: re-render table.md, results.csv, accuracy.png and energy.png from results.json."""
+"""`hnn-bridge report DIR`: re-render table.md, results.csv and the plots from results.json."""
 
 from __future__ import annotations
 
@@ -19,4 +19,4 @@ def report(directory: Path) -> None:
         raise click.ClickException(str(err))
     write_report(directory, results, json_too=False)
     click.echo(render_table(results))
-    click.echo(f"wrote {directory}/results.csv, table.md, accuracy.png, energy.png", err=True)
+    click.echo(f"wrote {directory}/results.csv, table.md, accuracy.png, energy.png, rates.png", err=True)

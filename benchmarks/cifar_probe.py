@@ -1,0 +1,102 @@
+"""Probe one CIFAR-10 recipe row outside the runner: hb.build, Adam, cross entropy on the
+spike counts; after every epoch the held-out strict / argmax accuracy, tie and silent
+rates and the mean output rate. The measurements behind the CIFAR recipes' settings
+(docs/results.md, "CIFAR-10: what holds the spiking CNNs back").
+
+    python benchmarks/cifar_probe.py --data-dir ../shared/datasets --row 1 --steps 4 --dropout 0
+    python benchmarks/cifar_probe.py --data-dir ../shared/datasets --dropout 0.3 --bn-eval batch
+
+``--bn-eval batch`` evaluates with batch statistics instead of the running ones, which
+separates "the network has not learned" from "its BN running statistics do not fit the
+evaluation" (dropout's train/eval variance shift).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import hnn_bridge as hb
+from hnn_bridge.data import load_dataset, split_622
+from hnn_bridge.recipe import load_recipe
+from hnn_bridge.training.loop import score_batch
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--table", default="table1b")
+    p.add_argument("--row", type=int, default=1, help="1-based row of the recipe")
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--subset", type=int, default=2000, help="stratified subset, split 6:2:2")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--milestones", type=int, nargs="*", default=[], help="lr x0.1 after these epochs")
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--sigma", type=float, default=0.4, help="surrogate width (eq. 6)")
+    p.add_argument("--v-threshold", type=float, default=1.0)
+    p.add_argument("--norm", default="batch", choices=["none", "batch"])
+    p.add_argument("--bn-eval", default="running", choices=["running", "batch"])
+    p.add_argument("--no-output-norm", action="store_true", help="no batch norm before the output neurons")
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    row = load_recipe(a.table).rows[a.row - 1]
+    ds = load_dataset("cifar10", a.data_dir)
+    pick = split_622(ds.labels, seed=0, ratios=(a.subset, len(ds) - a.subset, 0)).train
+    images, labels = ds.images[pick], ds.labels[pick]
+    split = split_622(labels, seed=0)
+    neuron = replace(row.settings.neuron, sigma=a.sigma, v_threshold=a.v_threshold)
+    net = hb.build(row.arch, coder=row.coder, steps=a.steps, input_shape=(3, 32, 32), neuron=neuron,
+                   dropout=a.dropout, norm=a.norm, training="simultaneous")
+    if a.no_output_norm:  # the last batch norm of the spiking part feeds the output neurons
+        last = max(i for i, m in enumerate(net.sl) if isinstance(getattr(m, "module", None), nn.modules.batchnorm._BatchNorm))
+        net.sl[last] = nn.Identity()
+    opt = torch.optim.Adam(net.parameters(), a.lr)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(opt, a.milestones, 0.1)
+
+    @torch.no_grad()
+    def held_out() -> dict[str, float]:
+        net.eval()
+        if a.bn_eval == "batch":
+            for m in net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.train()
+        sums, rate = [0, 0, 0, 0], 0.0
+        for i in range(0, len(split.val), 200):
+            j = split.val[i:i + 200]
+            out = net(images[j].float() / 255)
+            sums = [s + v for s, v in zip(sums, score_batch(out, labels[j]))]
+            rate += float(out.sum()) / (a.steps * out.shape[1])
+        net.train()
+        n = len(split.val)
+        return {"strict": sums[0] / n, "argmax": sums[1] / n, "ties": sums[2] / n, "silent": sums[3] / n,
+                "out_rate": rate / n}
+
+    start = time.perf_counter()
+    for epoch in range(a.epochs):
+        order = split.train[torch.randperm(len(split.train), generator=torch.Generator().manual_seed(epoch))]
+        losses = []
+        for i in range(0, len(order) - a.batch_size + 1, a.batch_size):
+            j = order[i:i + a.batch_size]
+            loss = F.cross_entropy(net(images[j].float() / 255), labels[j])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        schedule.step()
+        record = {"epoch": epoch + 1, "train_loss": sum(losses) / len(losses), **held_out(),
+                  "seconds": time.perf_counter() - start}
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

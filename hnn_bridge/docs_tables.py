@@ -1,0 +1,93 @@
+"""Result tables inside Markdown documents, rendered from committed ``results.json`` files.
+
+A document marks each table with the folder of its run, relative to the document::
+
+    <!-- results: full-budget/table1a -->
+    | # | network | ... |
+    <!-- end results -->
+
+`sync_document` rewrites every marked block from its ``results.json``; `stale_blocks`
+lists the blocks that differ from what their file gives (a test runs it on
+``docs/results.md``, so the document cannot drift from the runs). The tables show both
+readouts: strict (a tied top count is wrong) and argmax (ties broken by the lowest index,
+the paper's most likely readout), with mean ± sample std over seeds.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from pathlib import Path
+from typing import Any, Mapping
+
+from .report import load_results
+
+__all__ = ["render_results_block", "stale_blocks", "sync_document"]
+
+BLOCK = re.compile(r"(<!-- results: (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- end results -->)", re.S)
+
+
+def _stat(values: list[float]) -> str:
+    if not values:
+        return "–"
+    mean = statistics.fmean(values)
+    return f"{mean:.2f}" + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
+
+
+def render_results_block(results: Mapping[str, Any]) -> str:
+    """The Markdown table of one run: per row, strict and argmax test accuracy (%), tie
+    rate, the paper's value, argmax − paper, best-validation epoch(s) and seeds."""
+    lines = ["| # | network | coder | training | strict | argmax | ties | paper | argmax − paper | best epoch | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in results.get("rows", []):
+        seeds = [s for s in row.get("seeds", []) if s.get("status") == "ok" and s.get("test_acc") is not None]
+        strict = [100 * s["test_acc"] for s in seeds]
+        argmax = [100 * s["test_acc_argmax"] for s in seeds]
+        ties = [100 * s["test_tie_rate"] for s in seeds]
+        paper = row.get("paper")
+        diff = f"{statistics.fmean(argmax) - paper:+.2f}" if argmax and paper is not None else "–"
+        tie = f"{statistics.fmean(ties):.2f}%" if ties else "–"
+        best = ", ".join(str(s["best_epoch"]) for s in seeds) or "–"
+        failed = [s for s in row.get("seeds", []) if s.get("status") != "ok"]
+        count = f"{len(seeds)}" + (f" ({len(failed)} failed)" if failed else "")
+        lines.append(f"| {row['row']} | {row['label']} | {row['coder'] or 'none'} | {row['training']} | "
+                     f"{_stat(strict)} | {_stat(argmax)} | {tie} | {'–' if paper is None else f'{paper:.2f}'} | "
+                     f"{diff} | {best} | {count} |")
+    return "\n".join(lines) + "\n"
+
+
+def _blocks(text: str, base: Path):
+    for match in BLOCK.finditer(text):
+        yield match, render_results_block(load_results(base / match["path"]))
+
+
+def sync_document(path: str | Path) -> int:
+    """Rewrite every marked block of the document at ``path``; returns how many changed."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    changed = 0
+
+    def fill(match: re.Match) -> str:
+        nonlocal changed
+        body = render_results_block(load_results(path.parent / match["path"]))
+        changed += body != match["body"]
+        return match.group(1) + body + match.group(4)
+
+    new = BLOCK.sub(fill, text)
+    if changed:
+        path.write_text(new, encoding="utf-8")
+    return changed
+
+
+def stale_blocks(path: str | Path) -> list[str]:
+    """The run folders whose marked block in the document differs from their results.json."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    return [m["path"] for m, body in _blocks(text, path.parent) if body != m["body"]]
+
+
+if __name__ == "__main__":  # python -m hnn_bridge.docs_tables docs/results.md
+    import sys
+
+    for doc in sys.argv[1:]:
+        print(f"{doc}: {sync_document(doc)} block(s) rewritten")
