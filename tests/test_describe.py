@@ -63,3 +63,15 @@ def test_measured_rates_feed_the_accumulate_count():
     ops = count_ops(model, rates)
     assert ops.acs == pytest.approx(rates[1] * 784 * 50 * 6 + rates[2] * 50 * 10 * 6, rel=1e-12)
     assert model.training is True
+
+
+def test_describe_with_batch_norm_counts_its_parameters_but_no_operations():
+    args = ["describe", "A32C3-S32C3-P2-S10", "--input-shape", "3x32x32", "-T", "8"]
+    plain = CliRunner().invoke(main, args).output
+    normed = CliRunner().invoke(main, [*args, "--norm", "batch"]).output
+    assert "norm batch" in normed.splitlines()[0] and "norm" not in plain.splitlines()[0]
+    # BN adds weight and bias per channel (32 + 32 + 10 channels); MACs and ACs are unchanged
+    assert "parameters 92,074   MACs 10,321,920   ACs 65,536" in plain
+    assert "parameters 92,222   MACs 10,321,920   ACs 65,536" in normed
+    assert " 0  A32C3    AL     32x32x32           960 " in normed
+    assert "a batch norm folds into the weight op before it, so it adds no operation" in normed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..builder import HybridNet, build
+from ..builder import NORMS, HybridNet, build
 from ..coders import CODERS
 from ..errors import ArchError, ConfigError
 from ..ops import ENERGY_NOTE, count_ops
@@ -24,6 +24,8 @@ def render(model: HybridNet, rate: float) -> str:
         head += "   pure ANN (no coder)"
     else:
         head += f"   coder {s['coder']}, T={s['steps']}, input {s['input_mode']}, backend {s['backend']}"
+    if s.get("norm", "none") != "none":
+        head += f"   norm {s['norm']}"
     lines = [head, ""]
     cols = f"{'#':>2}  {'token':<8} {'part':<6} {'output':<10} {'params':>11} {'MACs':>14} {'ACs':>14}  fed by"
     lines += [cols, "-" * len(cols)]
@@ -47,6 +49,9 @@ def render(model: HybridNet, rate: float) -> str:
         f"energy {ops.energy_pj / 1e6:.4g} uJ per image",
         f"({ENERGY_NOTE}; ACs at an assumed presynaptic firing rate of {rate:g}, set with --rate)",
     ]
+    if s.get("norm", "none") != "none":
+        lines.append("(params include the batch norms; at inference a batch norm folds into the weight op "
+                     "before it, so it adds no operation)")
     return "\n".join(lines)
 
 
@@ -58,7 +63,10 @@ def render(model: HybridNet, rate: float) -> str:
 @click.option("--input-mode", type=click.Choice(["direct", "axon"]), default="direct", show_default=True)
 @click.option("--rate", type=click.FloatRange(0, 1), default=0.1, show_default=True,
               help="Assumed firing rate of spikes feeding SLs, for the accumulate count.")
-def describe(arch: str, coder: str | None, steps: int, input_shape: str, input_mode: str, rate: float) -> None:
+@click.option("--norm", type=click.Choice(NORMS), default="none", show_default=True,
+              help="batch: a batch norm after every weight op (as the CIFAR-10 recipes).")
+def describe(arch: str, coder: str | None, steps: int, input_shape: str, input_mode: str, rate: float,
+             norm: str) -> None:
     """Print the layers of ARCH, where the coder sits, and the operations of one inference.
 
     ARCH is the paper's notation, for example A784-A500-S10. Operations are
@@ -70,7 +78,7 @@ def describe(arch: str, coder: str | None, steps: int, input_shape: str, input_m
         raise click.BadParameter(f"{input_shape!r} is not CxHxW, e.g. 3x32x32", param_hint="--input-shape")
     kwargs = {} if coder is None else {"coder": coder}
     try:
-        model = build(arch, steps=steps, input_shape=shape, input_mode=input_mode, **kwargs)
+        model = build(arch, steps=steps, input_shape=shape, input_mode=input_mode, norm=norm, **kwargs)
     except (ArchError, ConfigError) as err:
         raise click.UsageError(str(err))
     click.echo(render(model, rate))
