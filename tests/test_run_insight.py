@@ -134,3 +134,16 @@ def test_norm_changed_on_resume_retrains_and_names_the_change(tmp_path: Path):
     assert "was made with other settings (norm: 'none' -> 'batch'); training this row again" in again.output
     weights = torch_load(out / "checkpoints" / "r02-A784-A32-S10-gaussian-simultaneous-s0.pt")
     assert weights["settings"]["norm"] == "batch" and any("running_mean" in k for k in weights["model"])
+
+
+def test_weights_without_norm_do_not_load_into_a_network_with_norm():
+    import hnn_bridge as hb
+
+    plain = hb.build("A784-A32-S10", steps=4)
+    normed = hb.build("A784-A32-S10", steps=4, norm="batch")
+    with pytest.raises(ValueError) as err:
+        hb.copy_weights(plain, normed)
+    assert str(err.value) == (
+        "copy_weights: the models do not match (only in the target: al.2.weight, al.2.bias, al.2.running_mean, "
+        "al.2.running_var, al.2.num_batches_tracked, first_op.1.weight, first_op.1.bias, first_op.1.running_mean, "
+        "first_op.1.running_var, first_op.1.num_batches_tracked)")
