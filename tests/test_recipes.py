@@ -205,6 +205,8 @@ def test_cli_list() -> None:
     for name in SHIPPED:
         assert name in result.output
     assert "Table 3(a)" in result.output
+    lines = {line.split()[0]: line for line in result.output.splitlines()[1:8]}
+    assert all(("full quick cpu" in lines[n]) == (n in CIFAR) for n in SHIPPED)
 
 
 @pytest.mark.parametrize(

@@ -12,11 +12,13 @@ from ._execute import check_device, execute
 
 
 def _listing() -> str:
-    lines = [f"{'name':<9} {'paper':<12} {'dataset':<8} {'rows':>4}  title"]
+    lines = [f"{'name':<9} {'paper':<12} {'dataset':<8} {'rows':>4}  {'profiles':<15}  title"]
     for name in list_recipes():
         r = load_recipe(name)
-        lines.append(f"{name:<9} {r.paper_table:<12} {r.dataset:<8} {len(r.rows):>4}  {r.title}")
-    lines.append("\nrun one with `hnn-bridge recipe NAME` (add --quick for a smoke run), or pass a .toml path")
+        profiles = "full quick" + (" cpu" if r.cpu else "")
+        lines.append(f"{name:<9} {r.paper_table:<12} {r.dataset:<8} {len(r.rows):>4}  {profiles:<15}  {r.title}")
+    lines.append("\nrun one with `hnn-bridge recipe NAME` (add --quick for a smoke run, --profile cpu for a CIFAR-10 "
+                 "table on a CPU), or pass a .toml path")
     return "\n".join(lines)
 
 
