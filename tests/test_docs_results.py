@@ -1,0 +1,46 @@
+"""docs/results.md quotes its tables from committed results.json files, so the document
+cannot drift from the runs (`hnn_bridge.docs_tables`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from hnn_bridge.docs_tables import BLOCK, render_results_block, stale_blocks, sync_document
+from hnn_bridge.report import load_results
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def test_every_table_in_results_md_matches_its_results_json():
+    doc = DOCS / "results.md"
+    blocks = [m["path"] for m in BLOCK.finditer(doc.read_text(encoding="utf-8"))]
+    assert "full-budget/table1a" in blocks and "full-budget/table2a" in blocks
+    assert all((DOCS / p / "results.json").is_file() for p in blocks)
+    assert stale_blocks(doc) == []
+
+
+def test_sync_rewrites_a_stale_block_and_only_that(tmp_path: Path):
+    shutil.copytree(DOCS / "full-budget" / "table1a", tmp_path / "run")
+    good = render_results_block(load_results(tmp_path / "run"))
+    assert "| 1 | S784-S500-S10 (baseline) | duplicate | simultaneous | 97.04 | 97.45 | 0.94% | 98.13 | -0.68 | 68 | 1 |" \
+        in good
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"intro\n<!-- results: run -->\n{good.replace('97.45', '99.99')}<!-- end results -->\noutro\n")
+    assert stale_blocks(doc) == ["run"]
+    assert sync_document(doc) == 1
+    assert doc.read_text() == f"intro\n<!-- results: run -->\n{good}<!-- end results -->\noutro\n"
+    assert stale_blocks(doc) == [] and sync_document(doc) == 0
+
+
+def test_seeds_show_mean_and_sample_std(tmp_path: Path):
+    results = json.loads((DOCS / "full-budget" / "table1a" / "results.json").read_text())
+    row = results["rows"][0]
+    first = row["seeds"][0]
+    row["seeds"] = [first, {**first, "seed_index": 1, "test_acc": first["test_acc"] - 0.002,
+                            "test_acc_argmax": first["test_acc_argmax"] - 0.002, "best_epoch": 70}]
+    results["rows"] = [row]
+    line = render_results_block(results).splitlines()[2]
+    assert line == "| 1 | S784-S500-S10 (baseline) | duplicate | simultaneous | 96.94 ± 0.14 | 97.35 ± 0.14 | 0.94% | " \
+        "98.13 | -0.78 | 68, 70 | 2 |"
