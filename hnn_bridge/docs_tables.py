@@ -56,9 +56,9 @@ def render_results_block(results: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _blocks(text: str, base: Path):
-    for match in BLOCK.finditer(text):
-        yield match, render_results_block(load_results(base / match["path"]))
+def _rendered(match: re.Match, base: Path) -> str:
+    """The block ``match`` as its results.json gives it."""
+    return render_results_block(load_results(base / match["path"]))
 
 
 def sync_document(path: str | Path) -> int:
@@ -69,7 +69,7 @@ def sync_document(path: str | Path) -> int:
 
     def fill(match: re.Match) -> str:
         nonlocal changed
-        body = render_results_block(load_results(path.parent / match["path"]))
+        body = _rendered(match, path.parent)
         changed += body != match["body"]
         return match.group(1) + body + match.group(4)
 
@@ -83,7 +83,7 @@ def stale_blocks(path: str | Path) -> list[str]:
     """The run folders whose marked block in the document differs from their results.json."""
     path = Path(path)
     text = path.read_text(encoding="utf-8")
-    return [m["path"] for m, body in _blocks(text, path.parent) if body != m["body"]]
+    return [m["path"] for m in BLOCK.finditer(text) if _rendered(m, path.parent) != m["body"]]
 
 
 if __name__ == "__main__":  # python -m hnn_bridge.docs_tables docs/results.md

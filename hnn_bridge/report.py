@@ -218,14 +218,18 @@ def _axes():
     return fig, fig.add_subplot(1, 1, 1)
 
 
-def _png(fig, ax) -> bytes:
-    ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="best")
+def _png_bytes(fig) -> bytes:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+def _png(fig, ax) -> bytes:
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
+    return _png_bytes(fig)
 
 
 def plot_accuracy(results: Mapping[str, Any]) -> bytes:
@@ -314,10 +318,7 @@ def plot_rates(results: Mapping[str, Any]) -> bytes:
     recipe = results.get("recipe", {})
     fig.suptitle(f"{recipe.get('paper_table', '')} {recipe.get('title', '')}".strip()
                  + "\nvalidation firing rate per spiking layer (0 drawn at 1e-5)", fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return _png_bytes(fig)
 
 
 def write_report(out: str | Path, results: Mapping[str, Any], *, json_too: bool = True) -> dict[str, Path]:

@@ -100,13 +100,49 @@ def test_batch_norm_spiking_cnn_learns_real_cifar():
     torch.manual_seed(0)
     model = hb.build("S16C3-P2-S32C3-P2-S10", steps=4, input_shape=(3, 32, 32), norm="batch",
                      neuron=dict(membrane_decay=0.0, reset_decay=math.exp(-0.25)))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses, counts = _train_then_count(model, x, y, x_test, lr=1e-3, batch_size=32)
+    assert sum(losses[-20:]) / 20 < math.log(10) - 0.5
+    assert (counts.argmax(1) == y_test).float().mean().item() >= 0.30
+    rate = counts.mean().item() / 4  # output spikes per neuron and step
+    assert 0.02 < rate < 0.9
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
+def test_the_cifar_recipes_settings_learn_in_eval_mode():
+    """The settings table1b --quick trains with (norm, dropout, T, lr, batch, neuron), built
+    through the recipe path (`build_row`) on a small CNN, learn when scored in eval mode
+    with the BN running statistics: held-out argmax 41% when written. (With dropout 0.3
+    this small CNN still reaches 33%; the dropout finding of docs/results.md was made on
+    the paper's seven-layer CNN, which this test does not train.)"""
+    from dataclasses import replace
+
+    from hnn_bridge.recipe import build_row, load_recipe
+
+    row = load_recipe("table1b").configure(quick=True).rows[0]
+    s = row.settings
+    x, y = _cifar_subset("train", 200)
+    x_test, y_test = _cifar_subset("test", 50)
+    torch.manual_seed(0)
+    model = build_row(replace(row, arch="S16C3-P2-S32C3-P2-S10"))
+    losses, counts = _train_then_count(model, x, y, x_test, lr=s.lr, batch_size=s.batch_size)
+    assert sum(losses[-20:]) / 20 < math.log(10) - 0.5
+    assert (counts.argmax(1) == y_test).float().mean().item() >= 0.30
+    rate = counts.mean().item() / s.steps
+    assert 0.02 < rate < 0.9
+
+
+def _train_then_count(model, x, y, x_test, *, lr: float, batch_size: int, epochs: int = 3):
+    """Adam on cross entropy over the spike counts for ``epochs`` seeded passes; returns
+    the batch losses and the eval-mode counts on ``x_test``."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(0)
     losses = []
-    for _ in range(3):
+    for _ in range(epochs):
         perm = torch.randperm(len(y), generator=gen)
-        for i in range(0, len(y), 32):
-            idx = perm[i:i + 32]
+        for i in range(0, len(y), batch_size):
+            idx = perm[i:i + batch_size]
             loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()
@@ -115,7 +151,4 @@ def test_batch_norm_spiking_cnn_learns_real_cifar():
     model.eval()
     with torch.no_grad():
         counts = model(x_test)
-    assert sum(losses[-20:]) / 20 < math.log(10) - 0.5
-    assert (counts.argmax(1) == y_test).float().mean().item() >= 0.30
-    rate = counts.mean().item() / 4  # output spikes per neuron and step
-    assert 0.02 < rate < 0.9
+    return losses, counts

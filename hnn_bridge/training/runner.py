@@ -511,7 +511,8 @@ def _seed_summary(job: dict[str, Any]) -> dict[str, Any]:
         "pretrain": job.get("pretrain"), "checkpoint": job.get("checkpoint"), "job": job["job"],
         "reused": bool(job.get("reused")), "resumed_after": job.get("resumed_after", []),
         "warnings": job.get("warnings", []),
-        "val_rates": [r.get("val_rates") for r in job.get("log", []) if r.get("val_rates")], **{k: (test.get("ops") or {}).get(k) for k in ("macs", "acs", "energy_uj")},
+        "val_rates": [r["val_rates"] for r in job.get("log", []) if r.get("val_rates")],
+        **{k: (test.get("ops") or {}).get(k) for k in ("macs", "acs", "energy_uj")},
     }
 
 
