@@ -36,7 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hnn_bridge.functional.iir import Coefficients, IIRState
+from hnn_bridge.functional.iir import Coefficients, IIRState, _widened, _widened_state
+from hnn_bridge.functional.native import term_kinds
 from hnn_bridge.functional.surrogate import _INV_SQRT_2PI, EXP_FLOOR
 from hnn_bridge.params import IIRParams
 
@@ -200,17 +201,6 @@ THREADS_PER_BLOCK = 256
 
 
 
-def _kind(c: float) -> int:
-    return 0 if c == 0.0 else 1 if c == 1.0 else 2
-
-
-def term_kinds(k: Coefficients) -> int:
-    """Pack the 2-bit term kind (0 absent, 1 unscaled, 2 scaled) of a1, a2, b, theta, lam,
-    -V_th, decided on the double-precision coefficients exactly as `_scaled` does."""
-    kinds = (k.a1, k.a2, k.b, k.theta, k.lam, -k.v_threshold)
-    return sum(_kind(c) << (2 * slot) for slot, c in enumerate(kinds))
-
-
 def _f32(c: float) -> np.float32:
     return np.float32(c)
 
@@ -309,8 +299,8 @@ def _check_tensor(x_seq: Tensor) -> None:
         raise _cupy_error(f"the input is on {x_seq.device}")
     if x_seq.dtype != torch.float32:
         raise TypeError(
-            f"IIRNode backend 'cupy' computes in float32 only, got {x_seq.dtype}; "
-            "convert the input or use backend='torch'"
+            f"IIRNode backend 'cupy' computes in float32 (float16 and bfloat16 inputs are widened to "
+            f"float32 first), got {x_seq.dtype}; convert the input to float32 or use backend='torch'"
         )
 
 
@@ -379,15 +369,19 @@ def cupy_multistep(
 ) -> tuple[Tensor, Tensor, IIRState]:
     """`hnn_bridge.functional.iir_multistep` on the CuPy kernels (float32, CUDA).
 
+    A float16/bfloat16 input (autocast) is widened to float32 as in `iir_multistep`; the
+    spikes come back in its dtype, V and the state in float32.
+
     Returns (spikes [T, ...], V [T, ...], final state); `state=None` (or None entries)
     starts from zeros. Raises RuntimeError naming backend='torch' without CUDA or cupy.
     """
     if x_seq.dim() < 1 or x_seq.shape[0] < 1:
         raise ValueError(f"IIR neuron: expected a time-first tensor [T, ...] with T >= 1, got shape {tuple(x_seq.shape)}")
     require_cupy()
+    out_dtype, x_seq, state = x_seq.dtype, _widened(x_seq), _widened_state(state)
     given = (None,) * 5 if state is None else tuple(state)
     spikes, volts, p1, p2, r = CupyIIRMultiStep.apply(x_seq, *given, Coefficients.of(params), params.detach_reset)
-    return spikes, volts, IIRState(p1, p2, r, volts[-1], spikes[-1])
+    return spikes.to(out_dtype), volts, IIRState(p1, p2, r, volts[-1], spikes[-1])
 
 
 # --------------------------------------------------------------------------- plain C build

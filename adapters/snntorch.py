@@ -49,7 +49,7 @@ import snntorch
 import torch
 from torch import Tensor, nn
 
-from hnn_bridge.functional.iir import IIRState, iir_step
+from hnn_bridge.functional.iir import IIRState, iir_step, state_dtype
 from hnn_bridge.functional.surrogate import surrogate_grad
 from hnn_bridge.params import IIRParams
 
@@ -214,11 +214,13 @@ def _resolve_spike_grad(spike_grad: Optional[Callable], sigma: Optional[float]) 
 
 
 def _fit(state: IIRState, x: Tensor) -> IIRState:
-    """`state` on x's device/dtype, or zeros when any entry is shaped for another input."""
+    """`state` on x's device in the neuron's `state_dtype` (float32 for half-precision
+    input), or zeros when any entry is shaped for another input."""
     if all(isinstance(s, Tensor) and s.shape == x.shape for s in state):
-        if all(s.dtype == x.dtype and s.device == x.device for s in state):
+        dtype = state_dtype(x.dtype)
+        if all(s.dtype == dtype and s.device == x.device for s in state):
             return state
-        return IIRState(*(s.to(dtype=x.dtype, device=x.device) for s in state))
+        return IIRState(*(s.to(dtype=dtype, device=x.device) for s in state))
     return IIRState.zeros_like(x)
 
 

@@ -47,7 +47,7 @@ from torch import Tensor
 from spikingjelly.activation_based import neuron as sj_neuron
 from spikingjelly.activation_based import surrogate as sj_surrogate
 
-from hnn_bridge.functional.iir import IIRState, iir_multistep, iir_multistep_reference, iir_step
+from hnn_bridge.functional.iir import IIRState, iir_multistep, iir_multistep_reference, iir_step, state_dtype
 from hnn_bridge.params import IIRParams
 
 __all__ = ["IIRNode", "BACKENDS", "SPIKINGJELLY_VERSIONS", "erf_sigma"]
@@ -233,15 +233,16 @@ class IIRNode(sj_neuron.BaseNode):
         multistep Functions read as zeros without allocating them.
         """
         x = inputs[0][0] if step_mode == "m" else inputs[0]
+        dtype = state_dtype(x.dtype)  # float32 for half-precision (autocast) input
         if all(isinstance(s, Tensor) and s.shape == x.shape for s in states):
             return tuple(
-                s if s.dtype == x.dtype and s.device == x.device else s.to(dtype=x.dtype, device=x.device)
+                s if s.dtype == dtype and s.device == x.device else s.to(dtype=dtype, device=x.device)
                 for s in states
             )
         # Unset (after reset) or shaped for another input: start from zero state.
         if step_mode == "m":
             return (None,) * len(states)
-        zero = torch.zeros_like(x)
+        zero = torch.zeros_like(x, dtype=dtype)
         return (zero,) * len(states)
 
     def detach(self):

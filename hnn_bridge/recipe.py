@@ -30,6 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from .errors import ArchError, ConfigError
 from .notation import parse_arch
 from .params import IIRParams
+from .precision import PRECISIONS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -104,6 +105,8 @@ class Settings:
             default initialisation as it is.
         norm: ``none``, or ``batch``: a batch normalisation after every weight op of ALs
             and SLs (`hnn_bridge.builder.build`); not in the paper.
+        precision: ``32`` (float32), ``bf16`` or ``16``: `torch.autocast` of the forward
+            pass (`hnn_bridge.precision`); the neuron's state stays float32.
     """
 
     dataset: str = "mnist"
@@ -124,6 +127,7 @@ class Settings:
     neuron: IIRParams = field(default_factory=IIRParams)
     init_rate: float = 0.0
     norm: str = "none"
+    precision: str = "32"
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -148,7 +152,7 @@ class Settings:
 
 SETTING_KEYS = tuple(f.name for f in fields(Settings))
 #: settings added after results were first saved -> the value that means "as before"
-ADDED_LATER: dict[str, Any] = {"norm": "none"}
+ADDED_LATER: dict[str, Any] = {"norm": "none", "precision": "32"}
 NORM_NAMES = ("none", "batch")  # = hnn_bridge.builder.NORMS (checked by a test)
 ROW_KEYS = ("arch", "coder", "training", "paper", "label", "note")
 RECIPE_KEYS = ("name", "title", "paper_table", "dataset", "description")
@@ -339,6 +343,9 @@ def _check_setting(key: str, value: Any, where: str) -> Any:
         return _choice(value, where, ACTIVATION_NAMES)
     if key == "norm":
         return _choice(value, where, NORM_NAMES)
+    if key == "precision":  # 32 and 16 may be written as TOML integers
+        return _choice(str(value) if isinstance(value, int) and not isinstance(value, bool) else value,
+                       where, PRECISIONS)
     if key == "neuron":
         if not isinstance(value, Mapping):
             raise RecipeError(f"{where}: expected a table of neuron constants, got {value!r}")

@@ -3,6 +3,7 @@ error without CUDA/cupy, and (where CUDA and cupy exist) the kernels themselves.
 
 import importlib.util
 import itertools
+import re
 import shutil
 
 import numpy as np
@@ -184,8 +185,19 @@ def test_cupy_node_continues_state_and_propagates_state_gradients():
 @needs_gpu
 def test_cupy_rejects_other_dtypes_and_cpu_tensors():
     node = IIRNode(backend="cupy")
-    with pytest.raises(TypeError, match="float32 only"):
+    with pytest.raises(TypeError, match=re.escape("computes in float32 (float16 and bfloat16 inputs are widened to "
+                                                  "float32 first), got torch.float64")):
         node(torch.zeros(2, 3, device="cuda", dtype=torch.float64))
+
+
+@needs_gpu
+def test_cupy_widens_half_inputs_and_keeps_float32_state():
+    x, _ = _pair((16, 64), 8, "dual_exp", seed=3)
+    for dtype in (torch.float16, torch.bfloat16):
+        half = x.to(dtype)
+        spikes = IIRNode(backend="cupy")(half)
+        assert spikes.dtype == dtype
+        assert torch.equal(spikes.float(), IIRNode(backend="cupy")(half.float()))
     with pytest.raises(RuntimeError, match="the input is on cpu; use backend='torch' on CPU"):
         IIRNode(backend="cupy")(torch.zeros(2, 3))
 

@@ -64,8 +64,8 @@ def test_best_validation_ignores_later_worse_epochs(data, monkeypatch) -> None:
     scores = iter([0.5, 0.7, 0.6])
     real = loop.evaluate
 
-    def fake(model, batches):
-        m = real(model, batches)
+    def fake(model, batches, *args):
+        m = real(model, batches, *args)
         return loop.Metrics(next(scores), m.acc_argmax, m.tie_rate, m.silent_rate, m.loss, m.n)
 
     monkeypatch.setattr(loop, "evaluate", fake)

@@ -8,6 +8,8 @@ from typing import Any
 import click
 import torch
 
+from ..errors import ConfigError
+from ..precision import check_precision
 from ..recipe import Recipe, RecipeError, check_rows
 from ..report import render_table, write_report
 from ..training.checkpoint import CheckpointError, OutputNotWritable
@@ -51,7 +53,9 @@ def execute(recipe: Recipe, *, out: Path, seeds: int, device: str, data_dir: Pat
     try:
         check_rows(recipe)
         check_parallel(recipe, world, jobs)
-    except RecipeError as err:
+        for precision in sorted({row.settings.precision for row in recipe.rows}):
+            check_precision(precision, device)
+    except (RecipeError, ConfigError) as err:
         raise _fail(str(err))
     if world > 1 and torch.device(device).type == "cuda":
         device = "cuda"  # each process trains on cuda:LOCAL_RANK

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..recipe import NORM_NAMES, PROFILES, RecipeError, list_recipes, load_recipe, parse_rows
+from ..precision import PRECISIONS
 from ._execute import check_device, execute
 
 
@@ -24,12 +25,12 @@ def _listing() -> str:
 
 def _resume_command(name: str, profile: str, epochs: int | None, steps: int | None, rows: str | None, seeds: int,
                     device: str, backend: str | None, data_dir: Path | None, out: Path,
-                    jobs: int = 1, norm: str | None = None) -> list[str]:
+                    jobs: int = 1, norm: str | None = None, precision: str | None = None) -> list[str]:
     """The command line that continues this run."""
     argv = ["hnn-bridge", "recipe", name]
     argv += {"full": [], "quick": ["--quick"]}.get(profile, ["--profile", profile])
     for flag, value in (("--epochs", epochs), ("--steps", steps), ("--rows", rows), ("--backend", backend),
-                        ("--norm", norm), ("--data-dir", data_dir)):
+                        ("--norm", norm), ("--precision", precision), ("--data-dir", data_dir)):
         argv += [flag, str(value)] if value is not None else []
     argv += ["--seeds", str(seeds)] if seeds != 1 else []
     argv += ["--device", device] if device != "cpu" else []
@@ -54,6 +55,9 @@ def _resume_command(name: str, profile: str, epochs: int | None, steps: int | No
 @click.option("--backend", default=None, help="Neuron backend (see hnn_bridge.backends.BACKENDS).")
 @click.option("--norm", type=click.Choice(NORM_NAMES), default=None,
               help="Override the recipe's normalisation (batch: a BatchNorm after every weight op).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="32: float32; bf16: bfloat16 autocast (CPUs with AVX-512 BF16/AMX, CUDA); 16: float16 "
+              "autocast with a GradScaler (CUDA). The neuron's state stays float32 [default: the recipe's, 32].")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Folder with the datasets (else $HNN_BRIDGE_DATA or the user cache; downloads if missing).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
@@ -65,7 +69,7 @@ def _resume_command(name: str, profile: str, epochs: int | None, steps: int | No
               "cpu_count / N threads (seeded per job: the results of a sequential run).")
 def recipe(name: str | None, show_list: bool, quick: bool, profile: str | None, epochs: int | None, steps: int | None,
            rows_text: str | None, seeds: int, device: str, backend: str | None, norm: str | None,
-           data_dir: Path | None, out: Path | None, resume: bool, jobs: int) -> None:
+           precision: str | None, data_dir: Path | None, out: Path | None, resume: bool, jobs: int) -> None:
     """Train the rows of a paper table and compare with the paper.
 
     NAME is a shipped recipe (table1a, table1b, table2a, table2b, table3a, table3b, sec4_2;
@@ -88,8 +92,8 @@ def recipe(name: str | None, show_list: bool, quick: bool, profile: str | None, 
         raise click.UsageError(f"--quick is --profile quick; it cannot be combined with --profile {profile}")
     profile = profile or ("quick" if quick else "full")
     device = check_device(device)
-    overrides = {k: v for k, v in (("epochs", epochs), ("steps", steps), ("backend", backend), ("norm", norm))
-                 if v is not None}
+    overrides = {k: v for k, v in (("epochs", epochs), ("steps", steps), ("backend", backend), ("norm", norm),
+                                   ("precision", precision)) if v is not None}
     try:
         loaded = load_recipe(name)
         configured = loaded.configure(profile=profile, overrides=overrides)
@@ -99,6 +103,6 @@ def recipe(name: str | None, show_list: bool, quick: bool, profile: str | None, 
     if out is None:
         out = Path("runs") / (configured.name + ("" if profile == "full" else f"-{profile}"))
     hint = " ".join(shlex.quote(a) for a in _resume_command(name, profile, epochs, steps, rows_text, seeds, device,
-                                                             backend, data_dir, out, jobs, norm))
+                                                             backend, data_dir, out, jobs, norm, precision))
     execute(configured, out=out, seeds=seeds, device=device, data_dir=data_dir, resume=resume, resume_hint=hint,
             jobs=jobs)

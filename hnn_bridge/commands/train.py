@@ -9,6 +9,7 @@ import click
 from ..notation import parse_arch
 from ..errors import ArchError
 from ..recipe import ACTIVATION_NAMES, CODER_NAMES, INPUT_SHAPES, NORM_NAMES, Recipe, RecipeError, load_recipe
+from ..precision import PRECISIONS
 from ._execute import check_device, execute
 
 
@@ -34,6 +35,9 @@ from ._execute import check_device, execute
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--backend", default=None, help="Neuron backend (see hnn_bridge.backends.BACKENDS).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="32: float32; bf16: bfloat16 autocast (CPUs with AVX-512 BF16/AMX, CUDA); 16: float16 "
+              "autocast with a GradScaler (CUDA). The neuron's state stays float32 [default: the recipe's, 32].")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Output folder [default: runs/train-ARCH].")
@@ -43,7 +47,8 @@ from ._execute import check_device, execute
 def train(arch: str, coder: str | None, training: str, dataset: str | None, quick: bool, epochs: int | None,
           steps: int | None, batch_size: int | None, lr: float | None, dropout: float | None,
           activation: str | None, norm: str | None, input_mode: str | None, seed: int | None, seeds: int, device: str,
-          backend: str | None, data_dir: Path | None, out: Path | None, resume: bool, jobs: int) -> None:
+          backend: str | None, precision: str | None, data_dir: Path | None, out: Path | None, resume: bool,
+          jobs: int) -> None:
     """Train one network ARCH (paper notation) and report its test accuracy.
 
     Every hyperparameter not given is taken from the paper recipe of the dataset
@@ -65,7 +70,7 @@ def train(arch: str, coder: str | None, training: str, dataset: str | None, quic
     base = load_recipe("table1b" if dataset == "cifar10" else "table1a")
     given = {"dataset": dataset, "epochs": epochs, "steps": steps, "batch_size": batch_size, "lr": lr,
              "dropout": dropout, "activation": activation, "norm": norm, "input_mode": input_mode, "seed": seed,
-             "backend": backend}
+             "backend": backend, "precision": precision}
     overrides = {k: v for k, v in given.items() if v is not None}
     try:
         single = Recipe.single(arch, coder=None if coder == "none" else coder, training=training, base=base,

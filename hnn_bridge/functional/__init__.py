@@ -9,6 +9,7 @@ from .iir import (
     iir_multistep_reference,
     iir_spikes,
     iir_step,
+    state_dtype,
 )
 from .surrogate import ErfcSpike, firing_probability, heaviside, spike, spike_with, surrogate_grad
 
@@ -26,5 +27,6 @@ __all__ = [
     "iir_step",
     "spike",
     "spike_with",
+    "state_dtype",
     "surrogate_grad",
 ]

@@ -16,8 +16,17 @@ Three entry points share one arithmetic (`charge`), so they agree bit for bit:
   the input for an input constant over time); `iir_spikes` is its spikes-only form
   (`IIRNeuron`), which without a graph to record keeps no membrane sequence at all.
 
+Half precision (``torch.autocast`` with bfloat16 or float16): every entry point widens a
+float16/bfloat16 input to float32 and keeps the state (p, R, V) and the surrogate in
+float32; the spikes, exactly 0 or 1, come back in the input's dtype. So the neuron of a
+bf16 network is bit for bit the float32 neuron on the upcast currents
+(`tests/test_precision.py`); only the weight ops run in the low precision.
+
 Performance notes (how the fused path executes, same arithmetic): see the comment above
-`_scalar_maker` and docs/performance.md.
+`_scalar_maker` and docs/performance.md. On the CPU in float32 the recurrences of
+`_fused_forward` and `_bptt` run as one compiled C loop nest (`native`), the same
+operations in the same order, bit for bit; the ATen ops below are the path elsewhere
+(CUDA, float64, no C compiler, ``HNN_BRIDGE_NATIVE=0``).
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import torch
 from torch import Tensor
 
 from ..params import IIRParams
+from .native import native_backward, native_enabled, native_forward
 from .surrogate import (
     _INV_SQRT_2PI,
     firing_probability,
@@ -51,8 +61,34 @@ class IIRState(NamedTuple):
 
     @classmethod
     def zeros_like(cls, x: Tensor) -> "IIRState":
-        z = torch.zeros_like(x)
+        """Zero state for an input like ``x``, in `state_dtype` of its dtype."""
+        z = torch.zeros_like(x, dtype=state_dtype(x.dtype))
         return cls(z, z, z, z, z)
+
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the neuron computes and keeps its state in for an input of ``dtype``:
+    float32 for float16/bfloat16 (autocast currents), else ``dtype`` itself."""
+    return torch.float32 if dtype in _HALF else dtype
+
+
+def _widened(x: Tensor) -> Tensor:
+    """``x`` in `state_dtype`; a sequence constant over time stays a stride-0 view (the
+    duplicate-coded fast path of `IIRSpikes` / `IIRMultiStep` keeps working)."""
+    if x.dtype not in _HALF:
+        return x
+    if x.dim() > 0 and _constant_over_time(x):
+        return x[0].float().unsqueeze(0).expand(x.shape)
+    return x.float()
+
+
+def _widened_state(state: Optional["IIRState"]) -> Optional["IIRState"]:
+    if state is None:
+        return None
+    return IIRState(*(s if s is None else _widened(s) for s in state))
 
 
 class Coefficients(NamedTuple):
@@ -123,10 +159,11 @@ def iir_step(
     the spikes stay the same); None means eq. 6 with ``params.sigma``.
     """
     k = Coefficients.of(params)
+    out_dtype, x, state = x.dtype, _widened(x), _widened_state(state)
     o_prev = state.o.detach() if params.detach_reset else state.o
     p, r, v = charge(x, state.p1, state.p2, state.r, state.v, o_prev, k)
     o = spike(v, k.v_threshold, k.sigma) if surrogate is None else spike_with(v, k.v_threshold, surrogate)
-    return o, IIRState(p, state.p1, r, v, o)
+    return o.to(out_dtype), IIRState(p, state.p1, r, v, o)
 
 
 def iir_multistep_reference(
@@ -142,13 +179,14 @@ def iir_multistep_reference(
     the fused `iir_multistep` is tested against, and the path for another surrogate
     gradient (``surrogate``, see `iir_step`).
     """
+    out_dtype, x_seq = x_seq.dtype, _widened(x_seq)
     state = IIRState.zeros_like(x_seq[0]) if state is None else state
     spikes, volts = [], []
     for x in x_seq:
         o, state = iir_step(x, state, params, surrogate=surrogate)
         spikes.append(o)
         volts.append(state.v)
-    return torch.stack(spikes), torch.stack(volts), state
+    return torch.stack(spikes).to(out_dtype), torch.stack(volts), state
 
 
 def _owned(t: Tensor, inputs: tuple[Tensor, ...]) -> Tensor:
@@ -256,6 +294,9 @@ def _fused_forward(
     themselves. Without keep_spikes the spikes live in two step-sized buffers (for the
     recomputation of V in backward; x must then be constant over time).
     """
+    if not smooth and native_enabled(x_seq):
+        return native_forward(x_seq, (p1, p2, r, v, o), k, keep_spikes=keep_spikes, keep_volts=keep_volts,
+                              volts_out=volts_out)
     steps = x_seq.shape[0]
     shape, opts = x_seq.shape[1:], dict(dtype=x_seq.dtype, device=x_seq.device)
     scalar = _scalar_maker(x_seq)
@@ -400,6 +441,8 @@ def _bptt(ctx, saved_tensors, g_spikes, g_volts, g_p1, g_p2, g_r):
         c_r = g_r
     # grad_x holds dO/dV of every step until step t overwrites it with g_p[t].
     _surrogate_into(grad_x, volts, k)
+    if native_enabled(grad_x):
+        return (grad_x, *native_backward(grad_x, g_spikes, g_volts, g_p1, g_p2, g_r, k, ctx.detach_reset))
     gx_steps = grad_x.unbind(0)
     gs_steps = None if g_spikes is None else g_spikes.unbind(0)
     gv_steps = None if g_volts is None else g_volts.unbind(0)
@@ -529,16 +572,17 @@ def iir_multistep(
     forward and saves nothing.
     """
     _check_seq(x_seq)
+    out_dtype, x_seq, state = x_seq.dtype, _widened(x_seq), _widened_state(state)
     given = (None,) * 5 if state is None else tuple(state)
     k = Coefficients.of(params)
     if _needs_graph(x_seq, *given):
         spikes, volts, p1, p2, r = IIRMultiStep.apply(x_seq, *given, k, params.detach_reset, smooth)
-        return spikes, volts, IIRState(p1, p2, r, volts[-1], spikes[-1])
+        return spikes.to(out_dtype), volts, IIRState(p1, p2, r, volts[-1], spikes[-1])
     with _one_thread(x_seq):
         spikes, volts, p1, p2, r, v, o = _fused_forward(x_seq, *given, k, smooth, True)
     inputs = (x_seq, *(s for s in given if s is not None))
     p1, p2, r = (_owned(t, inputs) for t in (p1, p2, r))
-    return spikes, volts, IIRState(p1, p2, r, volts[-1], spikes[-1])
+    return spikes.to(out_dtype), volts, IIRState(p1, p2, r, volts[-1], spikes[-1])
 
 
 def iir_spikes(x_seq: Tensor, params: IIRParams) -> Tensor:
@@ -549,7 +593,8 @@ def iir_spikes(x_seq: Tensor, params: IIRParams) -> Tensor:
     """
     _check_seq(x_seq)
     k = Coefficients.of(params)
+    out_dtype, x_seq = x_seq.dtype, _widened(x_seq)
     if _needs_graph(x_seq):
-        return IIRSpikes.apply(x_seq, k, params.detach_reset)
+        return IIRSpikes.apply(x_seq, k, params.detach_reset).to(out_dtype)
     with _one_thread(x_seq):
-        return _fused_forward(x_seq, None, None, None, None, None, k, False, False)[0]
+        return _fused_forward(x_seq, None, None, None, None, None, k, False, False)[0].to(out_dtype)

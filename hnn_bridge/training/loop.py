@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..precision import autocast, grad_scaler
 from ..rates import recording_spike_rates, spike_rates
 from .checkpoint import rng_state, set_rng_state
 from .distributed import SINGLE, DistContext, all_gather_objects, all_reduce_sum, rank_seed
@@ -123,8 +124,12 @@ def score_batch(out: Tensor, y: Tensor) -> tuple[int, int, int, int]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], dist: DistContext | None = None) -> Metrics:
+def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], dist: DistContext | None = None,
+             precision: str = "32") -> Metrics:
     """Accuracy (strict tie rule and argmax), tie rate and loss over ``batches``.
+
+    ``precision`` (`hnn_bridge.precision.PRECISIONS`): the forward runs under that autocast,
+    as in training; the device is the model's.
 
     Under DDP (``dist`` with several processes) each process passes its own share of the
     set and the counts are summed over all processes (every process gets the same
@@ -134,10 +139,12 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], dist: D
     model.eval()
     strict = argmax = ties = silent = n = 0
     loss = 0.0
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
         for x, y in batches:
-            out = model(x)
-            loss += float(F.cross_entropy(out, y, reduction="sum"))
+            with autocast(precision, device):
+                out = model(x)
+            loss += float(F.cross_entropy(out.float(), y, reduction="sum"))
             s, a, t, z = score_batch(out, y)
             strict, argmax, ties, silent, n = strict + s, argmax + a, ties + t, silent + z, n + len(y)
     finally:
@@ -180,8 +187,14 @@ def train_model(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     progress: Progress | None = None,
     dist: DistContext | None = None,
+    precision: str = "32",
 ) -> dict[str, Any]:
     """Train ``params`` of ``model`` with Adam for ``epochs`` epochs; return the final state.
+
+    ``precision`` (``"32"``, ``"bf16"``, ``"16"``; `hnn_bridge.precision`): forward and loss
+    run under `torch.autocast` of that dtype (validation too), backward and Adam outside
+    it, as in PyTorch's AMP recipe; ``"16"`` on CUDA adds a GradScaler, saved with the
+    state. The neuron keeps its state in float32 (`hnn_bridge.functional.iir`).
 
     ``train_batches`` / ``val_batches`` have ``epoch_batches(epoch)`` (`TensorBatches`);
     the training order of epoch k depends only on the batches' seed and k. ``state`` (as
@@ -228,6 +241,7 @@ def train_model(
             nn.SyncBatchNorm.convert_sync_batchnorm(model)  # replaces the BN children in place
         net = DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
     optimizer = torch.optim.Adam(params, lr=lr)
+    scaler = grad_scaler(precision, device)
     scheduler = (torch.optim.lr_scheduler.MultiStepLR(optimizer, list(lr_milestones), lr_gamma)
                  if lr_milestones else None)
     start = 0
@@ -255,6 +269,8 @@ def train_model(
         best_model = _clone(state["best_model"])
         log = [dict(r) for r in state["log"]]
         wall = float(state.get("wall_s", 0.0))
+        if scaler is not None and state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
     elif dist.distributed:
         torch.manual_seed(rank_seed(torch.initial_seed(), dist.rank))
 
@@ -264,6 +280,7 @@ def train_model(
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "rng": rng_state(device), "best_epoch": best_epoch, "best_val": best_val,
             "best_model": best_model, "log": log, "wall_s": wall,
+            "scaler": scaler.state_dict() if scaler is not None else None,
         }
         if dist.distributed:  # every process's RNG state (collective: all processes call snapshot)
             ranks = all_gather_objects(_cpu(snap["rng"]), dist)
@@ -278,8 +295,9 @@ def train_model(
         loss_sum, correct, seen, silent, saturated = 0.0, 0, 0, 0, 0
         current_lr = optimizer.param_groups[0]["lr"]
         for i, (x, y) in enumerate(train_batches.epoch_batches(epoch)):
-            out = net(x)
-            loss = F.cross_entropy(out, y)
+            with autocast(precision, device):
+                out = net(x)
+                loss = F.cross_entropy(out.float(), y)
             value = float(loss.detach())
             if dist.distributed:  # the global batch's mean loss, the same on every process
                 total, count = all_reduce_sum([value * len(y), len(y)], dist)
@@ -289,8 +307,13 @@ def train_model(
                             "best_model": best_model, "log": log, "wall_s": wall + time.perf_counter() - t0}
                 raise NonFiniteLoss(epoch + 1, i + 1, value, finished)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
             loss_sum += value * len(y)
             correct += score_batch(out.detach(), y)[0]
             seen += len(y)
@@ -306,7 +329,7 @@ def train_model(
             scheduler.step()
         val_iter = val_batches.epoch_batches(epoch)
         with recording_spike_rates(model) as totals:
-            val = evaluate(model, val_iter, dist) if dist.distributed else evaluate(model, val_iter)
+            val = evaluate(model, val_iter, dist if dist.distributed else None, precision)
         if dist.distributed and totals:  # every process's spikes and neuron-steps
             summed = all_reduce_sum([v for pair in totals.values() for v in pair], dist)
             totals = {k: summed[2 * j:2 * j + 2] for j, k in enumerate(totals)}

@@ -390,7 +390,8 @@ class _Run:
         try:
             final = train_model(model, params, train, val, epochs=s.epochs, lr=s.lr,
                                 lr_milestones=s.lr_milestones, lr_gamma=s.lr_gamma, device=self.device,
-                                state=state, on_epoch=on_epoch, progress=progress, dist=self.dist)
+                                state=state, on_epoch=on_epoch, progress=progress, dist=self.dist,
+                                precision=s.precision)
         except NonFiniteLoss as err:
             final, status, error = dict(err.finished), "failed", str(err)
             reporter.note(f"row {row.index} {row.label} seed {job.seed_index}: {error}")
@@ -404,7 +405,7 @@ class _Run:
             model.load_state_dict(final["best_model"])
             # the firing rates of the test pass give the accumulate count (rank 0's shard under DDP)
             with recording_input_rates(model) as rates:
-                test_metrics = evaluate(model, test.epoch_batches(0), self.dist).as_dict()
+                test_metrics = evaluate(model, test.epoch_batches(0), self.dist, s.precision).as_dict()
             test_metrics["ops"] = ops_summary(model, rates)
             if main:
                 torch_save({"model": final["best_model"], "arch": job.arch, "coder": job.coder,

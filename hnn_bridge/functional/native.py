@@ -1,0 +1,310 @@
+"""The fused multistep neuron on the CPU as one C loop nest (float32): same bits, fewer passes.
+
+`iir._fused_forward` and `iir._bptt` run the recurrences of eq. 1a-1f as about ten ATen
+ops per time step, each a full pass over one step's memory. On the CPU this module runs
+the same recurrences as one loop nest compiled from C at first use (``gcc -O3
+-march=native -ffp-contract=off``): blocks of neurons stay in cache over all T steps and
+the inner loop over a block is vectorised. The arithmetic is that of `iir.charge` and of
+`iir._bptt`, operation by operation in the same order, in float32, without fused
+multiply-adds (``-ffp-contract=off``, no fast math; a vectorised IEEE multiply or add
+rounds exactly as a scalar or an ATen one), so spikes, V and gradients equal the ATen
+path bit for bit (`tests/test_native.py`). The surrogate of eq. 6 (``exp``) is still
+computed by ATen (`iir._surrogate_into`), once over all steps, and passed in.
+
+Large layers are split into chunks run on ``torch.get_num_threads()`` Python threads
+(ctypes releases the GIL). Without a C compiler, or with ``HNN_BRIDGE_NATIVE=0``, the
+ATen path runs instead (`native_unavailable_reason` says why).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+__all__ = ["native_backward", "native_enabled", "native_forward", "native_unavailable_reason", "term_kinds"]
+
+SOURCE = r"""
+#include <stddef.h>
+#define BLK 256
+/* Term kinds, 2 bits per coefficient (as term_kinds() in adapters/cupy_kernels.py):
+ * 0 absent, 1 unscaled, 2 coefficient * value; slots a1, a2, b, theta, lam, -V_th. */
+#define KIND(slot) ((kinds >> (2 * (slot))) & 3)
+#define TERM(kind, c, value) ((kind) == 1 ? (value) : (c) * (value))
+
+/* Forward over T steps for `count` neurons of [T, stride] sequences (x_step: stride, or
+ * 0 for an input constant over time). Null inputs are zeros; null outputs are skipped. */
+void iir_native_forward(
+    const float* restrict x, long long x_step,
+    const float* p1_in, const float* p2_in, const float* r_in, const float* v_in, const float* o_in,
+    float* restrict spikes, float* restrict volts,
+    float* p1_out, float* p2_out, float* r_out, float* v_out, float* o_out,
+    long long stride, long long count, int steps, int kinds,
+    float a1, float a2, float b, float theta, float lam, float neg_vth, float vth)
+{
+    const int k_a1 = KIND(0), k_a2 = KIND(1), k_b = KIND(2), k_th = KIND(3), k_lam = KIND(4), k_nv = KIND(5);
+    float P1[BLK], P2[BLK], R[BLK], V[BLK], O[BLK];
+    for (long long i0 = 0; i0 < count; i0 += BLK) {
+        const int m = (int)(count - i0 < BLK ? count - i0 : BLK);
+        for (int j = 0; j < m; ++j) {
+            P1[j] = p1_in ? p1_in[i0 + j] : 0.0f;
+            P2[j] = p2_in ? p2_in[i0 + j] : 0.0f;
+            R[j] = r_in ? r_in[i0 + j] : 0.0f;
+            V[j] = v_in ? v_in[i0 + j] : 0.0f;
+            O[j] = o_in ? o_in[i0 + j] : 0.0f;
+        }
+        for (int t = 0; t < steps; ++t) {
+            const float* restrict xt = x + (long long)t * x_step + i0;
+            float* restrict st = spikes ? spikes + (long long)t * stride + i0 : NULL;
+            float* restrict vt = volts ? volts + (long long)t * stride + i0 : NULL;
+            for (int j = 0; j < m; ++j) {
+                /* p[t] = a1*p[t-1] + a2*p[t-2] + b*x[t], left to right, absent terms skipped */
+                float p = 0.0f, q;
+                int has = 0;
+                if (k_a1) { p = TERM(k_a1, a1, P1[j]); has = 1; }
+                if (k_a2) { q = TERM(k_a2, a2, P2[j]); p = has ? p + q : q; has = 1; }
+                if (k_b) { q = TERM(k_b, b, xt[j]); p = has ? p + q : q; }
+                /* R[t] = theta*R[t-1] + O[t-1];  V[t] = lam*V[t-1] + p[t] - V_th*R[t] */
+                const float rn = k_th ? TERM(k_th, theta, R[j]) + O[j] : O[j];
+                float vn = k_lam ? TERM(k_lam, lam, V[j]) + p : p;
+                if (k_nv) vn = vn + TERM(k_nv, neg_vth, rn);
+                P2[j] = P1[j];
+                P1[j] = p;
+                R[j] = rn;
+                V[j] = vn;
+                O[j] = vn >= vth ? 1.0f : 0.0f; /* eq. 1f, U(0) = 1 */
+                if (st) st[j] = O[j];
+                if (vt) vt[j] = vn;
+            }
+        }
+        for (int j = 0; j < m; ++j) {
+            if (p1_out) p1_out[i0 + j] = P1[j];
+            if (p2_out) p2_out[i0 + j] = P2[j];
+            if (r_out) r_out[i0 + j] = R[j];
+            if (v_out) v_out[i0 + j] = V[j];
+            if (o_out) o_out[i0 + j] = O[j];
+        }
+    }
+}
+
+/* BPTT of iir._bptt: `g` holds dO/dV[t] (eq. 6) on entry and b * g_p[t] (the input
+ * gradient) on exit. Null incoming gradients are zeros. Writes the adjoints of the
+ * initial state p[-1], p[-2], R[-1], V[-1], O[-1]. */
+void iir_native_backward(
+    float* restrict g, const float* restrict g_spikes, const float* restrict g_volts,
+    const float* g_p1, const float* g_p2, const float* g_r,
+    float* cp0_out, float* cp1_out, float* cr_out, float* cv_out, float* co_out,
+    long long stride, long long count, int steps, int kinds, int detach_reset,
+    float a1, float a2, float b, float theta, float lam, float vth)
+{
+    const int k_a1 = KIND(0), k_a2 = KIND(1), k_b = KIND(2);
+    const int unit_vth = vth == 1.0f;
+    float CV[BLK], CR[BLK], CO[BLK], CP0[BLK], CP1[BLK];
+    for (long long i0 = 0; i0 < count; i0 += BLK) {
+        const int m = (int)(count - i0 < BLK ? count - i0 : BLK);
+        for (int j = 0; j < m; ++j) {
+            CV[j] = 0.0f;
+            CO[j] = 0.0f;
+            CR[j] = g_r ? g_r[i0 + j] : 0.0f;
+            CP0[j] = g_p1 ? g_p1[i0 + j] : 0.0f;
+            CP1[j] = g_p2 ? g_p2[i0 + j] : 0.0f;
+        }
+        for (int t = steps - 1; t >= 0; --t) {
+            float* restrict gt = g + (long long)t * stride + i0;
+            const float* restrict gst = g_spikes ? g_spikes + (long long)t * stride + i0 : NULL;
+            const float* restrict gvt = g_volts ? g_volts + (long long)t * stride + i0 : NULL;
+            for (int j = 0; j < m; ++j) {
+                /* g_v = dO/dV * (g_spikes[t] + c_o) + c_v (+ g_volts[t]) */
+                float gv = gst ? gt[j] * (gst[j] + CO[j]) : gt[j] * CO[j];
+                gv = gv + CV[j];
+                if (gvt) gv = gv + gvt[j];
+                const float grt = unit_vth ? CR[j] - gv : CR[j] - gv * vth;
+                CV[j] = gv * lam;
+                const float gp = gv + CP0[j];
+                CR[j] = grt * theta;
+                CO[j] = detach_reset ? 0.0f : grt;
+                const float cp1 = CP1[j];
+                CP0[j] = k_a1 ? (k_a1 == 1 ? cp1 + gp : cp1 + gp * a1) : cp1;
+                CP1[j] = k_a2 ? gp * a2 : 0.0f;
+                gt[j] = k_b == 1 ? gp : gp * b;
+            }
+        }
+        for (int j = 0; j < m; ++j) {
+            if (cp0_out) cp0_out[i0 + j] = CP0[j];
+            if (cp1_out) cp1_out[i0 + j] = CP1[j];
+            if (cr_out) cr_out[i0 + j] = CR[j];
+            if (cv_out) cv_out[i0 + j] = CV[j];
+            if (co_out) co_out[i0 + j] = CO[j];
+        }
+    }
+}
+"""
+
+def _kind(c: float) -> int:
+    return 0 if c == 0.0 else 1 if c == 1.0 else 2
+
+
+def term_kinds(k) -> int:
+    """Pack the 2-bit term kind (0 absent, 1 unscaled, 2 scaled) of a1, a2, b, theta, lam,
+    -V_th of `iir.Coefficients` ``k``, decided on the double-precision coefficients exactly
+    as `iir._scaled` and `iir._lincomb` do (shared with the CuPy kernel)."""
+    kinds = (k.a1, k.a2, k.b, k.theta, k.lam, -k.v_threshold)
+    return sum(_kind(c) << (2 * slot) for slot, c in enumerate(kinds))
+
+
+FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC", "-std=c99")
+#: Below this many neurons per step a layer runs on the calling thread only.
+CHUNK = 32768
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "hnn_bridge"
+
+
+def _compile() -> ctypes.CDLL:
+    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if cc is None or shutil.which(cc) is None:
+        raise RuntimeError("no C compiler (gcc or cc) on PATH")
+    tag = hashlib.sha256((SOURCE + " ".join(FLAGS) + cc).encode()).hexdigest()[:16]
+    for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"hnn_bridge-{os.getuid()}"):
+        lib = folder / f"libiir_native-{tag}.so"
+        if lib.exists():
+            return ctypes.CDLL(str(lib))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            work = tempfile.mkdtemp(dir=folder)
+        except OSError:
+            continue
+        src, out = os.path.join(work, "iir_native.c"), os.path.join(work, "lib.so")
+        Path(src).write_text(SOURCE)
+        done = subprocess.run([cc, *FLAGS, "-o", out, src], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"compiling the native neuron failed: {done.stderr.strip()[:400]}")
+        os.replace(out, lib)  # atomic: concurrent processes compile the same bytes
+        shutil.rmtree(work, ignore_errors=True)
+        return ctypes.CDLL(str(lib))
+    raise RuntimeError("no writable cache folder for the compiled neuron")
+
+
+def _library() -> Optional[ctypes.CDLL]:
+    with _lock:
+        if "lib" not in _state:
+            try:
+                lib = _compile()
+                P, i64, i32, f32 = ctypes.c_void_p, ctypes.c_longlong, ctypes.c_int, ctypes.c_float
+                lib.iir_native_forward.argtypes = [P, i64] + [P] * 12 + [i64, i64, i32, i32] + [f32] * 7
+                lib.iir_native_forward.restype = None
+                lib.iir_native_backward.argtypes = [P] * 11 + [i64, i64, i32, i32, i32] + [f32] * 6
+                lib.iir_native_backward.restype = None
+                _state["lib"], _state["why"] = lib, None
+            except (RuntimeError, OSError) as err:
+                _state["lib"], _state["why"] = None, str(err)
+        return _state["lib"]  # type: ignore[return-value]
+
+
+def native_unavailable_reason() -> Optional[str]:
+    """Why the native path does not run here (None when it does)."""
+    if os.environ.get("HNN_BRIDGE_NATIVE", "1") == "0":
+        return "disabled by HNN_BRIDGE_NATIVE=0"
+    return None if _library() is not None else str(_state["why"])
+
+
+def native_enabled(x: Tensor) -> bool:
+    """The native path applies to ``x``: float32 on the CPU, and the library is built."""
+    return x.dtype == torch.float32 and x.device.type == "cpu" and native_unavailable_reason() is None
+
+
+def _ptr(t: Optional[Tensor], offset: int = 0) -> Optional[int]:
+    return None if t is None else t.data_ptr() + 4 * offset
+
+
+_pool: list[ThreadPoolExecutor] = []
+
+
+def _chunks(n: int) -> list[tuple[int, int]]:
+    workers = max(1, torch.get_num_threads())
+    if workers == 1 or n < 2 * CHUNK:
+        return [(0, n)]
+    size = -(-n // workers)
+    size = -(-size // 256) * 256  # whole blocks per chunk
+    return [(i, min(size, n - i)) for i in range(0, n, size)]
+
+
+def _run(call, n: int) -> None:
+    parts = _chunks(n)
+    if len(parts) == 1:
+        call(*parts[0])
+        return
+    if not _pool or _pool[0]._max_workers < len(parts):  # noqa: SLF001 - sizing our own pool
+        _pool[:] = [ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="hnn_bridge-neuron")]
+    for f in [_pool[0].submit(call, i, m) for i, m in parts]:
+        f.result()
+
+
+def _flat(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.contiguous()
+
+
+def native_forward(x_seq: Tensor, state, k, *, keep_spikes: bool, keep_volts: bool,
+                   volts_out: Optional[Tensor] = None):
+    """`iir._fused_forward` (smooth=False) in C: (spikes|None, volts|None, p1, p2, r, v, o)
+    for x_seq [T, ...], the initial state (p1, p2, r, v, o; None entries are zeros) and
+    the `iir.Coefficients` ``k``."""
+    lib = _library()
+    kinds = term_kinds(k)
+    scalars = (k.a1, k.a2, k.b, k.theta, k.lam, -k.v_threshold, k.v_threshold)  # ctypes rounds to float32
+    steps = x_seq.shape[0]
+    shape = x_seq.shape[1:]
+    n = shape.numel()
+    constant = steps > 1 and x_seq.stride(0) == 0
+    x = x_seq[0].contiguous() if constant else x_seq.contiguous()
+    x_step = 0 if constant else n
+    init = [_flat(s) for s in state]
+    opts = dict(dtype=torch.float32, device=x_seq.device)
+    spikes = torch.empty(x_seq.shape, **opts) if keep_spikes else None
+    volts = (volts_out if volts_out is not None else torch.empty(x_seq.shape, **opts)) if keep_volts else None
+    finals = [torch.empty(shape, **opts) for _ in range(5)]
+
+    def call(i: int, m: int) -> None:
+        lib.iir_native_forward(_ptr(x, i), x_step, *(_ptr(s, i) for s in init), _ptr(spikes, i), _ptr(volts, i),
+                               *(_ptr(f, i) for f in finals), n, m, steps, kinds, *scalars)
+
+    if n > 0:
+        _run(call, n)
+    return (spikes, volts, *finals)
+
+
+def native_backward(g: Tensor, g_spikes: Optional[Tensor], g_volts: Optional[Tensor], g_p1, g_p2, g_r,
+                    k, detach_reset: bool):
+    """`iir._bptt`'s recurrence in C, in place on ``g`` (dO/dV in, grad_x out); returns
+    the adjoints (cp0, cp1, c_r, c_v, c_o) of the initial state."""
+    lib = _library()
+    kinds = term_kinds(k)
+    scalars = (k.a1, k.a2, k.b, k.theta, k.lam, k.v_threshold)
+    steps, shape = g.shape[0], g.shape[1:]
+    n = shape.numel()
+    gs, gv = _flat(g_spikes), _flat(g_volts)
+    init = [_flat(t) for t in (g_p1, g_p2, g_r)]
+    outs = [torch.empty(shape, dtype=g.dtype, device=g.device) for _ in range(5)]
+
+    def call(i: int, m: int) -> None:
+        lib.iir_native_backward(_ptr(g, i), _ptr(gs, i), _ptr(gv, i), *(_ptr(t, i) for t in init),
+                                *(_ptr(o, i) for o in outs), n, m, steps, kinds, int(detach_reset), *scalars)
+
+    if n > 0:
+        _run(call, n)
+    return tuple(outs)
