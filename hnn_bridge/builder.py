@@ -19,6 +19,7 @@ from .coders import CODERS, Coder, make_coder
 from .errors import ArchError, ConfigError
 from .notation import LayerSpec, parse_arch
 from .params import IIRParams
+from .pooling import MaxPool2d
 
 TRAININGS = ("simultaneous", "separate")
 NORMS = ("none", "batch")
@@ -228,7 +229,7 @@ class _Assembly:
                 f"pooling {s.token!r} needs an image of at least {s.width}x{s.width}, "
                 f"but the layer before gives {self.shape[-2]}x{self.shape[-1]}"
             )
-        pool = nn.MaxPool2d(s.width)
+        pool = MaxPool2d(s.width)
         (self.sl.append(SeqOp(pool)) if s.spiking else self.al.append(pool))
         self.shape = (self.shape[0], self.shape[1] // s.width, self.shape[2] // s.width)
         self.layers.append(LayerInfo(s.token, "pool", "pool", self.shape, 0, 0,

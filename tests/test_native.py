@@ -41,7 +41,11 @@ def _equal(a, b) -> bool:
         return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
     if a is None or b is None:
         return a is None and b is None
-    return a.dtype == b.dtype and torch.equal(a, b) and torch.equal(torch.signbit(a), torch.signbit(b))
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.dtype == torch.float32:  # bit patterns: NaN equals NaN, -0.0 differs from 0.0
+        return torch.equal(a.contiguous().view(torch.int32), b.contiguous().view(torch.int32))
+    return torch.equal(a, b)
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
@@ -129,3 +133,29 @@ def test_disabled_or_without_compiler_says_why(monkeypatch):
     finally:
         native._state.clear()
         native._state.update(saved)
+
+
+@pytest.mark.parametrize("shape", [(6, 5, 8, 8), (3, 7, 9), (2, 3, 32, 32)])
+@pytest.mark.parametrize("kind", ["spikes", "values"])
+def test_maxpool2_equals_torch_values_and_gradients(shape, kind):
+    """The native P2 pool: torch's outputs and input gradients bit for bit, including ties
+    (all-zero spike windows route to their first element), odd sizes, NaN and -0.0."""
+    from hnn_bridge.pooling import MaxPool2d
+
+    gen = torch.Generator().manual_seed(3)
+    x0 = (torch.rand(shape, generator=gen) < 0.1).float() if kind == "spikes" else torch.randn(shape, generator=gen)
+    if kind == "values":
+        x0.view(-1)[::17] = float("nan")
+        x0.view(-1)[5::23] = x0.view(-1)[4::23][: x0.view(-1)[5::23].numel()]  # ties
+    g = torch.randn(MaxPool2d(2)(x0).shape, generator=gen)
+    g.view(-1)[::7] = -0.0
+    pool = MaxPool2d(2)
+    assert pool._native(x0)
+    results = []
+    for fn in (pool, torch.nn.MaxPool2d(2)):
+        x = x0.clone().requires_grad_()
+        out = fn(x)
+        out.backward(g)
+        results.append((out, x.grad))
+    assert _equal(results[0], results[1])
+    assert not pool._native(x0.double()) and not MaxPool2d(3)._native(x0)

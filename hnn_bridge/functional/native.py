@@ -32,7 +32,15 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["native_backward", "native_enabled", "native_forward", "native_unavailable_reason", "term_kinds"]
+__all__ = [
+    "native_backward",
+    "native_enabled",
+    "native_forward",
+    "native_maxpool2_backward",
+    "native_maxpool2_forward",
+    "native_unavailable_reason",
+    "term_kinds",
+]
 
 SOURCE = r"""
 #include <stddef.h>
@@ -148,6 +156,53 @@ void iir_native_backward(
         }
     }
 }
+
+/* 2x2 max pooling, stride 2, of `planes` contiguous H x W planes (torch's max_pool2d: the
+ * first maximum in row-major order wins, NaN propagates); idx keeps the winner 0..3. */
+void iir_native_maxpool2_forward(const float* restrict x, float* restrict out, unsigned char* restrict idx,
+                                 long long planes, long long h, long long w)
+{
+    const long long ho = h / 2, wo = w / 2;
+    for (long long p = 0; p < planes; ++p) {
+        for (long long i = 0; i < ho; ++i) {
+            const float* r0 = x + p * h * w + 2 * i * w;
+            const float* r1 = r0 + w;
+            float* o = out + (p * ho + i) * wo;
+            unsigned char* k = idx + (p * ho + i) * wo;
+            for (long long j = 0; j < wo; ++j) {
+                const float c[4] = {r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]};
+                float m = c[0];
+                unsigned char best = 0;
+                for (unsigned char q = 1; q < 4; ++q)
+                    if (c[q] > m || c[q] != c[q]) { m = c[q]; best = q; }
+                o[j] = m;
+                k[j] = best;
+            }
+        }
+    }
+}
+
+/* Its backward: the gradient goes to the winner (as 0 + g, like torch's accumulation into
+ * zeros), the other three get 0; rows and columns beyond 2*ho, 2*wo get 0. */
+void iir_native_maxpool2_backward(const float* restrict g, const unsigned char* restrict idx, float* restrict gx,
+                                  long long planes, long long h, long long w)
+{
+    const long long ho = h / 2, wo = w / 2;
+    for (long long p = 0; p < planes; ++p) {
+        float* plane = gx + p * h * w;
+        for (long long e = 0; e < h * w; ++e) plane[e] = 0.0f;
+        for (long long i = 0; i < ho; ++i) {
+            float* r0 = plane + 2 * i * w;
+            float* r1 = r0 + w;
+            const float* gi = g + (p * ho + i) * wo;
+            const unsigned char* k = idx + (p * ho + i) * wo;
+            for (long long j = 0; j < wo; ++j) {
+                float* dst = k[j] < 2 ? r0 + 2 * j + k[j] : r1 + 2 * j + (k[j] - 2);
+                *dst = 0.0f + gi[j];
+            }
+        }
+    }
+}
 """
 
 def _kind(c: float) -> int:
@@ -210,6 +265,9 @@ def _library() -> Optional[ctypes.CDLL]:
                 lib.iir_native_forward.restype = None
                 lib.iir_native_backward.argtypes = [P] * 11 + [i64, i64, i32, i32, i32] + [f32] * 6
                 lib.iir_native_backward.restype = None
+                for name in ("iir_native_maxpool2_forward", "iir_native_maxpool2_backward"):
+                    getattr(lib, name).argtypes = [P, P, P, i64, i64, i64]
+                    getattr(lib, name).restype = None
                 _state["lib"], _state["why"] = lib, None
             except (RuntimeError, OSError) as err:
                 _state["lib"], _state["why"] = None, str(err)
@@ -244,8 +302,8 @@ def _chunks(n: int) -> list[tuple[int, int]]:
     return [(i, min(size, n - i)) for i in range(0, n, size)]
 
 
-def _run(call, n: int) -> None:
-    parts = _chunks(n)
+def _run(call, n: int, parts: Optional[list[tuple[int, int]]] = None) -> None:
+    parts = parts or _chunks(n)
     if len(parts) == 1:
         call(*parts[0])
         return
@@ -308,3 +366,43 @@ def native_backward(g: Tensor, g_spikes: Optional[Tensor], g_volts: Optional[Ten
     if n > 0:
         _run(call, n)
     return tuple(outs)
+
+
+def _plane_chunks(planes: int, plane_size: int) -> list[tuple[int, int]]:
+    workers = max(1, torch.get_num_threads())
+    if workers == 1 or planes * plane_size < 2 * CHUNK or planes < 2:
+        return [(0, planes)]
+    size = -(-planes // workers)
+    return [(i, min(size, planes - i)) for i in range(0, planes, size)]
+
+
+def native_maxpool2_forward(x: Tensor) -> tuple[Tensor, Tensor]:
+    """2x2/stride-2 max pooling of a contiguous float32 [..., H, W] on the CPU: (out, idx)."""
+    lib = _library()
+    h, w = x.shape[-2], x.shape[-1]
+    planes = x[..., 0, 0].numel()
+    out = torch.empty((*x.shape[:-2], h // 2, w // 2), dtype=x.dtype)
+    idx = torch.empty(out.shape, dtype=torch.uint8)
+    po = (h // 2) * (w // 2)
+
+    def call(p: int, m: int) -> None:
+        lib.iir_native_maxpool2_forward(_ptr(x, p * h * w), _ptr(out, p * po), idx.data_ptr() + p * po, m, h, w)
+
+    _run(call, planes, _plane_chunks(planes, h * w))
+    return out, idx
+
+
+def native_maxpool2_backward(g: Tensor, idx: Tensor, shape: torch.Size) -> Tensor:
+    """The input gradient of `native_maxpool2_forward` for output gradient ``g``."""
+    lib = _library()
+    g = g.contiguous()
+    h, w = shape[-2], shape[-1]
+    planes = idx[..., 0, 0].numel() if idx.dim() >= 2 else 0
+    gx = torch.empty(shape, dtype=g.dtype)
+    po = (h // 2) * (w // 2)
+
+    def call(p: int, m: int) -> None:
+        lib.iir_native_maxpool2_backward(_ptr(g, p * po), idx.data_ptr() + p * po, _ptr(gx, p * h * w), m, h, w)
+
+    _run(call, planes, _plane_chunks(planes, h * w))
+    return gx
