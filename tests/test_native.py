@@ -159,3 +159,20 @@ def test_maxpool2_equals_torch_values_and_gradients(shape, kind):
         results.append((out, x.grad))
     assert _equal(results[0], results[1])
     assert not pool._native(x0.double()) and not MaxPool2d(3)._native(x0)
+
+
+def test_surrogate_floor_and_nan_match_the_aten_path(monkeypatch):
+    """Far from threshold eq. 6 is flushed to exactly 0 (EXP_FLOOR); NaN propagates."""
+    x0 = currents(5, 4, 64, seed=12, scale=40.0)
+    x0[2, 0, :3] = float("nan")
+    g = currents(5, 4, 64, seed=13)
+
+    def run():
+        x = x0.clone().requires_grad_()
+        spikes, volts, _ = iir_multistep(x, PARAMS["cifar"])
+        (spikes * g).sum().backward()
+        return spikes, volts, x.grad
+
+    got, want = _both(run, monkeypatch)
+    assert _equal(got, want)
+    assert (got[2] == 0).float().mean() > 0.3 and got[2].isnan().any()

@@ -10,7 +10,7 @@ import click
 
 from ..backends import BACKENDS
 
-SUITES = ("neuron", "network", "epoch", "all")
+SUITES = ("neuron", "network", "epoch", "cnn", "all")
 
 
 def _backends(text: str) -> list[str]:
@@ -25,9 +25,10 @@ def _backends(text: str) -> list[str]:
 @click.command()
 @click.option("--suite", type=click.Choice(SUITES), default="neuron", show_default=True,
               help="neuron: one layer on [T, B, N]; network: the paper's MLP and a CNN; epoch: one training "
-                   "epoch of a recipe row; all: the three.")
-@click.option("--steps", "-T", type=click.IntRange(min=1), default=25, show_default=True, help="Time steps T.")
-@click.option("--batch", "-B", type=click.IntRange(min=1), default=64, show_default=True, help="Batch size.")
+                   "epoch of a recipe row; cnn: a training step of the paper's five CIFAR-10 CNN rows against "
+                   "the floor of their weight ops; all: neuron, network and epoch.")
+@click.option("--steps", "-T", type=click.IntRange(min=1), default=None, help="Time steps T [default: 25; cnn: 8].")
+@click.option("--batch", "-B", type=click.IntRange(min=1), default=None, help="Batch size [default: 64; cnn: 32].")
 @click.option("--neurons", "-N", type=click.IntRange(min=1), default=500, show_default=True,
               help="Neurons of the layer (neuron suite).")
 @click.option("--repeats", type=click.IntRange(min=1), default=None,
@@ -39,7 +40,11 @@ def _backends(text: str) -> list[str]:
               help=f"Our backends to time, comma separated ({', '.join(BACKENDS)}).")
 @click.option("--archs", default=None,
               help="Networks of the network suite, comma separated [default: A784-S500-S10 and "
-                   "A32C3-A32C3-A64C3-P2-S64C3-P2-S512-S10].")
+                   "A32C3-A32C3-A64C3-P2-S64C3-P2-S512-S10]; cnn suite: row labels ('pure SNN', '1 AL', '3 ALs', "
+                   "'5 ALs', 'pure ANN') or architectures [default: all five].")
+@click.option("--precision", "precisions", default="32", show_default=True,
+              help="cnn suite: comma-separated precisions of ours and the floor (32, bf16, 16).")
+@click.option("--profile", is_flag=True, help="cnn suite: add a torch.profiler breakdown of our step by category.")
 @click.option("--no-ablations", is_flag=True, help="Network/epoch suites: skip the ablations of ours.")
 @click.option("--recipe", "recipe_name", default="table1a", show_default=True, help="Epoch suite: recipe name or file.")
 @click.option("--row", type=click.IntRange(min=1), default=3, show_default=True,
@@ -53,8 +58,8 @@ def _backends(text: str) -> list[str]:
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch.set_num_threads before measuring.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
               help="Write the results (all samples' summaries, memory, machine) as JSON here.")
-def bench(suite, steps, batch, neurons, repeats, warmup, device, backends, archs, no_ablations, recipe_name, row,
-          dataset, data_dir, limit_batches, threads, json_path) -> None:
+def bench(suite, steps, batch, neurons, repeats, warmup, device, backends, archs, precisions, profile, no_ablations,
+          recipe_name, row, dataset, data_dir, limit_batches, threads, json_path) -> None:
     """Time forward+backward and measure memory of our neuron, networks and a training epoch
     next to SpikingJelly's stock LIFNode and snnTorch's stock Leaky, in one interleaved run.
 
@@ -66,7 +71,20 @@ def bench(suite, steps, batch, neurons, repeats, warmup, device, backends, archs
 
     from ..bench import suites
 
+    from ..errors import ConfigError
+    from ..precision import PRECISIONS, check_precision
+
     names = _backends(backends)
+    precision_list = [p.strip() for p in precisions.split(",") if p.strip()]
+    for p in precision_list:
+        if p not in PRECISIONS:
+            raise click.BadParameter(f"{p!r}: choose from {', '.join(PRECISIONS)}", param_hint="--precision")
+        try:
+            check_precision(p, device)
+        except ConfigError as err:
+            raise click.UsageError(str(err))
+    if suite != "cnn" and (precision_list != ["32"] or profile):
+        raise click.UsageError("--precision and --profile are measured by the cnn suite only; add --suite cnn")
     if device == "cuda" and not torch.cuda.is_available():
         raise click.UsageError("--device cuda: no CUDA device is available")
     if threads:
@@ -79,6 +97,18 @@ def bench(suite, steps, batch, neurons, repeats, warmup, device, backends, archs
 
     for name in chosen:
         echo(f"[bench] {name} suite ...")
+        if name == "cnn":
+            from ..bench.cnn import cnn_suite, render_cnn
+
+            arch_list = [a.strip() for a in archs.split(",") if a.strip()] if archs else None
+            result = cnn_suite(archs=arch_list, steps=steps or 8, batch=batch or 32, backends=names,
+                               precisions=precision_list, repeats=repeats or 7, warmup=2 if warmup is None else warmup,
+                               device=device, profile=profile)
+            results.append(result)
+            click.echo(render_cnn(result))
+            click.echo("")
+            continue
+        steps, batch = steps or 25, batch or 64
         if name == "neuron":
             result = suites.neuron_suite(steps=steps, batch=batch, neurons=neurons, backends=names,
                                          repeats=repeats or 20, warmup=3 if warmup is None else warmup, device=device)

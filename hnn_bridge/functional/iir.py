@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from ..params import IIRParams
-from .native import native_backward, native_enabled, native_forward
+from .native import native_backward, native_enabled, native_forward, native_surrogate_exp
 from .surrogate import (
     _INV_SQRT_2PI,
     firing_probability,
@@ -440,9 +440,10 @@ def _bptt(ctx, saved_tensors, g_spikes, g_volts, g_p1, g_p2, g_r):
     if g_r is not None:
         c_r = g_r
     # grad_x holds dO/dV of every step until step t overwrites it with g_p[t].
-    _surrogate_into(grad_x, volts, k)
     if native_enabled(grad_x):
+        native_surrogate_exp(volts, grad_x, k)
         return (grad_x, *native_backward(grad_x, g_spikes, g_volts, g_p1, g_p2, g_r, k, ctx.detach_reset))
+    _surrogate_into(grad_x, volts, k)
     gx_steps = grad_x.unbind(0)
     gs_steps = None if g_spikes is None else g_spikes.unbind(0)
     gv_steps = None if g_volts is None else g_volts.unbind(0)

@@ -32,128 +32,166 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .surrogate import _INV_SQRT_2PI, _below_floor
+
 __all__ = [
     "native_backward",
     "native_enabled",
     "native_forward",
     "native_maxpool2_backward",
     "native_maxpool2_forward",
+    "native_surrogate_exp",
     "native_unavailable_reason",
     "term_kinds",
 ]
 
 SOURCE = r"""
 #include <stddef.h>
+#include <string.h>
 #define BLK 256
-/* Term kinds, 2 bits per coefficient (as term_kinds() in adapters/cupy_kernels.py):
- * 0 absent, 1 unscaled, 2 coefficient * value; slots a1, a2, b, theta, lam, -V_th. */
+/* Term kinds, 2 bits per coefficient (as term_kinds() in this module): 0 absent,
+ * 1 unscaled, 2 coefficient * value; slots a1, a2, b, theta, lam, -V_th. */
 #define KIND(slot) ((kinds >> (2 * (slot))) & 3)
-#define TERM(kind, c, value) ((kind) == 1 ? (value) : (c) * (value))
+/* Every branch is on a kind or a null pointer, outside the loops over a block of
+ * neurons, so that each `for j` loop is straight-line code the compiler vectorises. */
+#define EACH for (int j = 0; j < m; ++j)
+/* dst = term (first term) or dst = dst + term, term = value or c * value by kind */
+#define PUT(dst, kind, c, value, first) do { \
+    if (first) { if ((kind) == 1) EACH (dst)[j] = (value)[j]; else EACH (dst)[j] = (c) * (value)[j]; } \
+    else { if ((kind) == 1) EACH (dst)[j] = (dst)[j] + (value)[j]; else EACH (dst)[j] = (dst)[j] + (c) * (value)[j]; } \
+} while (0)
+
+static void load(float* dst, const float* src, long long i0, int m)
+{
+    if (src) memcpy(dst, src + i0, sizeof(float) * (size_t)m);
+    else memset(dst, 0, sizeof(float) * (size_t)m);
+}
+
+static void store(float* dst, const float* src, long long i0, int m)
+{
+    if (dst) memcpy(dst + i0, src, sizeof(float) * (size_t)m);
+}
 
 /* Forward over T steps for `count` neurons of [T, stride] sequences (x_step: stride, or
  * 0 for an input constant over time). Null inputs are zeros; null outputs are skipped. */
 void iir_native_forward(
-    const float* restrict x, long long x_step,
+    const float* x, long long x_step,
     const float* p1_in, const float* p2_in, const float* r_in, const float* v_in, const float* o_in,
-    float* restrict spikes, float* restrict volts,
+    float* spikes, float* volts,
     float* p1_out, float* p2_out, float* r_out, float* v_out, float* o_out,
     long long stride, long long count, int steps, int kinds,
     float a1, float a2, float b, float theta, float lam, float neg_vth, float vth)
 {
     const int k_a1 = KIND(0), k_a2 = KIND(1), k_b = KIND(2), k_th = KIND(3), k_lam = KIND(4), k_nv = KIND(5);
-    float P1[BLK], P2[BLK], R[BLK], V[BLK], O[BLK];
+    float bufs[3][BLK], R[BLK], V[BLK], O[BLK];
     for (long long i0 = 0; i0 < count; i0 += BLK) {
         const int m = (int)(count - i0 < BLK ? count - i0 : BLK);
-        for (int j = 0; j < m; ++j) {
-            P1[j] = p1_in ? p1_in[i0 + j] : 0.0f;
-            P2[j] = p2_in ? p2_in[i0 + j] : 0.0f;
-            R[j] = r_in ? r_in[i0 + j] : 0.0f;
-            V[j] = v_in ? v_in[i0 + j] : 0.0f;
-            O[j] = o_in ? o_in[i0 + j] : 0.0f;
-        }
+        float *P = bufs[0], *P1 = bufs[1], *P2 = bufs[2];
+        load(P1, p1_in, i0, m);
+        load(P2, p2_in, i0, m);
+        load(R, r_in, i0, m);
+        load(V, v_in, i0, m);
+        load(O, o_in, i0, m);
         for (int t = 0; t < steps; ++t) {
-            const float* restrict xt = x + (long long)t * x_step + i0;
-            float* restrict st = spikes ? spikes + (long long)t * stride + i0 : NULL;
-            float* restrict vt = volts ? volts + (long long)t * stride + i0 : NULL;
-            for (int j = 0; j < m; ++j) {
-                /* p[t] = a1*p[t-1] + a2*p[t-2] + b*x[t], left to right, absent terms skipped */
-                float p = 0.0f, q;
-                int has = 0;
-                if (k_a1) { p = TERM(k_a1, a1, P1[j]); has = 1; }
-                if (k_a2) { q = TERM(k_a2, a2, P2[j]); p = has ? p + q : q; has = 1; }
-                if (k_b) { q = TERM(k_b, b, xt[j]); p = has ? p + q : q; }
-                /* R[t] = theta*R[t-1] + O[t-1];  V[t] = lam*V[t-1] + p[t] - V_th*R[t] */
-                const float rn = k_th ? TERM(k_th, theta, R[j]) + O[j] : O[j];
-                float vn = k_lam ? TERM(k_lam, lam, V[j]) + p : p;
-                if (k_nv) vn = vn + TERM(k_nv, neg_vth, rn);
-                P2[j] = P1[j];
-                P1[j] = p;
-                R[j] = rn;
-                V[j] = vn;
-                O[j] = vn >= vth ? 1.0f : 0.0f; /* eq. 1f, U(0) = 1 */
-                if (st) st[j] = O[j];
-                if (vt) vt[j] = vn;
-            }
+            const float* xt = x + (long long)t * x_step + i0;
+            /* p[t] = a1*p[t-1] + a2*p[t-2] + b*x[t], left to right, absent terms skipped */
+            int has = 0;
+            if (k_a1) { PUT(P, k_a1, a1, P1, 1); has = 1; }
+            if (k_a2) { PUT(P, k_a2, a2, P2, !has); has = 1; }
+            if (k_b) { PUT(P, k_b, b, xt, !has); has = 1; }
+            if (!has) EACH P[j] = 0.0f;
+            /* R[t] = theta*R[t-1] + O[t-1] */
+            if (k_th == 1) EACH R[j] = R[j] + O[j];
+            else if (k_th) EACH R[j] = theta * R[j] + O[j];
+            else EACH R[j] = O[j];
+            /* V[t] = lam*V[t-1] + p[t] - V_th*R[t] */
+            if (k_lam == 1) EACH V[j] = V[j] + P[j];
+            else if (k_lam) EACH V[j] = lam * V[j] + P[j];
+            else EACH V[j] = P[j];
+            if (k_nv == 1) EACH V[j] = V[j] + R[j];
+            else if (k_nv) EACH V[j] = V[j] + neg_vth * R[j];
+            /* O[t] = U(V[t] - V_th), eq. 1f with U(0) = 1 */
+            EACH O[j] = V[j] >= vth ? 1.0f : 0.0f;
+            if (spikes) memcpy(spikes + (long long)t * stride + i0, O, sizeof(float) * (size_t)m);
+            if (volts) memcpy(volts + (long long)t * stride + i0, V, sizeof(float) * (size_t)m);
+            float* oldest = P2; /* p[t-2] is read no more: it becomes the next p */
+            P2 = P1;
+            P1 = P;
+            P = oldest;
         }
-        for (int j = 0; j < m; ++j) {
-            if (p1_out) p1_out[i0 + j] = P1[j];
-            if (p2_out) p2_out[i0 + j] = P2[j];
-            if (r_out) r_out[i0 + j] = R[j];
-            if (v_out) v_out[i0 + j] = V[j];
-            if (o_out) o_out[i0 + j] = O[j];
-        }
+        store(p1_out, P1, i0, m);
+        store(p2_out, P2, i0, m);
+        store(r_out, R, i0, m);
+        store(v_out, V, i0, m);
+        store(o_out, O, i0, m);
     }
 }
 
-/* BPTT of iir._bptt: `g` holds dO/dV[t] (eq. 6) on entry and b * g_p[t] (the input
- * gradient) on exit. Null incoming gradients are zeros. Writes the adjoints of the
- * initial state p[-1], p[-2], R[-1], V[-1], O[-1]. */
+/* The steps of iir._surrogate_into before exp (sub, square, scale, clamp to `below`),
+ * one pass: out = max((v - vth)^2 * scale, below), NaN kept as clamp_ keeps it. */
+void iir_native_surrogate_arg(const float* v, float* out, long long n, float vth, float scale, float below)
+{
+    for (long long j = 0; j < n; ++j) {
+        const float d = v[j] - vth;
+        const float a = d * d * scale;
+        out[j] = a < below ? below : a;
+    }
+}
+
+/* BPTT of iir._bptt: `g` holds exp of the surrogate's argument (eq. 6, see
+ * iir_native_surrogate_arg) on entry and b * g_p[t] (the input gradient) on exit; dO/dV
+ * is (e <= exp_below ? 0 : e) * gain, the threshold_ and mul_ of iir._surrogate_into.
+ * Null incoming gradients are zeros. Writes the adjoints of the initial state
+ * p[-1], p[-2], R[-1], V[-1], O[-1]. */
 void iir_native_backward(
-    float* restrict g, const float* restrict g_spikes, const float* restrict g_volts,
+    float* g, const float* g_spikes, const float* g_volts,
     const float* g_p1, const float* g_p2, const float* g_r,
     float* cp0_out, float* cp1_out, float* cr_out, float* cv_out, float* co_out,
     long long stride, long long count, int steps, int kinds, int detach_reset,
-    float a1, float a2, float b, float theta, float lam, float vth)
+    float a1, float a2, float b, float theta, float lam, float vth, float exp_below, float gain)
 {
     const int k_a1 = KIND(0), k_a2 = KIND(1), k_b = KIND(2);
     const int unit_vth = vth == 1.0f;
-    float CV[BLK], CR[BLK], CO[BLK], CP0[BLK], CP1[BLK];
+    float SG[BLK], GV[BLK], GR[BLK], GP[BLK], CV[BLK], CR[BLK], CO[BLK], CP0[BLK], CP1[BLK];
     for (long long i0 = 0; i0 < count; i0 += BLK) {
         const int m = (int)(count - i0 < BLK ? count - i0 : BLK);
-        for (int j = 0; j < m; ++j) {
-            CV[j] = 0.0f;
-            CO[j] = 0.0f;
-            CR[j] = g_r ? g_r[i0 + j] : 0.0f;
-            CP0[j] = g_p1 ? g_p1[i0 + j] : 0.0f;
-            CP1[j] = g_p2 ? g_p2[i0 + j] : 0.0f;
-        }
+        memset(CV, 0, sizeof(float) * (size_t)m);
+        memset(CO, 0, sizeof(float) * (size_t)m);
+        load(CR, g_r, i0, m);
+        load(CP0, g_p1, i0, m);
+        load(CP1, g_p2, i0, m);
         for (int t = steps - 1; t >= 0; --t) {
-            float* restrict gt = g + (long long)t * stride + i0;
-            const float* restrict gst = g_spikes ? g_spikes + (long long)t * stride + i0 : NULL;
-            const float* restrict gvt = g_volts ? g_volts + (long long)t * stride + i0 : NULL;
-            for (int j = 0; j < m; ++j) {
-                /* g_v = dO/dV * (g_spikes[t] + c_o) + c_v (+ g_volts[t]) */
-                float gv = gst ? gt[j] * (gst[j] + CO[j]) : gt[j] * CO[j];
-                gv = gv + CV[j];
-                if (gvt) gv = gv + gvt[j];
-                const float grt = unit_vth ? CR[j] - gv : CR[j] - gv * vth;
-                CV[j] = gv * lam;
-                const float gp = gv + CP0[j];
-                CR[j] = grt * theta;
-                CO[j] = detach_reset ? 0.0f : grt;
-                const float cp1 = CP1[j];
-                CP0[j] = k_a1 ? (k_a1 == 1 ? cp1 + gp : cp1 + gp * a1) : cp1;
-                CP1[j] = k_a2 ? gp * a2 : 0.0f;
-                gt[j] = k_b == 1 ? gp : gp * b;
-            }
+            float* gt = g + (long long)t * stride + i0;
+            const float* gst = g_spikes ? g_spikes + (long long)t * stride + i0 : NULL;
+            const float* gvt = g_volts ? g_volts + (long long)t * stride + i0 : NULL;
+            EACH SG[j] = (gt[j] <= exp_below ? 0.0f : gt[j]) * gain;
+            /* g_v = dO/dV * (g_spikes[t] + c_o) + c_v (+ g_volts[t]) */
+            if (gst) EACH GV[j] = SG[j] * (gst[j] + CO[j]);
+            else EACH GV[j] = SG[j] * CO[j];
+            EACH GV[j] = GV[j] + CV[j];
+            if (gvt) EACH GV[j] = GV[j] + gvt[j];
+            /* g_R[t] = c_r - V_th*g_v;  c_v = lam*g_v;  g_p = c_p0 + g_v */
+            if (unit_vth) EACH GR[j] = CR[j] - GV[j];
+            else EACH GR[j] = CR[j] - GV[j] * vth;
+            EACH CV[j] = GV[j] * lam;
+            EACH GP[j] = GV[j] + CP0[j];
+            EACH CR[j] = GR[j] * theta;
+            if (detach_reset) EACH CO[j] = 0.0f;
+            else EACH CO[j] = GR[j];
+            /* the adjoints of p[t-1] and p[t-2] for the next (earlier) step */
+            if (k_a1 == 1) EACH CP0[j] = CP1[j] + GP[j];
+            else if (k_a1) EACH CP0[j] = CP1[j] + GP[j] * a1;
+            else EACH CP0[j] = CP1[j];
+            if (k_a2) EACH CP1[j] = GP[j] * a2;
+            else EACH CP1[j] = 0.0f;
+            if (k_b == 1) EACH gt[j] = GP[j];
+            else EACH gt[j] = GP[j] * b;
         }
-        for (int j = 0; j < m; ++j) {
-            if (cp0_out) cp0_out[i0 + j] = CP0[j];
-            if (cp1_out) cp1_out[i0 + j] = CP1[j];
-            if (cr_out) cr_out[i0 + j] = CR[j];
-            if (cv_out) cv_out[i0 + j] = CV[j];
-            if (co_out) co_out[i0 + j] = CO[j];
-        }
+        store(cp0_out, CP0, i0, m);
+        store(cp1_out, CP1, i0, m);
+        store(cr_out, CR, i0, m);
+        store(cv_out, CV, i0, m);
+        store(co_out, CO, i0, m);
     }
 }
 
@@ -263,7 +301,9 @@ def _library() -> Optional[ctypes.CDLL]:
                 P, i64, i32, f32 = ctypes.c_void_p, ctypes.c_longlong, ctypes.c_int, ctypes.c_float
                 lib.iir_native_forward.argtypes = [P, i64] + [P] * 12 + [i64, i64, i32, i32] + [f32] * 7
                 lib.iir_native_forward.restype = None
-                lib.iir_native_backward.argtypes = [P] * 11 + [i64, i64, i32, i32, i32] + [f32] * 6
+                lib.iir_native_backward.argtypes = [P] * 11 + [i64, i64, i32, i32, i32] + [f32] * 8
+                lib.iir_native_surrogate_arg.argtypes = [P, P, i64, f32, f32, f32]
+                lib.iir_native_surrogate_arg.restype = None
                 lib.iir_native_backward.restype = None
                 for name in ("iir_native_maxpool2_forward", "iir_native_maxpool2_backward"):
                     getattr(lib, name).argtypes = [P, P, P, i64, i64, i64]
@@ -346,13 +386,31 @@ def native_forward(x_seq: Tensor, state, k, *, keep_spikes: bool, keep_volts: bo
     return (spikes, volts, *finals)
 
 
+def native_surrogate_exp(volts: Tensor, out: Tensor, k) -> Tensor:
+    """``out`` = exp of eq. 6's clamped argument, the first five ops of
+    `iir._surrogate_into` (sub, square, scale, clamp in one C pass, then ATen's exp_);
+    `native_backward` applies the last two (threshold, gain) as it reads ``out``."""
+    lib = _library()
+    below, _ = _below_floor(volts)
+    n = volts.numel()
+    scale = -0.5 / (k.sigma * k.sigma)
+
+    def call(i: int, m: int) -> None:
+        lib.iir_native_surrogate_arg(_ptr(volts, i), _ptr(out, i), m, k.v_threshold, scale, below)
+
+    if n > 0:
+        _run(call, n)
+    return out.exp_()
+
+
 def native_backward(g: Tensor, g_spikes: Optional[Tensor], g_volts: Optional[Tensor], g_p1, g_p2, g_r,
                     k, detach_reset: bool):
-    """`iir._bptt`'s recurrence in C, in place on ``g`` (dO/dV in, grad_x out); returns
-    the adjoints (cp0, cp1, c_r, c_v, c_o) of the initial state."""
+    """`iir._bptt`'s recurrence in C, in place on ``g`` (`native_surrogate_exp` of V in,
+    grad_x out); returns the adjoints (cp0, cp1, c_r, c_v, c_o) of the initial state."""
     lib = _library()
     kinds = term_kinds(k)
-    scalars = (k.a1, k.a2, k.b, k.theta, k.lam, k.v_threshold)
+    _, exp_below = _below_floor(g)
+    scalars = (k.a1, k.a2, k.b, k.theta, k.lam, k.v_threshold, exp_below, _INV_SQRT_2PI / k.sigma)
     steps, shape = g.shape[0], g.shape[1:]
     n = shape.numel()
     gs, gv = _flat(g_spikes), _flat(g_volts)
