@@ -112,6 +112,28 @@ def parity(args) -> tuple[list[dict], list[dict]]:
     return cupy_rows, flex_rows
 
 
+def half_parity() -> list[dict]:
+    """CuPy kernel on float16/bfloat16 input (--precision 16/bf16): it widens to float32, so
+    its spikes must equal the float32 kernel's on the upcast currents, bit for bit."""
+    from hnn_bridge.adapters.spikingjelly import IIRNode
+
+    rows = []
+    x, _ = currents(8, SHAPES["cnn"], seed=5, device="cuda")
+    for dtype in (torch.float16, torch.bfloat16):
+        half = x.to(dtype)
+        row = dict(dtype=str(dtype))
+        try:
+            spikes = IIRNode(backend="cupy")(half)
+            want = IIRNode(backend="cupy")(half.float())
+            same = spikes.dtype == dtype and bool(torch.equal(spikes.float(), want))
+            row.update(out_dtype=str(spikes.dtype), passed=same)
+        except Exception as error:  # report, do not stop the check
+            row.update(passed=False, error=f"{type(error).__name__}: {error}")
+        print(f"half input {dtype}: {'ok' if row['passed'] else 'FAIL'}", flush=True)
+        rows.append(row)
+    return rows
+
+
 def time_cuda(fn, repeats: int, warmup: int = 3) -> dict:
     for _ in range(warmup):
         fn()
@@ -247,11 +269,12 @@ def main(argv=None) -> int:
         result["cupy_parity"], result["flexsn_parity"] = [], []
         result["parity_error"] = traceback.format_exc()
         print(result["parity_error"], file=sys.stderr)
+    result["half_parity"] = half_parity()
     if not args.skip_timing:
         result["timing"] = timing(args)
         print()
         print(table(result["timing"]))
-    passed = bool(result["cupy_parity"]) and all(r["passed"] for r in result["cupy_parity"])
+    passed = bool(result["cupy_parity"]) and all(r["passed"] for r in result["cupy_parity"] + result["half_parity"])
     result["passed"] = passed
     checked = [r for r in result["flexsn_parity"] if not r.get("skipped")]
     result["flexsn_reproduces_reference"] = bool(checked) and all(r["passed"] for r in checked)
