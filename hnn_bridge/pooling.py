@@ -34,14 +34,16 @@ class _MaxPool2x2(torch.autograd.Function):
         return native_maxpool2_backward(g, idx, ctx.shape)
 
 
+def _pair(v) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
 class MaxPool2d(nn.MaxPool2d):
     """`torch.nn.MaxPool2d` (same arguments and results) with the native 2x2 path."""
 
     def _native(self, x: Tensor) -> bool:
-        two = (2, 2)
-        as_pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
-        return (as_pair(self.kernel_size) == two and as_pair(self.stride) == two and as_pair(self.padding) == (0, 0)
-                and as_pair(self.dilation) == (1, 1) and not self.ceil_mode and not self.return_indices
+        return (_pair(self.kernel_size) == (2, 2) and _pair(self.stride) == (2, 2) and _pair(self.padding) == (0, 0)
+                and _pair(self.dilation) == (1, 1) and not self.ceil_mode and not self.return_indices
                 and x.dim() in (3, 4) and x.is_contiguous() and native_enabled(x))
 
     def forward(self, x: Tensor) -> Tensor:

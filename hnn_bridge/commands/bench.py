@@ -70,7 +70,6 @@ def bench(suite, steps, batch, neurons, repeats, warmup, device, backends, archs
     import torch
 
     from ..bench import suites
-
     from ..errors import ConfigError
     from ..precision import PRECISIONS, check_precision
 

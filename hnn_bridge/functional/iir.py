@@ -86,8 +86,9 @@ def _widened(x: Tensor) -> Tensor:
 
 
 def _widened_state(state: Optional["IIRState"]) -> Optional["IIRState"]:
-    if state is None:
-        return None
+    """``state`` with half-precision entries widened (itself when it has none)."""
+    if state is None or all(s is None or s.dtype not in _HALF for s in state):
+        return state
     return IIRState(*(s if s is None else _widened(s) for s in state))
 
 

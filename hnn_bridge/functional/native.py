@@ -333,17 +333,20 @@ def _ptr(t: Optional[Tensor], offset: int = 0) -> Optional[int]:
 _pool: list[ThreadPoolExecutor] = []
 
 
-def _chunks(n: int) -> list[tuple[int, int]]:
+def _chunks(items: int, item_size: int = 1, align: int = 256) -> list[tuple[int, int]]:
+    """(start, count) of ``items`` split over the torch threads in multiples of ``align``
+    (256: whole neuron blocks), or one chunk below `CHUNK` elements per thread."""
     workers = max(1, torch.get_num_threads())
-    if workers == 1 or n < 2 * CHUNK:
-        return [(0, n)]
-    size = -(-n // workers)
-    size = -(-size // 256) * 256  # whole blocks per chunk
-    return [(i, min(size, n - i)) for i in range(0, n, size)]
+    if workers == 1 or items < 2 or items * item_size < 2 * CHUNK:
+        return [(0, items)]
+    size = -(-items // workers)
+    size = -(-size // align) * align
+    return [(i, min(size, items - i)) for i in range(0, items, size)]
 
 
-def _run(call, n: int, parts: Optional[list[tuple[int, int]]] = None) -> None:
-    parts = parts or _chunks(n)
+def _run(call, items: int, item_size: int = 1, align: int = 256) -> None:
+    """``call(start, count)`` over `_chunks`, on the pool's threads when there are several."""
+    parts = _chunks(items, item_size, align)
     if len(parts) == 1:
         call(*parts[0])
         return
@@ -426,14 +429,6 @@ def native_backward(g: Tensor, g_spikes: Optional[Tensor], g_volts: Optional[Ten
     return tuple(outs)
 
 
-def _plane_chunks(planes: int, plane_size: int) -> list[tuple[int, int]]:
-    workers = max(1, torch.get_num_threads())
-    if workers == 1 or planes * plane_size < 2 * CHUNK or planes < 2:
-        return [(0, planes)]
-    size = -(-planes // workers)
-    return [(i, min(size, planes - i)) for i in range(0, planes, size)]
-
-
 def native_maxpool2_forward(x: Tensor) -> tuple[Tensor, Tensor]:
     """2x2/stride-2 max pooling of a contiguous float32 [..., H, W] on the CPU: (out, idx)."""
     lib = _library()
@@ -446,7 +441,7 @@ def native_maxpool2_forward(x: Tensor) -> tuple[Tensor, Tensor]:
     def call(p: int, m: int) -> None:
         lib.iir_native_maxpool2_forward(_ptr(x, p * h * w), _ptr(out, p * po), idx.data_ptr() + p * po, m, h, w)
 
-    _run(call, planes, _plane_chunks(planes, h * w))
+    _run(call, planes, item_size=h * w, align=1)
     return out, idx
 
 
@@ -462,5 +457,5 @@ def native_maxpool2_backward(g: Tensor, idx: Tensor, shape: torch.Size) -> Tenso
     def call(p: int, m: int) -> None:
         lib.iir_native_maxpool2_backward(_ptr(g, p * po), idx.data_ptr() + p * po, _ptr(gx, p * h * w), m, h, w)
 
-    _run(call, planes, _plane_chunks(planes, h * w))
+    _run(call, planes, item_size=h * w, align=1)
     return gx
