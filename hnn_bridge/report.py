@@ -163,6 +163,10 @@ def render_table(results: Mapping[str, Any]) -> str:
             if seed.get("resumed_after"):
                 notes.append(f"{who} was interrupted and resumed after epoch(s) "
                              f"{', '.join(map(str, seed['resumed_after']))}.")
+            if seed.get("best_test_epoch") is not None:
+                notes.append(f"{who}: best *test* epoch {seed['best_test_epoch']} ({_fmt(_pct(seed['best_test_acc_argmax']))}% "
+                             "argmax; every epoch was scored on test, as Fang et al.'s code reports; the table "
+                             "shows the best-validation epoch).")
             warnings = seed.get("warnings") or []
             if warnings:
                 more = f" (and {len(warnings) - 1} more warning(s) in results.json)" if len(warnings) > 1 else ""

@@ -44,3 +44,15 @@ def test_seeds_show_mean_and_sample_std(tmp_path: Path):
     line = render_results_block(results).splitlines()[2]
     assert line == "| 1 | S784-S500-S10 (baseline) | duplicate | simultaneous | 96.94 ± 0.14 | 97.35 ± 0.14 | 0.94% | " \
         "98.13 | -0.78 | 68, 70 | 2 |"
+
+
+def test_a_run_scored_on_test_every_epoch_adds_the_best_test_epoch_columns(tmp_path: Path):
+    results = json.loads((DOCS / "full-budget" / "table1a" / "results.json").read_text())
+    row = results["rows"][0]
+    row["seeds"] = [{**row["seeds"][0], "best_test_epoch": 91, "best_test_acc_argmax": 0.9771}]
+    results["rows"] = [row]
+    head, rule, line = render_results_block(results).splitlines()
+    assert head.endswith("| best epoch | argmax at best test epoch | best test epoch | seeds |")
+    assert rule.count("---") == 13
+    assert line == "| 1 | S784-S500-S10 (baseline) | duplicate | simultaneous | 97.04 | 97.45 | 0.94% | 98.13 | -0.68 | " \
+        "68 | 97.71 | 91 | 1 |"

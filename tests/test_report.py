@@ -120,3 +120,11 @@ def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path: Path, monkey
         checkpoint.atomic_write_text(target, "new")
     assert target.read_text() == "old"
     assert os.listdir(tmp_path) == ["table.md"]  # the temporary file was removed
+
+
+def test_render_table_names_the_best_test_epoch_when_every_epoch_was_scored(results: dict) -> None:
+    seed = results["rows"][0]["seeds"][0]
+    text = render_table({**results, "rows": [{**results["rows"][0], "seeds": [
+        {**seed, "best_test_epoch": 3, "best_test_acc_argmax": 0.9912}]}]})
+    assert (f"- row 1 seed {seed.get('seed_index', 0)}: best *test* epoch 3 (99.12% argmax; every epoch was scored on "
+            "test, as Fang et al.'s code reports; the table shows the best-validation epoch).") in text

@@ -3,6 +3,7 @@ learning copies and freezes the ALs, CPU runs repeat bit for bit, NaN stops a ro
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -169,3 +170,29 @@ def test_runner_marks_a_nan_row_failed_and_continues(tmp_path: Path, monkeypatch
     assert first["status"] == "failed" and "in epoch 2, batch 3" in first["seeds"][0]["error"]
     assert first["seeds"][0]["epochs_run"] == 1 and first["seeds"][0]["test_acc"] is not None
     assert second["status"] == "ok"
+
+
+def test_test_every_epoch_scores_each_epoch_and_changes_no_training(tmp_path: Path) -> None:
+    recipe = tiny_recipe(tmp_path, TINY.replace("epochs = 2", "epochs = 3")).configure()
+    plain = run_recipe(recipe, RunOptions(out=tmp_path / "plain"))
+    tracked = run_recipe(recipe, RunOptions(out=tmp_path / "tracked", test_every_epoch=True))
+    for p_row, t_row in zip(plain["rows"], tracked["rows"]):
+        sp, st = p_row["seeds"][0], t_row["seeds"][0]
+        # the Gaussian row draws coder noise in the test passes: restoring the RNG keeps training identical
+        assert (st["test_acc"], st["best_val_acc"], st["best_epoch"]) == (sp["test_acc"], sp["best_val_acc"],
+                                                                         sp["best_epoch"])
+        wp = torch_load(tmp_path / "plain" / sp["checkpoint"])["model"]
+        wt = torch_load(tmp_path / "tracked" / st["checkpoint"])["model"]
+        assert all(torch.equal(wp[k], wt[k]) for k in wp)
+        assert "best_test_epoch" not in sp
+    job = json.loads((tmp_path / "tracked" / "checkpoints" / f"{tracked['rows'][0]['seeds'][0]['job']}.json").read_text())
+    log = job["log"]
+    tests = [r["test_acc_argmax"] for r in log]
+    assert len(tests) == 3 and all(0.0 < t <= 1.0 for t in tests)
+    seed = tracked["rows"][0]["seeds"][0]
+    assert seed["best_test_epoch"] == tests.index(max(tests)) + 1  # the first of equals, as np.argmax
+    assert seed["best_test_acc_argmax"] == max(tests)
+    # row 1 (duplicate coding: no noise): the best-validation epoch's test score is the reported one
+    assert log[seed["best_epoch"] - 1]["test_acc"] == seed["test_acc"]
+    header = (tmp_path / "tracked" / "epochs.csv").read_text().splitlines()[0].split(",")
+    assert header[-3:] == ["test_acc", "test_acc_argmax", "test_tie_rate"]

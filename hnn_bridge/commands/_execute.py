@@ -39,12 +39,13 @@ def check_device(device: str) -> str:
 
 
 def execute(recipe: Recipe, *, out: Path, seeds: int, device: str, data_dir: Path | None, resume: bool,
-            resume_hint: str, jobs: int = 1) -> dict[str, Any]:
+            resume_hint: str, jobs: int = 1, test_every_epoch: bool = False) -> dict[str, Any]:
     """Check every row, train, write the report files after every row, print the table.
 
     ``resume_hint`` is the command line to print when the run is interrupted. Under
     torchrun (``WORLD_SIZE`` > 1) this process joins the data-parallel group after the
     checks; only rank 0 prints. ``jobs`` > 1 runs (row, seed) jobs in worker processes.
+    ``test_every_epoch`` scores every epoch on test too (`RunOptions.test_every_epoch`).
     """
     from ..data import DatasetFormatError, DatasetNotFound
 
@@ -66,7 +67,8 @@ def execute(recipe: Recipe, *, out: Path, seeds: int, device: str, data_dir: Pat
     try:
         reporter = ConsoleReporter() if main else Reporter()
         options = RunOptions(out=out, seeds=seeds, device=device, data_dir=str(data_dir) if data_dir else None,
-                             resume=resume, reporter=reporter, dist=dist, jobs=jobs)
+                             resume=resume, reporter=reporter, dist=dist, jobs=jobs,
+                             test_every_epoch=test_every_epoch)
         if main:
             how = (f", {world} processes (DDP)" if world > 1 else f", {jobs} worker processes" if jobs > 1 else "")
             click.echo(f"{recipe.name}: {len(recipe.rows)} row(s) x {seeds} seed(s), profile {recipe.profile}"

@@ -25,7 +25,8 @@ def _listing() -> str:
 
 def _resume_command(name: str, profile: str, epochs: int | None, steps: int | None, rows: str | None, seeds: int,
                     device: str, backend: str | None, data_dir: Path | None, out: Path,
-                    jobs: int = 1, norm: str | None = None, precision: str | None = None) -> list[str]:
+                    jobs: int = 1, norm: str | None = None, precision: str | None = None,
+                    test_every_epoch: bool = False) -> list[str]:
     """The command line that continues this run."""
     argv = ["hnn-bridge", "recipe", name]
     argv += {"full": [], "quick": ["--quick"]}.get(profile, ["--profile", profile])
@@ -35,6 +36,7 @@ def _resume_command(name: str, profile: str, epochs: int | None, steps: int | No
     argv += ["--seeds", str(seeds)] if seeds != 1 else []
     argv += ["--device", device] if device != "cpu" else []
     argv += ["--jobs", str(jobs)] if jobs != 1 else []
+    argv += ["--test-every-epoch"] if test_every_epoch else []
     return [*argv, "--out", str(out), "--resume"]
 
 
@@ -67,9 +69,13 @@ def _resume_command(name: str, profile: str, epochs: int | None, steps: int | No
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Run independent (row, seed) jobs in this many worker processes, each with "
               "cpu_count / N threads (seeded per job: the results of a sequential run).")
+@click.option("--test-every-epoch", is_flag=True,
+              help="Also score every epoch's weights on test, to report the best test epoch (as Fang et al.'s "
+              "code does) beside the best-validation one; the selection and the training are unchanged.")
 def recipe(name: str | None, show_list: bool, quick: bool, profile: str | None, epochs: int | None, steps: int | None,
            rows_text: str | None, seeds: int, device: str, backend: str | None, norm: str | None,
-           precision: str | None, data_dir: Path | None, out: Path | None, resume: bool, jobs: int) -> None:
+           precision: str | None, data_dir: Path | None, out: Path | None, resume: bool, jobs: int,
+           test_every_epoch: bool) -> None:
     """Train the rows of a paper table and compare with the paper.
 
     NAME is a shipped recipe (table1a, table1b, table2a, table2b, table3a, table3b, sec4_2;
@@ -103,6 +109,7 @@ def recipe(name: str | None, show_list: bool, quick: bool, profile: str | None, 
     if out is None:
         out = Path("runs") / (configured.name + ("" if profile == "full" else f"-{profile}"))
     hint = " ".join(shlex.quote(a) for a in _resume_command(name, profile, epochs, steps, rows_text, seeds, device,
-                                                             backend, data_dir, out, jobs, norm, precision))
+                                                             backend, data_dir, out, jobs, norm, precision,
+                                                             test_every_epoch))
     execute(configured, out=out, seeds=seeds, device=device, data_dir=data_dir, resume=resume, resume_hint=hint,
-            jobs=jobs)
+            jobs=jobs, test_every_epoch=test_every_epoch)

@@ -44,11 +44,14 @@ from ._execute import check_device, execute
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Run the seeds (and a separate row's pure ANN first) in this many worker processes.")
+@click.option("--test-every-epoch", is_flag=True,
+              help="Also score every epoch's weights on test, to report the best test epoch (as Fang et al.'s "
+              "code does) beside the best-validation one; the selection and the training are unchanged.")
 def train(arch: str, coder: str | None, training: str, dataset: str | None, quick: bool, epochs: int | None,
           steps: int | None, batch_size: int | None, lr: float | None, dropout: float | None,
           activation: str | None, norm: str | None, input_mode: str | None, seed: int | None, seeds: int, device: str,
           backend: str | None, precision: str | None, data_dir: Path | None, out: Path | None, resume: bool,
-          jobs: int) -> None:
+          jobs: int, test_every_epoch: bool) -> None:
     """Train one network ARCH (paper notation) and report its test accuracy.
 
     Every hyperparameter not given is taken from the paper recipe of the dataset
@@ -82,4 +85,4 @@ def train(arch: str, coder: str | None, training: str, dataset: str | None, quic
         out = Path("runs") / f"train-{configured.rows[0].arch}"
     hint = f"the same `hnn-bridge train {arch} ...` command with --out {out} --resume"
     execute(configured, out=out, seeds=seeds, device=device, data_dir=data_dir, resume=resume, resume_hint=hint,
-            jobs=jobs)
+            jobs=jobs, test_every_epoch=test_every_epoch)

@@ -82,6 +82,11 @@ class EpochRecord:
     train_out_saturated: float | None = None
     # spikes per neuron per step of every SL on the validation set, by `rates.layer_key`
     val_rates: dict[str, float] | None = None
+    # only with ``test_batches`` (`train_model`): this epoch's weights on the test set, for
+    # reporting the best *test* epoch beside the best-validation one (never used to select)
+    test_acc: float | None = None
+    test_acc_argmax: float | None = None
+    test_tie_rate: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -188,6 +193,7 @@ def train_model(
     progress: Progress | None = None,
     dist: DistContext | None = None,
     precision: str = "32",
+    test_batches: Any = None,
 ) -> dict[str, Any]:
     """Train ``params`` of ``model`` with Adam for ``epochs`` epochs; return the final state.
 
@@ -195,6 +201,12 @@ def train_model(
     run under `torch.autocast` of that dtype (validation too), backward and Adam outside
     it, as in PyTorch's AMP recipe; ``"16"`` on CUDA adds a GradScaler, saved with the
     state. The neuron keeps its state in float32 (`hnn_bridge.functional.iir`).
+
+    ``test_batches`` (optional, like ``val_batches``): every epoch's weights are also scored
+    on the test set and logged (``test_acc``, ``test_acc_argmax``, ``test_tie_rate``), so
+    that a report can name the best *test* epoch as Fang et al.'s reference code does. The
+    selection stays on validation, and the training is the same bit for bit as without it:
+    the global RNG (coder noise of the test pass) is saved before and restored after.
 
     ``train_batches`` / ``val_batches`` have ``epoch_batches(epoch)`` (`TensorBatches`);
     the training order of epoch k depends only on the batches' seed and k. ``state`` (as
@@ -333,6 +345,11 @@ def train_model(
         if dist.distributed and totals:  # every process's spikes and neuron-steps
             summed = all_reduce_sum([v for pair in totals.values() for v in pair], dist)
             totals = {k: summed[2 * j:2 * j + 2] for j, k in enumerate(totals)}
+        test = None
+        if test_batches is not None:
+            saved_rng = rng_state(device)
+            test = evaluate(model, test_batches.epoch_batches(0), dist if dist.distributed else None, precision)
+            set_rng_state(saved_rng)
         improved = val.acc > best_acc
         if improved:
             best_epoch, best_acc, best_val = epoch + 1, val.acc, val.as_dict()
@@ -342,7 +359,8 @@ def train_model(
         out_shares = (silent / max(seen, 1), saturated / max(seen, 1)) if steps is not None else (None, None)
         record = EpochRecord(epoch + 1, loss_sum / max(seen, 1), correct / max(seen, 1), val.acc,
                              val.acc_argmax, val.tie_rate, current_lr, seconds, improved, *out_shares,
-                             spike_rates(totals) or None)
+                             spike_rates(totals) or None,
+                             *((test.acc, test.acc_argmax, test.tie_rate) if test is not None else ()))
         log.append(record.as_dict())
         progress.end_epoch(record, (epochs - epoch - 1) * wall / len(log))
         if on_epoch is not None:

@@ -72,7 +72,7 @@ __all__ = ["EPOCH_FIELDS", "OutputBusy", "RESULTS_FORMAT", "RunOptions", "check_
 RESULTS_FORMAT = "hnn-bridge-results/1"
 EPOCH_FIELDS = ("job", "row", "label", "seed", "phase", "epoch", "train_loss", "train_acc", "val_acc",
                 "val_acc_argmax", "val_tie_rate", "lr", "seconds", "best", "train_out_silent",
-                "train_out_saturated", "val_rates")
+                "train_out_saturated", "val_rates", "test_acc", "test_acc_argmax", "test_tie_rate")
 # the first training images (in split order) on which SL weights are calibrated (init_rate)
 CALIBRATION_IMAGES = 64
 # settings that do not change a pure ANN (it has no coder and no spiking layer)
@@ -94,6 +94,9 @@ class RunOptions:
     reporter: Reporter = field(default_factory=Reporter)
     dist: DistContext = SINGLE
     jobs: int = 1
+    # score every epoch's weights on test too (`loop.train_model` ``test_batches``), for the
+    # best-test-epoch column; selection stays on validation
+    test_every_epoch: bool = False
 
 
 def check_parallel(recipe: Recipe, world_size: int, jobs: int = 1) -> None:
@@ -391,7 +394,8 @@ class _Run:
             final = train_model(model, params, train, val, epochs=s.epochs, lr=s.lr,
                                 lr_milestones=s.lr_milestones, lr_gamma=s.lr_gamma, device=self.device,
                                 state=state, on_epoch=on_epoch, progress=progress, dist=self.dist,
-                                precision=s.precision)
+                                precision=s.precision,
+                                test_batches=test if self.options.test_every_epoch else None)
         except NonFiniteLoss as err:
             final, status, error = dict(err.finished), "failed", str(err)
             reporter.note(f"row {row.index} {row.label} seed {job.seed_index}: {error}")
@@ -514,7 +518,19 @@ def _seed_summary(job: dict[str, Any]) -> dict[str, Any]:
         "warnings": job.get("warnings", []),
         "val_rates": [r["val_rates"] for r in job.get("log", []) if r.get("val_rates")],
         **{k: (test.get("ops") or {}).get(k) for k in ("macs", "acs", "energy_uj")},
+        **_best_test_epoch(job.get("log", [])),
     }
+
+
+def _best_test_epoch(log: list[dict[str, Any]]) -> dict[str, Any]:
+    """The epoch with the highest argmax test accuracy (the first of equals, like the
+    ``np.argmax`` of Fang et al.'s reference code) and its scores; empty unless every
+    epoch was scored on test (``RunOptions.test_every_epoch``)."""
+    if not log or any(r.get("test_acc_argmax") is None for r in log):
+        return {}
+    best = max(log, key=lambda r: (r["test_acc_argmax"], -r["epoch"]))
+    return {"best_test_epoch": best["epoch"], "best_test_acc": best["test_acc"],
+            "best_test_acc_argmax": best["test_acc_argmax"], "best_test_tie_rate": best["test_tie_rate"]}
 
 
 def _row_status(seeds: list[dict[str, Any]], wanted: int) -> str:
