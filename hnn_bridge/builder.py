@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .coders import CODERS, Coder, make_coder
+from .coders import CODERS, Coder, MuActivation, make_coder
 from .errors import ArchError, ConfigError
 from .notation import LayerSpec, parse_arch
 from .params import IIRParams
@@ -215,7 +215,7 @@ class _Assembly:
         self.layers.append(LayerInfo(s.token, "input", "input", self.shape, 0, 0, "values", False))
         if i == self.last_al and self.widen > 1:  # Gaussian: a learnable head makes (mu, ln sigma)
             head = nn.Linear(self.shape[0], self.widen * self.shape[0])
-            self.al.append(head)
+            self.al.extend((head, MuActivation(self.activation())))
             self.shape = (self.widen * self.shape[0],)
             self.weight_ops[len(self.layers)] = head
             self.layers.append(LayerInfo("head", "AL", "dense", self.shape, head.weight.numel() + head.bias.numel(),
@@ -260,13 +260,15 @@ class _Assembly:
         flatten, op, macs, out_shape = self._weight_op(i, s)
         n_params = sum(p.numel() for p in op.parameters())
         out_layer = i == len(self.specs) - 1
-        coder_input = i == self.last_al and self.widen > 1  # (mu, ln sigma): no activation
+        coder_input = i == self.last_al and self.widen > 1  # (mu, ln sigma): activation on mu only
         self.al.extend((*flatten, op))
         norm = None if out_layer or coder_input else _norm_layer(self.norm, out_shape)
         if norm is not None:
             self.al.append(norm)
             n_params += sum(p.numel() for p in norm.parameters())
-        if not out_layer and not coder_input:
+        if coder_input:
+            self.al.append(MuActivation(self.activation()))
+        elif not out_layer:
             self.al.append(self.activation())
         if not out_layer and self.dropout > 0:
             self.al.append(nn.Dropout(self.dropout))

@@ -177,3 +177,20 @@ def test_time_shared_dropout_uses_one_mask_for_all_steps():
     out = drop(torch.ones(6, 4, 10))
     assert torch.equal(out[0], out[5]) and set(out.unique().tolist()) == {0.0, 2.0}
     assert torch.equal(drop.eval()(torch.ones(2, 3)), torch.ones(2, 3))
+
+
+@pytest.mark.parametrize("arch,shape", [("A784-A500-S10", MNIST), ("A784-S500-S10", MNIST),
+                                        ("A32C3-S32C3-P2-S10", (3, 32, 32))])
+def test_gaussian_mu_passes_the_al_activation_and_ln_sigma_stays_linear(arch, shape):
+    torch.manual_seed(3)
+    model = build(arch, coder="gaussian", steps=3, input_shape=shape)
+    x = torch.rand(4, *shape)
+    seen = {}
+    model.coder.register_forward_hook(lambda _m, inputs, _o: seen.update(a=inputs[0]))
+    model(x)
+    op = model.weight_ops[max(i for i, info in enumerate(model.layers) if info.part == "AL")]
+    linear = op(x.flatten(1) if isinstance(op, torch.nn.Linear) else x)  # the last AL's op alone
+    n = linear.shape[1] // 2
+    assert torch.equal(seen["a"][:, :n], torch.relu(linear[:, :n]))  # mu: ReLU, as every AL output
+    assert torch.equal(seen["a"][:, n:], linear[:, n:])  # ln sigma: linear, free to be negative
+    assert (linear[:, n:] < 0).any()

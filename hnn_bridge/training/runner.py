@@ -183,6 +183,8 @@ def _jobs(row: RowSpec, seed_index: int) -> _Job:
     fingerprint = {"kind": "hnn", "arch": row.arch, "coder": row.coder, "training": row.training,
                    "settings": {**s.identity(), "activation": activation}, "seed_index": seed_index, "seed": seed,
                    "twin": twin.fingerprint if twin else None}
+    if row.coder == "gaussian":  # mu passes the AL activation (coders.MuActivation); runs before it were linear
+        fingerprint["gaussian_mu"] = "activation"
     return _Job("hnn", f"{row.slug}-s{seed_index}", row.arch, row.coder, row.training, activation, s,
                 seed_index, seed, fingerprint, row, twin)
 
