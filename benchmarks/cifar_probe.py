@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from dataclasses import replace
 
@@ -24,7 +25,7 @@ from torch import nn
 
 import hnn_bridge as hb
 from hnn_bridge.data import load_dataset, split_622
-from hnn_bridge.recipe import load_recipe
+from hnn_bridge.recipe import INPUT_SHAPES, load_recipe
 from hnn_bridge.training.loop import score_batch
 
 
@@ -42,21 +43,44 @@ def main() -> None:
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--sigma", type=float, default=0.4, help="surrogate width (eq. 6)")
     p.add_argument("--v-threshold", type=float, default=1.0)
+    p.add_argument("--tau-m", type=float, default=None,
+                   help="membrane time constant (eq. 1; the recipe's 4); the reset decay follows, e^(-1/tau_m)")
+    p.add_argument("--log-sigma-bias", type=float, default=None,
+                   help="Gaussian coder: start the ln sigma half of the last AL's bias here (default init: ~0)")
+    p.add_argument("--mu-activation", action="store_true",
+                   help="Gaussian coder: pass mu through the ALs' activation (ReLU), ln sigma unchanged")
     p.add_argument("--norm", default="batch", choices=["none", "batch"])
     p.add_argument("--bn-eval", default="running", choices=["running", "batch"])
     p.add_argument("--no-output-norm", action="store_true", help="no batch norm before the output neurons")
+    p.add_argument("--logit-scale", type=float, default=1.0,
+                   help="cross entropy on scale x counts (eq. 2b has 1); < 1 asks for wider count margins")
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     row = load_recipe(a.table).rows[a.row - 1]
-    ds = load_dataset("cifar10", a.data_dir)
+    dataset = load_recipe(a.table).dataset
+    ds = load_dataset(dataset, a.data_dir)
     pick = split_622(ds.labels, seed=0, ratios=(a.subset, len(ds) - a.subset, 0)).train
     images, labels = ds.images[pick], ds.labels[pick]
     split = split_622(labels, seed=0)
     neuron = replace(row.settings.neuron, sigma=a.sigma, v_threshold=a.v_threshold)
-    net = hb.build(row.arch, coder=row.coder, steps=a.steps, input_shape=(3, 32, 32), neuron=neuron,
+    if a.tau_m is not None:
+        neuron = replace(neuron, tau_m=a.tau_m, reset_decay=math.exp(-1 / a.tau_m))
+    net = hb.build(row.arch, coder=row.coder, steps=a.steps, input_shape=INPUT_SHAPES[dataset], neuron=neuron,
                    dropout=a.dropout, norm=a.norm, training="simultaneous")
+    if a.log_sigma_bias is not None:  # the last AL's op produces (mu, ln sigma) stacked along dim 1
+        head = net.weight_ops[max(i for i, info in enumerate(net.layers) if info.part == "AL")]
+        with torch.no_grad():
+            head.bias[head.bias.numel() // 2:] = a.log_sigma_bias
+    if a.mu_activation:
+        coder_forward = net.coder.forward
+
+        def relu_mu(x: torch.Tensor) -> torch.Tensor:
+            mu, log_sigma = x.chunk(2, dim=1)
+            return coder_forward(torch.cat([torch.relu(mu), log_sigma], dim=1))
+
+        net.coder.forward = relu_mu
     if a.no_output_norm:  # the last batch norm of the spiking part feeds the output neurons
         last = max(i for i, m in enumerate(net.sl) if isinstance(getattr(m, "module", None), nn.modules.batchnorm._BatchNorm))
         net.sl[last] = nn.Identity()
@@ -87,7 +111,7 @@ def main() -> None:
         losses = []
         for i in range(0, len(order) - a.batch_size + 1, a.batch_size):
             j = order[i:i + a.batch_size]
-            loss = F.cross_entropy(net(images[j].float() / 255), labels[j])
+            loss = F.cross_entropy(a.logit_scale * net(images[j].float() / 255), labels[j])
             opt.zero_grad()
             loss.backward()
             opt.step()
