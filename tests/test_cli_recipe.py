@@ -174,3 +174,12 @@ def test_two_runs_cannot_share_an_output_folder(tmp_path: Path) -> None:
         result = CliRunner().invoke(main, [*ARGS, "--out", str(out)])
     assert result.exit_code == 1
     assert f"another hnn-bridge run is writing to {out}" in result.output and "Traceback" not in result.output
+
+
+def test_the_resume_hint_keeps_test_every_epoch() -> None:
+    from hnn_bridge.commands.recipe import _resume_command
+
+    argv = _resume_command("sec4_2", "full", None, None, None, 3, "cpu", None, Path("data"), Path("runs/x"),
+                           test_every_epoch=True)
+    assert argv == ["hnn-bridge", "recipe", "sec4_2", "--data-dir", "data", "--seeds", "3", "--test-every-epoch",
+                    "--out", "runs/x", "--resume"]
