@@ -196,3 +196,25 @@ def test_test_every_epoch_scores_each_epoch_and_changes_no_training(tmp_path: Pa
     assert log[seed["best_epoch"] - 1]["test_acc"] == seed["test_acc"]
     header = (tmp_path / "tracked" / "epochs.csv").read_text().splitlines()[0].split(",")
     assert header[-3:] == ["test_acc", "test_acc_argmax", "test_tie_rate"]
+
+
+def test_logit_scale_multiplies_the_counts_in_the_loss_and_is_left_out_of_old_fingerprints(data, monkeypatch) -> None:
+    from hnn_bridge.recipe import Settings
+
+    assert "logit_scale" not in Settings().identity()  # runs before the setting still resume
+    assert Settings(logit_scale=0.5).identity()["logit_scale"] == 0.5
+    train, val = data
+    seen: list[torch.Tensor] = []
+    real = loop.F.cross_entropy
+
+    def spy(logits, y, **kw):
+        seen.append(logits.detach().clone())
+        return real(logits, y, **kw)
+
+    monkeypatch.setattr(loop.F, "cross_entropy", spy)
+    torch.manual_seed(0)
+    model = build("A784-A64-S10", steps=4, dropout=0.0)
+    train_model(model, list(model.parameters()), train, val, epochs=1, lr=2e-3, logit_scale=0.5)
+    counts = [2 * t for t in seen]  # every loss saw 0.5 x spike counts: integers in 0..T after doubling
+    assert all(torch.equal(c, c.round()) and c.min() >= 0 and c.max() <= 4 for c in counts)
+    assert any(bool((t != t.round()).any()) for t in seen)  # odd counts give halves

@@ -130,11 +130,12 @@ def score_batch(out: Tensor, y: Tensor) -> tuple[int, int, int, int]:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], dist: DistContext | None = None,
-             precision: str = "32") -> Metrics:
+             precision: str = "32", logit_scale: float = 1.0) -> Metrics:
     """Accuracy (strict tie rule and argmax), tie rate and loss over ``batches``.
 
     ``precision`` (`hnn_bridge.precision.PRECISIONS`): the forward runs under that autocast,
-    as in training; the device is the model's.
+    as in training; the device is the model's. ``logit_scale`` scales the outputs in the
+    loss only (as in `train_model`); the accuracies do not depend on it.
 
     Under DDP (``dist`` with several processes) each process passes its own share of the
     set and the counts are summed over all processes (every process gets the same
@@ -149,7 +150,7 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], dist: D
         for x, y in batches:
             with autocast(precision, device):
                 out = model(x)
-            loss += float(F.cross_entropy(out.float(), y, reduction="sum"))
+            loss += float(F.cross_entropy(logit_scale * out.float(), y, reduction="sum"))
             s, a, t, z = score_batch(out, y)
             strict, argmax, ties, silent, n = strict + s, argmax + a, ties + t, silent + z, n + len(y)
     finally:
@@ -194,6 +195,7 @@ def train_model(
     dist: DistContext | None = None,
     precision: str = "32",
     test_batches: Any = None,
+    logit_scale: float = 1.0,
 ) -> dict[str, Any]:
     """Train ``params`` of ``model`` with Adam for ``epochs`` epochs; return the final state.
 
@@ -201,6 +203,9 @@ def train_model(
     run under `torch.autocast` of that dtype (validation too), backward and Adam outside
     it, as in PyTorch's AMP recipe; ``"16"`` on CUDA adds a GradScaler, saved with the
     state. The neuron keeps its state in float32 (`hnn_bridge.functional.iir`).
+
+    ``logit_scale``: for a spiking output the loss is the cross entropy of ``logit_scale``
+    x the spike counts (eq. 2b: 1); a pure ANN's logits are used as they are.
 
     ``test_batches`` (optional, like ``val_batches``): every epoch's weights are also scored
     on the test set and logged (``test_acc``, ``test_acc_argmax``, ``test_tie_rate``), so
@@ -244,6 +249,7 @@ def train_model(
     progress = progress or Progress()
     dist = dist or SINGLE
     steps = getattr(model, "steps", None)  # T of a spiking output (counts in 0..T), else None
+    scale = logit_scale if steps is not None else 1.0
     net: nn.Module = model  # what the training forward/backward runs through
     if dist.distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -309,7 +315,7 @@ def train_model(
         for i, (x, y) in enumerate(train_batches.epoch_batches(epoch)):
             with autocast(precision, device):
                 out = net(x)
-                loss = F.cross_entropy(out.float(), y)
+                loss = F.cross_entropy(scale * out.float(), y)
             value = float(loss.detach())
             if dist.distributed:  # the global batch's mean loss, the same on every process
                 total, count = all_reduce_sum([value * len(y), len(y)], dist)
@@ -341,14 +347,15 @@ def train_model(
             scheduler.step()
         val_iter = val_batches.epoch_batches(epoch)
         with recording_spike_rates(model) as totals:
-            val = evaluate(model, val_iter, dist if dist.distributed else None, precision)
+            val = evaluate(model, val_iter, dist if dist.distributed else None, precision, scale)
         if dist.distributed and totals:  # every process's spikes and neuron-steps
             summed = all_reduce_sum([v for pair in totals.values() for v in pair], dist)
             totals = {k: summed[2 * j:2 * j + 2] for j, k in enumerate(totals)}
         test = None
         if test_batches is not None:
             saved_rng = rng_state(device)
-            test = evaluate(model, test_batches.epoch_batches(0), dist if dist.distributed else None, precision)
+            test = evaluate(model, test_batches.epoch_batches(0), dist if dist.distributed else None, precision,
+                            scale)
             set_rng_state(saved_rng)
         improved = val.acc > best_acc
         if improved:

@@ -76,7 +76,7 @@ EPOCH_FIELDS = ("job", "row", "label", "seed", "phase", "epoch", "train_loss", "
 # the first training images (in split order) on which SL weights are calibrated (init_rate)
 CALIBRATION_IMAGES = 64
 # settings that do not change a pure ANN (it has no coder and no spiking layer)
-_SNN_ONLY = ("steps", "input_mode", "backend", "neuron", "init_rate")
+_SNN_ONLY = ("steps", "input_mode", "backend", "neuron", "init_rate", "logit_scale")
 
 
 @dataclass(frozen=True)
@@ -397,7 +397,8 @@ class _Run:
                                 lr_milestones=s.lr_milestones, lr_gamma=s.lr_gamma, device=self.device,
                                 state=state, on_epoch=on_epoch, progress=progress, dist=self.dist,
                                 precision=s.precision,
-                                test_batches=test if self.options.test_every_epoch else None)
+                                test_batches=test if self.options.test_every_epoch else None,
+                                logit_scale=s.logit_scale)
         except NonFiniteLoss as err:
             final, status, error = dict(err.finished), "failed", str(err)
             reporter.note(f"row {row.index} {row.label} seed {job.seed_index}: {error}")
@@ -411,7 +412,8 @@ class _Run:
             model.load_state_dict(final["best_model"])
             # the firing rates of the test pass give the accumulate count (rank 0's shard under DDP)
             with recording_input_rates(model) as rates:
-                test_metrics = evaluate(model, test.epoch_batches(0), self.dist, s.precision).as_dict()
+                test_metrics = evaluate(model, test.epoch_batches(0), self.dist, s.precision,
+                                        1.0 if job.kind == "ann" else s.logit_scale).as_dict()
             test_metrics["ops"] = ops_summary(model, rates)
             if main:
                 torch_save({"model": final["best_model"], "arch": job.arch, "coder": job.coder,
