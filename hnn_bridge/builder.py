@@ -319,6 +319,7 @@ def build(
     activation: str | None = None,
     dropout: float = 0.0,
     norm: str = "none",
+    gaussian_sigma0: float = 0.0,
 ) -> HybridNet:
     """Build a hybrid network from an architecture string.
 
@@ -340,6 +341,10 @@ def build(
             of ALs and SLs except an artificial output layer (the logits); in SLs its
             statistics are over all T x B rows (shared over time). Not in the paper:
             the CIFAR-10 recipes need it for the deep spiking CNNs to learn.
+        gaussian_sigma0: Gaussian coding only: when > 0, the ln sigma half of the last
+            AL's bias starts at ln(gaussian_sigma0), so that the coder starts close to
+            duplicate coding and learns its noise; 0 keeps PyTorch's default
+            initialisation (sigma near 1 everywhere). The paper names none.
 
     Raises:
         ArchError: malformed architecture, or an MLP input width that does not match.
@@ -396,6 +401,10 @@ def build(
                 f"gaussian coding needs an artificial layer to produce (mu, ln sigma); {text!r} is all "
                 "spiking and codes the input itself: use duplicate or poisson"
             )
+    if gaussian_sigma0 < 0 or not math.isfinite(gaussian_sigma0):
+        raise ConfigError(f"gaussian_sigma0 must be a finite number >= 0 (0: default init), got {gaussian_sigma0!r}")
+    if gaussian_sigma0 > 0 and coder != "gaussian":
+        raise ConfigError(f"gaussian_sigma0 = {gaussian_sigma0!r} needs coder='gaussian' (the coder is {coder!r})")
     if coder == "poisson" and training == "simultaneous" and has_al_weights:
         raise ConfigError(
             "poisson coding is not differentiable, so its ALs cannot be trained with the SLs: "
@@ -420,4 +429,9 @@ def build(
     model = HybridNet(text, nn.Sequential(*parts.al), coder_module, parts.first_op, nn.Sequential(*parts.sl),
                       parts.layers, settings)
     model.weight_ops, model.neurons = parts.weight_ops, parts.neurons
+    if gaussian_sigma0 > 0:
+        head = model.weight_ops[max(i for i, info in enumerate(model.layers) if info.part == "AL")]
+        with torch.no_grad():  # (mu, ln sigma) are stacked along dim 1: the second half is ln sigma
+            head.bias[head.bias.numel() // 2:] = math.log(gaussian_sigma0)
+        settings["gaussian_sigma0"] = gaussian_sigma0
     return model

@@ -107,6 +107,9 @@ class Settings:
             and SLs (`hnn_bridge.builder.build`); not in the paper.
         precision: ``32`` (float32), ``bf16`` or ``16``: `torch.autocast` of the forward
             pass (`hnn_bridge.precision`); the neuron's state stays float32.
+        gaussian_sigma0: Gaussian coding: the initial sigma of the coder (the ln sigma
+            half of the last AL's bias starts at its log; `hnn_bridge.builder.build`);
+            0: PyTorch's default initialisation, sigma near 1.
         logit_scale: the cross entropy of a spiking output takes ``logit_scale`` x the
             spike counts as its logits (eq. 2b has 1); below 1 it asks for wider count
             margins for the same confidence, hence fewer tied top counts at small T.
@@ -132,6 +135,7 @@ class Settings:
     norm: str = "none"
     precision: str = "32"
     logit_scale: float = 1.0
+    gaussian_sigma0: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -156,7 +160,7 @@ class Settings:
 
 SETTING_KEYS = tuple(f.name for f in fields(Settings))
 #: settings added after results were first saved -> the value that means "as before"
-ADDED_LATER: dict[str, Any] = {"norm": "none", "precision": "32", "logit_scale": 1.0}
+ADDED_LATER: dict[str, Any] = {"norm": "none", "precision": "32", "logit_scale": 1.0, "gaussian_sigma0": 0.0}
 NORM_NAMES = ("none", "batch")  # = hnn_bridge.builder.NORMS (checked by a test)
 ROW_KEYS = ("arch", "coder", "training", "paper", "label", "note")
 RECIPE_KEYS = ("name", "title", "paper_table", "dataset", "description")
@@ -335,6 +339,8 @@ def _check_setting(key: str, value: Any, where: str) -> Any:
         return _float(value, where, 0.0, 1.0, lo_open=True)
     if key == "logit_scale":
         return _float(value, where, 0.0, 100.0, lo_open=True)
+    if key == "gaussian_sigma0":
+        return _float(value, where, 0.0, 100.0)
     if key in ("dropout", "init_rate"):
         return _float(value, where, 0.0, 1.0, hi_open=True)
     if key == "lr_milestones":
@@ -506,6 +512,7 @@ def build_row(row: RowSpec, *, backend: str | None = None):  # -> HybridNet
         row.arch, coder=row.coder, steps=s.steps, backend=backend or s.backend, input_shape=s.input_shape,
         input_mode=s.input_mode, neuron=s.neuron, training=row.training,
         activation=None if s.activation == "auto" else s.activation, dropout=s.dropout, norm=s.norm,
+        gaussian_sigma0=s.gaussian_sigma0 if row.coder == "gaussian" else 0.0,
     )
 
 

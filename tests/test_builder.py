@@ -1,5 +1,8 @@
 """`build`: every table architecture, the coder rules, and what runs once vs T times."""
 
+import math
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -194,3 +197,27 @@ def test_gaussian_mu_passes_the_al_activation_and_ln_sigma_stays_linear(arch, sh
     assert torch.equal(seen["a"][:, :n], torch.relu(linear[:, :n]))  # mu: ReLU, as every AL output
     assert torch.equal(seen["a"][:, n:], linear[:, n:])  # ln sigma: linear, free to be negative
     assert (linear[:, n:] < 0).any()
+
+
+@pytest.mark.parametrize("arch,shape", [("A784-A500-S10", MNIST), ("A784-S500-S10", MNIST),
+                                        ("A32C3-S32C3-P2-S10", (3, 32, 32))])
+def test_gaussian_sigma0_starts_ln_sigma_at_its_log_and_leaves_mu_alone(arch, shape):
+    torch.manual_seed(4)
+    default = build(arch, coder="gaussian", steps=3, input_shape=shape)
+    torch.manual_seed(4)
+    model = build(arch, coder="gaussian", steps=3, input_shape=shape, gaussian_sigma0=0.05)
+    head = model.weight_ops[max(i for i, info in enumerate(model.layers) if info.part == "AL")]
+    ref = default.weight_ops[max(i for i, info in enumerate(default.layers) if info.part == "AL")]
+    n = head.bias.numel() // 2
+    assert torch.equal(head.bias[n:], torch.full((n,), math.log(0.05)))
+    assert torch.equal(head.bias[:n], ref.bias[:n]) and torch.equal(head.weight, ref.weight)
+    assert model.settings["gaussian_sigma0"] == 0.05
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"coder": "duplicate", "gaussian_sigma0": 0.1}, "gaussian_sigma0 = 0.1 needs coder='gaussian' (the coder is 'duplicate')"),
+    ({"coder": "gaussian", "gaussian_sigma0": -1.0}, "gaussian_sigma0 must be a finite number >= 0 (0: default init), got -1.0"),
+])
+def test_gaussian_sigma0_errors(kwargs, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build("A784-A500-S10", input_shape=MNIST, **kwargs)

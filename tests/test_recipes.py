@@ -144,6 +144,7 @@ def test_bad_toml_names_the_file(tmp_path: Path) -> None:
         ("paper = 90.0", "paper = 190.0", r"key 'paper': must be in \[0, 100\]"),
         ("epochs = 1", "epochs = 1\ninit_rate = 1.0", r": \[defaults\]: key 'init_rate': must be in \[0, 1\)"),
         ("epochs = 1", "epochs = 1\nlogit_scale = 0", r": \[defaults\]: key 'logit_scale': must be in \(0, 100\], got 0"),
+        ("epochs = 1", "epochs = 1\ngaussian_sigma0 = -0.1", r": \[defaults\]: key 'gaussian_sigma0': must be in \[0, 100\]"),
     ],
 )
 def test_bad_keys_name_file_row_and_key(tmp_path: Path, old: str, new: str, message: str) -> None:
