@@ -45,10 +45,8 @@ def main() -> None:
     p.add_argument("--v-threshold", type=float, default=1.0)
     p.add_argument("--tau-m", type=float, default=None,
                    help="membrane time constant (eq. 1; the recipe's 4); the reset decay follows, e^(-1/tau_m)")
-    p.add_argument("--log-sigma-bias", type=float, default=None,
-                   help="Gaussian coder: start the ln sigma half of the last AL's bias here (default init: ~0)")
-    p.add_argument("--mu-activation", action="store_true",
-                   help="Gaussian coder: pass mu through the ALs' activation (ReLU), ln sigma unchanged")
+    p.add_argument("--gaussian-sigma0", type=float, default=0.0,
+                   help="Gaussian coder: initial sigma (build's gaussian_sigma0; 0: default init, sigma ~ 1)")
     p.add_argument("--norm", default="batch", choices=["none", "batch"])
     p.add_argument("--bn-eval", default="running", choices=["running", "batch"])
     p.add_argument("--no-output-norm", action="store_true", help="no batch norm before the output neurons")
@@ -68,19 +66,7 @@ def main() -> None:
     if a.tau_m is not None:
         neuron = replace(neuron, tau_m=a.tau_m, reset_decay=math.exp(-1 / a.tau_m))
     net = hb.build(row.arch, coder=row.coder, steps=a.steps, input_shape=INPUT_SHAPES[dataset], neuron=neuron,
-                   dropout=a.dropout, norm=a.norm, training="simultaneous")
-    if a.log_sigma_bias is not None:  # the last AL's op produces (mu, ln sigma) stacked along dim 1
-        head = net.weight_ops[max(i for i, info in enumerate(net.layers) if info.part == "AL")]
-        with torch.no_grad():
-            head.bias[head.bias.numel() // 2:] = a.log_sigma_bias
-    if a.mu_activation:
-        coder_forward = net.coder.forward
-
-        def relu_mu(x: torch.Tensor) -> torch.Tensor:
-            mu, log_sigma = x.chunk(2, dim=1)
-            return coder_forward(torch.cat([torch.relu(mu), log_sigma], dim=1))
-
-        net.coder.forward = relu_mu
+                   dropout=a.dropout, norm=a.norm, training="simultaneous", gaussian_sigma0=a.gaussian_sigma0)
     if a.no_output_norm:  # the last batch norm of the spiking part feeds the output neurons
         last = max(i for i, m in enumerate(net.sl) if isinstance(getattr(m, "module", None), nn.modules.batchnorm._BatchNorm))
         net.sl[last] = nn.Identity()

@@ -214,3 +214,17 @@ def test_resume_across_a_milestone_is_bit_identical(scheduled, tmp_path: Path, m
     ours = resumed["rows"][0]["seeds"][0]
     assert (ours["test_acc"], ours["best_epoch"], ours["best_val_acc"]) == (ref["test_acc"], ref["best_epoch"],
                                                                            ref["best_val_acc"])
+
+
+@pytest.mark.slow
+def test_a_short_gaussian_run_learns_mnist(tmp_path: Path) -> None:
+    """The Gaussian coder (mu through the ReLU, ln sigma linear) in a real short run."""
+    text = LEARN[:LEARN.index("[[rows]]")] + """
+[[rows]]
+arch = "A784-A128-S10"
+label = "gaussian"
+coder = "gaussian"
+training = "simultaneous"
+"""
+    seed = _seed(run_recipe(_recipe(tmp_path, text).configure(), RunOptions(out=tmp_path / "out")), "gaussian")
+    assert seed["test_acc"] >= THRESHOLD, seed["test_acc"]

@@ -134,8 +134,8 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], dist: D
     """Accuracy (strict tie rule and argmax), tie rate and loss over ``batches``.
 
     ``precision`` (`hnn_bridge.precision.PRECISIONS`): the forward runs under that autocast,
-    as in training; the device is the model's. ``logit_scale`` scales the outputs in the
-    loss only (as in `train_model`); the accuracies do not depend on it.
+    as in training; the device is the model's. ``logit_scale`` scales a spiking output in
+    the loss only (as in `train_model`); the accuracies do not depend on it.
 
     Under DDP (``dist`` with several processes) each process passes its own share of the
     set and the counts are summed over all processes (every process gets the same
@@ -146,11 +146,12 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], dist: D
     strict = argmax = ties = silent = n = 0
     loss = 0.0
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    scale = _loss_scale(model, logit_scale)
     try:
         for x, y in batches:
             with autocast(precision, device):
                 out = model(x)
-            loss += float(F.cross_entropy(logit_scale * out.float(), y, reduction="sum"))
+            loss += float(F.cross_entropy(scale * out.float(), y, reduction="sum"))
             s, a, t, z = score_batch(out, y)
             strict, argmax, ties, silent, n = strict + s, argmax + a, ties + t, silent + z, n + len(y)
     finally:
@@ -161,6 +162,11 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], dist: D
     if n == 0:
         return Metrics(0.0, 0.0, 0.0, 0.0, math.nan, 0)
     return Metrics(strict / n, argmax / n, ties / n, silent / n, loss / n, n)
+
+
+def _loss_scale(model: nn.Module, logit_scale: float) -> float:
+    """``logit_scale`` for a spiking output (counts over T steps), 1 for an ANN's logits."""
+    return logit_scale if getattr(model, "steps", None) is not None else 1.0
 
 
 def _cpu(obj: Any) -> Any:
@@ -249,7 +255,7 @@ def train_model(
     progress = progress or Progress()
     dist = dist or SINGLE
     steps = getattr(model, "steps", None)  # T of a spiking output (counts in 0..T), else None
-    scale = logit_scale if steps is not None else 1.0
+    scale = _loss_scale(model, logit_scale)
     net: nn.Module = model  # what the training forward/backward runs through
     if dist.distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -347,7 +353,7 @@ def train_model(
             scheduler.step()
         val_iter = val_batches.epoch_batches(epoch)
         with recording_spike_rates(model) as totals:
-            val = evaluate(model, val_iter, dist if dist.distributed else None, precision, scale)
+            val = evaluate(model, val_iter, dist if dist.distributed else None, precision, logit_scale)
         if dist.distributed and totals:  # every process's spikes and neuron-steps
             summed = all_reduce_sum([v for pair in totals.values() for v in pair], dist)
             totals = {k: summed[2 * j:2 * j + 2] for j, k in enumerate(totals)}
@@ -355,7 +361,7 @@ def train_model(
         if test_batches is not None:
             saved_rng = rng_state(device)
             test = evaluate(model, test_batches.epoch_batches(0), dist if dist.distributed else None, precision,
-                            scale)
+                            logit_scale)
             set_rng_state(saved_rng)
         improved = val.acc > best_acc
         if improved:

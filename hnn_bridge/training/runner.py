@@ -413,7 +413,7 @@ class _Run:
             # the firing rates of the test pass give the accumulate count (rank 0's shard under DDP)
             with recording_input_rates(model) as rates:
                 test_metrics = evaluate(model, test.epoch_batches(0), self.dist, s.precision,
-                                        1.0 if job.kind == "ann" else s.logit_scale).as_dict()
+                                        s.logit_scale).as_dict()
             test_metrics["ops"] = ops_summary(model, rates)
             if main:
                 torch_save({"model": final["best_model"], "arch": job.arch, "coder": job.coder,
