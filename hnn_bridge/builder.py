@@ -266,12 +266,13 @@ class _Assembly:
         if norm is not None:
             self.al.append(norm)
             n_params += sum(p.numel() for p in norm.parameters())
-        if coder_input:
-            self.al.append(MuActivation(self.activation()))
+        if coder_input:  # dropout, too, acts on mu only: a dropped ln sigma would mean sigma = 1
+            mu_ops = [self.activation()] + ([nn.Dropout(self.dropout)] if self.dropout > 0 else [])
+            self.al.append(MuActivation(nn.Sequential(*mu_ops) if len(mu_ops) > 1 else mu_ops[0]))
         elif not out_layer:
             self.al.append(self.activation())
-        if not out_layer and self.dropout > 0:
-            self.al.append(nn.Dropout(self.dropout))
+            if self.dropout > 0:
+                self.al.append(nn.Dropout(self.dropout))
         self.layers.append(LayerInfo(s.token, "AL", s.op, out_shape, n_params, macs, "values", False))
         self.shape = out_shape
 

@@ -62,8 +62,10 @@ class GaussianCoder(Coder):
 
 
 class MuActivation(nn.Module):
-    """The ALs' activation on mu of a (mu, ln sigma) stack along dim 1; ln sigma stays
-    linear (it must be free to go negative).
+    """The ALs' activation (and dropout, where the recipe has it) on mu of a (mu, ln sigma)
+    stack along dim 1; ln sigma stays linear (it must be free to go negative) and is never
+    dropped (a zeroed ln sigma is sigma = 1, and inverted dropout's 1 / (1 - p) would raise
+    sigma to that power).
 
     mu plays the part that the AL output a plays for duplicate coding (eq. 7 against
     §3.2.1), so it is an activation like every other AL output. Without it the last AL

@@ -199,6 +199,25 @@ def test_gaussian_mu_passes_the_al_activation_and_ln_sigma_stays_linear(arch, sh
     assert (linear[:, n:] < 0).any()
 
 
+@pytest.mark.parametrize("arch,shape", [("A784-A500-S10", MNIST), ("A32C3-S32C3-P2-S10", (3, 32, 32))])
+def test_gaussian_dropout_drops_mu_only_and_never_ln_sigma(arch, shape):
+    torch.manual_seed(5)
+    model = build(arch, coder="gaussian", steps=3, input_shape=shape, dropout=0.5).train()
+    x = torch.rand(8, *shape)
+    seen = {}
+    model.coder.register_forward_hook(lambda _m, inputs, _o: seen.update(a=inputs[0]))
+    model(x)
+    op = model.weight_ops[max(i for i, info in enumerate(model.layers) if info.part == "AL")]
+    linear = op(model.al[:-2](x))  # the last AL's op on what the layers before it give
+    n = linear.shape[1] // 2
+    mu, log_sigma = seen["a"][:, :n], seen["a"][:, n:]
+    relu = torch.relu(linear[:, :n])
+    kept = mu != 0
+    assert torch.allclose(mu[kept], 2 * relu[kept])  # inverted dropout at p = 0.5 on mu
+    assert ((relu > 0) & ~kept).any()  # some positive mu were dropped
+    assert torch.equal(log_sigma, linear[:, n:])  # ln sigma: neither dropped nor rescaled
+
+
 @pytest.mark.parametrize("arch,shape", [("A784-A500-S10", MNIST), ("A784-S500-S10", MNIST),
                                         ("A32C3-S32C3-P2-S10", (3, 32, 32))])
 def test_gaussian_sigma0_starts_ln_sigma_at_its_log_and_leaves_mu_alone(arch, shape):

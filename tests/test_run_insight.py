@@ -69,6 +69,14 @@ def test_norm_none_keeps_the_fingerprints_of_older_runs(tmp_path: Path):
     assert other.twin.name != job.twin.name  # the pre-trained ANN with BN is another checkpoint
 
 
+def test_gaussian_runs_made_when_dropout_also_hit_ln_sigma_retrain(tmp_path: Path):
+    rows = load_recipe(_recipe(tmp_path, TINY_RECIPE)).configure().rows
+    assert _jobs(rows[1], 0).fingerprint["gaussian_dropout"] == "mu"  # dropout 0.2: a new run
+    assert "gaussian_dropout" not in _jobs(rows[0], 0).fingerprint  # duplicate rows keep theirs
+    no_dropout = load_recipe(_recipe(tmp_path, TINY_RECIPE)).configure(overrides={"dropout": 0.0}).rows[1]
+    assert "gaussian_dropout" not in _jobs(no_dropout, 0).fingerprint  # nothing changed without dropout
+
+
 def test_rates_in_epochs_csv_results_and_rates_png(tmp_path: Path):
     out = tmp_path / "out"
     result = _cli("recipe", str(_recipe(tmp_path, DUP)), "--rows", "1", "--out", str(out))

@@ -185,6 +185,8 @@ def _jobs(row: RowSpec, seed_index: int) -> _Job:
                    "twin": twin.fingerprint if twin else None}
     if row.coder == "gaussian":  # mu passes the AL activation (coders.MuActivation); runs before it were linear
         fingerprint["gaussian_mu"] = "activation"
+        if s.dropout > 0:  # dropout acts on mu only; runs before it also dropped ln sigma
+            fingerprint["gaussian_dropout"] = "mu"
     return _Job("hnn", f"{row.slug}-s{seed_index}", row.arch, row.coder, row.training, activation, s,
                 seed_index, seed, fingerprint, row, twin)
 
