@@ -53,9 +53,10 @@ def main() -> None:
     p.add_argument("--logit-scale", type=float, default=1.0,
                    help="cross entropy on scale x counts (eq. 2b has 1); < 1 asks for wider count margins")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="weights, dropout and coder noise (the data and its order stay)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
+    torch.manual_seed(a.seed)
     row = load_recipe(a.table).rows[a.row - 1]
     dataset = load_recipe(a.table).dataset
     ds = load_dataset(dataset, a.data_dir)
