@@ -75,6 +75,8 @@ def test_gaussian_runs_made_when_dropout_also_hit_ln_sigma_retrain(tmp_path: Pat
     assert "gaussian_dropout" not in _jobs(rows[0], 0).fingerprint  # duplicate rows keep theirs
     no_dropout = load_recipe(_recipe(tmp_path, TINY_RECIPE)).configure(overrides={"dropout": 0.0}).rows[1]
     assert "gaussian_dropout" not in _jobs(no_dropout, 0).fingerprint  # nothing changed without dropout
+    head = load_recipe(_recipe(tmp_path, TINY_RECIPE.replace('arch = "A784-A32-S10"\nlabel', 'arch = "A784-S32-S10"\nlabel'))).configure().rows[1]
+    assert head.arch == "A784-S32-S10" and "gaussian_dropout" not in _jobs(head, 0).fingerprint  # no dropout after a head
 
 
 def test_rates_in_epochs_csv_results_and_rates_png(tmp_path: Path):

@@ -185,8 +185,9 @@ def _jobs(row: RowSpec, seed_index: int) -> _Job:
                    "twin": twin.fingerprint if twin else None}
     if row.coder == "gaussian":  # mu passes the AL activation (coders.MuActivation); runs before it were linear
         fingerprint["gaussian_mu"] = "activation"
-        if s.dropout > 0:  # dropout acts on mu only; runs before it also dropped ln sigma
-            fingerprint["gaussian_dropout"] = "mu"
+        last_al = [spec for spec in parse_arch(row.arch) if spec.kind == "A" and spec.op != "pool"][-1]
+        if s.dropout > 0 and last_al.op != "input":  # dropout acts on mu only; before, also on ln sigma
+            fingerprint["gaussian_dropout"] = "mu"  # (an input token's head never had dropout)
     return _Job("hnn", f"{row.slug}-s{seed_index}", row.arch, row.coder, row.training, activation, s,
                 seed_index, seed, fingerprint, row, twin)
 
