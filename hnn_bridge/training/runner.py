@@ -708,8 +708,10 @@ def _run_parallel(run: _Run, recipe: Recipe, options: RunOptions,
                         if on_results is not None:
                             on_results(run.results(done_so_far(), finished=False))
     except BaseException:
+        # taken before shutdown, which sets the pool's process table to None
+        processes = list((getattr(pool, "_processes", None) or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
-        for process in list(getattr(pool, "_processes", {}).values()):  # stop running jobs too
+        for process in processes:  # stop running jobs too
             process.terminate()
         raise
     pool.shutdown()
