@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .coders import CODERS, Coder, MuActivation, make_coder
 from .errors import ArchError, ConfigError
-from .notation import LayerSpec, parse_arch
+from .notation import LayerSpec, last_al, parse_arch
 from .params import IIRParams
 from .pooling import MaxPool2d
 
@@ -194,7 +194,7 @@ class _Assembly:
     def __post_init__(self) -> None:
         self.shape = self.input_shape
         self.widen = self.coder_module.width_factor if self.coder_module else 1
-        self.last_al = max((i for i, s in enumerate(self.specs) if s.kind == "A" and s.op != "pool"), default=-1)
+        self.last_al = last_al(self.specs)
         self.first_sl = next((i for i, s in enumerate(self.specs) if s.spiking and s.has_weights), None)
         self.coded = "spikes" if self.coder_module is not None and self.coder_module.binary else "values"
 
@@ -267,8 +267,8 @@ class _Assembly:
             self.al.append(norm)
             n_params += sum(p.numel() for p in norm.parameters())
         if coder_input:  # dropout, too, acts on mu only: a dropped ln sigma would mean sigma = 1
-            mu_ops = [self.activation()] + ([nn.Dropout(self.dropout)] if self.dropout > 0 else [])
-            self.al.append(MuActivation(nn.Sequential(*mu_ops) if len(mu_ops) > 1 else mu_ops[0]))
+            mu = self.activation() if self.dropout == 0 else nn.Sequential(self.activation(), nn.Dropout(self.dropout))
+            self.al.append(MuActivation(mu))
         elif not out_layer:
             self.al.append(self.activation())
             if self.dropout > 0:

@@ -126,6 +126,11 @@ def is_mlp(specs: Sequence[LayerSpec]) -> bool:
     return specs[0].op == "input"
 
 
+def last_al(specs: Sequence[LayerSpec]) -> int:
+    """Index of the last AL (an A token that is not a pooling), the one that feeds the coder; -1 if none."""
+    return max((i for i, s in enumerate(specs) if s.kind == "A" and s.op != "pool"), default=-1)
+
+
 def format_arch(specs: Sequence[LayerSpec]) -> str:
     return "-".join(s.token for s in specs)
 

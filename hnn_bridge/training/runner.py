@@ -56,7 +56,7 @@ from torch import nn
 
 from .. import __version__
 from ..calibration import calibrate_firing
-from ..notation import ann_twin, parse_arch
+from ..notation import ann_twin, last_al, parse_arch
 from ..ops import ops_summary
 from ..rates import recording_input_rates
 from ..recipe import ADDED_LATER, Recipe, RecipeError, RowSpec, Settings, build_row
@@ -185,8 +185,8 @@ def _jobs(row: RowSpec, seed_index: int) -> _Job:
                    "twin": twin.fingerprint if twin else None}
     if row.coder == "gaussian":  # mu passes the AL activation (coders.MuActivation); runs before it were linear
         fingerprint["gaussian_mu"] = "activation"
-        last_al = [spec for spec in parse_arch(row.arch) if spec.kind == "A" and spec.op != "pool"][-1]
-        if s.dropout > 0 and last_al.op != "input":  # dropout acts on mu only; before, also on ln sigma
+        specs = parse_arch(row.arch)
+        if s.dropout > 0 and specs[last_al(specs)].op != "input":  # dropout acts on mu only; before, also on ln sigma
             fingerprint["gaussian_dropout"] = "mu"  # (an input token's head never had dropout)
     return _Job("hnn", f"{row.slug}-s{seed_index}", row.arch, row.coder, row.training, activation, s,
                 seed_index, seed, fingerprint, row, twin)
