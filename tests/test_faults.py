@@ -1,9 +1,9 @@
 """Faults around resuming and the output folder: a run killed (SIGKILL) while writing a
 checkpoint resumes to the uninterrupted result; truncated or corrupt files give a one-line
 error naming the file and how to restart its row; a state saved with other settings restarts
-only its row; a read-only or full --out fails before training; --resume with --jobs; a row
-that stopped on a NaN loss; init_rate calibration inside the runner; error paths of the CLI
-and of separate learning."""
+only its row; a read-only or full --out fails before training; --resume with --jobs; Ctrl-C
+on a --jobs run; a row that stopped on a NaN loss; init_rate calibration inside the runner;
+error paths of the CLI and of separate learning."""
 
 from __future__ import annotations
 
@@ -363,6 +363,92 @@ def test_resume_with_jobs_equals_an_uninterrupted_run(tmp_path: Path, monkeypatc
     assert "row 1 A784-A32-S10, seed 0 | epoch 1/3" not in workers  # row 1 continued, it did not start over
     _no_partial_files(out)
     _assert_same(reference, out)
+
+
+# ----------------------------------------------------------------------------- Ctrl-C on --jobs 2
+
+SLOW_SAVES = r"""
+import os, sys, time
+from hnn_bridge.training import runner
+
+if os.environ.get("HNN_TEST_SLOW_SAVES"):  # also runs in the spawned workers, which import this file
+    real = runner.save_state
+
+    def save_then_wait(path, state):
+        real(path, state)
+        time.sleep(float(os.environ["HNN_TEST_SLOW_SAVES"]))
+
+    runner.save_state = save_then_wait
+
+if __name__ == "__main__":
+    from hnn_bridge.cli import main
+    main(sys.argv[1:], prog_name="hnn-bridge")
+"""
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] not in "ZX"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads worker processes from /proc")
+def test_ctrl_c_on_a_parallel_run_stops_every_worker_and_resumes(tmp_path: Path) -> None:
+    """SIGINT to the process group, as a terminal's Ctrl-C sends it, while a --jobs 2 run trains
+    its rows: exit status 130 with the resume hint and no traceback, no worker left running, and
+    --resume finishes with the result of an uninterrupted --jobs 2 run."""
+    import time
+
+    recipe = _write_recipe(tmp_path, RECIPE.replace("epochs = 3", "epochs = 6"))
+    script = tmp_path / "cli.py"
+    script.write_text(SLOW_SAVES)
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "HNN_TEST_SLOW_SAVES")}
+
+    def cli(out: Path, *extra: str, slow: bool = False) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(script), "recipe", str(recipe), "--out", str(out), "--jobs", "2",
+                                 *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True, env={**env, **({"HNN_TEST_SLOW_SAVES": "1"} if slow else {})})
+
+    reference = cli(tmp_path / "reference")
+    assert reference.wait(timeout=300) == 0, reference.communicate()
+    out = tmp_path / "out"
+    proc = cli(out, slow=True)
+    deadline = time.monotonic() + 240
+    while not list((out / "checkpoints").glob("r0*.state.pt")):  # a row (not the pure ANN) has saved an epoch
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    assert len(workers) >= 2  # two workers (and the resource tracker)
+    for pid in workers:  # a worker still importing torch would print a traceback on SIGINT: they ignore it
+        ignored = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                       if line.startswith("SigIgn:"))
+        assert int(ignored.split()[1], 16) >> (signal.SIGINT - 1) & 1, (pid, ignored)
+    os.killpg(proc.pid, signal.SIGINT)
+    _stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "Error" not in stderr, stderr
+    assert (f"interrupted: finished epochs and rows are saved in {out}; continue with\n"
+            f"  hnn-bridge recipe {recipe} --jobs 2 --out {out} --resume") in stderr
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in workers if _alive(pid)]
+    assert not (out / "results.json").exists() or json.loads((out / "results.json").read_text())["finished"] is False
+    again = cli(out, "--resume")
+    _stdout, stderr = again.communicate(timeout=300)
+    assert again.returncode == 0, stderr
+    assert "resuming after epoch" in stderr
+    _no_partial_files(out)
+    _assert_same(tmp_path / "reference", out)
 
 
 # ----------------------------------------------------------------------------- NaN, then resume

@@ -44,6 +44,8 @@ import io
 import json
 import os
 import platform
+import signal
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -694,8 +696,9 @@ def _run_parallel(run: _Run, recipe: Recipe, options: RunOptions,
                     if job.twin is not None and job.twin.name in run.job_results:
                         known[job.twin.name] = run.job_results[job.twin.name]
                     tasks.append((job, row, known))
-            pending = {pool.submit(_job_worker, recipe, worker_options, job, row, known, console)
-                       for job, row, known in tasks}
+            with _workers_ignore_ctrl_c():
+                pending = {pool.submit(_job_worker, recipe, worker_options, job, row, known, console)
+                           for job, row, known in tasks}
             while pending:
                 ready, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in ready:
@@ -726,6 +729,25 @@ def _run_parallel(run: _Run, recipe: Recipe, options: RunOptions,
     if on_results is not None:
         on_results(results)
     return results
+
+
+@contextmanager
+def _workers_ignore_ctrl_c() -> Iterator[None]:
+    """Ignore SIGINT in this process while the pool starts workers (it starts them on submit).
+
+    A terminal's Ctrl-C goes to the whole process group; a worker caught in the middle of
+    starting up would print an import traceback. Workers inherit the ignored signal, so
+    Ctrl-C reaches this process only, whose clean-up in ``_run_parallel`` stops them (a
+    Ctrl-C during the few milliseconds of a submit is dropped).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 _WORKER_DATA: dict[tuple[str, int, int], _Data] = {}  # datasets loaded by this worker process
