@@ -381,6 +381,8 @@ if os.environ.get("HNN_TEST_SLOW_SAVES"):  # also runs in the spawned workers, w
     runner.save_state = save_then_wait
 
 if __name__ == "__main__":
+    import signal
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if pytest runs in the background
     from hnn_bridge.cli import main
     main(sys.argv[1:], prog_name="hnn-bridge")
 """
