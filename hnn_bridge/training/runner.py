@@ -641,10 +641,12 @@ def _run_parallel(run: _Run, recipe: Recipe, options: RunOptions,
                   on_results: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     """`_run` with the (row, seed) jobs in ``options.jobs`` worker processes.
 
-    Phase 1 trains (or reuses) every pure ANN that a separate row needs, each once, with the
-    row that needs it first in the sequential order; phase 2 runs the remaining jobs, each
-    given the results of phase 1 so that it reuses them exactly as a sequential run does.
-    Results, logs and report files are put together here in the sequential order.
+    Every pure ANN that a separate row needs is trained (or reused) once, as the job of the
+    row that needs it first in the sequential order, and goes first into the queue; the
+    rows that need it are queued when it finishes, given its result so that they reuse it
+    exactly as a sequential run does. Every other job is queued at the start, so a worker
+    never waits for an ANN that its job does not need. Results, logs and report files are
+    put together here in the sequential order.
     """
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -664,7 +666,8 @@ def _run_parallel(run: _Run, recipe: Recipe, options: RunOptions,
     worker_options = replace(options, reporter=Reporter())
     console = isinstance(options.reporter, ConsoleReporter)
     run.reporter.note(f"running {len(order)} job(s) in {workers} worker processes ({threads} thread(s) each)"
-                      + (f", after {len(twins)} pure ANN(s) for separate learning" if twins else ""))
+                      + (f"; {len(twins)} pure ANN(s) for separate learning first, the rows that need them "
+                         "after" if twins else ""))
     finished: dict[tuple[int, int], dict[str, Any]] = {}
 
     def done_so_far() -> dict[int, list[dict[str, Any]]]:
@@ -682,34 +685,36 @@ def _run_parallel(run: _Run, recipe: Recipe, options: RunOptions,
 
     ctx = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(threads,))
+    pending: set[Any] = set()
+
+    def submit(job: _Job, row: RowSpec, known: dict[str, dict[str, Any]]) -> None:
+        with _workers_ignore_ctrl_c():  # the pool may start a worker on submit
+            pending.add(pool.submit(_job_worker, recipe, worker_options, job, row, known, console))
+
     try:
-        for phase in ("pure ANNs", "rows"):
-            if phase == "pure ANNs":
-                tasks = [(job, row, {}) for job, row in twins.values()]
+        waiting: dict[str, list[tuple[RowSpec, _Job]]] = {}  # pure ANN -> the jobs that need it
+        for job, row in twins.values():
+            submit(job, row, {})
+        for row, _k, job in order:
+            if job.name in twins:  # a pure-ANN row that is also a separate row's ANN
+                continue
+            if job.twin is not None and job.twin.name in twins:
+                waiting.setdefault(job.twin.name, []).append((row, job))
             else:
-                tasks = []
+                submit(job, row, {})
+        while pending:
+            ready, _ = wait(pending, return_when=FIRST_COMPLETED)
+            pending.difference_update(ready)
+            for future in ready:
+                result, logs = future.result()
+                collect(result, logs)
+                for row, job in waiting.pop(result["job"], []):
+                    submit(job, row, {result["job"]: result})
                 for row, k, job in order:
-                    if job.name in run.job_results:  # a pure-ANN row trained in phase 1
-                        finished[(row.index, k)] = run.job_results[job.name]
-                        continue
-                    known = {}
-                    if job.twin is not None and job.twin.name in run.job_results:
-                        known[job.twin.name] = run.job_results[job.twin.name]
-                    tasks.append((job, row, known))
-            with _workers_ignore_ctrl_c():
-                pending = {pool.submit(_job_worker, recipe, worker_options, job, row, known, console)
-                           for job, row, known in tasks}
-            while pending:
-                ready, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in ready:
-                    result, logs = future.result()
-                    collect(result, logs)
-                    if phase == "rows":
-                        for row, k, job in order:
-                            if job.name == result["job"]:
-                                finished[(row.index, k)] = result
-                        if on_results is not None:
-                            on_results(run.results(done_so_far(), finished=False))
+                    if job.name == result["job"]:
+                        finished[(row.index, k)] = result
+                if on_results is not None:
+                    on_results(run.results(done_so_far(), finished=False))
     except BaseException:
         # taken before shutdown, which sets the pool's process table to None
         processes = list((getattr(pool, "_processes", None) or {}).values())
