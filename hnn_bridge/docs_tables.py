@@ -103,4 +103,7 @@ if __name__ == "__main__":  # python -m hnn_bridge.docs_tables docs/results.md
     import sys
 
     for doc in sys.argv[1:]:
-        print(f"{doc}: {sync_document(doc)} block(s) rewritten")
+        try:
+            print(f"{doc}: {sync_document(doc)} block(s) rewritten")
+        except FileNotFoundError as exc:  # a block names a run folder without results.json
+            sys.exit(f"{doc}: nothing rewritten: {exc}")

@@ -66,7 +66,7 @@ def test_epoch_suite_estimates_from_limited_batches(tmp_path):
     c = res["config"]
     assert c["arch"] == "A784-S500-S10" and c["coder"] == "duplicate" and c["train_images"] == 3000
     assert c["batches_per_epoch"] == 188 and c["batches_measured"] == 2 and c["estimated"]
-    assert "2 of 188 batches measured" in c["note"] and c["settings"]["lr"] == 1e-4
+    assert "2 of 188 batches measured" in c["note"] and c["settings"]["lr"] == 1e-3
     rows = res["rows"]
     assert [r["name"] for r in rows] == ["ours: reference", "SpikingJelly LIFNode net", "snnTorch Leaky loop net"]
     for r in rows:

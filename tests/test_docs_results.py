@@ -56,3 +56,18 @@ def test_a_run_scored_on_test_every_epoch_adds_the_best_test_epoch_columns(tmp_p
     assert rule.count("---") == 13
     assert line == "| 1 | S784-S500-S10 (baseline) | duplicate | simultaneous | 97.04 | 97.45 | 0.94% | 98.13 | -0.68 | " \
         "68 | 97.71 | 91 | 1 |"
+
+
+def test_the_command_names_a_missing_run_folder_and_leaves_the_document_alone(tmp_path: Path):
+    import subprocess
+    import sys
+
+    shutil.copytree(DOCS / "full-budget" / "table1a", tmp_path / "run")
+    doc = tmp_path / "doc.md"
+    text = "<!-- results: run -->\nold\n<!-- end results -->\n<!-- results: gone -->\n<!-- end results -->\n"
+    doc.write_text(text)
+    proc = subprocess.run([sys.executable, "-m", "hnn_bridge.docs_tables", str(doc)], capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == (f"{doc}: nothing rewritten: {tmp_path / 'gone'}: no results.json "
+                                   "(run `hnn-bridge recipe ... --out DIR` first)")
+    assert doc.read_text() == text  # the good block is not rewritten either

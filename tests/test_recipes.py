@@ -72,12 +72,13 @@ def test_every_shipped_recipe_parses_and_every_row_builds(name: str, profile: st
             assert (s.neuron.tau_m, s.neuron.tau_s, s.neuron.synapse) == (4.0, 1.0, "dual_exp")
         elif recipe.dataset == "mnist":
             assert s.dataset == "mnist-5k"
-        # the CIFAR CNNs depart from Fang et al.'s MNIST setup where measurements said so
-        # (the reasons are in the TOML): batch norm, no dropout, lr 1e-3, no calibration
+        # every recipe departs from Fang et al.'s lr 1e-4 (measured, reasons in the TOML);
+        # the CIFAR CNNs also from their MNIST setup: batch norm, no dropout, no calibration
+        assert s.lr == 1e-3
         if cifar:
-            assert (s.norm, s.dropout, s.lr) == ("batch", 0.0, 1e-3)
+            assert (s.norm, s.dropout) == ("batch", 0.0)
         else:
-            assert (s.norm, s.lr) == ("none", 1e-4 if profile == "full" else 1e-3)
+            assert s.norm == "none"
             assert s.dropout == (0.3 if profile == "full" or name != "table3a" else 0.0)
         assert s.init_rate == 0.0
 

@@ -358,7 +358,7 @@ def epoch_suite(
     progress: Optional[Callable[[str], None]] = None,
 ) -> dict[str, Any]:
     """One training epoch of a recipe row (default: Table 1(a), A784-S500-S10 with duplicate
-    coding, simultaneous; T = 25, batch 64, Adam lr 1e-4, dropout 0.3, on the 42,000
+    coding, simultaneous; T = 25, batch 64, Adam lr 1e-3, dropout 0.3, on the 42,000
     training images of the 6:2:2 split of MNIST).
 
     Every contender has its own copy of the same initial weights and its own Adam, and
