@@ -78,12 +78,14 @@ def bench(suite, steps, batch, neurons, repeats, warmup, device, backends, archs
     for p in precision_list:
         if p not in PRECISIONS:
             raise click.BadParameter(f"{p!r}: choose from {', '.join(PRECISIONS)}", param_hint="--precision")
+    # the wrong suite first: that message holds on every machine, the hardware one below not
+    if suite != "cnn" and (precision_list != ["32"] or profile):
+        raise click.UsageError("--precision and --profile are measured by the cnn suite only; add --suite cnn")
+    for p in precision_list:
         try:
             check_precision(p, device)
         except ConfigError as err:
             raise click.UsageError(str(err))
-    if suite != "cnn" and (precision_list != ["32"] or profile):
-        raise click.UsageError("--precision and --profile are measured by the cnn suite only; add --suite cnn")
     if device == "cuda" and not torch.cuda.is_available():
         raise click.UsageError("--device cuda: no CUDA device is available")
     if threads:
