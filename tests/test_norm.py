@@ -57,6 +57,37 @@ def test_same_spikes_and_grads_on_every_cpu_backend(coder):
         assert all(torch.equal(b, b0) for b, b0 in zip(bufs, outs[0][2]))
 
 
+@pytest.mark.parametrize("backend", ["reference", "spikingjelly", "snntorch"])
+def test_threshold_dependent_bn_is_batch_norm_with_v_th_one(backend):
+    """Zheng et al.'s tdBN normalises an SL's input to N(0, (alpha V_th)^2). The neuron is
+    homogeneous (eq. 1a-1f are linear in x and V_th), so scaling every SL's BN gain by k
+    with V_th = k and sigma = k * 0.4 gives exactly the spikes, and the weight gradients,
+    of norm="batch" at V_th = 1 (k = 2: every scaling is exact in binary floating point);
+    only the BN parameters' gradients shrink by k. At V_th = 1 tdBN is norm="batch"."""
+    arch, k = "S8C3-P2-S8C3-P2-S16-S10", 2.0
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 16, 16)
+    runs = []
+    for scale in (1.0, k):
+        model = hb.build(arch, steps=6, input_shape=(3, 16, 16), norm="batch", backend=backend,
+                         neuron={"v_threshold": scale, "sigma": 0.4 * scale})
+        if runs:
+            hb.copy_weights(runs[0][0], model)
+        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        with torch.no_grad():
+            for bn in bns:
+                bn.weight.mul_(scale)
+        out = model(x)
+        out.sum().backward()
+        runs.append((model, out.detach(), bns))
+    (a, out_a, bns_a), (b, out_b, bns_b) = runs
+    assert out_a.sum() > 0 and torch.equal(out_a, out_b)
+    bn_params = {id(p) for bn in bns_b for p in bn.parameters()}
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        expected = pa.grad / k if id(pb) in bn_params else pa.grad
+        assert torch.equal(pb.grad, expected), name
+
+
 def test_frozen_als_keep_their_statistics():
     ann = hb.build("A8C3-P2-A8C3-P2-A16-A10", coder=None, input_shape=(3, 16, 16), norm="batch")
     hnn = hb.build("A8C3-P2-A8C3-P2-S16-S10", steps=3, input_shape=(3, 16, 16), norm="batch", training="separate")
