@@ -49,6 +49,9 @@ def main() -> None:
                    help="Gaussian coder: initial sigma (build's gaussian_sigma0; 0: default init, sigma ~ 1)")
     p.add_argument("--norm", default="batch", choices=["none", "batch"])
     p.add_argument("--bn-eval", default="running", choices=["running", "batch"])
+    p.add_argument("--tau-s", type=float, default=None, help="synaptic time constant (eq. 1d; the recipe's 1)")
+    p.add_argument("--synapse", choices=("dual_exp", "first_order", "none"), default=None,
+                   help="the SLs' input filter (eq. 1d; the recipe's dual_exp)")
     p.add_argument("--no-output-norm", action="store_true", help="no batch norm before the output neurons")
     p.add_argument("--logit-scale", type=float, default=1.0,
                    help="cross entropy on scale x counts (eq. 2b has 1); < 1 asks for wider count margins")
@@ -66,6 +69,8 @@ def main() -> None:
     neuron = replace(row.settings.neuron, sigma=a.sigma, v_threshold=a.v_threshold)
     if a.tau_m is not None:
         neuron = replace(neuron, tau_m=a.tau_m, reset_decay=math.exp(-1 / a.tau_m))
+    if a.synapse is not None or a.tau_s is not None:
+        neuron = replace(neuron, synapse=a.synapse or neuron.synapse, tau_s=a.tau_s or neuron.tau_s)
     net = hb.build(row.arch, coder=row.coder, steps=a.steps, input_shape=INPUT_SHAPES[dataset], neuron=neuron,
                    dropout=a.dropout, norm=a.norm, training="simultaneous", gaussian_sigma0=a.gaussian_sigma0)
     if a.no_output_norm:  # the last batch norm of the spiking part feeds the output neurons
