@@ -26,6 +26,7 @@ from torch import nn
 import hnn_bridge as hb
 from hnn_bridge.data import load_dataset, split_622
 from hnn_bridge.recipe import INPUT_SHAPES, load_recipe
+from hnn_bridge.params import SYNAPSES
 from hnn_bridge.training.loop import score_batch
 
 
@@ -50,7 +51,7 @@ def main() -> None:
     p.add_argument("--norm", default="batch", choices=["none", "batch"])
     p.add_argument("--bn-eval", default="running", choices=["running", "batch"])
     p.add_argument("--tau-s", type=float, default=None, help="synaptic time constant (eq. 1d; the recipe's 1)")
-    p.add_argument("--synapse", choices=("dual_exp", "first_order", "none"), default=None,
+    p.add_argument("--synapse", choices=SYNAPSES, default=None,
                    help="the SLs' input filter (eq. 1d; the recipe's dual_exp)")
     p.add_argument("--no-output-norm", action="store_true", help="no batch norm before the output neurons")
     p.add_argument("--logit-scale", type=float, default=1.0,
