@@ -113,6 +113,8 @@ class Settings:
         logit_scale: the cross entropy of a spiking output takes ``logit_scale`` x the
             spike counts as its logits (eq. 2b has 1); below 1 it asks for wider count
             margins for the same confidence, hence fewer tied top counts at small T.
+        augment: ``none``, or ``crop-rotate``: Fang et al.'s random resized crop and
+            rotation of training images (`hnn_bridge.data.augment`); not in the paper.
     """
 
     dataset: str = "mnist"
@@ -136,6 +138,7 @@ class Settings:
     precision: str = "32"
     logit_scale: float = 1.0
     gaussian_sigma0: float = 0.0
+    augment: str = "none"
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -160,8 +163,10 @@ class Settings:
 
 SETTING_KEYS = tuple(f.name for f in fields(Settings))
 #: settings added after results were first saved -> the value that means "as before"
-ADDED_LATER: dict[str, Any] = {"norm": "none", "precision": "32", "logit_scale": 1.0, "gaussian_sigma0": 0.0}
+ADDED_LATER: dict[str, Any] = {"norm": "none", "precision": "32", "logit_scale": 1.0, "gaussian_sigma0": 0.0,
+                               "augment": "none"}
 NORM_NAMES = ("none", "batch")  # = hnn_bridge.builder.NORMS (checked by a test)
+AUGMENT_NAMES = ("none", "crop-rotate")  # = hnn_bridge.data.augment.AUGMENTS (checked by a test)
 ROW_KEYS = ("arch", "coder", "training", "paper", "label", "note")
 RECIPE_KEYS = ("name", "title", "paper_table", "dataset", "description")
 TOP_KEYS = ("recipe", "defaults", "quick", "cpu", "rows")
@@ -355,6 +360,8 @@ def _check_setting(key: str, value: Any, where: str) -> Any:
         return _choice(value, where, ACTIVATION_NAMES)
     if key == "norm":
         return _choice(value, where, NORM_NAMES)
+    if key == "augment":
+        return _choice(value, where, AUGMENT_NAMES)
     if key == "precision":  # 32 and 16 may be written as TOML integers
         return _choice(str(value) if isinstance(value, int) and not isinstance(value, bool) else value,
                        where, PRECISIONS)

@@ -146,6 +146,8 @@ def test_bad_toml_names_the_file(tmp_path: Path) -> None:
         ("epochs = 1", "epochs = 1\ninit_rate = 1.0", r": \[defaults\]: key 'init_rate': must be in \[0, 1\)"),
         ("epochs = 1", "epochs = 1\nlogit_scale = 0", r": \[defaults\]: key 'logit_scale': must be in \(0, 100\], got 0"),
         ("epochs = 1", "epochs = 1\ngaussian_sigma0 = -0.1", r": \[defaults\]: key 'gaussian_sigma0': must be in \[0, 100\]"),
+        ("epochs = 1", 'epochs = 1\naugment = "flip"',
+         r": \[defaults\]: key 'augment': expected one of 'none', 'crop-rotate', got 'flip'"),
     ],
 )
 def test_bad_keys_name_file_row_and_key(tmp_path: Path, old: str, new: str, message: str) -> None:

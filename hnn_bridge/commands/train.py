@@ -8,7 +8,8 @@ import click
 
 from ..notation import parse_arch
 from ..errors import ArchError
-from ..recipe import ACTIVATION_NAMES, CODER_NAMES, INPUT_SHAPES, NORM_NAMES, Recipe, RecipeError, load_recipe
+from ..recipe import (ACTIVATION_NAMES, AUGMENT_NAMES, CODER_NAMES, INPUT_SHAPES, NORM_NAMES, Recipe, RecipeError,
+                      load_recipe)
 from ..precision import PRECISIONS
 from ._execute import check_device, execute
 
@@ -30,6 +31,9 @@ from ._execute import check_device, execute
 @click.option("--activation", type=click.Choice(ACTIVATION_NAMES), help="AL activation [default: auto].")
 @click.option("--norm", type=click.Choice(NORM_NAMES),
               help="Batch norm after every weight op [default: the recipe's; none on MNIST, batch on CIFAR-10].")
+@click.option("--augment", type=click.Choice(AUGMENT_NAMES),
+              help="Augment training images: crop-rotate is Fang et al.'s random resized crop and rotation "
+              "[default: none].")
 @click.option("--input-mode", type=click.Choice(["direct", "axon"]), help="§4.2 [default: direct].")
 @click.option("--seed", type=click.IntRange(min=0), help="Base seed [default: 0].")
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True)
@@ -49,7 +53,7 @@ from ._execute import check_device, execute
               "code does) beside the best-validation one; the selection and the training are unchanged.")
 def train(arch: str, coder: str | None, training: str, dataset: str | None, quick: bool, epochs: int | None,
           steps: int | None, batch_size: int | None, lr: float | None, dropout: float | None,
-          activation: str | None, norm: str | None, input_mode: str | None, seed: int | None, seeds: int, device: str,
+          activation: str | None, norm: str | None, augment: str | None, input_mode: str | None, seed: int | None, seeds: int, device: str,
           backend: str | None, precision: str | None, data_dir: Path | None, out: Path | None, resume: bool,
           jobs: int, test_every_epoch: bool) -> None:
     """Train one network ARCH (paper notation) and report its test accuracy.
@@ -72,7 +76,7 @@ def train(arch: str, coder: str | None, training: str, dataset: str | None, quic
         coder = "duplicate" if any(s.spiking for s in specs) else "none"
     base = load_recipe("table1b" if dataset == "cifar10" else "table1a")
     given = {"dataset": dataset, "epochs": epochs, "steps": steps, "batch_size": batch_size, "lr": lr,
-             "dropout": dropout, "activation": activation, "norm": norm, "input_mode": input_mode, "seed": seed,
+             "dropout": dropout, "activation": activation, "norm": norm, "augment": augment, "input_mode": input_mode, "seed": seed,
              "backend": backend, "precision": precision}
     overrides = {k: v for k, v in given.items() if v is not None}
     try:

@@ -10,6 +10,7 @@ Typical use::
         ...
 """
 
+from .augment import AUGMENTS, CropRotate, augmentation
 from .cifar import CIFAR10_CLASSES, read_cifar_batches
 from .embedded import MNIST_CLASSES, read_mnist_5k
 from .errors import DatasetFormatError, DatasetNotFound
@@ -21,7 +22,9 @@ from .registry import DATASET_NAMES, FASHION_MNIST_CLASSES, Dataset, load_datase
 from .split import Split, split_622, split_sizes
 
 __all__ = [
+    "AUGMENTS",
     "CIFAR10_CLASSES",
+    "CropRotate",
     "DATASET_NAMES",
     "DATA_ENV",
     "Dataset",
@@ -31,6 +34,7 @@ __all__ = [
     "MNIST_CLASSES",
     "Split",
     "TensorBatches",
+    "augmentation",
     "default_cache_dir",
     "default_data_dir",
     "epoch_generator",

@@ -7,12 +7,18 @@ from typing import Iterator
 
 import torch
 
+from .augment import CropRotate
+
 __all__ = ["TensorBatches", "epoch_generator"]
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """A CPU generator seeded from ``(seed, epoch)`` only (hashed, so nearby seeds do not correlate)."""
-    digest = hashlib.sha256(f"hnn-bridge:{int(seed)}:{int(epoch)}".encode()).digest()
+def epoch_generator(seed: int, epoch: int, stream: str = "") -> torch.Generator:
+    """A CPU generator seeded from ``(seed, epoch)`` only (hashed, so nearby seeds do not correlate).
+
+    ``stream`` names an independent sequence for the same ``(seed, epoch)`` (the default,
+    "", is the epoch's order)."""
+    name = f"{stream}:" if stream else ""
+    digest = hashlib.sha256(f"hnn-bridge:{name}{int(seed)}:{int(epoch)}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
@@ -34,6 +40,10 @@ class TensorBatches:
     with ``drop_last=False`` the permutation is first padded with its own first rows to a
     multiple of ``world_size`` (as ``DistributedSampler`` does, so a few samples may be seen
     twice per epoch); with ``drop_last=True`` only full global batches are produced.
+
+    ``augment`` (training only): each epoch draws its random parameters for every selected
+    sample from the ``"augment"`` stream of ``(seed, epoch)``, indexed by the sample, so the
+    augmented images do not depend on the rank, the world size or a resume.
     """
 
     def __init__(
@@ -50,6 +60,7 @@ class TensorBatches:
         rank: int = 0,
         world_size: int = 1,
         preload: bool = False,
+        augment: CropRotate | None = None,
     ) -> None:
         """``preload=True`` copies the selected uint8 images to ``device`` once (fastest on a GPU)."""
         if images.dtype != torch.uint8 or images.dim() != 4:
@@ -76,6 +87,7 @@ class TensorBatches:
         self.seed = int(seed)
         self.rank = int(rank)
         self.world_size = int(world_size)
+        self.augment = augment
         self.epoch = 0
 
     @property
@@ -120,11 +132,16 @@ class TensorBatches:
         """The batches of ``epoch`` (does not change :attr:`epoch`)."""
         positions = self._rank_order(epoch)
         rows = self.indices[positions]
+        draws = None
+        if self.augment is not None:
+            draws = self.augment.draw(self.num_samples, epoch_generator(self.seed, epoch, "augment"))
         for start in range(0, rows.numel(), self.batch_size):
             chunk = rows[start : start + self.batch_size]
             x = self.images.index_select(0, chunk.to(self.images.device))
             y = self.labels.index_select(0, chunk.to(self.labels.device))
             x = x.to(self.device, non_blocking=True).float().div_(255.0)
+            if draws is not None:
+                x = self.augment.apply(x, draws[positions[start : start + self.batch_size]])
             yield x, y.to(self.device, non_blocking=True)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -249,6 +249,7 @@ class _Run:
 
     def batches(self, job: _Job) -> tuple[Any, Any, Any]:
         from ..data import TensorBatches
+        from ..data.augment import augmentation
 
         s = job.settings
         d = self.data[(s.dataset, s.subset, s.split_seed)]
@@ -257,7 +258,7 @@ class _Run:
         rank, world = self.dist.rank, self.dist.world_size
         # DDP: this rank's shard of every global batch; every world-th validation/test image
         train = TensorBatches(d.images, d.labels, d.train, batch_size=s.batch_size // world, shuffle=True,
-                              seed=job.seed, rank=rank, world_size=world, **common)
+                              seed=job.seed, rank=rank, world_size=world, augment=augmentation(s.augment), **common)
         val_idx, test_idx = (d.val, d.test) if world == 1 else (d.val[rank::world], d.test[rank::world])
         val = TensorBatches(d.images, d.labels, val_idx, batch_size=s.eval_batch_size, shuffle=False, **common)
         test = TensorBatches(d.images, d.labels, test_idx, batch_size=s.eval_batch_size, shuffle=False, **common)
