@@ -183,3 +183,22 @@ def test_the_resume_hint_keeps_test_every_epoch() -> None:
                            test_every_epoch=True)
     assert argv == ["hnn-bridge", "recipe", "sec4_2", "--data-dir", "data", "--seeds", "3", "--test-every-epoch",
                     "--out", "runs/x", "--resume"]
+
+
+def test_the_resume_hint_keeps_augment() -> None:
+    from hnn_bridge.commands.recipe import _resume_command
+
+    argv = _resume_command("table1a", "full", None, None, "4", 1, "cpu", None, None, Path("runs/x"),
+                           augment="crop-rotate")
+    assert argv == ["hnn-bridge", "recipe", "table1a", "--rows", "4", "--augment", "crop-rotate",
+                    "--out", "runs/x", "--resume"]
+
+
+def test_recipe_augment_overrides_every_row() -> None:
+    from hnn_bridge.recipe import load_recipe
+
+    assert {r.settings.augment for r in load_recipe("table1a").configure().rows} == {"none"}
+    configured = load_recipe("table1a").configure(overrides={"augment": "crop-rotate"})
+    assert {r.settings.augment for r in configured.rows} == {"crop-rotate"}
+    result = CliRunner().invoke(main, ["recipe", "table1a", "--augment", "flip"])
+    assert result.exit_code == 2 and "'flip' is not one of 'none', 'crop-rotate'" in result.output
