@@ -13,11 +13,11 @@ import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from hnn_bridge.data import TensorBatches
-from hnn_bridge.data.augment import _CROP_TRIES, AUGMENTS, CropRotate, augmentation
+from hnn_bridge.data.augment import _CROP_DRAWS, _CROP_TRIES, AUGMENTS, CropRotate, augmentation
 from hnn_bridge.recipe import AUGMENT_NAMES, Settings
 
 BILINEAR = InterpolationMode.BILINEAR
-CROP = 2 * _CROP_TRIES + 2  # draws per crop: the tries, then the corner
+CROP = _CROP_DRAWS  # draws per crop: the tries, then the corner
 
 
 def _draws(aug: CropRotate, crops: list[list[float]], angles: list[float], apply: float = 0.0) -> torch.Tensor:
@@ -200,3 +200,22 @@ def test_a_recipe_augments_the_training_images_only(tmp_path, monkeypatch) -> No
     # 500 images -> 300 for training in batches of 50: 6 training batches for each of the two
     # jobs, and no call from the validation and test passes
     assert calls == [50] * 12
+
+
+def test_a_network_learns_from_augmented_images() -> None:
+    from hnn_bridge import build
+    from hnn_bridge.data import load_dataset, split_622
+    from hnn_bridge.training.loop import train_model
+
+    ds = load_dataset("mnist-5k")
+    pick = split_622(ds.labels, seed=0, ratios=(1000, len(ds) - 1000, 0)).train
+    images, labels = ds.images[pick], ds.labels[pick]
+    split = split_622(labels, seed=0)
+    train = TensorBatches(images, labels, split.train, batch_size=40, seed=1, augment=CropRotate())
+    val = TensorBatches(images, labels, split.val, batch_size=200, shuffle=False)
+    torch.manual_seed(0)
+    model = build("A784-A64-S10", steps=4, dropout=0.0)
+    log = train_model(model, list(model.parameters()), train, val, epochs=3, lr=2e-3)["log"]
+    # 600 real digits, 3 epochs: measured 0.79 argmax on the 200 held out (0.83 unaugmented); chance is 0.1
+    assert log[-1]["train_loss"] < log[0]["train_loss"] < math.log(10)
+    assert log[-1]["val_acc_argmax"] > 0.6

@@ -53,9 +53,9 @@ from ._execute import check_device, execute
               "code does) beside the best-validation one; the selection and the training are unchanged.")
 def train(arch: str, coder: str | None, training: str, dataset: str | None, quick: bool, epochs: int | None,
           steps: int | None, batch_size: int | None, lr: float | None, dropout: float | None,
-          activation: str | None, norm: str | None, augment: str | None, input_mode: str | None, seed: int | None, seeds: int, device: str,
-          backend: str | None, precision: str | None, data_dir: Path | None, out: Path | None, resume: bool,
-          jobs: int, test_every_epoch: bool) -> None:
+          activation: str | None, norm: str | None, augment: str | None, input_mode: str | None, seed: int | None,
+          seeds: int, device: str, backend: str | None, precision: str | None, data_dir: Path | None,
+          out: Path | None, resume: bool, jobs: int, test_every_epoch: bool) -> None:
     """Train one network ARCH (paper notation) and report its test accuracy.
 
     Every hyperparameter not given is taken from the paper recipe of the dataset
@@ -76,8 +76,8 @@ def train(arch: str, coder: str | None, training: str, dataset: str | None, quic
         coder = "duplicate" if any(s.spiking for s in specs) else "none"
     base = load_recipe("table1b" if dataset == "cifar10" else "table1a")
     given = {"dataset": dataset, "epochs": epochs, "steps": steps, "batch_size": batch_size, "lr": lr,
-             "dropout": dropout, "activation": activation, "norm": norm, "augment": augment, "input_mode": input_mode, "seed": seed,
-             "backend": backend, "precision": precision}
+             "dropout": dropout, "activation": activation, "norm": norm, "augment": augment, "input_mode": input_mode,
+             "seed": seed, "backend": backend, "precision": precision}
     overrides = {k: v for k, v in given.items() if v is not None}
     try:
         single = Recipe.single(arch, coder=None if coder == "none" else coder, training=training, base=base,

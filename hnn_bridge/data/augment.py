@@ -14,9 +14,9 @@ Departures from torchvision, both deliberate: the four steps are composed into a
 is blurred once, not four times; and the rotation is bilinear (torchvision's default for
 ``RandomRotation`` is nearest). Images that are not augmented pass through bit for bit.
 
-Parameters are drawn per *position in the epoch's permutation* from a generator of
-``(seed, epoch)`` only (`TensorBatches`), so a resumed run and a DDP run of any world size
-see exactly the images of an uninterrupted single-process run.
+Parameters are drawn per image from a generator of ``(seed, epoch)`` only
+(`TensorBatches`), so a resumed run and a DDP run of any world size see exactly the
+images of an uninterrupted single-process run.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ __all__ = ["AUGMENTS", "CropRotate", "augmentation"]
 AUGMENTS = ("none", "crop-rotate")
 # torchvision's RandomResizedCrop tries this many boxes before it falls back
 _CROP_TRIES = 10
+# draws per crop: (area, ratio) per try, then the box's corner (top, left)
+_CROP_DRAWS = 2 * _CROP_TRIES + 2
 
 
 @dataclass(frozen=True)
@@ -65,9 +67,8 @@ class CropRotate:
 
     @property
     def width(self) -> int:
-        """Random numbers per image: the apply draw, then per pass 2 per crop try, 2 for the
-        box's position and 1 for the angle."""
-        return 1 + self.passes * (2 * _CROP_TRIES + 3)
+        """Random numbers per image: the apply draw, then per pass the crop's draws and the angle."""
+        return 1 + self.passes * (_CROP_DRAWS + 1)
 
     def draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Uniform [0, 1) numbers ``[n, width]`` (float64) for ``n`` images."""
@@ -84,8 +85,8 @@ class CropRotate:
         total = torch.eye(3, dtype=torch.float64).expand(n, 3, 3).clone()
         col = 1
         for _ in range(self.passes):
-            total = total @ self._crop(u[:, col : col + 2 * _CROP_TRIES + 2], height, width)
-            col += 2 * _CROP_TRIES + 2
+            total = total @ self._crop(u[:, col : col + _CROP_DRAWS], height, width)
+            col += _CROP_DRAWS
             total = total @ self._rotation(u[:, col], height, width)
             col += 1
         return applied, total[:, :2, :]
