@@ -19,7 +19,9 @@ from hnn_bridge.recipe import RowSpec, load_recipe
 ABLATIONS = Path(__file__).resolve().parents[1] / "docs" / "ablations"
 
 # ablation -> (control recipe, profile the ablation was run at, keys it may change).
-# A key outside the set that differs from the control fails the test.
+# A key outside the set that differs from the control fails the test. Rows are matched to
+# the control's by network, coder and training; an ablation of the network itself names
+# its control rows in CONTROL_ROWS instead (ablation row -> control row, 1-based).
 CONTROLS: dict[str, tuple[str, str, frozenset[str]]] = {
     "mnist-ann-lr": ("table1a", "full", frozenset({"lr", "lr_milestones", "activation"})),
     # The neuron key is the slip the docstring names: the run is committed as made, and
@@ -29,7 +31,9 @@ CONTROLS: dict[str, tuple[str, str, frozenset[str]]] = {
     # Its control was the cpu profile at T = 8 (steps differs once the profile moves on).
     "cifar-logit-scale": ("table1b", "cpu", frozenset({"logit_scale", "steps"})),
     "cifar-ties-t16": ("table1b", "cpu", frozenset({"logit_scale", "steps"})),
+    "mnist-input-token": ("table1a", "full", frozenset()),
 }
+CONTROL_ROWS: dict[str, dict[int, int]] = {"mnist-input-token": {1: 4, 2: 5, 3: 6}}
 
 
 def _flat(row: RowSpec) -> dict[str, Any]:
@@ -45,7 +49,11 @@ def _flat(row: RowSpec) -> dict[str, Any]:
     return settings
 
 
-def _control(control: list[RowSpec], row: RowSpec) -> RowSpec:
+def _control(control: list[RowSpec], row: RowSpec, rows: dict[int, int]) -> RowSpec:
+    if rows:
+        match = control[rows[row.index] - 1]
+        assert (match.coder, match.training) == (row.coder, row.training), f"row {row.index} has another control"
+        return match
     same = [c for c in control if (c.arch, c.coder, c.training) == (row.arch, row.coder, row.training)]
     assert same, f"no row of the control recipe trains {row.arch} ({row.coder}, {row.training})"
     return same[0]
@@ -61,7 +69,7 @@ def test_an_ablation_changes_only_its_declared_keys(name: str) -> None:
     ablation = load_recipe(ABLATIONS / f"{name}.toml").configure(profile=profile)
     control = list(load_recipe(control_name).configure(profile=profile).rows)
     for row in ablation.rows:
-        mine, theirs = _flat(row), _flat(_control(control, row))
+        mine, theirs = _flat(row), _flat(_control(control, row, CONTROL_ROWS.get(name, {})))
         changed = {k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)}
         assert changed <= declared, f"{name} row {row.index} ({row.label}) also changes {sorted(changed - declared)}"
 
