@@ -171,7 +171,7 @@ ROW_KEYS = ("arch", "coder", "training", "paper", "label", "note")
 RECIPE_KEYS = ("name", "title", "paper_table", "dataset", "description")
 TOP_KEYS = ("recipe", "defaults", "quick", "cpu", "rows")
 #: full: the paper's budget ([defaults]); quick: a smoke run ([quick]); cpu: a budget that
-#: shows a CIFAR-10 table on a 2-core CPU in about an hour ([cpu], CIFAR recipes only)
+#: shows a CIFAR-10 table on a 2-core CPU in about 2 hours ([cpu], CIFAR recipes only)
 PROFILES = ("full", "quick", "cpu")
 
 

@@ -251,4 +251,5 @@ def test_profile_cpu_on_the_command_line() -> None:
     assert both.exit_code == 2 and "--quick is --profile quick; it cannot be combined with --profile cpu" in both.output
     cpu = load_recipe("table1b").configure(profile="cpu")
     s = cpu.rows[0].settings
-    assert (cpu.profile, s.subset, s.epochs, s.steps, s.batch_size, s.lr_milestones) == ("cpu", 10000, 4, 8, 32, (3,))
+    assert (cpu.profile, s.subset, s.epochs, s.steps, s.batch_size, s.lr_milestones) == ("cpu", 10000, 4, 16, 32, (3,))
+    assert s.logit_scale == 0.125

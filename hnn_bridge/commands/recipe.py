@@ -48,7 +48,7 @@ def _resume_command(name: str, profile: str, epochs: int | None, steps: int | No
               help="The recipe's [quick] profile: a smoke run (minutes on a CPU); = --profile quick.")
 @click.option("--profile", type=click.Choice(PROFILES), default=None,
               help="full: the paper's budget [default]; quick: a smoke run; cpu: a CIFAR-10 table on a "
-              "2-core CPU in about an hour (subset, fewer epochs and steps).")
+              "2-core CPU in about 2 hours (subset, fewer epochs and steps).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Override the number of epochs.")
 @click.option("--steps", "-T", type=click.IntRange(min=1), help="Override the time steps T.")
 @click.option("--rows", "rows_text", metavar="LIST", help="Only these rows (1-based), e.g. 1,3-4.")
