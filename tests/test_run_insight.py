@@ -123,6 +123,12 @@ def test_epoch_warnings_name_the_layer():
     assert epoch_warnings({"epoch": 1, "train_out_silent": 0.99, "train_out_saturated": 0.5,
                            "val_rates": {"3:S10": 0.2}}) == []
     assert epoch_warnings({"epoch": 1, "train_out_silent": None, "train_out_saturated": None}) == []  # an ANN
+    dead = {"epoch": 2, "train_out_silent": 0.104, "train_out_saturated": 0.0, "train_out_dead": [3, 7],
+            "val_rates": {"4:S10": 0.09}}
+    assert epoch_warnings(dead) == [
+        "epoch 2: output layer 4:S10: the neuron of class(es) 3, 7 fired on no training image of the epoch "
+        "(never predicted, almost no surrogate gradient); try norm = \"batch\" or a larger init_rate"]
+    assert epoch_warnings({**quiet, "train_out_dead": list(range(10))}) == epoch_warnings(quiet)  # said once
 
 
 def test_a_silent_output_is_reported_while_training_and_in_the_table(tmp_path: Path):

@@ -60,6 +60,27 @@ def test_loss_decreases_and_best_validation_is_kept(data) -> None:
     assert evaluate(model, val).acc == max(accs)  # the kept weights are those of the best epoch
 
 
+def test_an_output_neuron_that_never_fires_is_recorded(data) -> None:
+    """A class whose output neuron stays far below threshold is listed for the epoch (the
+    plateau of docs/results.md, "The input token read as a layer"), and only that class."""
+    train, val = data
+    torch.manual_seed(0)
+    model = build("A784-A64-S10", steps=4, dropout=0.0, norm="batch")
+    out_norm = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)][-1]
+    with torch.no_grad():
+        out_norm.bias[7] = -1e4  # class 7's membrane can never reach V_th = 1
+    log = train_model(model, list(model.parameters()), train, val, epochs=2, lr=1e-3)["log"]
+    assert [r["train_out_dead"] for r in log] == [[7], [7]]
+    assert 0.0 < log[0]["train_out_silent"] < 1.0
+    torch.manual_seed(0)
+    healthy = build("A784-A64-S10", steps=4, dropout=0.0, norm="batch")
+    assert train_model(healthy, list(healthy.parameters()), train, val, epochs=1, lr=1e-3)["log"][0][
+        "train_out_dead"] == []
+    ann = build("A784-A64-A10", dropout=0.0)
+    assert train_model(ann, list(ann.parameters()), train, val, epochs=1, lr=1e-3)["log"][0][
+        "train_out_dead"] is None
+
+
 def test_best_validation_ignores_later_worse_epochs(data, monkeypatch) -> None:
     train, val = data
     scores = iter([0.5, 0.7, 0.6])

@@ -87,6 +87,9 @@ class EpochRecord:
     test_acc: float | None = None
     test_acc_argmax: float | None = None
     test_tie_rate: float | None = None
+    # spiking output only: the classes whose output neuron fired on no training image of
+    # the epoch (never predicted; their neurons get almost no surrogate gradient)
+    train_out_dead: list[int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -317,6 +320,7 @@ def train_model(
         n_batches = len(train_batches)
         progress.start_epoch(epoch + 1, epochs, n_batches)
         loss_sum, correct, seen, silent, saturated = 0.0, 0, 0, 0, 0
+        fired = None  # per class: training images on which its output neuron spiked
         current_lr = optimizer.param_groups[0]["lr"]
         for i, (x, y) in enumerate(train_batches.epoch_batches(epoch)):
             with autocast(precision, device):
@@ -344,11 +348,15 @@ def train_model(
             if steps is not None:
                 silent += int((out == 0).all(dim=1).sum())
                 saturated += int((out == steps).all(dim=1).sum())
+                hits = (out.detach() > 0).sum(dim=0)
+                fired = hits if fired is None else fired + hits
             progress.batch(i + 1, value)
         if dist.distributed:  # sum of (global batch mean) x rows over every process's rows
             correct, seen, loss_sum, silent, saturated = all_reduce_sum(
                 [correct, seen, loss_sum, silent, saturated], dist)
             correct, seen = int(round(correct)), int(round(seen))
+            if fired is not None:
+                fired = torch.tensor(all_reduce_sum(fired.tolist(), dist))
         if scheduler is not None:
             scheduler.step()
         val_iter = val_batches.epoch_batches(epoch)
@@ -373,7 +381,8 @@ def train_model(
         record = EpochRecord(epoch + 1, loss_sum / max(seen, 1), correct / max(seen, 1), val.acc,
                              val.acc_argmax, val.tie_rate, current_lr, seconds, improved, *out_shares,
                              spike_rates(totals) or None,
-                             *((test.acc, test.acc_argmax, test.tie_rate) if test is not None else ()))
+                             *((test.acc, test.acc_argmax, test.tie_rate) if test is not None else (None,) * 3),
+                             [int(k) for k in torch.nonzero(fired == 0).flatten()] if fired is not None else None)
         log.append(record.as_dict())
         progress.end_epoch(record, (epochs - epoch - 1) * wall / len(log))
         if on_epoch is not None:

@@ -74,7 +74,8 @@ __all__ = ["EPOCH_FIELDS", "OutputBusy", "RESULTS_FORMAT", "RunOptions", "check_
 RESULTS_FORMAT = "hnn-bridge-results/1"
 EPOCH_FIELDS = ("job", "row", "label", "seed", "phase", "epoch", "train_loss", "train_acc", "val_acc",
                 "val_acc_argmax", "val_tie_rate", "lr", "seconds", "best", "train_out_silent",
-                "train_out_saturated", "val_rates", "test_acc", "test_acc_argmax", "test_tie_rate")
+                "train_out_saturated", "train_out_dead", "val_rates", "test_acc", "test_acc_argmax",
+                "test_tie_rate")
 # the first training images (in split order) on which SL weights are calibrated (init_rate)
 CALIBRATION_IMAGES = 64
 # settings that do not change a pure ANN (it has no coder and no spiking layer)
@@ -281,6 +282,8 @@ class _Run:
         rows = []
         for r in log:
             entry = {k: r[k] for k in EPOCH_FIELDS if k in r}
+            if isinstance(entry.get("train_out_dead"), list):  # one cell: "3 7"
+                entry["train_out_dead"] = " ".join(map(str, entry["train_out_dead"]))
             if isinstance(entry.get("val_rates"), Mapping):  # one cell: "2:S32C3=0.1031 4:S64C3=0.0472"
                 entry["val_rates"] = " ".join(f"{k}={v:.4f}" for k, v in entry["val_rates"].items())
             rows.append({"job": job.name, "row": row.index, "label": row.label, "seed": job.seed_index,
@@ -473,8 +476,9 @@ class _Run:
 
 def epoch_warnings(record: Mapping[str, Any]) -> list[str]:
     """What a user must see about one epoch (an `EpochRecord` dict): an output layer that
-    was silent, or saturated (every class at every step), on every training image, and
-    hidden spiking layers that never fired on the validation set; each names the layer."""
+    was silent, or saturated (every class at every step), on every training image, output
+    neurons (classes) that never fired on a training image while others did, and hidden
+    spiking layers that never fired on the validation set; each names the layer."""
     rates = record.get("val_rates") or {}
     out = list(rates)[-1] if rates else "the output layer"
     e = record["epoch"]
@@ -485,6 +489,12 @@ def epoch_warnings(record: Mapping[str, Any]) -> list[str]:
     if record.get("train_out_saturated") == 1.0:
         found.append(f"epoch {e}: output layer {out} fired at every step for every class on every training image "
                      "of the epoch (every prediction is a tie); try norm = \"batch\" or a smaller lr")
+    dead = record.get("train_out_dead")
+    if dead and record.get("train_out_silent") != 1.0:
+        classes = ", ".join(map(str, dead))
+        found.append(f"epoch {e}: output layer {out}: the neuron of class(es) {classes} fired on no training image "
+                     "of the epoch (never predicted, almost no surrogate gradient); try norm = \"batch\" or a "
+                     "larger init_rate")
     for key, rate in list(rates.items())[:-1]:
         if rate == 0.0:
             found.append(f"epoch {e}: spiking layer {key} did not fire on the validation set")
