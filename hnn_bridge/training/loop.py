@@ -378,11 +378,12 @@ def train_model(
         seconds = time.perf_counter() - t0
         wall += seconds
         out_shares = (silent / max(seen, 1), saturated / max(seen, 1)) if steps is not None else (None, None)
+        dead = None if fired is None else torch.nonzero(fired == 0).flatten().tolist()
         record = EpochRecord(epoch + 1, loss_sum / max(seen, 1), correct / max(seen, 1), val.acc,
                              val.acc_argmax, val.tie_rate, current_lr, seconds, improved, *out_shares,
                              spike_rates(totals) or None,
-                             *((test.acc, test.acc_argmax, test.tie_rate) if test is not None else (None,) * 3),
-                             [int(k) for k in torch.nonzero(fired == 0).flatten()] if fired is not None else None)
+                             *((test.acc, test.acc_argmax, test.tie_rate) if test is not None else ()),
+                             train_out_dead=dead)
         log.append(record.as_dict())
         progress.end_epoch(record, (epochs - epoch - 1) * wall / len(log))
         if on_epoch is not None:
