@@ -58,6 +58,9 @@ def main() -> None:
                    help="cross entropy on scale x counts (eq. 2b has 1); < 1 asks for wider count margins")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0, help="weights, dropout and coder noise (the data and its order stay)")
+    p.add_argument("--init-from", default=None, metavar="WEIGHTS",
+                   help="start from a runner's weights file (checkpoints/<row>.pt, its best epoch) instead of a "
+                        "fresh initialisation, e.g. to measure what more epochs at a lower lr do; Adam starts afresh")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -98,6 +101,12 @@ def main() -> None:
         return {"strict": sums[0] / n, "argmax": sums[1] / n, "ties": sums[2] / n, "silent": sums[3] / n,
                 "out_rate": rate / n}
 
+    if a.init_from is not None:
+        saved = torch.load(a.init_from, map_location="cpu", weights_only=True)
+        if saved["arch"] != row.arch:
+            raise SystemExit(f"{a.init_from} holds {saved['arch']}, not row {a.row}'s {row.arch}")
+        net.load_state_dict(saved["model"])
+        print(json.dumps({"epoch": 0, **held_out(), "init_from": a.init_from}), flush=True)
     start = time.perf_counter()
     for epoch in range(a.epochs):
         order = split.train[torch.randperm(len(split.train), generator=torch.Generator().manual_seed(epoch))]
