@@ -160,6 +160,9 @@ def render_table(results: Mapping[str, Any]) -> str:
     for row in results.get("rows", []):
         for seed in row.get("seeds", []):
             who = f"row {row['row']} seed {seed.get('seed_index', 0)}"
+            if seed.get("reused"):
+                notes.append(f"{who} was read back finished from {seed.get('job')}.json in the checkpoints "
+                             "folder, not trained by this invocation (same settings; wall is that training's).")
             if seed.get("resumed_after"):
                 notes.append(f"{who} was interrupted and resumed after epoch(s) "
                              f"{', '.join(map(str, seed['resumed_after']))}.")

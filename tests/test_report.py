@@ -128,3 +128,14 @@ def test_render_table_names_the_best_test_epoch_when_every_epoch_was_scored(resu
         {**seed, "best_test_epoch": 3, "best_test_acc_argmax": 0.9912}]}]})
     assert (f"- row 1 seed {seed.get('seed_index', 0)}: best *test* epoch 3 (99.12% argmax; every epoch was scored on "
             "test, as Fang et al.'s code reports; the table shows the best-validation epoch).") in text
+
+
+def test_render_table_says_which_rows_were_read_back_not_trained(results: dict) -> None:
+    """A finished job read back by --resume (or copied in from an earlier run with the same
+    fingerprint) is named, so that its wall time is not read as this invocation's."""
+    results["rows"][0]["seeds"][1]["reused"] = True
+    results["rows"][0]["seeds"][1]["job"] = "r01-S784-S500-S10-duplicate-simultaneous-s1"
+    text = render_table(results)
+    assert ("- row 1 seed 1 was read back finished from r01-S784-S500-S10-duplicate-simultaneous-s1.json in the "
+            "checkpoints folder, not trained by this invocation (same settings; wall is that training's).") in text
+    assert "row 1 seed 0 was read back" not in text
