@@ -27,6 +27,7 @@ import hnn_bridge as hb
 from hnn_bridge.data import load_dataset, split_622
 from hnn_bridge.recipe import INPUT_SHAPES, load_recipe
 from hnn_bridge.params import SYNAPSES
+from hnn_bridge.training.checkpoint import torch_load
 from hnn_bridge.training.loop import score_batch
 
 
@@ -102,7 +103,7 @@ def main() -> None:
                 "out_rate": rate / n}
 
     if a.init_from is not None:
-        saved = torch.load(a.init_from, map_location="cpu", weights_only=True)
+        saved = torch_load(a.init_from)
         if saved["arch"] != row.arch:
             raise SystemExit(f"{a.init_from} holds {saved['arch']}, not row {a.row}'s {row.arch}")
         net.load_state_dict(saved["model"])
