@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The GPU checks, as one prepared command for a lent machine (see docs/performance.md,
+# "GPU"). Build the bundle here first (bash benchmarks/device/bundle.sh), then with the
+# device tool: run(command="bash benchmarks/device/check.sh", carry=[".device"],
+# timeout_s=600). Everything lands in $OUT (8 files at most come back):
+#   env.txt            card, driver, versions
+#   gpu_check.json/.log  benchmarks/gpu_check.py: CuPy parity against the torch core
+#                      (bit for bit) and forward+backward timings against SpikingJelly's
+#                      and snnTorch's stock neurons
+#   pytest.log         tests/test_cupy.py and tests/test_precision.py on the GPU
+#   cifar.log          one epoch of Table 1(b) row 1 (the pure spiking CNN) at the full
+#                      profile (T = 25, batch 64, batch norm) on the bundled CIFAR-10
+#                      subset, backend spikingjelly-cupy then reference, with epochs.csv
+#   cifar-cupy.json, cifar-reference.json   the two runs' results.json
+# Each step has its own time limit, so that one slow step cannot eat the others' time.
+# PYTHON, DEVICE and CIFAR_ARGS override the interpreter, the device and the CIFAR run's
+# options (a dry run on a CPU: DEVICE=cpu CIFAR_ARGS="--profile quick --epochs 1").
+set -uo pipefail
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+OUT=${OUT:?set OUT to the folder for the results}
+PY=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}
+CIFAR_ARGS=${CIFAR_ARGS:-"--epochs 1"}
+SITE=${SITE:-/tmp/hnn-site}
+export PYTHONUNBUFFERED=1
+# -P keeps the repository root off sys.path: hnn_bridge comes from the wheel
+# (its adapters and recipes sub-packages live outside hnn_bridge/ in the source tree).
+export PYTHONSAFEPATH=1
+
+"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$SITE" "$REPO"/.device/wheels/*.whl || { echo "wheel install failed" >&2; exit 1; }
+export PYTHONPATH="$SITE"
+
+{
+    date -u; nvidia-smi 2>&1 || echo "no nvidia-smi"
+    "$PY" - <<'PYEOF'
+import platform, torch, spikingjelly, snntorch, hnn_bridge
+print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda)
+print("spikingjelly", getattr(spikingjelly, "__version__", "?"), "snntorch", snntorch.__version__,
+      "hnn_bridge from", hnn_bridge.__file__)
+if torch.cuda.is_available():
+    print("device", torch.cuda.get_device_name(0))
+try:
+    import cupy
+    print("cupy", cupy.__version__)
+except Exception as exc:  # reported, not fatal: gpu_check says what it needs
+    print("cupy: not importable:", exc)
+PYEOF
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+echo "== gpu_check"
+timeout 240 "$PY" "$REPO/benchmarks/gpu_check.py" --out "$OUT/gpu_check.json" > "$OUT/gpu_check.log" 2>&1
+echo "gpu_check exit $?"; tail -n 40 "$OUT/gpu_check.log"
+
+echo "== pytest"
+(cd "$REPO" && timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_cupy.py tests/test_precision.py) \
+    > "$OUT/pytest.log" 2>&1
+echo "pytest exit $?"; tail -n 5 "$OUT/pytest.log"
+
+echo "== CIFAR-10, Table 1(b) row 1"
+for backend in spikingjelly-cupy reference; do
+    run="/tmp/cifar-$backend"
+    rm -rf "$run"
+    # shellcheck disable=SC2086
+    timeout 150 "$PY" -m hnn_bridge recipe table1b --rows 1 $CIFAR_ARGS --device "$DEVICE" \
+        --backend "$backend" --data-dir "$REPO/.device/data" --out "$run" >> "$OUT/cifar.log" 2>&1
+    echo "$backend exit $?" | tee -a "$OUT/cifar.log"
+    cat "$run/epochs.csv" >> "$OUT/cifar.log" 2>/dev/null
+    cp "$run/results.json" "$OUT/cifar-${backend#spikingjelly-}.json" 2>/dev/null
+done
+tail -n 30 "$OUT/cifar.log"
