@@ -14,9 +14,9 @@ images there are the originals, so the same round trip can be applied to them:
    against the README's measurement of the real reconstruction (97.2% of pixels exact,
    at most 1 grey level off, mean absolute error 0.028 levels);
 2. score each checkpoint (a runner's ``checkpoints/rNN-<job>.pt`` of ``--recipe``, row NN,
-   its best-validation weights)
-   on the original and on the round-tripped version of the same images: the test images
-   of the recipe's 6:2:2 split that come from the original test file, and all 10,000.
+   its best-validation weights) on the original and on the round-tripped version of the
+   same images: the test images of the recipe's 6:2:2 split that come from the original
+   test file, and all 10,000.
 
 Prints, per checkpoint, the accuracy (strict and argmax) on both versions and the number
 of images whose prediction changed. The change is what the reconstruction's pixel errors
@@ -81,7 +81,6 @@ def main() -> None:
     print(json.dumps({"images": len(original), "exact_pixels": round(float((diff == 0).mean()), 4),
                       "max_error": int(diff.max()), "mean_abs_error": round(float(diff.mean()), 4)}))
     rebuilt_t = torch.from_numpy(rebuilt)
-    in_split = torch.isin(test_file, split_622(ds.labels, seed=0).test)
     for path in a.checkpoints:
         saved = torch_load(path)
         name = Path(path).name
@@ -91,6 +90,7 @@ def main() -> None:
                              f"not row {row.index} of {a.recipe}")
         model = build_row(row)
         model.load_state_dict(saved["model"])
+        in_split = torch.isin(test_file, split_622(ds.labels, seed=row.settings.split_seed).test)
         for images, pick in (("split test, from the test file", in_split), ("all of the test file", slice(None))):
             y = ds.labels[test_file][pick]
             s0, a0, p0 = score(model, ds.images[test_file][pick], y)
