@@ -32,8 +32,12 @@ CONTROLS: dict[str, tuple[str, str, frozenset[str]]] = {
     "cifar-logit-scale": ("table1b", "cpu", frozenset({"logit_scale", "steps"})),
     "cifar-ties-t16": ("table1b", "cpu", frozenset({"logit_scale", "steps"})),
     "mnist-input-token": ("table1a", "full", frozenset()),
+    "mnist-poisson-input-token": ("table3a", "full", frozenset()),
 }
-CONTROL_ROWS: dict[str, dict[int, int]] = {"mnist-input-token": {1: 4, 2: 5, 3: 6}}
+CONTROL_ROWS: dict[str, dict[int, int]] = {
+    "mnist-input-token": {1: 4, 2: 5, 3: 6},
+    "mnist-poisson-input-token": {1: 2, 2: 3, 3: 4},
+}
 
 
 def _flat(row: RowSpec) -> dict[str, Any]:
