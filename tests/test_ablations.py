@@ -31,6 +31,7 @@ CONTROLS: dict[str, tuple[str, str, frozenset[str]]] = {
     # Its control was the cpu profile at T = 8 (steps differs once the profile moves on).
     "cifar-logit-scale": ("table1b", "cpu", frozenset({"logit_scale", "steps"})),
     "cifar-ties-t16": ("table1b", "cpu", frozenset({"logit_scale", "steps"})),
+    "cifar-logit-scale-t16": ("table1b", "cpu", frozenset({"logit_scale"})),
     "mnist-input-token": ("table1a", "full", frozenset()),
     "mnist-poisson-input-token": ("table3a", "full", frozenset()),
 }
