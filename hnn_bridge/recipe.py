@@ -257,6 +257,23 @@ class Recipe:
         )
         return replace(self, rows=rows, profile=profile, overrides=overrides)
 
+    def shadowed(self) -> list[str]:
+        """One line per row key that the configured profile's table sets to another value.
+        The profile takes precedence (a smoke profile cuts every row's budget), so such a
+        row value is not used at this profile; a key that the command line sets overrides
+        both and is left out. Empty for the full profile."""
+        layer = {"full": {}, "quick": self.quick, "cpu": self.cpu}.get(self.profile, {})
+        profile_neuron = layer.get("neuron", {})
+        lines = []
+        for row in self.rows:
+            pairs = [(k, v, layer[k]) for k, v in row.overrides.items() if k != "neuron" and k in layer]
+            pairs += [(f"neuron.{k}", v, profile_neuron[k])
+                      for k, v in row.overrides.get("neuron", {}).items() if k in profile_neuron]
+            lines += [f"row {row.index} ({row.arch}): {key} = {mine!r} of the row is replaced by the "
+                      f"[{self.profile}] profile's {theirs!r}"
+                      for key, mine, theirs in pairs if mine != theirs and key not in self.overrides]
+        return lines
+
     def select(self, rows: Sequence[int] | None) -> "Recipe":
         """Keep only the rows with these 1-based indices (all when None)."""
         if rows is None:

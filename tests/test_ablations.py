@@ -79,6 +79,22 @@ def test_an_ablation_changes_only_its_declared_keys(name: str) -> None:
         assert changed <= declared, f"{name} row {row.index} ({row.label}) also changes {sorted(changed - declared)}"
 
 
+# Ablations whose setting became the control's own (the cpu profile moved to T = 16, 0.125).
+ADOPTED = {"cifar-ties-t16"}
+
+
+@pytest.mark.parametrize("name", sorted(set(CONTROLS) - ADOPTED))
+def test_every_ablation_row_differs_from_its_control(name: str) -> None:
+    """The other half: a row that resolves to its control's settings trains the control
+    again (cifar-logit-scale-t16 did once, its row's scale replaced by the profile's)."""
+    control_name, profile, _ = CONTROLS[name]
+    ablation = load_recipe(ABLATIONS / f"{name}.toml").configure(profile=profile)
+    control = list(load_recipe(control_name).configure(profile=profile).rows)
+    for row in ablation.rows:
+        theirs = _control(control, row, CONTROL_ROWS.get(name, {}))
+        assert row.arch != theirs.arch or _flat(row) != _flat(theirs), f"{name} row {row.index} is its control"
+
+
 def test_the_augmentation_ablation_ran_its_spiking_rows_at_another_lambda() -> None:
     """The slip itself, so that the comparison cannot fail silently: table1a's neuron has
     lambda = 0, mnist-augment's spiking rows ran at e^(-1/4)."""

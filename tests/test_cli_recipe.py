@@ -167,6 +167,24 @@ def test_missing_dataset_is_a_clean_error(tmp_path: Path, monkeypatch) -> None:
     assert "Traceback" not in result.output
 
 
+def test_the_run_names_a_row_key_that_its_profile_replaces(tmp_path: Path, monkeypatch) -> None:
+    import hnn_bridge.data.registry as registry
+
+    def offline(name, root):
+        raise OSError("no network")
+
+    monkeypatch.setattr(registry, "_torchvision_download", offline)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[recipe]\nname = "r"\ndataset = "mnist"\n[defaults]\nepochs = 1\n[quick]\nsteps = 2\n'
+                      '[[rows]]\narch = "A784-S32-S10"\ncoder = "duplicate"\ntraining = "simultaneous"\nsteps = 6\n')
+    result = CliRunner().invoke(main, ["recipe", str(recipe), "--quick", "--data-dir", str(tmp_path / "none"),
+                                       "--out", str(tmp_path / "out")])
+    assert "note: row 1 (A784-S32-S10): steps = 6 of the row is replaced by the [quick] profile's 2\n" in result.output
+    result = CliRunner().invoke(main, ["recipe", str(recipe), "--data-dir", str(tmp_path / "none"),
+                                       "--out", str(tmp_path / "out2")])
+    assert result.exit_code == 1 and "note:" not in result.output
+
+
 def test_two_runs_cannot_share_an_output_folder(tmp_path: Path) -> None:
     out = tmp_path / "busy"
     out.mkdir()

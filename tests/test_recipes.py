@@ -110,6 +110,23 @@ def test_precedence_defaults_row_quick_cli(tmp_path: Path) -> None:
     assert recipe.configure(quick=True, overrides={"steps": 3}).rows[0].settings.steps == 3
 
 
+def test_a_row_key_that_the_profile_replaces_is_named(tmp_path: Path) -> None:
+    """The profile takes precedence over a row (above), so a row's own value is not used
+    there; `shadowed` names it (an ablation row once ran its control again this way)."""
+    path = write(tmp_path, TINY.replace('paper = 90.0', 'paper = 90.0\nsteps = 6\nlr = 0.5\n'
+                                        'neuron = { v_threshold = 0.5 }')
+                 + '\n[quick]\nsteps = 2\nlr = 0.5\nneuron = { v_threshold = 0.8 }\n')
+    recipe = load_recipe(path)
+    assert recipe.configure().shadowed() == []
+    assert recipe.configure(quick=True).shadowed() == [
+        "row 1 (A784-A32-S10): steps = 6 of the row is replaced by the [quick] profile's 2",
+        "row 1 (A784-A32-S10): neuron.v_threshold = 0.5 of the row is replaced by the [quick] profile's 0.8",
+    ]
+    # the same value (lr) is no conflict; a key of the command line overrides both
+    assert recipe.configure(quick=True, overrides={"steps": 3}).shadowed() == [
+        "row 1 (A784-A32-S10): neuron.v_threshold = 0.5 of the row is replaced by the [quick] profile's 0.8"]
+
+
 def test_al_share() -> None:
     assert [al_share(a) for a in ("S784-S500-S10", "A784-S500-S10", "A784-A500-A10")] == [0.0, 1 / 3, 1.0]
     assert al_share("A32C3-A32C3-A64C3-P2-S64C3-P2-S512-S10") == 0.5

@@ -73,6 +73,8 @@ def execute(recipe: Recipe, *, out: Path, seeds: int, device: str, data_dir: Pat
             how = (f", {world} processes (DDP)" if world > 1 else f", {jobs} worker processes" if jobs > 1 else "")
             click.echo(f"{recipe.name}: {len(recipe.rows)} row(s) x {seeds} seed(s), profile {recipe.profile}"
                        f"{how}, writing to {out}", err=True)
+            for line in recipe.shadowed():
+                click.echo(f"note: {line}", err=True)
         try:
             results = run_recipe(recipe, options, on_results=lambda r: write_report(out, r))
         except (DatasetNotFound, DatasetFormatError, OutputBusy, OutputNotWritable, CheckpointError) as err:
