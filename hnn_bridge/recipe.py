@@ -13,7 +13,8 @@ Shape of a file::
     [[rows]]                      # arch, coder, training, paper, label; any [defaults] key
 
 Precedence, lowest first: ``[defaults]``, the row's own keys, the profile's table
-(``[quick]`` with ``--quick``, ``[cpu]`` with ``--profile cpu``), then the command line. Every key is checked against the dataclass fields
+(``[quick]`` with ``--quick``, ``[cpu]`` with ``--profile cpu``), then the command line;
+`Recipe.shadowed` names each row key that a profile replaces (the run prints it). Every key is checked against the dataclass fields
 and every row is built once (cheap, on the CPU) before any training starts, so a typo or
 an impossible row fails at once with a `RecipeError` naming the file, the row and the key.
 """
