@@ -102,5 +102,6 @@ def main() -> None:
                               "changed_predictions": int((out0[pick].argmax(1) != out1[pick].argmax(1)).sum())}),
                   flush=True)
 
+
 if __name__ == "__main__":
     main()

@@ -244,7 +244,7 @@ class Recipe:
             raise RecipeError(f"{self.source}: recipe {self.name!r} has no [cpu] profile (only the CIFAR-10 tables "
                               "need one: the MNIST tables run at the paper's budget on a CPU); use the full "
                               "budget or --quick")
-        layer = {"full": {}, "quick": self.quick, "cpu": self.cpu}[profile]
+        layer = self._profile_table(profile)
         overrides = dict(overrides or {})
         where = f"{self.source}: command-line overrides"
         for key in overrides:
@@ -258,12 +258,16 @@ class Recipe:
         )
         return replace(self, rows=rows, profile=profile, overrides=overrides)
 
+    def _profile_table(self, profile: str) -> Mapping[str, Any]:
+        """The settings table of a profile (`PROFILES`); the full profile has none."""
+        return {"full": {}, "quick": self.quick, "cpu": self.cpu}[profile]
+
     def shadowed(self) -> list[str]:
         """One line per row key that the configured profile's table sets to another value.
         The profile takes precedence (a smoke profile cuts every row's budget), so such a
         row value is not used at this profile; a key that the command line sets overrides
         both and is left out. Empty for the full profile."""
-        layer = {"full": {}, "quick": self.quick, "cpu": self.cpu}.get(self.profile, {})
+        layer = self._profile_table(self.profile)
         profile_neuron = layer.get("neuron", {})
         lines = []
         for row in self.rows:

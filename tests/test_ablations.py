@@ -68,13 +68,19 @@ def test_every_ablation_has_a_control() -> None:
     assert sorted(p.stem for p in ABLATIONS.glob("*.toml")) == sorted(CONTROLS)
 
 
-@pytest.mark.parametrize("name", sorted(CONTROLS))
-def test_an_ablation_changes_only_its_declared_keys(name: str) -> None:
-    control_name, profile, declared = CONTROLS[name]
+def _rows_and_controls(name: str) -> list[tuple[RowSpec, RowSpec]]:
+    """Each row of the ablation with its control row, both resolved at the run's profile."""
+    control_name, profile, _ = CONTROLS[name]
     ablation = load_recipe(ABLATIONS / f"{name}.toml").configure(profile=profile)
     control = list(load_recipe(control_name).configure(profile=profile).rows)
-    for row in ablation.rows:
-        mine, theirs = _flat(row), _flat(_control(control, row, CONTROL_ROWS.get(name, {})))
+    return [(row, _control(control, row, CONTROL_ROWS.get(name, {}))) for row in ablation.rows]
+
+
+@pytest.mark.parametrize("name", sorted(CONTROLS))
+def test_an_ablation_changes_only_its_declared_keys(name: str) -> None:
+    declared = CONTROLS[name][2]
+    for row, control_row in _rows_and_controls(name):
+        mine, theirs = _flat(row), _flat(control_row)
         changed = {k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)}
         assert changed <= declared, f"{name} row {row.index} ({row.label}) also changes {sorted(changed - declared)}"
 
@@ -87,11 +93,7 @@ ADOPTED = {"cifar-ties-t16"}
 def test_every_ablation_row_differs_from_its_control(name: str) -> None:
     """The other half: a row that resolves to its control's settings trains the control
     again (cifar-logit-scale-t16 did once, its row's scale replaced by the profile's)."""
-    control_name, profile, _ = CONTROLS[name]
-    ablation = load_recipe(ABLATIONS / f"{name}.toml").configure(profile=profile)
-    control = list(load_recipe(control_name).configure(profile=profile).rows)
-    for row in ablation.rows:
-        theirs = _control(control, row, CONTROL_ROWS.get(name, {}))
+    for row, theirs in _rows_and_controls(name):
         assert row.arch != theirs.arch or _flat(row) != _flat(theirs), f"{name} row {row.index} is its control"
 
 
