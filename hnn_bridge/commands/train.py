@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import click
@@ -9,9 +10,51 @@ import click
 from ..notation import parse_arch
 from ..errors import ArchError
 from ..recipe import (ACTIVATION_NAMES, AUGMENT_NAMES, CODER_NAMES, INPUT_SHAPES, NORM_NAMES, Recipe, RecipeError,
-                      load_recipe)
+                      Settings, load_recipe)
 from ..precision import PRECISIONS
 from ._execute import check_device, execute
+
+#: The paper recipe whose settings `train` inherits, per family of datasets (the 28x28
+#: datasets: table1a; CIFAR-10: table1b), and the dataset that selects it.
+BASE_RECIPES = {"MNIST": ("table1a", None), "CIFAR-10": ("table1b", "cifar10")}
+
+
+def base_recipe(dataset: str | None) -> Recipe:
+    """The paper recipe that an ad-hoc network on ``dataset`` inherits its settings from."""
+    return load_recipe(BASE_RECIPES["CIFAR-10" if dataset == "cifar10" else "MNIST"][0])
+
+
+@lru_cache(maxsize=None)
+def inherited_settings(*, quick: bool) -> dict[str, Settings]:
+    """The settings that `train` runs with when an option is left out, per family of
+    datasets (`BASE_RECIPES`), at the full budget or with ``--quick``: resolved as a run
+    resolves them (`Recipe.single`, then `Recipe.configure`)."""
+    out = {}
+    for family, (_, dataset) in BASE_RECIPES.items():
+        single = Recipe.single("A1C3-A10", coder=None, training="simultaneous", base=base_recipe(dataset),
+                               row_keys={"dataset": dataset} if dataset else None)
+        out[family] = single.configure(quick=quick).rows[0].settings
+    return out
+
+
+def _say(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def default_help(key: str, *, families: tuple[str, ...] = tuple(BASE_RECIPES)) -> str:
+    """``[default: ...]`` for the setting ``key`` of `Settings`, as `inherited_settings`
+    gives it: one value where every family agrees, else one per family, and the
+    ``--quick`` values where they differ from the full budget's."""
+    def say(quick: bool) -> str:
+        table = inherited_settings(quick=quick)
+        values = {family: _say(getattr(table[family], key)) for family in families}
+        if len(set(values.values())) == 1:
+            return next(iter(values.values()))
+        return ", ".join(f"{value} {family}" for family, value in values.items())
+
+    full, quick = say(False), say(True)
+    return f"[default: {full}" + (f"; --quick: {quick}" if quick != full else "") + "]"
+
 
 
 @click.command("train")
@@ -21,27 +64,30 @@ from ._execute import check_device, execute
 @click.option("--training", type=click.Choice(["simultaneous", "separate"]), default="simultaneous",
               show_default=True, help="§3.1: all layers from scratch, or pre-trained frozen ALs.")
 @click.option("--dataset", type=click.Choice(sorted(INPUT_SHAPES)), default=None,
-              help="[default: mnist; mnist-5k with --quick]")
+              help=default_help("dataset", families=("MNIST",)))
 @click.option("--quick", is_flag=True, help="The smoke profile of the dataset's paper recipe.")
-@click.option("--epochs", type=click.IntRange(min=1), help="[default: the paper's, 100 MNIST / 150 CIFAR-10]")
-@click.option("--steps", "-T", type=click.IntRange(min=1), help="Time steps T [default: 25].")
-@click.option("--batch-size", type=click.IntRange(min=1), help="[default: 64]")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Adam learning rate [default: 1e-4].")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="[default: 0.3]")
-@click.option("--activation", type=click.Choice(ACTIVATION_NAMES), help="AL activation [default: auto].")
+@click.option("--epochs", type=click.IntRange(min=1), help=default_help("epochs"))
+@click.option("--steps", "-T", type=click.IntRange(min=1), help=f"Time steps T {default_help('steps')}.")
+@click.option("--batch-size", type=click.IntRange(min=1), help=default_help("batch_size"))
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True),
+              help=f"Adam learning rate, decayed at the recipe's milestones {default_help('lr')}.")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True),
+              help=f"Dropout probability between layers {default_help('dropout')}.")
+@click.option("--activation", type=click.Choice(ACTIVATION_NAMES),
+              help=f"AL activation (auto: sigmoid with the poisson coder, else relu) {default_help('activation')}.")
 @click.option("--norm", type=click.Choice(NORM_NAMES),
-              help="Batch norm after every weight op [default: the recipe's; none on MNIST, batch on CIFAR-10].")
+              help=f"Batch norm after every weight op {default_help('norm')}.")
 @click.option("--augment", type=click.Choice(AUGMENT_NAMES),
               help="Augment training images: crop-rotate is Fang et al.'s random resized crop and rotation "
-              "[default: none].")
-@click.option("--input-mode", type=click.Choice(["direct", "axon"]), help="§4.2 [default: direct].")
-@click.option("--seed", type=click.IntRange(min=0), help="Base seed [default: 0].")
+              f"{default_help('augment')}.")
+@click.option("--input-mode", type=click.Choice(["direct", "axon"]), help=f"§4.2 {default_help('input_mode')}.")
+@click.option("--seed", type=click.IntRange(min=0), help=f"Base seed {default_help('seed')}.")
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--backend", default=None, help="Neuron backend (see hnn_bridge.backends.BACKENDS).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="32: float32; bf16: bfloat16 autocast (CPUs with AVX-512 BF16/AMX, CUDA); 16: float16 "
-              "autocast with a GradScaler (CUDA). The neuron's state stays float32 [default: the recipe's, 32].")
+              f"autocast with a GradScaler (CUDA). The neuron's state stays float32 {default_help('precision')}.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Output folder [default: runs/train-ARCH].")
@@ -74,7 +120,7 @@ def train(arch: str, coder: str | None, training: str, dataset: str | None, quic
         raise click.BadParameter(str(err), param_hint="ARCH")
     if coder is None:
         coder = "duplicate" if any(s.spiking for s in specs) else "none"
-    base = load_recipe("table1b" if dataset == "cifar10" else "table1a")
+    base = base_recipe(dataset)
     given = {"dataset": dataset, "epochs": epochs, "steps": steps, "batch_size": batch_size, "lr": lr,
              "dropout": dropout, "activation": activation, "norm": norm, "augment": augment, "input_mode": input_mode,
              "seed": seed, "backend": backend, "precision": precision}
