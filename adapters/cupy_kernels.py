@@ -2,25 +2,30 @@
 
 The kernel source `KERNEL_SOURCE` is one C text that compiles two ways:
 
-- as CUDA (NVRTC, through ``cupy.RawModule``) for the ``"cupy"`` backend of
-  `hnn_bridge.adapters.spikingjelly.IIRNode`; each thread owns one neuron and loops over T;
+- as CUDA for the ``"cupy"`` backend of `hnn_bridge.adapters.spikingjelly.IIRNode`: NVRTC
+  builds it with exactly `nvrtc_options` (`compile_kernel_source`, which needs no GPU) and
+  ``cupy.RawModule(path=...)`` loads the cubin or PTX; each thread owns one neuron and
+  loops over T;
 - as plain C (``gcc -O2 -ffp-contract=off``) through `compile_c_kernels`, which is how the
   kernel arithmetic is verified on machines without a GPU: the test suite runs the C
   build on random data through ctypes and checks spikes bit for bit and gradients within
   1e-5 relative against the torch core (`hnn_bridge.functional.iir`).
 
 Both builds evaluate exactly the arithmetic of `hnn_bridge.functional.iir.charge` and
-`IIRMultiStep.backward`: the same products and sums in the same order, in float32, with
-the coefficients rounded to float32 once (as torch does for ``python_float *
-float32_tensor``), and without fused multiply-adds (``__fmul_rn``/``__fadd_rn`` and
-``--fmad=false`` on CUDA, ``-ffp-contract=off`` in C). Spikes and membrane potentials
-therefore equal the torch backend bit for bit; gradients differ from it only through
-``exp`` (CUDA ``expf`` / libm ``expf`` versus torch's vectorised ``exp``), a few ulp. Like
+`IIRMultiStep.backward` (eq. 1a, 1c, 1d forward; eq. 6 in the backward): the same
+products and sums in the same order, in float32, with the coefficients rounded to float32
+once (as torch does for ``python_float * float32_tensor``), without fused multiply-adds
+(``__fmul_rn``/``__fadd_rn`` and ``--fmad=false`` on CUDA, ``-ffp-contract=off`` in C)
+and without flushing subnormal values to zero (``--ftz=false``; CuPy's own compile path,
+``RawModule(code=...)``, would append ``-ftz=true``, so it is not used). Spikes and
+membrane potentials therefore equal the torch backend bit for bit, tiny values included;
+gradients differ from it only through ``exp`` (CUDA ``expf`` / libm ``expf`` versus
+torch's vectorised ``exp``), a few ulp. Like
 `hnn_bridge.functional.surrogate.surrogate_grad`, the surrogate is exactly 0 where its
 exponent is below ``EXP_FLOOR``.
 
 Only V is saved for backward; the surrogate of eq. 6 is recomputed from it. Only float32
-is supported. ``cupy`` is imported lazily, on the first launch.
+is supported. ``cupy`` is imported lazily, on the first launch, and kept.
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ import os
 import shutil
 import subprocess
 import tempfile
-from typing import Optional
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from hnn_bridge.functional.iir import Coefficients, IIRState, _widened, _widened_state
 from hnn_bridge.functional.native import term_kinds
@@ -48,9 +54,16 @@ __all__ = [
     "CupyIIRMultiStep",
     "CKernels",
     "compile_c_kernels",
+    "compile_kernel_source",
     "cupy_multistep",
+    "cupy_package",
+    "cupy_stream",
     "cupy_unavailable_reason",
+    "nvrtc_binding",
+    "nvrtc_options",
     "require_cupy",
+    "state_on",
+    "target_arch",
     "term_kinds",
 ]
 
@@ -192,13 +205,15 @@ IIR_ENTRY iir_backward_f32(
 }
 """
 
-#: NVRTC options: no FMA contraction (the source also uses the _rn intrinsics), no fast math.
-NVRTC_OPTIONS = ("--fmad=false", "-std=c++11")
+#: NVRTC options, and the only ones the CUDA build gets (`nvrtc_options` adds the target):
+#: no FMA contraction (the source also uses the _rn intrinsics), subnormals kept
+#: (``--ftz=false``, as on the CPU), IEEE division and square root.
+NVRTC_OPTIONS = ("--fmad=false", "--ftz=false", "--prec-div=true", "--prec-sqrt=true", "-std=c++11")
 #: gcc flags for the CPU build of the same source (see `compile_c_kernels`).
 C_COMPILE_FLAGS = ("-O2", "-ffp-contract=off", "-fno-fast-math", "-shared", "-fPIC", "-std=c99")
 
 THREADS_PER_BLOCK = 256
-
+_KERNEL_NAMES = ("iir_forward_f32", "iir_backward_f32")
 
 
 def _f32(c: float) -> np.float32:
@@ -224,11 +239,138 @@ def _check_b(k: Coefficients) -> None:
         raise ValueError("IIR neuron: the synapse gain b must not be zero")
 
 
+# --------------------------------------------------------------------------- NVRTC
+
+
+def nvrtc_options(arch: str) -> tuple[str, ...]:
+    """The complete NVRTC option list for one target: `NVRTC_OPTIONS` plus
+    ``--gpu-architecture=ARCH`` (``compute_XY`` gives PTX, ``sm_XY`` a cubin)."""
+    return (*NVRTC_OPTIONS, f"--gpu-architecture={arch}")
+
+
+def target_arch(capability: tuple[int, int], supported: Sequence[int]) -> str:
+    """The NVRTC target for a device of compute ``capability`` (major, minor): a cubin
+    (``sm_XY``) where this NVRTC can build for the device itself, else PTX of the newest
+    architecture it can build below it (``compute_XY``), which the driver compiles on load."""
+    wanted = 10 * capability[0] + capability[1]
+    if wanted in supported:
+        return f"sm_{wanted}"
+    below = [a for a in supported if a < wanted]
+    if not below:
+        raise RuntimeError(
+            f"IIRNode backend 'cupy': NVRTC builds for compute capabilities {sorted(supported)}, "
+            f"none at or below this device's {capability[0]}.{capability[1]}"
+        )
+    return f"compute_{max(below)}"
+
+
+class _CudaPythonNVRTC:
+    """NVRTC through cuda-python (``cuda.bindings``, a dependency of torch's CUDA wheels)."""
+
+    def __init__(self) -> None:
+        from cuda.bindings import nvrtc
+
+        self._nvrtc = nvrtc
+
+    def _check(self, result, prog=None):
+        err, *values = result
+        if err != self._nvrtc.nvrtcResult.NVRTC_SUCCESS:
+            log = ""
+            if prog is not None:
+                _, size = self._nvrtc.nvrtcGetProgramLogSize(prog)
+                buf = b" " * size
+                self._nvrtc.nvrtcGetProgramLog(prog, buf)
+                log = buf.rstrip(b"\0").decode(errors="replace")
+            raise RuntimeError(f"NVRTC failed ({err.name}) compiling the IIR kernels:\n{log}")
+        return values[0] if len(values) == 1 else values
+
+    def supported_archs(self) -> list[int]:
+        return list(self._check(self._nvrtc.nvrtcGetSupportedArchs()))
+
+    def compile(self, source: str, options: Sequence[str], cubin: bool) -> bytes:
+        nv = self._nvrtc
+        prog = self._check(nv.nvrtcCreateProgram(source.encode(), b"iir_kernels.cu", 0, [], []))
+        try:
+            self._check(nv.nvrtcCompileProgram(prog, len(options), [o.encode() for o in options]), prog)
+            size_of, read = (nv.nvrtcGetCUBINSize, nv.nvrtcGetCUBIN) if cubin else (nv.nvrtcGetPTXSize, nv.nvrtcGetPTX)
+            buf = b" " * self._check(size_of(prog))
+            self._check(read(prog, buf))
+            return buf if cubin else buf.rstrip(b"\0")
+        finally:
+            nv.nvrtcDestroyProgram(prog)
+
+
+class _CupyNVRTC:
+    """NVRTC through CuPy's own binding (for a torch without cuda-python)."""
+
+    def __init__(self) -> None:
+        from cupy.cuda import nvrtc
+
+        self._nvrtc = nvrtc
+
+    def supported_archs(self) -> list[int]:
+        return list(self._nvrtc.getSupportedArchs())
+
+    def compile(self, source: str, options: Sequence[str], cubin: bool) -> bytes:
+        nv = self._nvrtc
+        prog = nv.createProgram(source, "iir_kernels.cu", (), ())
+        try:
+            try:
+                nv.compileProgram(prog, list(options))
+            except nv.NVRTCError as error:
+                raise RuntimeError(f"NVRTC failed ({error}) compiling the IIR kernels:\n{nv.getProgramLog(prog)}") from error
+            return nv.getCUBIN(prog) if cubin else nv.getPTX(prog)
+        finally:
+            nv.destroyProgram(prog)
+
+
+def nvrtc_binding():
+    """The NVRTC binding used to build the kernels: cuda-python's where importable, else
+    CuPy's. Raises ImportError when neither is."""
+    try:
+        return _CudaPythonNVRTC()
+    except ImportError:
+        pass
+    try:
+        return _CupyNVRTC()
+    except ImportError as error:
+        raise ImportError("NVRTC is reachable neither through cuda-python (cuda.bindings) nor through cupy") from error
+
+
+def compile_kernel_source(arch: str, nvrtc=None) -> bytes:
+    """`KERNEL_SOURCE` compiled by NVRTC with exactly ``nvrtc_options(arch)``: PTX text for
+    ``compute_XY``, a cubin for ``sm_XY``. Needs no GPU.
+
+    The kernels are built here rather than by ``cupy.RawModule(code=...)`` because CuPy
+    (13 and 14) appends ``-ftz=true`` after the caller's options, and the later flag wins:
+    every float add, multiply and compare would then flush subnormal values to zero, which
+    the torch core and the C build do not do.
+    """
+    nvrtc = nvrtc or nvrtc_binding()
+    return nvrtc.compile(KERNEL_SOURCE, nvrtc_options(arch), cubin=arch.startswith("sm_"))
+
+
 # --------------------------------------------------------------------------- CuPy (CUDA)
+
+
+def cupy_package(cuda_version: Optional[str]) -> Optional[str]:
+    """The CuPy wheel for the CUDA that torch was built with (``torch.version.cuda``):
+    ``cupy-cuda12x`` for 12.x, ``cupy-cuda13x`` for 13.x; None for a torch without CUDA."""
+    if not cuda_version:
+        return None
+    return f"cupy-cuda{cuda_version.split('.')[0]}x"
+
+
+def _install_hint() -> str:
+    package = cupy_package(torch.version.cuda)
+    if package is None:
+        return "a CUDA build of torch, then pip install cupy-cuda12x or cupy-cuda13x to match its CUDA"
+    return f"pip install {package}, for torch's CUDA {torch.version.cuda}"
+
 
 def _cupy_error(reason: str) -> RuntimeError:
     return RuntimeError(
-        "IIRNode backend 'cupy' needs a CUDA device and the cupy package (pip install cupy-cuda12x), "
+        f"IIRNode backend 'cupy' needs a CUDA device and the cupy package ({_install_hint()}), "
         f"but {reason}; use backend='torch' on CPU"
     )
 
@@ -246,8 +388,15 @@ def cupy_unavailable_reason() -> Optional[str]:
     return " and ".join(missing) if missing else None
 
 
+_CUPY = None
+
+
 def require_cupy():
-    """Import and return cupy, or raise the RuntimeError that names the 'torch' backend."""
+    """Import and return cupy (once per process), or raise the RuntimeError that names
+    the 'torch' backend."""
+    global _CUPY
+    if _CUPY is not None:
+        return _CUPY
     reason = cupy_unavailable_reason()
     if reason is not None:
         raise _cupy_error(reason)
@@ -255,35 +404,57 @@ def require_cupy():
         import cupy
     except Exception as error:  # installed but broken (driver/toolkit mismatch)
         raise _cupy_error(f"importing cupy failed ({error})") from error
+    _CUPY = cupy
     return cupy
 
 
-_MODULES: dict = {}
+class _DeviceKernels(NamedTuple):
+    cupy: object
+    device: object  # cupy.cuda.Device
+    forward: object  # cupy.RawKernel
+    backward: object
+    arch: str
 
 
-def _kernels(device_index: int):
-    """The compiled (forward, backward) kernels for one device, compiled once per process."""
-    found = _MODULES.get(device_index)
+_KERNELS: dict[int, _DeviceKernels] = {}
+
+
+def _kernels(device_index: int) -> _DeviceKernels:
+    """The kernels for one device, compiled once per process (see `compile_kernel_source`)
+    and loaded with ``cupy.RawModule(path=...)``, so that CuPy adds no option."""
+    found = _KERNELS.get(device_index)
     if found is None:
         cupy = require_cupy()
-        with cupy.cuda.Device(device_index):
-            module = cupy.RawModule(code=KERNEL_SOURCE, options=NVRTC_OPTIONS)
-            found = (module.get_function("iir_forward_f32"), module.get_function("iir_backward_f32"))
-        _MODULES[device_index] = found
+        nvrtc = nvrtc_binding()
+        arch = target_arch(torch.cuda.get_device_capability(device_index), nvrtc.supported_archs())
+        image = compile_kernel_source(arch, nvrtc)
+        device = cupy.cuda.Device(device_index)
+        with tempfile.TemporaryDirectory(prefix="hnn_bridge_iir_") as folder, device:
+            path = os.path.join(folder, "iir_kernels." + ("cubin" if arch.startswith("sm_") else "ptx"))
+            with open(path, "wb") as f:
+                f.write(image)
+            module = cupy.RawModule(path=path)
+            forward, backward = (module.get_function(name) for name in _KERNEL_NAMES)  # loads the file
+        found = _KERNELS[device_index] = _DeviceKernels(cupy, device, forward, backward, arch)
     return found
 
 
-def _ptr(t: Optional[Tensor]) -> int:
-    return 0 if t is None else t.data_ptr()
+def cupy_stream(cupy, stream: "torch.cuda.Stream"):
+    """A CuPy view of a torch CUDA stream: ``cupy.cuda.Stream.from_external`` (CuPy 14,
+    through the CUDA stream protocol), ``cupy.cuda.ExternalStream`` before it (deprecated
+    in CuPy 14, where it warns on every call)."""
+    from_external = getattr(cupy.cuda.Stream, "from_external", None)
+    if from_external is not None and hasattr(stream, "__cuda_stream__"):
+        return from_external(stream)
+    return cupy.cuda.ExternalStream(stream.cuda_stream, stream.device_index)
 
 
-def _launch(kernel, device: torch.device, n: int, args: tuple) -> None:
+def _launch(kernels: _DeviceKernels, kernel, device: torch.device, n: int, args: tuple) -> None:
     """Launch on the current PyTorch stream of `device` (so no extra synchronisation)."""
-    cupy = require_cupy()
     blocks = (n + THREADS_PER_BLOCK - 1) // THREADS_PER_BLOCK
-    stream = torch.cuda.current_stream(device)
-    with cupy.cuda.Device(device.index), cupy.cuda.ExternalStream(stream.cuda_stream):
-        kernel((blocks,), (THREADS_PER_BLOCK,), args)
+    stream = cupy_stream(kernels.cupy, torch.cuda.current_stream(device))
+    with kernels.device:
+        kernel((blocks,), (THREADS_PER_BLOCK,), args, stream=stream)
 
 
 def _prepare(t: Optional[Tensor], like: Tensor) -> Optional[Tensor]:
@@ -307,8 +478,9 @@ def _check_tensor(x_seq: Tensor) -> None:
 class CupyIIRMultiStep(torch.autograd.Function):
     """The CuPy twin of `hnn_bridge.functional.iir.IIRMultiStep` (same inputs and outputs,
     without the ``smooth`` option): x_seq [T, ...] float32 on CUDA, the initial state
-    (p1, p2, r, v, o; each a tensor or None for zeros), the `Coefficients` and
-    detach_reset. Returns spikes, V, p[T-1], p[T-2], R[T-1]; saves only V."""
+    (p1, p2, r, v, o; each a tensor on x_seq's device or None for zeros), the
+    `Coefficients` and detach_reset. Returns spikes, V, p[T-1], p[T-2], R[T-1]; saves
+    only V. Its backward is not itself differentiable (a double backward raises)."""
 
     @staticmethod
     def forward(ctx, x_seq, p1, p2, r, v, o, k: Coefficients, detach_reset: bool):  # type: ignore[override]
@@ -321,9 +493,10 @@ class CupyIIRMultiStep(torch.autograd.Function):
         volts = torch.empty_like(x)
         p_last, p_prev, r_last = (torch.empty_like(x[0]) for _ in range(3))
         if n > 0:
-            forward_kernel, _ = _kernels(x.device.index)
+            kernels = _kernels(x.device.index)
             _launch(
-                forward_kernel,
+                kernels,
+                kernels.forward,
                 x.device,
                 n,
                 (
@@ -340,6 +513,7 @@ class CupyIIRMultiStep(torch.autograd.Function):
         return spikes, volts, p_last, p_prev, r_last
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g_spikes, g_volts, g_p1, g_p2, g_r):  # type: ignore[override]
         (volts,) = ctx.saved_tensors
         k: Coefficients = ctx.k
@@ -349,9 +523,10 @@ class CupyIIRMultiStep(torch.autograd.Function):
         grad_x = torch.empty_like(volts)
         outs = tuple(torch.empty_like(volts[0]) if needs[i] else None for i in range(1, 6))
         if n > 0:
-            _, backward_kernel = _kernels(volts.device.index)
+            kernels = _kernels(volts.device.index)
             _launch(
-                backward_kernel,
+                kernels,
+                kernels.backward,
                 volts.device,
                 n,
                 (
@@ -364,13 +539,26 @@ class CupyIIRMultiStep(torch.autograd.Function):
         return (grad_x, *outs, None, None)
 
 
+def _ptr(t: Optional[Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def state_on(like: Tensor, state: Optional[IIRState]) -> tuple[Optional[Tensor], ...]:
+    """The five state tensors (None for a zero start) moved onto ``like``'s device outside
+    the autograd Function, so that a state on another device (the CPU) gets its gradient
+    on its own device, through the copy."""
+    if state is None:
+        return (None,) * 5
+    return tuple(None if s is None else s.to(device=like.device) for s in state)
+
+
 def cupy_multistep(
     x_seq: Tensor, params: IIRParams, state: Optional[IIRState] = None
 ) -> tuple[Tensor, Tensor, IIRState]:
     """`hnn_bridge.functional.iir_multistep` on the CuPy kernels (float32, CUDA).
 
     A float16/bfloat16 input (autocast) is widened to float32 as in `iir_multistep`; the
-    spikes come back in its dtype, V and the state in float32.
+    spikes come back in its dtype, V and the state in float32 on the input's device.
 
     Returns (spikes [T, ...], V [T, ...], final state); `state=None` (or None entries)
     starts from zeros. Raises RuntimeError naming backend='torch' without CUDA or cupy.
@@ -379,7 +567,7 @@ def cupy_multistep(
         raise ValueError(f"IIR neuron: expected a time-first tensor [T, ...] with T >= 1, got shape {tuple(x_seq.shape)}")
     require_cupy()
     out_dtype, x_seq, state = x_seq.dtype, _widened(x_seq), _widened_state(state)
-    given = (None,) * 5 if state is None else tuple(state)
+    given = state_on(x_seq, state)
     spikes, volts, p1, p2, r = CupyIIRMultiStep.apply(x_seq, *given, Coefficients.of(params), params.detach_reset)
     return spikes.to(out_dtype), volts, IIRState(p1, p2, r, volts[-1], spikes[-1])
 

@@ -1,10 +1,12 @@
 """The CuPy backend: its kernel source checked on the CPU through a plain-C build, the
 error without CUDA/cupy, and (where CUDA and cupy exist) the kernels themselves."""
 
+import contextlib
 import importlib.util
 import itertools
 import re
 import shutil
+import types
 
 import numpy as np
 import pytest
@@ -12,16 +14,33 @@ import torch
 
 from hnn_bridge import IIRNeuron, IIRParams, build
 from hnn_bridge.adapters import cupy_kernels
-from hnn_bridge.adapters.cupy_kernels import compile_c_kernels, cupy_multistep, term_kinds
+from hnn_bridge.adapters.cupy_kernels import (
+    CupyIIRMultiStep,
+    compile_c_kernels,
+    compile_kernel_source,
+    cupy_multistep,
+    cupy_package,
+    nvrtc_options,
+    target_arch,
+    term_kinds,
+)
 from hnn_bridge.adapters.spikingjelly import IIRNode
 from hnn_bridge.backends import make_neuron
-from hnn_bridge.functional import Coefficients, IIRMultiStep
+from hnn_bridge.functional import Coefficients, IIRMultiStep, iir_multistep
 
-from helpers import rel_err
+from helpers import currents, rel_err
 
 HAVE_CUDA_CUPY = torch.cuda.is_available() and importlib.util.find_spec("cupy") is not None
-needs_gpu = pytest.mark.skipif(not HAVE_CUDA_CUPY, reason="needs a CUDA device and cupy (pip install cupy-cuda12x)")
+needs_gpu = pytest.mark.skipif(
+    not HAVE_CUDA_CUPY,
+    reason=f"needs a CUDA device and cupy (pip install {cupy_package(torch.version.cuda) or 'cupy-cuda13x'})",
+)
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the kernel source as C")
+HAVE_NVRTC = importlib.util.find_spec("cuda") is not None and importlib.util.find_spec("cuda.bindings") is not None
+needs_nvrtc = pytest.mark.skipif(
+    not HAVE_NVRTC, reason="needs cuda-python (cuda.bindings, installed with torch's CUDA wheels) to run NVRTC"
+)
+TINY = torch.finfo(torch.float32).tiny  # the smallest normal float32; below it: subnormal
 
 
 # ------------------------------------------------------------------ the kernel source as C
@@ -107,12 +126,166 @@ def test_kernel_source_forbids_fused_multiply_add():
     assert "-ffp-contract=off" in cupy_kernels.C_COMPILE_FLAGS
 
 
+@needs_gcc
+def test_c_build_keeps_subnormal_values_as_the_torch_core_does(c_kernels):
+    """Currents around 1e-39 (float32 subnormals): the C build gives the torch core's V and
+    final state bit for bit, subnormals included, and the input gradient of a tiny
+    incoming gradient; a build that flushed them (CuPy's ``-ftz=true``) would not."""
+    k = Coefficients.of(IIRParams(tau_s=2.0, membrane_decay=0.8))
+    gen = torch.Generator().manual_seed(11)
+    tiny = torch.randn(25, 4, 64, generator=gen) * 3e-39
+    normal = torch.randn(25, 4, 64, generator=gen) * 1.5 + 0.4
+    x = torch.where(torch.rand(25, 4, 64, generator=gen) < 0.5, tiny, normal).requires_grad_()
+    outs = IIRMultiStep.apply(x, None, None, None, None, None, k, False, False)
+    volts = outs[1].detach()
+    subnormal = (volts != 0) & (volts.abs() < TINY)
+    assert subnormal.sum() > 100 and outs[0].sum() > 0
+    flushed = torch.where(subnormal, torch.zeros_like(volts), volts)
+    assert not torch.equal(flushed.view(torch.int32), volts.view(torch.int32))  # the check can tell
+
+    c_outs = c_kernels.forward(x.detach().numpy(), k)
+    for c, t in zip(c_outs, outs):
+        np.testing.assert_array_equal(c.view(np.int32), t.detach().numpy().view(np.int32))
+
+    g = torch.randn(25, 4, 64, generator=gen) * 1e-36  # V near V_th: grad_x = b * g * sg, partly subnormal
+    (gx,) = torch.autograd.grad(outs[0], x, g)
+    c_gx = c_kernels.backward(volts.numpy(), k, False, g.numpy())[0]
+    assert ((gx != 0) & (gx.abs() < TINY)).sum() > 0
+    assert rel_err(c_gx, gx) < 1e-5 and ((c_gx == 0) == (gx == 0).numpy()).all()
+
+
+# --------------------------------------------------- the CUDA build, compiled here by NVRTC
+
+FTZ_FREE_LIBRARY_OPS = {"ex2.approx.ftz.f32"}  # inside CUDA's expf (range-reduced argument, scaled after)
+
+
+def _float_ops(ptx: str) -> set[str]:
+    return set(re.findall(r"\b(?:add|sub|mul|fma|neg|setp\.\w+)\.[\w.]*f32\b", ptx))
+
+
+def _ftz_ops(ptx: str) -> set[str]:
+    return set(re.findall(r"\b[\w.]+\.ftz[\w.]*f32\b", ptx))
+
+
+def test_nvrtc_options_keep_subnormals_and_forbid_contraction():
+    options = nvrtc_options("sm_90")
+    assert options == ("--fmad=false", "--ftz=false", "--prec-div=true", "--prec-sqrt=true", "-std=c++11",
+                       "--gpu-architecture=sm_90")
+    assert not [o for o in options if "ftz=true" in o or "fast-math" in o]
+
+
+def test_target_arch_prefers_a_cubin_for_the_device():
+    nvrtc13 = [75, 80, 86, 87, 88, 89, 90, 100, 103, 110, 120, 121]
+    assert target_arch((9, 0), nvrtc13) == "sm_90"  # H100, H200
+    assert target_arch((8, 0), nvrtc13) == "sm_80"
+    assert target_arch((9, 5), nvrtc13) == "compute_90"  # newer than this NVRTC knows: PTX below it
+    with pytest.raises(RuntimeError, match=re.escape("none at or below this device's 7.0")):
+        target_arch((7, 0), nvrtc13)
+
+
+@needs_nvrtc
+def test_nvrtc_build_keeps_subnormals_in_every_add_multiply_and_compare():
+    """The PTX that the cupy backend runs (compiled here, no GPU needed): adds, multiplies
+    and compares are the IEEE round-to-nearest forms without ``.ftz``, and there is no FMA of
+    the kernel's own; with CuPy's appended ``-ftz=true`` the same source flushes them."""
+    ptx = compile_kernel_source("compute_90").decode()
+    assert {"add.rn.f32", "mul.rn.f32", "sub.rn.f32", "setp.ge.f32", "setp.lt.f32"} <= _float_ops(ptx)
+    assert _ftz_ops(ptx) <= FTZ_FREE_LIBRARY_OPS
+    assert ".entry iir_forward_f32" in ptx and ".entry iir_backward_f32" in ptx
+
+    binding = cupy_kernels.nvrtc_binding()
+    as_cupy_compiles = binding.compile(cupy_kernels.KERNEL_SOURCE, (*nvrtc_options("compute_90"), "-ftz=true"),
+                                       cubin=False).decode()
+    assert {"add.rn.ftz.f32", "mul.rn.ftz.f32", "setp.ge.ftz.f32"} <= _ftz_ops(as_cupy_compiles)
+
+
+@needs_nvrtc
+def test_kernels_load_from_our_own_nvrtc_build_not_cupys(monkeypatch):
+    """`_kernels` hands CuPy a cubin by path (``RawModule(path=...)``, no source, no
+    options for CuPy to extend), built for the device's architecture, once per device."""
+    loads = []
+
+    class RawModule:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+        def get_function(self, name):
+            with open(self.kwargs["path"], "rb") as f:  # the file exists while CuPy loads it
+                loads.append((dict(self.kwargs), name, f.read()))
+            return name
+
+    fake = types.SimpleNamespace(RawModule=RawModule, cuda=types.SimpleNamespace(Device=lambda i: contextlib.nullcontext()))
+    monkeypatch.setattr(cupy_kernels, "require_cupy", lambda: fake)
+    monkeypatch.setattr(cupy_kernels, "_KERNELS", {})
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (9, 0))
+    first = cupy_kernels._kernels(0)
+    assert cupy_kernels._kernels(0) is first and len(loads) == 2
+    assert (first.forward, first.backward, first.arch) == ("iir_forward_f32", "iir_backward_f32", "sm_90")
+    for kwargs, _, image in loads:
+        assert list(kwargs) == ["path"] and kwargs["path"].endswith("iir_kernels.cubin")
+        assert image[:4] == b"\x7fELF" and image == compile_kernel_source("sm_90")
+
+
+def test_cupy_stream_wraps_torchs_stream_the_cupy_14_way():
+    class TorchStream:
+        cuda_stream, device_index = 0x1234, 1
+
+        def __cuda_stream__(self):
+            return (0, self.cuda_stream)
+
+    made = []
+
+    class Stream:
+        @staticmethod
+        def from_external(obj):
+            made.append(("from_external", obj.__cuda_stream__()))
+            return obj
+
+    def external_stream(ptr, device_id=-1):
+        made.append(("ExternalStream", ptr, device_id))
+
+    cupy14 = types.SimpleNamespace(cuda=types.SimpleNamespace(Stream=Stream, ExternalStream=external_stream))
+    cupy13 = types.SimpleNamespace(cuda=types.SimpleNamespace(Stream=object, ExternalStream=external_stream))
+    cupy_kernels.cupy_stream(cupy14, TorchStream())
+    cupy_kernels.cupy_stream(cupy13, TorchStream())
+    assert made == [("from_external", (0, 0x1234)), ("ExternalStream", 0x1234, 1)]
+
+
+def test_cupy_backward_is_once_differentiable():
+    """A double backward must raise rather than silently treat the kernel as linear; on a
+    GPU `test_cupy_double_backward_raises` checks it end to end."""
+    backward = CupyIIRMultiStep.backward
+    assert backward.__code__.co_filename.endswith("torch/autograd/function.py")  # once_differentiable's wrapper
+    assert backward.__wrapped__.__qualname__ == "CupyIIRMultiStep.backward"
+
+
+def test_a_state_on_another_device_is_moved_outside_the_function():
+    like = torch.empty(3, 4, device="meta")
+    state = [torch.randn(3, 4, requires_grad=True) for _ in range(5)]
+    moved = cupy_kernels.state_on(like, cupy_kernels.IIRState(*state[:4], None))
+    assert [m is None for m in moved] == [False] * 4 + [True]
+    assert all(m.device.type == "meta" and m.grad_fn is not None for m in moved[:4])  # autograd sees the copy
+    assert cupy_kernels.state_on(like, None) == (None,) * 5
+
+
 # ---------------------------------------------------------------- without CUDA or cupy
 
+def _expected_hint() -> str:
+    if torch.version.cuda is None:
+        return "a CUDA build of torch, then pip install cupy-cuda12x or cupy-cuda13x to match its CUDA"
+    return f"pip install cupy-cuda{torch.version.cuda.split('.')[0]}x, for torch's CUDA {torch.version.cuda}"
+
+
 EXPECTED_ERROR = (
-    "IIRNode backend 'cupy' needs a CUDA device and the cupy package (pip install cupy-cuda12x), "
+    f"IIRNode backend 'cupy' needs a CUDA device and the cupy package ({_expected_hint()}), "
     "but torch sees no CUDA device and cupy is not installed; use backend='torch' on CPU"
 )
+
+
+def test_the_cupy_package_is_named_for_torchs_cuda():
+    assert cupy_package("12.8") == "cupy-cuda12x"
+    assert cupy_package("13.0") == "cupy-cuda13x"
+    assert cupy_package(None) is None
 
 
 @pytest.mark.skipif(torch.cuda.is_available() or importlib.util.find_spec("cupy") is not None,
@@ -203,14 +376,74 @@ def test_cupy_widens_half_inputs_and_keeps_float32_state():
 
 
 @needs_gpu
-def test_cupy_runs_on_the_current_torch_stream():
-    x, _ = _pair((16, 64), 8, "dual_exp", seed=2)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        out = IIRNode(backend="cupy")(x)
-    torch.cuda.current_stream().wait_stream(stream)
-    assert torch.equal(out, IIRNeuron()(x))
+def test_cupy_runs_forward_and_backward_on_the_current_torch_stream(monkeypatch):
+    """Input and gradient are written on a side stream held busy by ``torch.cuda._sleep``;
+    forward and backward launch there. A launch on any other stream would read the
+    buffers before the copies land (-5 everywhere: no spikes) and fail the comparison,
+    and every launch must name the side stream."""
+    x_cpu, g_cpu = currents(8, 16, 64, seed=2), currents(8, 16, 64, seed=3)
+    xr = x_cpu.clone().requires_grad_()
+    want = IIRNeuron()(xr)
+    (want_grad,) = torch.autograd.grad((want * g_cpu).sum(), xr)
+    used = []
+    wrap = cupy_kernels.cupy_stream
+    monkeypatch.setattr(cupy_kernels, "cupy_stream", lambda cupy, stream: used.append(stream.cuda_stream) or wrap(cupy, stream))
+    x_src, g_src = x_cpu.cuda(), g_cpu.cuda()
+    x_buf, g_buf = torch.full_like(x_src, -5.0), torch.zeros_like(g_src)
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(200_000_000)  # about 0.1 s of a busy side stream
+        x_buf.copy_(x_src)
+        g_buf.copy_(g_src)
+        xi = x_buf.requires_grad_()
+        out = IIRNode(backend="cupy")(xi)
+        torch.cuda._sleep(200_000_000)
+        (out * g_buf).sum().backward()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    assert used == [side.cuda_stream, side.cuda_stream]
+    assert torch.equal(out.cpu(), want) and want.sum() > 0
+    assert rel_err(xi.grad.cpu(), want_grad) < 1e-5
+
+
+@needs_gpu
+def test_cupy_keeps_subnormal_values_on_the_gpu():
+    """Built without CuPy's ``-ftz=true``: V equals the CPU core's bit for bit where it is
+    a float32 subnormal."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.where(torch.rand(25, 4, 64, generator=gen) < 0.5, torch.randn(25, 4, 64, generator=gen) * 3e-39,
+                    torch.randn(25, 4, 64, generator=gen) * 1.5 + 0.4)
+    ref = IIRNode(backend="torch", store_v_seq=True, membrane_decay=0.8, tau_s=2.0)
+    node = IIRNode(backend="cupy", store_v_seq=True, membrane_decay=0.8, tau_s=2.0)
+    spikes_ref, spikes = ref(x), node(x.cuda())
+    v_ref, v = ref.v_seq, node.v_seq.cpu()
+    assert ((v_ref != 0) & (v_ref.abs() < TINY)).sum() > 100
+    assert torch.equal(spikes.cpu(), spikes_ref) and torch.equal(v.view(torch.int32), v_ref.view(torch.int32))
+
+
+@needs_gpu
+def test_cupy_double_backward_raises():
+    x = currents(8, 4, 32, seed=5).cuda().requires_grad_()
+    spikes, _, _ = cupy_multistep(x, IIRParams())
+    (gx,) = torch.autograd.grad(spikes.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="marked with @once_differentiable"):
+        gx.sum().backward()
+
+
+@needs_gpu
+def test_cupy_state_on_the_cpu_gets_its_gradient_on_the_cpu():
+    x = currents(6, 4, 32, seed=6).cuda().requires_grad_()
+    state = [torch.randn(4, 32, requires_grad=True) for _ in range(3)]
+    start = cupy_kernels.IIRState(*state, None, None)
+    spikes, _, _ = cupy_multistep(x, IIRParams(), start)
+    spikes.sum().backward()
+    assert all(s.grad is not None and s.grad.device.type == "cpu" for s in state)
+    ref_state = [s.detach().clone().requires_grad_() for s in state]
+    ref, _, _ = iir_multistep(x.detach().cpu(), IIRParams(), cupy_kernels.IIRState(*ref_state, None, None))
+    ref.sum().backward()
+    assert torch.equal(spikes.cpu(), ref)
+    assert all(rel_err(s.grad, r.grad) < 1e-5 for s, r in zip(state, ref_state))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -224,3 +457,18 @@ def test_gpu_check_script_exits_with_a_message_without_cuda(tmp_path, capsys):
     assert gpu_check.main(["--out", str(tmp_path / "r.json")]) == 2
     assert "gpu_check: no CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_pyproject_offers_the_cupy_wheel_for_each_cuda():
+    from pathlib import Path
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+
+    extras = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert extras["gpu"] == ["cupy-cuda13x>=14"] and extras["gpu-cuda12"] == ["cupy-cuda12x>=13"]
+    if torch.version.cuda is not None:  # this torch's CUDA is among them
+        assert any(spec[0].startswith(cupy_package(torch.version.cuda) + ">=") for spec in extras.values() if spec)
