@@ -51,6 +51,7 @@ from torch import Tensor, nn
 
 from hnn_bridge.functional.iir import IIRState, iir_step, state_dtype
 from hnn_bridge.functional.surrogate import surrogate_grad
+from hnn_bridge.neuron import bias_shape
 from hnn_bridge.params import IIRParams
 
 __all__ = ["IIRLeaky", "ErfcSurrogate", "erfc_surrogate", "reset", "detach", "SNNTORCH_VERSIONS"]
@@ -239,6 +240,10 @@ class IIRLeaky(snntorch.Leaky):
             the Heaviside of eq. 1f with U(0) = 1. ``erfc_surrogate(sigma)`` (or None) is
             eq. 6 itself.
         init_hidden, output: as in snnTorch.
+        post_filter_bias: the shape of a learnable bias (``self.bias``, zeros at first)
+            added after the synapse filter, where Fang et al. add theirs: ``500`` for 500
+            units, ``(C, 1, 1)`` for C channels. None (default): no bias of its own; the
+            bias of an ``nn.Linear`` before it is part of the current and is filtered.
         reset_mechanism: ``"subtract"`` only (the IIR reset filter subtracts V_th*R[t]).
         surrogate_disable, inhibition, learn_beta, learn_threshold, state_quant,
         graded_spikes_factor, learn_graded_spikes_factor, reset_delay: accepted at their
@@ -290,6 +295,7 @@ class IIRLeaky(snntorch.Leaky):
         reset_decay: Optional[float] = None,
         synapse: str = "dual_exp",
         detach_reset: bool = False,
+        post_filter_bias: Optional[Union[int, tuple[int, ...]]] = None,
     ) -> None:
         _check_fixed(
             surrogate_disable=surrogate_disable,
@@ -340,6 +346,10 @@ class IIRLeaky(snntorch.Leaky):
         for name in _CONSTANT_BUFFERS:
             if name in self._buffers:
                 self._non_persistent_buffers_set.add(name)
+        if post_filter_bias is None:
+            self.register_parameter("bias", None)
+        else:
+            self.bias = nn.Parameter(torch.zeros(bias_shape(post_filter_bias)))
 
     @classmethod
     def from_params(cls, params: IIRParams, **kwargs) -> "IIRLeaky":
@@ -463,7 +473,7 @@ class IIRLeaky(snntorch.Leaky):
             self._sync()
             b = self._buffers
             start = IIRState(b["p1"], b["p2"], b["r"], b["mem"], b["o"])
-        spk, new = iir_step(input_, _fit(start, input_), self.params, surrogate=self.custom_grad)
+        spk, new = iir_step(input_, _fit(start, input_), self.params, surrogate=self.custom_grad, bias=self.bias)
         if new.v is input_:  # degenerate settings (V = x): keep snnTorch's mem.detach_() off the caller's tensor
             new = new._replace(v=new.v.clone())
         self._store(new)
@@ -480,7 +490,8 @@ class IIRLeaky(snntorch.Leaky):
         ]
         flags = [f"{n}=True" for n in ("init_hidden", "output") if getattr(self, n)]
         grad = [f"spike_grad={getattr(self.custom_grad, '__name__', self.custom_grad)!r}"] if self.custom_grad else []
-        return ", ".join(changed + grad + flags)
+        bias = [f"post_filter_bias={tuple(self.bias.shape)}"] if self.bias is not None else []
+        return ", ".join(changed + bias + grad + flags)
 
 
 def reset(module: nn.Module) -> nn.Module:

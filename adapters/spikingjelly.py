@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import fields
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor
@@ -47,7 +47,15 @@ from torch import Tensor
 from spikingjelly.activation_based import neuron as sj_neuron
 from spikingjelly.activation_based import surrogate as sj_surrogate
 
-from hnn_bridge.functional.iir import IIRState, iir_multistep, iir_multistep_reference, iir_step, state_dtype
+from hnn_bridge.functional.iir import (
+    IIRState,
+    iir_multistep,
+    iir_multistep_reference,
+    iir_step,
+    state_dtype,
+    with_post_filter_bias,
+)
+from hnn_bridge.neuron import bias_shape
 from hnn_bridge.params import IIRParams
 
 __all__ = ["IIRNode", "BACKENDS", "SPIKINGJELLY_VERSIONS", "erf_sigma"]
@@ -126,6 +134,10 @@ class IIRNode(sj_neuron.BaseNode):
         store_v_seq: in multi-step mode keep the membrane potentials ``[T, N, ...]`` of
             the last call in ``self.v_seq`` (in single-step mode they accumulate until
             ``reset()``, as in SpikingJelly).
+        post_filter_bias: the shape of a learnable bias (``self.bias``, zeros at first)
+            added after the synapse filter, where Fang et al. add theirs: ``500`` for 500
+            units, ``(C, 1, 1)`` for C channels. None (default): no bias of its own; the
+            bias of a ``layer.Linear`` before it is part of the current and is filtered.
 
     State: the memories ``v`` (V[t-1]), ``p1`` (p[t-1]), ``p2`` (p[t-2]), ``r`` (R[t-1])
     and ``o`` (O[t-1]) persist across calls, in both step modes, until
@@ -150,6 +162,7 @@ class IIRNode(sj_neuron.BaseNode):
         step_mode: str = "m",
         backend: str = "torch",
         store_v_seq: bool = False,
+        post_filter_bias: Optional[Union[int, tuple[int, ...]]] = None,
     ) -> None:
         if v_reset is not None:
             raise ValueError(
@@ -192,6 +205,10 @@ class IIRNode(sj_neuron.BaseNode):
             self.register_memory(name, 0.0)
         self.params = params
         self.backend = backend
+        if post_filter_bias is None:
+            self.register_parameter("bias", None)
+        else:
+            self.bias = torch.nn.Parameter(torch.zeros(bias_shape(post_filter_bias)))
         # The surrogate module itself is self.surrogate_function (a submodule, as in SpikingJelly).
         self._per_step = custom is not None
 
@@ -257,19 +274,23 @@ class IIRNode(sj_neuron.BaseNode):
 
     def single_step_functional_forward(self, inputs, states, **kwargs):
         v, p1, p2, r, o = states
-        o_new, st = iir_step(inputs[0], IIRState(p1, p2, r, v, o), self.params, surrogate=self._surrogate)
+        o_new, st = iir_step(inputs[0], IIRState(p1, p2, r, v, o), self.params, surrogate=self._surrogate,
+                             bias=self.bias)
         return (o_new,), (st.v, st.p1, st.p2, st.r, st.o)
 
     def _multistep(self, x_seq: Tensor, states) -> tuple[Tensor, Tensor, IIRState]:
         v, p1, p2, r, o = states
         start = None if all(s is None for s in states) else IIRState(p1, p2, r, v, o)
         if self._per_step:
-            return iir_multistep_reference(x_seq, self.params, start, surrogate=self.surrogate_function)
+            return iir_multistep_reference(x_seq, self.params, start, surrogate=self.surrogate_function,
+                                           bias=self.bias)
         if self.backend == "cupy":
             from .cupy_kernels import cupy_multistep
 
+            if self.bias is not None:
+                return with_post_filter_bias(x_seq, self.params, start, self.bias, cupy_multistep)
             return cupy_multistep(x_seq, self.params, start)
-        return iir_multistep(x_seq, self.params, start)
+        return iir_multistep(x_seq, self.params, start, bias=self.bias)
 
     def multi_step_functional_forward(self, inputs, states, **kwargs):
         spikes, _, st = self._multistep(inputs[0], states)
@@ -300,4 +321,5 @@ class IIRNode(sj_neuron.BaseNode):
             if getattr(self.params, f.name) != getattr(defaults, f.name)
         ]
         custom = [f"surrogate_function={self.surrogate_function!r}"] if self._per_step else []
+        custom += [f"post_filter_bias={tuple(self.bias.shape)}"] if self.bias is not None else []
         return ", ".join(changed + custom + [f"step_mode={self.step_mode!r}", f"backend={self.backend!r}"])

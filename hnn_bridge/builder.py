@@ -18,11 +18,15 @@ from torch import Tensor, nn
 from .coders import CODERS, Coder, MuActivation, make_coder
 from .errors import ArchError, ConfigError
 from .notation import LayerSpec, last_al, parse_arch
+from .neuron import PostFilterBias, SynapseFilter
 from .params import IIRParams
 from .pooling import MaxPool2d
 
 TRAININGS = ("simultaneous", "separate")
 NORMS = ("none", "batch")
+#: where a spiking layer's bias (or batch-norm shift) acts: after the synapse filter, as in
+#: Fang et al.'s layers (I = W F + b), or on the current before it (every run before 2026-12-06)
+BIAS_PLACEMENTS = ("after_filter", "before_filter")
 INPUT_MODES = ("direct", "axon")
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid}
 
@@ -90,7 +94,11 @@ class HybridNet(nn.Module):
     - ``layers``: a `LayerInfo` per token;
     - ``weight_ops``: layer index (into ``layers``) -> its Linear/Conv2d, whose input is
       what feeds that layer (hooks on it measure presynaptic firing rates);
-    - ``neurons``: SL index (into ``layers``) -> its neuron module (spikes [T, B, ...]).
+    - ``neurons``: SL index (into ``layers``) -> its neuron module (spikes [T, B, ...]);
+    - ``filters``: SL index -> its `SynapseFilter` where the filter runs apart from the
+      neuron (``bias_placement="after_filter"``; that neuron then has synapse "none");
+      `synapse_params` gives every SL's effective neuron constants either way;
+    - ``biases``: SL index -> its `PostFilterBias` (after_filter without a norm).
     """
 
     def __init__(
@@ -112,7 +120,16 @@ class HybridNet(nn.Module):
         self.layers = layers
         self.weight_ops: dict[int, nn.Module] = {}
         self.neurons: dict[int, nn.Module] = {}
+        self.filters: dict[int, SynapseFilter] = {}
+        self.biases: dict[int, PostFilterBias] = {}
         self.settings = settings
+
+    def synapse_params(self, index: int) -> IIRParams:
+        """The neuron constants of SL ``index`` (into ``layers``) as one neuron: with its
+        synapse filter where that runs as a module of its own."""
+        if index in self.filters:
+            return self.filters[index].params
+        return self.neurons[index].params
 
     @property
     def steps(self) -> int | None:
@@ -183,12 +200,15 @@ class _Assembly:
     activation: type[nn.Module]
     dropout: float
     norm: str
+    bias_placement: str = "after_filter"
     shape: tuple[int, ...] = ()
     al: list[nn.Module] = field(default_factory=list)
     sl: list[nn.Module] = field(default_factory=list)
     first_op: nn.Module | None = None
     weight_ops: dict[int, nn.Module] = field(default_factory=dict)
     neurons: dict[int, nn.Module] = field(default_factory=dict)
+    filters: dict[int, SynapseFilter] = field(default_factory=dict)
+    biases: dict[int, PostFilterBias] = field(default_factory=dict)
     layers: list[LayerInfo] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -277,27 +297,49 @@ class _Assembly:
         self.shape = out_shape
 
     def spiking_layer(self, i: int, s: LayerSpec) -> None:
-        """Weight op, [norm], IIR neuron, time-shared dropout; on all T x B rows of [T, B, ...].
+        """Weight op, synapse filter, bias or norm, IIR neuron, time-shared dropout; on all
+        T x B rows of [T, B, ...].
+
+        ``bias_placement="after_filter"`` (Fang et al.'s form, I = W F + b): the weight op
+        has no bias; a `SynapseFilter` follows it, then the bias (`PostFilterBias`, the
+        weight op's own initial bias moved) or the batch norm, whose shift is then that
+        bias, then the neuron with synapse "none". ``"before_filter"``: weight op with
+        bias, [norm], then the neuron, whose filter sees the bias (and norm shift) too.
+        A layer without a filter (the first SL with direct input) is built the second way
+        under either placement: with nothing to filter, the two are the same network.
 
         With duplicate coding the first SL's train is constant in time, so its weight op
-        (and norm: the statistics of T equal copies are those of one) runs once per image.
+        (and a norm before the filter: the statistics of T equal copies are those of one)
+        runs once per image.
         """
         flatten, op, macs, out_shape = self._weight_op(i, s)
-        n_params = sum(p.numel() for p in op.parameters())
         constant = i == self.first_sl and self.coder == "duplicate"
+        layer_params = self.params
+        if i == self.first_sl and self.input_mode == "direct":
+            layer_params = replace(self.params, synapse="none")
         norm = _norm_layer(self.norm, out_shape)
-        ops = [*flatten, op] + ([norm] if norm is not None else [])
-        if norm is not None:
-            n_params += sum(p.numel() for p in norm.parameters())
+        from .backends import make_neuron
+
+        split = self.bias_placement == "after_filter" and layer_params.synapse != "none"
+        if split:
+            after: nn.Module = PostFilterBias.like(op) if norm is None else SeqOp(norm)
+            if norm is not None:
+                op.register_parameter("bias", None)  # the norm's shift is the bias after the filter
+            ops: list[nn.Module] = [*flatten, op]
+        else:
+            ops = [*flatten, op] + ([norm] if norm is not None else [])
         if constant:
             self.first_op = nn.Sequential(*ops)
         else:
             self.sl.extend(SeqOp(m) for m in ops)
-        layer_params = self.params
-        if i == self.first_sl and self.input_mode == "direct":
-            layer_params = replace(self.params, synapse="none")
-        from .backends import make_neuron
-
+        n_params = sum(p.numel() for m in (op, norm) if m is not None for p in m.parameters())
+        if split:
+            self.filters[len(self.layers)] = filt = SynapseFilter(layer_params)
+            self.sl.extend((filt, after))
+            if norm is None:
+                self.biases[len(self.layers)] = after
+            layer_params = replace(layer_params, synapse="none")
+            n_params += sum(p.numel() for p in after.parameters()) if norm is None else 0
         self.neurons[len(self.layers)] = neuron = make_neuron(self.backend, layer_params)
         self.sl.append(neuron)
         if i != len(self.specs) - 1 and self.dropout > 0:
@@ -305,7 +347,6 @@ class _Assembly:
         fed_by = self.coded if i == self.first_sl else "spikes"
         self.layers.append(LayerInfo(s.token, "SL", s.op, out_shape, n_params, macs, fed_by, not constant))
         self.shape = out_shape
-
 
 def build(
     arch: str | Sequence[LayerSpec],
@@ -321,6 +362,7 @@ def build(
     dropout: float = 0.0,
     norm: str = "none",
     gaussian_sigma0: float = 0.0,
+    bias_placement: str = "after_filter",
 ) -> HybridNet:
     """Build a hybrid network from an architecture string.
 
@@ -346,6 +388,12 @@ def build(
             AL's bias starts at ln(gaussian_sigma0), so that the coder starts close to
             duplicate coding and learns its noise; 0 keeps PyTorch's default
             initialisation (sigma near 1 everywhere). The paper names none.
+        bias_placement: where each SL's bias (or batch-norm shift) enters the neuron:
+            ``"after_filter"``, Fang et al.'s form (I = W F + b; their layers, on which
+            the paper's experiments ran), or ``"before_filter"``, inside the filtered
+            current, as every run before 2026-12-06 was built (kept so that those
+            checkpoints load and give their numbers). The same network where an SL has no
+            filter (direct input).
 
     Raises:
         ArchError: malformed architecture, or an MLP input width that does not match.
@@ -386,6 +434,8 @@ def build(
         raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}")
     if norm not in NORMS:
         raise ConfigError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
+    if bias_placement not in BIAS_PLACEMENTS:
+        raise ConfigError(f"unknown bias_placement {bias_placement!r}; choose one of {', '.join(BIAS_PLACEMENTS)}")
     activation = activation or ("sigmoid" if coder == "poisson" else "relu")
     if activation not in ACTIVATIONS:
         raise ConfigError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
@@ -416,7 +466,7 @@ def build(
 
     coder_module = make_coder(coder, steps) if coder else None
     parts = _Assembly(specs, input_shape, coder, coder_module, params, backend, input_mode,
-                      ACTIVATIONS[activation], dropout, norm)
+                      ACTIVATIONS[activation], dropout, norm, bias_placement)
     for i, s in enumerate(specs):
         parts.add(i, s)
 
@@ -425,11 +475,12 @@ def build(
     settings = dict(
         coder=coder, steps=steps if coder else None, backend=backend, input_shape=input_shape,
         input_mode=input_mode, neuron=params.as_dict(), training=training, activation=activation,
-        dropout=dropout, norm=norm,
+        dropout=dropout, norm=norm, bias_placement=bias_placement,
     )
     model = HybridNet(text, nn.Sequential(*parts.al), coder_module, parts.first_op, nn.Sequential(*parts.sl),
                       parts.layers, settings)
-    model.weight_ops, model.neurons = parts.weight_ops, parts.neurons
+    model.weight_ops, model.neurons, model.filters = parts.weight_ops, parts.neurons, parts.filters
+    model.biases = parts.biases
     if gaussian_sigma0 > 0:
         head = model.weight_ops[max(i for i, info in enumerate(model.layers) if info.part == "AL")]
         with torch.no_grad():  # (mu, ln sigma) are stacked along dim 1: the second half is ln sigma

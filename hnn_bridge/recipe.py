@@ -28,6 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from .builder import BIAS_PLACEMENTS as BIAS_PLACEMENT_NAMES
 from .errors import ArchError, ConfigError
 from .notation import parse_arch
 from .params import IIRParams
@@ -40,6 +41,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 __all__ = [
     "ADDED_LATER",
+    "BIAS_PLACEMENT_NAMES",
     "INPUT_SHAPES",
     "NORM_NAMES",
     "PROFILES",
@@ -116,6 +118,10 @@ class Settings:
             margins for the same confidence, hence fewer tied top counts at small T.
         augment: ``none``, or ``crop-rotate``: Fang et al.'s random resized crop and
             rotation of training images (`hnn_bridge.data.augment`); not in the paper.
+        bias_placement: ``after_filter`` (Fang et al.'s layers: each SL's bias, or its
+            batch-norm shift, is added after the synapse filter) or ``before_filter``
+            (filtered with the current; every run before 2026-12-06), see
+            `hnn_bridge.builder.build`.
     """
 
     dataset: str = "mnist"
@@ -140,6 +146,7 @@ class Settings:
     logit_scale: float = 1.0
     gaussian_sigma0: float = 0.0
     augment: str = "none"
+    bias_placement: str = "after_filter"
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -165,7 +172,7 @@ class Settings:
 SETTING_KEYS = tuple(f.name for f in fields(Settings))
 #: settings added after results were first saved -> the value that means "as before"
 ADDED_LATER: dict[str, Any] = {"norm": "none", "precision": "32", "logit_scale": 1.0, "gaussian_sigma0": 0.0,
-                               "augment": "none"}
+                               "augment": "none", "bias_placement": "before_filter"}
 NORM_NAMES = ("none", "batch")  # = hnn_bridge.builder.NORMS (checked by a test)
 AUGMENT_NAMES = ("none", "crop-rotate")  # = hnn_bridge.data.augment.AUGMENTS (checked by a test)
 ROW_KEYS = ("arch", "coder", "training", "paper", "label", "note")
@@ -384,6 +391,8 @@ def _check_setting(key: str, value: Any, where: str) -> Any:
         return _choice(value, where, NORM_NAMES)
     if key == "augment":
         return _choice(value, where, AUGMENT_NAMES)
+    if key == "bias_placement":
+        return _choice(value, where, BIAS_PLACEMENT_NAMES)
     if key == "precision":  # 32 and 16 may be written as TOML integers
         return _choice(str(value) if isinstance(value, int) and not isinstance(value, bool) else value,
                        where, PRECISIONS)
@@ -541,7 +550,7 @@ def build_row(row: RowSpec, *, backend: str | None = None):  # -> HybridNet
         row.arch, coder=row.coder, steps=s.steps, backend=backend or s.backend, input_shape=s.input_shape,
         input_mode=s.input_mode, neuron=s.neuron, training=row.training,
         activation=None if s.activation == "auto" else s.activation, dropout=s.dropout, norm=s.norm,
-        gaussian_sigma0=s.gaussian_sigma0 if row.coder == "gaussian" else 0.0,
+        gaussian_sigma0=s.gaussian_sigma0 if row.coder == "gaussian" else 0.0, bias_placement=s.bias_placement,
     )
 
 

@@ -99,6 +99,8 @@ def _budget(results: Mapping[str, Any]) -> str:
     parts.append(f"dropout {s.get('dropout')}")
     if s.get("norm", "none") != "none":
         parts.append(f"norm {s['norm']}")
+    if "bias_placement" in s:  # results from before 2026-12-06 lack it: their SL biases were filtered
+        parts.append(f"SL bias {s['bias_placement'].replace('_', ' ')}")
     parts += [f"{results.get('seeds', 1)} seed(s)", f"device {results.get('device')}"]
     return ", ".join(parts)
 

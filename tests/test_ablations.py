@@ -72,7 +72,9 @@ def _rows_and_controls(name: str) -> list[tuple[RowSpec, RowSpec]]:
     """Each row of the ablation with its control row, both resolved at the run's profile."""
     control_name, profile, _ = CONTROLS[name]
     ablation = load_recipe(ABLATIONS / f"{name}.toml").configure(profile=profile)
-    control = list(load_recipe(control_name).configure(profile=profile).rows)
+    # every ablation ran before 2026-12-06, when the controls' SL biases were filtered too
+    control = list(load_recipe(control_name).configure(profile=profile,
+                                                       overrides={"bias_placement": "before_filter"}).rows)
     return [(row, _control(control, row, CONTROL_ROWS.get(name, {}))) for row in ablation.rows]
 
 

@@ -134,7 +134,7 @@ def test_copy_weights_names_the_mismatched_keys():
     with pytest.raises(ValueError) as info:
         copy_weights(a, c)
     assert str(info.value) == (
-        "copy_weights: the models do not match (only in the source: sl.1.module.weight, sl.1.module.bias; "
+        "copy_weights: the models do not match (only in the source: sl.1.module.weight, sl.3.bias; "
         "only in the target: al.1.weight, al.1.bias; different shapes: first_op.0.weight (32, 64) -> (10, 20), "
         "first_op.0.bias (32,) -> (10,))"
     )

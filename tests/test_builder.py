@@ -134,9 +134,15 @@ def test_duplicate_coding_weighs_the_constant_train_once_with_the_same_spikes():
 def test_direct_input_skips_the_synapse_filter_of_the_first_sl_only():
     direct = build("A784-S500-S10", coder="duplicate", input_shape=MNIST)
     axon = build("A784-S500-S10", coder="duplicate", input_shape=MNIST, input_mode="axon")
-    synapses = lambda m: [n.params.synapse for n in m.modules() if isinstance(n, IIRNeuron)]
+    synapses = lambda m: [m.synapse_params(i).synapse for i in sorted(m.neurons)]
     assert synapses(direct) == ["none", "dual_exp"]
     assert synapses(axon) == ["dual_exp", "dual_exp"]
+    # after_filter (the default): a filtered layer's filter is a module of its own and its
+    # neuron has none; before_filter: the filter is inside the neuron
+    inside = lambda m: [n.params.synapse for n in m.modules() if isinstance(n, IIRNeuron)]
+    assert inside(direct) == ["none", "none"] and inside(axon) == ["none", "none"]
+    old = build("A784-S500-S10", coder="duplicate", input_shape=MNIST, input_mode="axon", bias_placement="before_filter")
+    assert inside(old) == synapses(old) == ["dual_exp", "dual_exp"] and not old.filters
 
 
 def test_neuron_settings_reach_every_spiking_layer():

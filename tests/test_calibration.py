@@ -52,12 +52,13 @@ def test_calibration_keeps_biases_and_als_and_mode():
     x = torch.rand(8, *SHAPE)
     model = build("A16C3-P2-S32C3-P2-S10", steps=4, input_shape=SHAPE, neuron=NEURON)
     al = {k: v.clone() for k, v in model.al.state_dict().items()}
-    biases = {i: op.bias.clone() for i, op in model.weight_ops.items() if i in model.neurons}
+    biases = {k: v.clone() for k, v in model.state_dict().items() if k.endswith("bias")}
+    assert "sl.2.bias" in biases  # the last SL's bias, after its synapse filter (PostFilterBias)
     model.train()
     calibrate_firing(model, x, target=0.2)
     assert model.training
     assert all(torch.equal(v, model.al.state_dict()[k]) for k, v in al.items())
-    assert all(torch.equal(b, model.weight_ops[i].bias) for i, b in biases.items())
+    assert all(torch.equal(b, model.state_dict()[k]) for k, b in biases.items())
 
 
 def test_target_must_be_a_rate():

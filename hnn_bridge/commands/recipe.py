@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..recipe import AUGMENT_NAMES, NORM_NAMES, PROFILES, RecipeError, list_recipes, load_recipe, parse_rows
+from ..recipe import AUGMENT_NAMES, BIAS_PLACEMENT_NAMES, NORM_NAMES, PROFILES, RecipeError, list_recipes, load_recipe, parse_rows
 from ..precision import PRECISIONS
 from ._execute import check_device, execute
 
@@ -26,12 +26,14 @@ def _listing() -> str:
 def _resume_command(name: str, profile: str, epochs: int | None, steps: int | None, rows: str | None, seeds: int,
                     device: str, backend: str | None, data_dir: Path | None, out: Path,
                     jobs: int = 1, norm: str | None = None, precision: str | None = None,
-                    test_every_epoch: bool = False, augment: str | None = None) -> list[str]:
+                    test_every_epoch: bool = False, augment: str | None = None,
+                    bias_placement: str | None = None) -> list[str]:
     """The command line that continues this run."""
     argv = ["hnn-bridge", "recipe", name]
     argv += {"full": [], "quick": ["--quick"]}.get(profile, ["--profile", profile])
     for flag, value in (("--epochs", epochs), ("--steps", steps), ("--rows", rows), ("--backend", backend),
-                        ("--norm", norm), ("--augment", augment), ("--precision", precision),
+                        ("--norm", norm), ("--augment", augment), ("--bias-placement", bias_placement),
+                        ("--precision", precision),
                         ("--data-dir", data_dir)):
         argv += [flag, str(value)] if value is not None else []
     argv += ["--seeds", str(seeds)] if seeds != 1 else []
@@ -60,6 +62,9 @@ def _resume_command(name: str, profile: str, epochs: int | None, steps: int | No
               help="Override the recipe's normalisation (batch: a BatchNorm after every weight op).")
 @click.option("--augment", type=click.Choice(AUGMENT_NAMES), default=None,
               help="Override the recipe's augmentation of training images (crop-rotate: Fang et al.'s).")
+@click.option("--bias-placement", type=click.Choice(BIAS_PLACEMENT_NAMES), default=None,
+              help="Override where each spiking layer's bias acts: after_filter (Fang et al.'s layers) or "
+              "before_filter (filtered with the current, as runs before 2026-12-06).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="32: float32; bf16: bfloat16 autocast (CPUs with AVX-512 BF16/AMX, CUDA); 16: float16 "
               "autocast with a GradScaler (CUDA). The neuron's state stays float32 [default: the recipe's, 32].")
@@ -77,8 +82,8 @@ def _resume_command(name: str, profile: str, epochs: int | None, steps: int | No
               "code does) beside the best-validation one; the selection and the training are unchanged.")
 def recipe(name: str | None, show_list: bool, quick: bool, profile: str | None, epochs: int | None, steps: int | None,
            rows_text: str | None, seeds: int, device: str, backend: str | None, norm: str | None,
-           augment: str | None, precision: str | None, data_dir: Path | None, out: Path | None, resume: bool, jobs: int,
-           test_every_epoch: bool) -> None:
+           augment: str | None, bias_placement: str | None, precision: str | None, data_dir: Path | None,
+           out: Path | None, resume: bool, jobs: int, test_every_epoch: bool) -> None:
     """Train the rows of a paper table and compare with the paper.
 
     NAME is a shipped recipe (table1a, table1b, table2a, table2b, table3a, table3b, sec4_2;
@@ -102,7 +107,8 @@ def recipe(name: str | None, show_list: bool, quick: bool, profile: str | None, 
     profile = profile or ("quick" if quick else "full")
     device = check_device(device)
     overrides = {k: v for k, v in (("epochs", epochs), ("steps", steps), ("backend", backend), ("norm", norm),
-                                   ("augment", augment), ("precision", precision)) if v is not None}
+                                   ("augment", augment), ("bias_placement", bias_placement),
+                                   ("precision", precision)) if v is not None}
     try:
         loaded = load_recipe(name)
         configured = loaded.configure(profile=profile, overrides=overrides)
@@ -113,6 +119,6 @@ def recipe(name: str | None, show_list: bool, quick: bool, profile: str | None, 
         out = Path("runs") / (configured.name + ("" if profile == "full" else f"-{profile}"))
     hint = " ".join(shlex.quote(a) for a in _resume_command(name, profile, epochs, steps, rows_text, seeds, device,
                                                              backend, data_dir, out, jobs, norm, precision,
-                                                             test_every_epoch, augment))
+                                                             test_every_epoch, augment, bias_placement))
     execute(configured, out=out, seeds=seeds, device=device, data_dir=data_dir, resume=resume, resume_hint=hint,
             jobs=jobs, test_every_epoch=test_every_epoch)

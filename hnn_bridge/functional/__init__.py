@@ -9,7 +9,10 @@ from .iir import (
     iir_multistep_reference,
     iir_spikes,
     iir_step,
+    post_filter_current,
     state_dtype,
+    synapse_filter,
+    with_post_filter_bias,
 )
 from .surrogate import ErfcSpike, firing_probability, heaviside, spike, spike_with, surrogate_grad
 
@@ -25,8 +28,11 @@ __all__ = [
     "iir_multistep_reference",
     "iir_spikes",
     "iir_step",
+    "post_filter_current",
     "spike",
     "spike_with",
     "state_dtype",
     "surrogate_grad",
+    "synapse_filter",
+    "with_post_filter_bias",
 ]

@@ -4,8 +4,12 @@ Per element and time step t, with x[t] the weighted input of eq. 1b:
 
     p[t] = a1*p[t-1] + a2*p[t-2] + b*x[t]     synapse filter (eq. 1d generalised)
     R[t] = theta*R[t-1] + O[t-1]              reset filter (eq. 1c)
-    V[t] = lam*V[t-1] + p[t] - V_th*R[t]      membrane (eq. 1a)
+    V[t] = lam*V[t-1] + (p[t] + c) - V_th*R[t]   membrane (eq. 1a); c: optional bias
     O[t] = U(V[t] - V_th)                     spike (eq. 1e, 1f); surrogate eq. 6
+
+The bias c, when given (``bias=``), is added after the synapse filter, where Fang et
+al.'s layers add it (their I = W F + b: the weights and the bias act on the filtered
+presynaptic signal). A bias inside x instead passes through the filter with x.
 
 Three entry points share one arithmetic (`charge`), so they agree bit for bit:
 
@@ -31,6 +35,7 @@ operations in the same order, bit for bit; the ATen ops below are the path elsew
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, NamedTuple, Optional
 
 import torch
@@ -138,31 +143,69 @@ def _sum(*terms: Optional[Tensor]) -> Tensor:
     return out
 
 
-def charge(x: Tensor, p1: Tensor, p2: Tensor, r: Tensor, v: Tensor, o: Tensor, k: Coefficients):
+def charge(
+    x: Tensor, p1: Tensor, p2: Tensor, r: Tensor, v: Tensor, o: Tensor, k: Coefficients,
+    bias: Optional[Tensor] = None,
+):
     """One step of eq. 1d, 1c, 1a: returns (p[t], R[t], V[t]) before firing.
 
     The single arithmetic of the neuron: every path (autograd step, fused Function, and,
     mirrored operation by operation, the CuPy kernel) evaluates exactly these products
-    and sums in this order.
+    and sums in this order. ``bias`` (broadcast to one step) enters the membrane as
+    p[t] + bias, after the synapse filter; p[t] itself, the filter's state, excludes it.
     """
     p = _sum(_scaled(k.a1, p1), _scaled(k.a2, p2), _scaled(k.b, x))
     r_new = _sum(_scaled(k.theta, r), o)
-    v_new = _sum(_scaled(k.lam, v), p, _scaled(-k.v_threshold, r_new))
+    current = p if bias is None else p + bias
+    v_new = _sum(_scaled(k.lam, v), current, _scaled(-k.v_threshold, r_new))
     return p, r_new, v_new
 
 
+def synapse_filter(
+    x_seq: Tensor, params: IIRParams, p1: Optional[Tensor] = None, p2: Optional[Tensor] = None
+) -> Tensor:
+    """The synapse filter alone over x_seq [T, ...] (eq. 1d generalised): p [T, ...].
+
+    p[t] = a1*p[t-1] + a2*p[t-2] + b*x[t] from p[-1] = ``p1`` and p[-2] = ``p2`` (None:
+    zero), with `charge`'s products and sums in `charge`'s order, so p equals the
+    neuron's own p[t] bit for bit (up to the sign of a zero). Differentiable by autograd.
+    Fang et al.'s axon layer (``dual_exp_iir_layer``) filters presynaptic spikes this way
+    before their weights; by linearity, filtering the weighted sum instead is the same.
+    For ``synapse="none"`` it returns ``x_seq`` itself.
+    """
+    _check_seq(x_seq)
+    k = Coefficients.of(params)
+    x_seq = _widened(x_seq)
+    if k.a1 == 0.0 and k.a2 == 0.0 and k.b == 1.0:
+        return x_seq
+    out = []
+    for x in x_seq:
+        # a zero initial state (None) contributes no term: a*0 + y == y
+        p = _sum(None if p1 is None else _scaled(k.a1, p1), None if p2 is None else _scaled(k.a2, p2),
+                 _scaled(k.b, x))
+        out.append(p)
+        p1, p2 = p, p1
+    return torch.stack(out)
+
+
 def iir_step(
-    x: Tensor, state: IIRState, params: IIRParams, *, surrogate: Optional[Callable[[Tensor], Tensor]] = None
+    x: Tensor,
+    state: IIRState,
+    params: IIRParams,
+    *,
+    surrogate: Optional[Callable[[Tensor], Tensor]] = None,
+    bias: Optional[Tensor] = None,
 ) -> tuple[Tensor, IIRState]:
     """One differentiable time step; returns (O[t], state after t).
 
     ``surrogate``: a function of V - V_th whose gradient replaces eq. 6 (`spike_with`;
-    the spikes stay the same); None means eq. 6 with ``params.sigma``.
+    the spikes stay the same); None means eq. 6 with ``params.sigma``. ``bias``: added
+    after the synapse filter (see `charge`); None: none.
     """
     k = Coefficients.of(params)
     out_dtype, x, state = x.dtype, _widened(x), _widened_state(state)
     o_prev = state.o.detach() if params.detach_reset else state.o
-    p, r, v = charge(x, state.p1, state.p2, state.r, state.v, o_prev, k)
+    p, r, v = charge(x, state.p1, state.p2, state.r, state.v, o_prev, k, bias)
     o = spike(v, k.v_threshold, k.sigma) if surrogate is None else spike_with(v, k.v_threshold, surrogate)
     return o.to(out_dtype), IIRState(p, state.p1, r, v, o)
 
@@ -173,18 +216,19 @@ def iir_multistep_reference(
     state: Optional[IIRState] = None,
     *,
     surrogate: Optional[Callable[[Tensor], Tensor]] = None,
+    bias: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, IIRState]:
     """The straightforward per-step autograd loop over x_seq [T, ...].
 
     Returns (spikes [T, ...], membrane V [T, ...], final state). Kept as the reference
     the fused `iir_multistep` is tested against, and the path for another surrogate
-    gradient (``surrogate``, see `iir_step`).
+    gradient (``surrogate``, see `iir_step`). ``bias``: added after the synapse filter.
     """
     out_dtype, x_seq = x_seq.dtype, _widened(x_seq)
     state = IIRState.zeros_like(x_seq[0]) if state is None else state
     spikes, volts = [], []
     for x in x_seq:
-        o, state = iir_step(x, state, params, surrogate=surrogate)
+        o, state = iir_step(x, state, params, surrogate=surrogate, bias=bias)
         spikes.append(o)
         volts.append(state.v)
     return torch.stack(spikes).to(out_dtype), torch.stack(volts), state
@@ -564,16 +608,24 @@ def _check_seq(x_seq: Tensor) -> None:
 
 
 def iir_multistep(
-    x_seq: Tensor, params: IIRParams, state: Optional[IIRState] = None, *, smooth: bool = False
+    x_seq: Tensor,
+    params: IIRParams,
+    state: Optional[IIRState] = None,
+    *,
+    smooth: bool = False,
+    bias: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, IIRState]:
     """The fused multistep neuron over x_seq [T, ...].
 
     Returns (spikes [T, ...], membrane V [T, ...], final state); `state=None` starts from
     zeros. Same values as `iir_multistep_reference`, gradients equal to float rounding.
     Without a graph to record (no grad mode, or no input requiring grad) it runs the same
-    forward and saves nothing.
+    forward and saves nothing. ``bias``: added after the synapse filter (see
+    `with_post_filter_bias`, the same spikes as the reference with that bias).
     """
     _check_seq(x_seq)
+    if bias is not None:
+        return with_post_filter_bias(x_seq, params, state, bias, iir_multistep)
     out_dtype, x_seq, state = x_seq.dtype, _widened(x_seq), _widened_state(state)
     given = (None,) * 5 if state is None else tuple(state)
     k = Coefficients.of(params)
@@ -587,16 +639,64 @@ def iir_multistep(
     return spikes.to(out_dtype), volts, IIRState(p1, p2, r, volts[-1], spikes[-1])
 
 
-def iir_spikes(x_seq: Tensor, params: IIRParams) -> Tensor:
+def iir_spikes(x_seq: Tensor, params: IIRParams, *, bias: Optional[Tensor] = None) -> Tensor:
     """The spikes of `iir_multistep` from zero state (what `IIRNeuron` returns).
 
     Runs `IIRSpikes`; without a graph to record it keeps no membrane sequence: V lives in
-    one step-sized buffer instead of a [T, ...] one (the evaluation path).
+    one step-sized buffer instead of a [T, ...] one (the evaluation path). ``bias``: added
+    after the synapse filter (`with_post_filter_bias`).
     """
     _check_seq(x_seq)
+    if bias is not None:
+        current, inner = post_filter_current(x_seq, params, None, bias)
+        return iir_spikes(current, inner).to(x_seq.dtype)
     k = Coefficients.of(params)
     out_dtype, x_seq = x_seq.dtype, _widened(x_seq)
     if _needs_graph(x_seq):
         return IIRSpikes.apply(x_seq, k, params.detach_reset).to(out_dtype)
     with _one_thread(x_seq):
         return _fused_forward(x_seq, None, None, None, None, None, k, False, False)[0].to(out_dtype)
+
+
+# -- the bias after the synapse filter -----------------------------------------------------
+#
+# V[t] = lam*V[t-1] + (p[t] + c) - V_th*R[t] is the neuron with synapse "none" on the
+# current p[t] + c: the filter runs first (`synapse_filter`), then the bias is added, then
+# any multistep executor of the neuron runs unchanged. Its sums are `charge`'s with a bias,
+# so every executor keeps giving the reference's spikes.
+
+
+def post_filter_current(
+    x_seq: Tensor, params: IIRParams, state: Optional[IIRState], bias: Tensor
+) -> tuple[Tensor, IIRParams]:
+    """(p + bias [T, ...], the params with synapse "none"): the input of a bias-free
+    executor that gives the neuron with ``bias`` after its synapse filter."""
+    p1, p2 = (None, None) if state is None else (state.p1, state.p2)
+    p_seq = synapse_filter(x_seq, params, p1, p2)
+    return p_seq + bias, _unfiltered(params)
+
+
+def with_post_filter_bias(
+    x_seq: Tensor,
+    params: IIRParams,
+    state: Optional[IIRState],
+    bias: Tensor,
+    run: Callable[..., tuple[Tensor, Tensor, IIRState]],
+) -> tuple[Tensor, Tensor, IIRState]:
+    """``run`` (an `iir_multistep`-like executor: (x_seq, params, state) -> (spikes, V,
+    state)) with ``bias`` added after the synapse filter; the returned state holds the
+    filter's own p[T-1], p[T-2] (without the bias), as `charge` does."""
+    p1, p2 = (None, None) if state is None else (state.p1, state.p2)
+    p_seq = synapse_filter(x_seq, params, p1, p2)
+    inner = None if state is None else IIRState(None, None, state.r, state.v, state.o)
+    if inner is not None and all(s is None for s in inner):
+        inner = None
+    spikes, volts, st = run(p_seq + bias, _unfiltered(params), inner)
+    steps = p_seq.shape[0]
+    p_last = p_seq[-1]
+    p_prev = p_seq[-2] if steps > 1 else (p1 if p1 is not None else torch.zeros_like(p_last))
+    return spikes.to(x_seq.dtype), volts, IIRState(p_last, p_prev, st.r, st.v, st.o)
+
+
+def _unfiltered(params: IIRParams) -> IIRParams:
+    return params if params.synapse == "none" else replace(params, synapse="none")

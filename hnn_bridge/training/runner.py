@@ -79,7 +79,8 @@ EPOCH_FIELDS = ("job", "row", "label", "seed", "phase", "epoch", "train_loss", "
 # the first training images (in split order) on which SL weights are calibrated (init_rate)
 CALIBRATION_IMAGES = 64
 # settings that do not change a pure ANN (it has no coder and no spiking layer)
-_SNN_ONLY = ("steps", "input_mode", "backend", "neuron", "init_rate", "logit_scale", "gaussian_sigma0")
+_SNN_ONLY = ("steps", "input_mode", "backend", "neuron", "init_rate", "logit_scale", "gaussian_sigma0",
+             "bias_placement")
 
 
 @dataclass(frozen=True)
