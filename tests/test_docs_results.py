@@ -1,24 +1,63 @@
-"""docs/results.md quotes its tables from committed results.json files, so the document
-cannot drift from the runs (`hnn_bridge.docs_tables`)."""
+"""docs/results.md (the answer) and docs/notes/lab-notebook.md (the record) quote their
+tables from committed results.json files, so the documents cannot drift from the runs
+(`hnn_bridge.docs_tables`); the results page's prose quotes no number that its tables lack."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
+
+import pytest
 
 from hnn_bridge.docs_tables import BLOCK, render_results_block, stale_blocks, sync_document
 from hnn_bridge.report import load_results
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+RESULTS = DOCS / "results.md"
+NOTEBOOK = DOCS / "notes" / "lab-notebook.md"
 
 
-def test_every_table_in_results_md_matches_its_results_json():
-    doc = DOCS / "results.md"
+@pytest.mark.parametrize("doc", [RESULTS, NOTEBOOK], ids=["results", "notebook"])
+def test_every_table_matches_its_results_json(doc: Path):
     blocks = [m["path"] for m in BLOCK.finditer(doc.read_text(encoding="utf-8"))]
-    assert "full-budget/table1a" in blocks and "full-budget/table2a" in blocks
-    assert all((DOCS / p / "results.json").is_file() for p in blocks)
+    prefix = "" if doc.parent == DOCS else "../"
+    assert f"{prefix}full-budget/table1a-lr1e-3" in blocks and f"{prefix}cpu/table1b-t16" in blocks
+    assert all((doc.parent / p / "results.json").is_file() for p in blocks)
     assert stale_blocks(doc) == []
+
+
+def test_every_committed_run_is_quoted_and_the_results_page_shows_a_subset():
+    """Nothing measured is lost: every run folder under docs/ with a results.json is quoted
+    by a Markdown page of docs/ (the notebook, or a dated note); the results page quotes
+    a subset of the notebook's runs (the current table of each paper table)."""
+    runs = {p.parent.resolve() for p in DOCS.glob("*/*/results.json")}
+    quoted = {(doc.parent / m["path"]).resolve() for doc in DOCS.rglob("*.md")
+              for m in BLOCK.finditer(doc.read_text(encoding="utf-8"))}
+    assert runs - quoted == set()
+    in_notebook = {m["path"].removeprefix("../") for m in BLOCK.finditer(NOTEBOOK.read_text(encoding="utf-8"))}
+    on_page = {m["path"] for m in BLOCK.finditer(RESULTS.read_text(encoding="utf-8"))}
+    assert on_page <= in_notebook
+    assert len(on_page) == 9
+
+
+def test_every_number_in_the_results_prose_is_in_one_of_its_tables():
+    """A two-decimal number (an accuracy, a spread, a paper value) written in the prose or
+    the claims of docs/results.md must appear in a table that the page renders from a
+    results.json, so a claim cannot quote a number that no run gave."""
+    text = RESULTS.read_text(encoding="utf-8")
+    tables = "".join(m["body"] for m in BLOCK.finditer(text))
+    prose = BLOCK.sub("", text)
+    quoted = set(re.findall(r"(?<![\d.])\d+\.\d\d(?![\d.])", prose))
+    assert {"98.02", "98.27", "63.03", "62.05", "99.17"} <= quoted
+    missing = sorted(n for n in quoted if not re.search(rf"(?<![\d.]){re.escape(n)}(?![\d.])", tables))
+    assert missing == []
+
+
+def test_no_doc_cites_a_file_outside_the_repository():
+    for doc in DOCS.rglob("*.md"):
+        assert "design.md" not in doc.read_text(encoding="utf-8"), doc
 
 
 def test_sync_rewrites_a_stale_block_and_only_that(tmp_path: Path):
