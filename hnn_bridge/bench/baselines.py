@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from ..builder import HybridNet, SeqOp, TimeSharedDropout
+from ..neuron import PostFilterBias, SynapseFilter
 from ..params import IIRParams
 
 __all__ = [
@@ -59,8 +60,9 @@ __all__ = [
 
 
 def is_neuron(module: nn.Module) -> bool:
-    """An IIR neuron layer of any backend (they all carry ``params``)."""
-    return isinstance(getattr(module, "params", None), IIRParams)
+    """An IIR neuron layer of any backend (they all carry ``params``; a `SynapseFilter`
+    carries them too, but is no neuron)."""
+    return isinstance(getattr(module, "params", None), IIRParams) and not isinstance(module, SynapseFilter)
 
 
 class SJLIFLayer(nn.Module):
@@ -104,9 +106,12 @@ class LeakyLoopLayer(nn.Module):
 
 
 def with_neurons(model: HybridNet, make: Callable[[IIRParams], nn.Module]) -> HybridNet:
-    """A deep copy of ``model`` with every IIR neuron layer replaced by ``make(params)``."""
+    """A deep copy of ``model`` with every IIR neuron layer replaced by ``make(params)``
+    and its `SynapseFilter` modules dropped (a stock neuron has no synapse filter; the
+    bias after it stays, as the bias of the weight op would be)."""
     model = copy.deepcopy(model)
-    model.sl = nn.Sequential(*(make(m.params) if is_neuron(m) else m for m in model.sl))
+    model.sl = nn.Sequential(*(make(m.params) if is_neuron(m) else m for m in model.sl
+                               if not isinstance(m, SynapseFilter)))
     return model
 
 
@@ -184,6 +189,10 @@ class SNNTorchLoopNet(nn.Module):
                 layers.append(_leaky(m.params))
             elif isinstance(m, TimeSharedDropout):
                 layers.append(_StepDropout(m.p))
+            elif isinstance(m, PostFilterBias):
+                layers.append(m)  # broadcasts over one step [B, ...] as over [T, B, ...]
+            elif isinstance(m, SynapseFilter):
+                continue  # a stock Leaky has no synapse filter
             else:
                 raise TypeError(f"SNNTorchLoopNet: no per-step form for {type(m).__name__}")
         self.layers = nn.ModuleList(layers)
