@@ -325,16 +325,17 @@ class _CupyNVRTC:
 
 
 def nvrtc_binding():
-    """The NVRTC binding used to build the kernels: cuda-python's where importable, else
-    CuPy's. Raises ImportError when neither is."""
-    try:
-        return _CudaPythonNVRTC()
-    except ImportError:
-        pass
-    try:
-        return _CupyNVRTC()
-    except ImportError as error:
-        raise ImportError("NVRTC is reachable neither through cuda-python (cuda.bindings) nor through cupy") from error
+    """The NVRTC binding used to build the kernels: cuda-python's where it imports and
+    finds the NVRTC library, else CuPy's. Raises ImportError naming both failures."""
+    failures = []
+    for make, name in ((_CudaPythonNVRTC, "cuda-python (cuda.bindings)"), (_CupyNVRTC, "cupy")):
+        try:
+            binding = make()
+            binding.supported_archs()  # loads the library
+            return binding
+        except Exception as error:  # noqa: BLE001 - try the next binding, report both
+            failures.append(f"{name}: {type(error).__name__}: {error}")
+    raise ImportError("NVRTC is reachable through neither binding (" + "; ".join(failures) + ")")
 
 
 def compile_kernel_source(arch: str, nvrtc=None) -> bytes:

@@ -446,17 +446,58 @@ def test_cupy_state_on_the_cpu_gets_its_gradient_on_the_cpu():
     assert all(rel_err(s.grad, r.grad) < 1e-5 for s, r in zip(state, ref_state))
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_gpu_check_script_exits_with_a_message_without_cuda(tmp_path, capsys):
-    import importlib.util as iu
+def _load_benchmark(name: str):
     from pathlib import Path
 
-    spec = iu.spec_from_file_location("gpu_check", Path(__file__).parent.parent / "benchmarks" / "gpu_check.py")
-    gpu_check = iu.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parent.parent / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_gpu_check_script_exits_with_a_message_without_cuda(tmp_path, capsys):
+    gpu_check = _load_benchmark("gpu_check")
     assert gpu_check.main(["--out", str(tmp_path / "r.json")]) == 2
     assert "gpu_check: no CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_gpu_check_writes_its_json_after_every_phase_and_stops_at_the_budget(tmp_path):
+    """A run cut short keeps the phases it finished: each phase finds the earlier ones on
+    disk; an error is recorded and the run goes on; past the budget phases are skipped."""
+    import json
+
+    gpu_check = _load_benchmark("gpu_check")
+    out = tmp_path / "r.json"
+    now = [0.0]
+    seen = []
+
+    def phase(rows, seconds):
+        def run(deadline):
+            seen.append(sorted(json.loads(out.read_text())) if out.exists() else [])
+            now[0] += seconds
+            return rows
+        return run
+
+    def broken(deadline):
+        now[0] += 1.0
+        raise ValueError("kernel exploded")
+
+    result = gpu_check.run_phases(out, dict(device="test"), [
+        ("first", phase([dict(passed=True)], 10.0)), ("second", broken), ("third", phase([1], 95.0)),
+        ("fourth", phase([2], 1.0)),
+    ], gpu_check.Deadline(100.0, clock=lambda: now[0]))
+    assert seen == [[], ["device", "first", "phases", "second", "seconds"]]
+    on_disk = json.loads(out.read_text())
+    assert on_disk == result and not (tmp_path / "r.json.tmp").exists()
+    assert on_disk["first"] == [dict(passed=True)] and on_disk["third"] == [1]
+    assert "ValueError: kernel exploded" in on_disk["second"]["error"]
+    assert on_disk["fourth"] == {"skipped": "budget"}
+    assert on_disk["phases"] == {"first": "done in 10.0 s", "second": "error after 1.0 s",
+                                 "third": "done in 95.0 s", "fourth": "skipped (budget)"}
+    assert gpu_check.cupy_rows(dict(cupy_parity_mlp=[dict(passed=True), dict(skipped="budget")],
+                                    half_parity=dict(error="x"))) == [dict(passed=True), dict(passed=False, error="x")]
 
 
 def test_pyproject_offers_the_cupy_wheel_for_each_cuda():
@@ -472,3 +513,67 @@ def test_pyproject_offers_the_cupy_wheel_for_each_cuda():
     assert extras["gpu"] == ["cupy-cuda13x>=14"] and extras["gpu-cuda12"] == ["cupy-cuda12x>=13"]
     if torch.version.cuda is not None:  # this torch's CUDA is among them
         assert any(spec[0].startswith(cupy_package(torch.version.cuda) + ">=") for spec in extras.values() if spec)
+
+
+# ------------------------------------------------------- the prepared check for a lent GPU
+
+REPO = __import__("pathlib").Path(__file__).parent.parent
+
+
+def test_device_check_fits_one_run_with_room_for_the_machines_start():
+    """Every interpreter call of check.sh has a declared time limit; the limits (the CIFAR
+    run counted once per backend) add up to at most CHECK_LIMIT, at most 420 s of a run
+    that may last 600 s and whose machine start counts against the same time."""
+    text = (REPO / "benchmarks" / "device" / "check.sh").read_text()
+    limits = {k: int(v) for k, v in re.findall(r"^(T_\w+|CHECK_LIMIT|GPU_CHECK_BUDGET)=(\d+)", text, re.M)}
+    code = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    calls = [line for line in code if '"$PY"' in line or "nvidia-smi 2>&1" in line]
+    assert calls and all(re.search(r'timeout "\$T_\w+"', line) for line in calls), calls
+    used = [re.search(r'timeout "\$(T_\w+)"', line).group(1) for line in calls]
+    backends = re.search(r"^for backend in ([^;]+);", text, re.M).group(1).split()
+    total = sum(limits[name] for name in used) + limits["T_CIFAR"] * (len(backends) - 1)
+    assert sorted(set(used)) == sorted(k for k in limits if k.startswith("T_"))
+    assert total <= limits["CHECK_LIMIT"] <= 420, (total, limits)
+    assert limits["GPU_CHECK_BUDGET"] < limits["T_GPU_CHECK"] and '--budget "$GPU_CHECK_BUDGET"' in text
+
+
+def test_the_wheel_installed_into_a_target_folder_carries_the_gpu_modules(tmp_path):
+    """As check.sh runs it: the hnn-bridge wheel installed with ``pip --target`` and
+    imported with ``python -P`` (the source tree off sys.path) has the CuPy and FlexSN
+    adapters and the recipes; gpu_check.py runs on it."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    for name in ("hnn_bridge", "adapters", "recipes"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    built = subprocess.run([*pip[:3], "wheel", *pip[3:], "--no-deps", "--no-build-isolation", "-w",
+                            str(tmp_path / "wheels"), str(src)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    site = tmp_path / "site"
+    installed = subprocess.run([*pip[:3], "install", *pip[3:], "--no-index", "--no-deps", "--no-compile",
+                                "--target", str(site), *map(str, (tmp_path / "wheels").glob("*.whl"))],
+                               capture_output=True, text=True)
+    assert installed.returncode == 0, installed.stderr
+    env = {**__import__("os").environ, "PYTHONPATH": str(site), "PYTHONSAFEPATH": "1"}
+    probe = (
+        "import hnn_bridge, hnn_bridge.adapters.cupy_kernels as ck, hnn_bridge.adapters.triton_flexsn as tf\n"
+        "from importlib.resources import files\n"
+        "print(hnn_bridge.__file__); print(tf.__file__)\n"
+        "print((files('hnn_bridge.recipes') / 'table1b.toml').is_file())\n"
+        "print(' '.join(ck.nvrtc_options('sm_90')))\n"
+    )
+    ran = subprocess.run([sys.executable, "-P", "-c", probe], capture_output=True, text=True, env=env, cwd=REPO)
+    assert ran.returncode == 0, ran.stderr
+    lines = ran.stdout.splitlines()
+    assert all(line.startswith(str(site)) for line in lines[:2]), lines
+    assert lines[2:] == ["True", "--fmad=false --ftz=false --prec-div=true --prec-sqrt=true -std=c++11 "
+                                 "--gpu-architecture=sm_90"]
+    if not torch.cuda.is_available():
+        check = subprocess.run([sys.executable, "-P", str(REPO / "benchmarks" / "gpu_check.py"), "--out",
+                                str(tmp_path / "r.json")], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert check.returncode == 2 and "gpu_check: no CUDA device" in check.stderr

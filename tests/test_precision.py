@@ -211,3 +211,38 @@ def test_bf16_training_run_learns_and_records_its_precision(tmp_path):
         assert row["settings"]["precision"] == p
         accs[p] = row["seeds"][0]["test_acc_argmax"]
     assert min(accs.values()) > 0.8 and abs(accs["32"] - accs["bf16"]) < 0.03
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or __import__("importlib.util").util.find_spec("cupy") is None,
+                    reason="needs a CUDA device and cupy: float16 with a GradScaler is CUDA only")
+def test_cuda_float16_autocast_with_grad_scaler_on_the_cupy_backend():
+    """``--precision 16`` on CUDA: under float16 autocast the cupy network gives the torch
+    backend's spike counts bit for bit (both neurons widen the half currents to float32),
+    and one GradScaler step finds no overflow and moves the weights alike."""
+    from hnn_bridge.backends import copy_weights
+
+    from helpers import rel_err
+
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(32, 1, 8, 8, generator=gen) * 3.0).cuda()
+    y = torch.randint(0, 10, (32,), generator=gen).cuda()
+    models = {b: hb.build("A64-S48-S10", backend=b, input_shape=(1, 8, 8), steps=8).cuda()
+              for b in ("spikingjelly", "spikingjelly-cupy")}
+    copy_weights(models["spikingjelly"], models["spikingjelly-cupy"])
+    before = [p.detach().clone() for p in models["spikingjelly"].parameters()]
+    results = []
+    for model in models.values():
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        scaler = prec.grad_scaler("16", "cuda")
+        with prec.autocast("16", "cuda"):
+            counts = model(x)
+            loss = torch.nn.functional.cross_entropy(counts.float(), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        results.append((counts.detach(), [p.detach().clone() for p in model.parameters()], scaler.get_scale()))
+    (counts_t, weights_t, scale_t), (counts_c, weights_c, scale_c) = results
+    assert counts_t.sum() > 0 and torch.equal(counts_c, counts_t)
+    assert scale_t == scale_c == 65536.0  # no inf or nan gradient: the step was taken
+    assert any(not torch.equal(a, b) for a, b in zip(weights_c, before))
+    assert all(rel_err(a, b) < 1e-4 for a, b in zip(weights_c, weights_t))

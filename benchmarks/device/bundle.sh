@@ -10,13 +10,16 @@
 #   bash benchmarks/device/bundle.sh [DATA_DIR] [TRAIN_PER_CLASS] [TEST_PER_CLASS]
 #
 # then, with the device tool: run(command="bash benchmarks/device/check.sh",
-# carry=[".device"], timeout_s=600).
+# carry=[".device"], timeout_s=480).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA_DIR=${1:-../shared/datasets}
 TRAIN_PER_CLASS=${2:-600}
 TEST_PER_CLASS=${3:-100}
-PY=${PYTHON:-.venv/bin/python}
+# the interpreter whose pip downloads and builds: $PYTHON, else the active virtual
+# environment's, else python3 (it needs pip and setuptools >= 77)
+PY=${PYTHON:-${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python}}
+PY=${PY:-python3}
 
 rm -rf .device
 mkdir -p .device/wheels .device/data
