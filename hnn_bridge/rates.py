@@ -1,9 +1,9 @@
-"""Measured firing rates, the input of the accumulate count in `hnn_bridge.ops`."""
+"""Measured firing rates and exact operation tallies, the inputs of the counts in `hnn_bridge.ops`."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor
@@ -82,3 +82,56 @@ def recording_spike_rates(model: HybridNet) -> Iterator[dict[str, list[float]]]:
 def spike_rates(totals: Mapping[str, list[float]]) -> dict[str, float]:
     """Rates (spikes per neuron per step) from `recording_spike_rates` totals."""
     return {k: (s / n if n else 0.0) for k, (s, n) in totals.items()}
+
+
+@contextmanager
+def recording_counts(model: HybridNet) -> Iterator[dict[str, Any]]:
+    """Record, during the forward passes inside the block, what `hnn_bridge.ops.exact_counts`
+    needs: the images seen, for every weight op the non-zero values fed to it and the
+    synapses they reach (each input position with its own fan-out, `ops.fanout_map`), and
+    the output spikes of every SL. The yielded dict holds sums (so that data-parallel
+    processes can add theirs): ``images``, ``inputs`` {layer: [events, synapses]},
+    ``spikes`` {layer: spikes}, ``in_size`` {layer: values per image and evaluation}."""
+    from .ops import fanout_map
+
+    tally: dict[str, Any] = {"images": 0, "inputs": {}, "spikes": {}, "in_size": {}}
+    fanouts: dict[int, Any] = {}
+    handles = []
+
+    def count_images(_module, inputs):
+        tally["images"] += inputs[0].shape[0]
+
+    handles.append(model.register_forward_pre_hook(count_images))
+    for i, op in model.weight_ops.items():
+        tally["inputs"][i] = [0.0, 0.0]
+
+        def on_input(module, inputs, i=i):
+            x = inputs[0].detach()
+            nonzero = x != 0
+            tally["in_size"][i] = x[0].numel()
+            if i not in fanouts:
+                fanouts[i] = fanout_map(module, tuple(x.shape[1:]))
+            fan = fanouts[i]
+            acc = tally["inputs"][i]
+            if isinstance(fan, int):
+                events = float(nonzero.sum(dtype=torch.float64))
+                acc[0] += events
+                acc[1] += events * fan
+            else:
+                per_position = nonzero.sum(dim=(0, 1), dtype=torch.float64)
+                acc[0] += float(per_position.sum())
+                acc[1] += float((per_position * fan.to(per_position.device)).sum())
+
+        handles.append(op.register_forward_pre_hook(on_input))
+    for i, neuron in getattr(model, "neurons", {}).items():
+        tally["spikes"][i] = 0.0
+
+        def on_spikes(_module, _inputs, output, i=i):
+            tally["spikes"][i] += float(output.detach().sum(dtype=torch.float64))
+
+        handles.append(neuron.register_forward_hook(on_spikes))
+    try:
+        yield tally
+    finally:
+        for h in handles:
+            h.remove()

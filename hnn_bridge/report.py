@@ -1,7 +1,8 @@
 """Report files of a recipe run: ``results.json``, ``results.csv``, ``table.md``,
 ``accuracy.png`` (accuracy against the share of ALs, ours beside the paper's, as in the
 paper's Figure 1 and §5 discussion), ``energy.png`` (accuracy against the estimated
-energy per image, `hnn_bridge.ops`) and ``rates.png`` (the validation firing rate of every
+energy per image under one energy model of `hnn_bridge.energy`, with the rows' Pareto
+front) and ``rates.png`` (the validation firing rate of every
 spiking layer after every epoch: a dead or saturated layer shows at a glance).
 
 ``results.json`` is the source of truth (written by the runner, see
@@ -15,15 +16,17 @@ import csv
 import io
 import math
 import statistics
+import textwrap
 from pathlib import Path
 from typing import Any, Mapping
 
-from .ops import ENERGY_NOTE
+from .energy import DEFAULT_ENERGY_MODEL, EnergyModelError, energy_note
 from .training.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 
 __all__ = [
     "CSV_FIELDS",
     "load_results",
+    "pareto_front",
     "plot_accuracy",
     "plot_energy",
     "plot_rates",
@@ -35,15 +38,33 @@ __all__ = [
 
 CSV_FIELDS = ("row", "label", "arch", "coder", "training", "input_mode", "al_share", "paper", "acc_mean",
               "acc_std", "diff", "acc_argmax_mean", "tie_rate_mean", "silent_rate_mean", "macs", "acs", "energy_uj",
-              "n_seeds", "epochs", "best_epochs", "steps", "wall_s", "status", "error")
+              "n_seeds", "epochs", "best_epochs", "steps", "wall_s", "status", "error", "effective_macs",
+              "energy_model", "exact_counts")
 
 
 def _pct(value: float | None) -> float | None:
     return None if value is None else 100.0 * value
 
 
-def summarize_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    """Mean and sample standard deviation over the seeds of one row (accuracies in %)."""
+def _seed_energy(seed: Mapping[str, Any], model: str) -> float | None:
+    """One seed's energy per image (uJ) under ``model``. A seed recorded before exact
+    counts (no ``energy`` record) has only the ``ops`` estimate at rate x dense MACs;
+    any other model is an error that says how to get the counts."""
+    by_model = seed.get("energy")
+    if isinstance(by_model, Mapping):
+        return by_model.get(model)
+    if seed.get("energy_uj") is None or model == "ops":
+        return seed.get("energy_uj")
+    raise EnergyModelError(
+        f"this results file was written before exact operation counts were recorded, so it holds no energy "
+        f"under the {model!r} model (only 'ops', estimated at rate x dense MACs); to get them, run the "
+        "recipe again into a new --out with this version (the counts are taken on the test set after "
+        "training), or use --energy-model ops")
+
+
+def summarize_row(row: Mapping[str, Any], energy_model: str = DEFAULT_ENERGY_MODEL) -> dict[str, Any]:
+    """Mean and sample standard deviation over the seeds of one row (accuracies in %);
+    the energy per image under ``energy_model`` (see `hnn_bridge.energy`)."""
     seeds = [s for s in row.get("seeds", []) if s.get("test_acc") is not None and s.get("status") == "ok"]
     accs = [100.0 * s["test_acc"] for s in seeds]
     mean = statistics.fmean(accs) if accs else None
@@ -63,13 +84,20 @@ def summarize_row(row: Mapping[str, Any]) -> dict[str, Any]:
         "diff": None if mean is None or paper is None else mean - paper,
         "acc_argmax_mean": avg("test_acc_argmax"), "tie_rate_mean": avg("test_tie_rate"),
         "silent_rate_mean": avg("test_silent_rate"), "macs": avg("macs", 1.0), "acs": avg("acs", 1.0),
-        "energy_uj": avg("energy_uj", 1.0), "n_seeds": len(seeds),
+        "energy_uj": _mean([_seed_energy(x, energy_model) for x in seeds]), "n_seeds": len(seeds),
+        "effective_macs": avg("effective_macs", 1.0), "energy_model": energy_model,
+        "exact_counts": all(isinstance(x.get("energy"), Mapping) for x in seeds) if seeds else None,
         "epochs": max((s.get("epochs_run", 0) for s in row.get("seeds", [])), default=0),
         "best_epochs": ",".join(str(s.get("best_epoch")) for s in row.get("seeds", [])),
         "steps": settings.get("steps") if row.get("coder") else None,
         "wall_s": sum(s.get("wall_s") or 0.0 for s in row.get("seeds", [])),
         "status": row.get("status", "pending"), "error": "; ".join(errors) if errors else "",
     }
+
+
+def _mean(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
 
 
 def _fmt(value: float | None, digits: int = 2, sign: bool = False) -> str:
@@ -105,8 +133,10 @@ def _budget(results: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def render_table(results: Mapping[str, Any]) -> str:
-    """The Markdown report: a heading, the budget, the table and the tie rule."""
+def render_table(results: Mapping[str, Any], energy_model: str = DEFAULT_ENERGY_MODEL) -> str:
+    """The Markdown report: a heading, the budget, the table (energy under
+    ``energy_model``) and the tie rule."""
+    note = energy_note(energy_model)  # an unknown model fails here, before any row
     recipe = results.get("recipe", {})
     title = recipe.get("title", "")
     table = recipe.get("paper_table", "")
@@ -125,11 +155,12 @@ def render_table(results: Mapping[str, Any]) -> str:
     n = results.get("seeds", 1)
     lines += [
         "| # | network | coder | training | ours (test acc. %) | paper | diff | argmax acc. | tie rate | "
-        "MACs (M) | ACs (M) | energy (uJ) | epochs (best) | wall |",
+        f"MACs (M) | ACs (M) | energy (uJ{'' if energy_model == DEFAULT_ENERGY_MODEL else ', ' + energy_model}) | "
+        "epochs (best) | wall |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in results.get("rows", []):
-        s = summarize_row(row)
+    summaries = [summarize_row(row, energy_model) for row in results.get("rows", [])]
+    for row, s in zip(results.get("rows", []), summaries):
         if s["status"] == "failed":
             first = next((x for x in row.get("seeds", []) if x.get("error")), {})
             ours = f"failed: {first.get('error', '')}"
@@ -152,9 +183,14 @@ def render_table(results: Mapping[str, Any]) -> str:
         "diff = ours − paper, in percentage points; wall = training time of the row (all seeds; "
         "pre-training of separate rows not included).",
         "",
-        "MACs / ACs: millions of multiply-accumulates / accumulates per test image (ALs once per "
-        "image; SLs fed by real values per step, or once for a duplicate-coded train; SLs fed by "
-        f"spikes at the firing rates measured on the test set); {ENERGY_NOTE}.",
+        "MACs / ACs: millions of multiply-accumulates / accumulates per test image. MACs: dense (every "
+        "weight use of ALs, once per image, and of SLs fed by real values, per step or once for a "
+        "duplicate-coded train; results.csv has the effective MACs, zero inputs skipped, beside them). "
+        + ("ACs: exact, every input spike of the test set with the real fan-out of its position "
+           "(padding, pooling)" if all(s["exact_counts"] is not False for s in summaries) else
+           "ACs: rows recorded before exact counts estimate them as measured mean input rate x dense MACs x T "
+           "(too high for spiking convolutions: a spike at a padded border reaches fewer synapses)")
+        + f". Energy per image: {note}.",
         "",
         f"Tie rule: {results.get('tie_rule', '')}",
     ]
@@ -187,13 +223,13 @@ def _millions(value: float | None) -> str:
     return "–" if value is None else f"{value / 1e6:.3g}"
 
 
-def write_csv(results: Mapping[str, Any]) -> str:
+def write_csv(results: Mapping[str, Any], energy_model: str = DEFAULT_ENERGY_MODEL) -> str:
     """One line per row (the summary of `summarize_row`)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
     for row in results.get("rows", []):
-        s = summarize_row(row)
+        s = summarize_row(row, energy_model)
         writer.writerow({k: ("" if s[k] is None else s[k]) for k in CSV_FIELDS})
     return buffer.getvalue()
 
@@ -269,12 +305,27 @@ def plot_accuracy(results: Mapping[str, Any]) -> bytes:
     return _png(fig, ax)
 
 
-def plot_energy(results: Mapping[str, Any]) -> bytes:
-    """PNG bytes: our test accuracy against the estimated energy per image (log scale),
-    one point per row, labelled with its architecture."""
-    summaries = [s for s in map(summarize_row, results.get("rows", []))
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (energy, accuracy) points that no other point beats on both (less or equal
+    energy and higher accuracy, or less energy and equal accuracy), by energy."""
+    front: list[tuple[float, float]] = []
+    for e, a in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or a > front[-1][1]:
+            front.append((e, a))
+    return front
+
+
+def plot_energy(results: Mapping[str, Any], energy_model: str = DEFAULT_ENERGY_MODEL) -> bytes:
+    """PNG bytes: our test accuracy against the energy per image under ``energy_model``
+    (log scale), one point per row, labelled with its architecture, and the rows'
+    Pareto front (grey steps)."""
+    summaries = [s for s in (summarize_row(r, energy_model) for r in results.get("rows", []))
                  if s["acc_mean"] is not None and s["energy_uj"]]
     fig, ax = _axes()
+    front = pareto_front([(s["energy_uj"], s["acc_mean"]) for s in summaries])
+    if len(front) > 1:
+        ax.step([e for e, _ in front], [a for _, a in front], where="post", color="grey", alpha=0.6,
+                linewidth=1, label="Pareto front")
     for name, color, items in _grouped(summaries):
         ax.errorbar([s["energy_uj"] for s in items], [s["acc_mean"] for s in items],
                     yerr=[s["acc_std"] or 0.0 for s in items], color=color, linestyle="none",
@@ -284,10 +335,10 @@ def plot_energy(results: Mapping[str, Any]) -> bytes:
                         textcoords="offset points")
     recipe = results.get("recipe", {})
     ax.set_xscale("log")
-    ax.set_xlabel("estimated energy per image (uJ, log scale)")
+    ax.set_xlabel(f"estimated energy per image (uJ, log scale), model {energy_model!r}")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{recipe.get('paper_table', '')} {recipe.get('title', '')}\n({ENERGY_NOTE})".strip(),
-                 fontsize=8)
+    note = textwrap.fill(energy_note(energy_model), 120)
+    ax.set_title(f"{recipe.get('paper_table', '')} {recipe.get('title', '')}\n({note})".strip(), fontsize=6)
     return _png(fig, ax)
 
 
@@ -330,19 +381,22 @@ def plot_rates(results: Mapping[str, Any]) -> bytes:
     return _png_bytes(fig)
 
 
-def write_report(out: str | Path, results: Mapping[str, Any], *, json_too: bool = True) -> dict[str, Path]:
+def write_report(out: str | Path, results: Mapping[str, Any], *, json_too: bool = True,
+                 energy_model: str = DEFAULT_ENERGY_MODEL) -> dict[str, Path]:
     """Write ``results.json`` (unless ``json_too`` is False), ``results.csv``, ``table.md``,
-    ``accuracy.png``, ``energy.png`` and ``rates.png`` into ``out``, each atomically.
-    Returns the paths."""
+    ``accuracy.png``, ``energy.png`` and ``rates.png`` into ``out``, each atomically; the
+    table, the CSV and ``energy.png`` show the energy under ``energy_model`` (results.json
+    holds every model's). Returns the paths."""
     out = Path(out)
     names = ("results.json", "results.csv", "table.md", "accuracy.png", "energy.png", "rates.png")
     paths = {name: out / name for name in names}
     if json_too:
         atomic_write_json(paths["results.json"], results)
-    atomic_write_text(paths["results.csv"], write_csv(results))
-    atomic_write_text(paths["table.md"], render_table(results))
+    table = render_table(results, energy_model)  # an unknown model or missing counts fail before the rest
+    atomic_write_text(paths["results.csv"], write_csv(results, energy_model))
+    atomic_write_text(paths["table.md"], table)
     atomic_write_bytes(paths["accuracy.png"], plot_accuracy(results))
-    atomic_write_bytes(paths["energy.png"], plot_energy(results))
+    atomic_write_bytes(paths["energy.png"], plot_energy(results, energy_model))
     atomic_write_bytes(paths["rates.png"], plot_rates(results))
     return paths
 

@@ -8,6 +8,7 @@ from typing import Any
 import click
 import torch
 
+from ..energy import DEFAULT_ENERGY_MODEL
 from ..errors import ConfigError
 from ..precision import check_precision
 from ..recipe import Recipe, RecipeError, check_rows
@@ -39,13 +40,15 @@ def check_device(device: str) -> str:
 
 
 def execute(recipe: Recipe, *, out: Path, seeds: int, device: str, data_dir: Path | None, resume: bool,
-            resume_hint: str, jobs: int = 1, test_every_epoch: bool = False) -> dict[str, Any]:
+            resume_hint: str, jobs: int = 1, test_every_epoch: bool = False,
+            energy_model: str = DEFAULT_ENERGY_MODEL) -> dict[str, Any]:
     """Check every row, train, write the report files after every row, print the table.
 
     ``resume_hint`` is the command line to print when the run is interrupted. Under
     torchrun (``WORLD_SIZE`` > 1) this process joins the data-parallel group after the
     checks; only rank 0 prints. ``jobs`` > 1 runs (row, seed) jobs in worker processes.
     ``test_every_epoch`` scores every epoch on test too (`RunOptions.test_every_epoch`).
+    ``energy_model`` picks the energy that the table and energy.png show (`hnn_bridge.energy`).
     """
     from ..data import DatasetFormatError, DatasetNotFound
 
@@ -76,7 +79,7 @@ def execute(recipe: Recipe, *, out: Path, seeds: int, device: str, data_dir: Pat
             for line in recipe.shadowed():
                 click.echo(f"note: {line}", err=True)
         try:
-            results = run_recipe(recipe, options, on_results=lambda r: write_report(out, r))
+            results = run_recipe(recipe, options, on_results=lambda r: write_report(out, r, energy_model=energy_model))
         except (DatasetNotFound, DatasetFormatError, OutputBusy, OutputNotWritable, CheckpointError) as err:
             raise _fail(str(err))
         except KeyboardInterrupt:
@@ -90,7 +93,7 @@ def execute(recipe: Recipe, *, out: Path, seeds: int, device: str, data_dir: Pat
     finally:
         teardown(dist)
     if main:
-        click.echo(render_table(results))
+        click.echo(render_table(results, energy_model))
         click.echo(f"wrote {out}/results.json, results.csv, table.md, epochs.csv, accuracy.png, energy.png, rates.png, "
                    "checkpoints/",
                    err=True)

@@ -60,7 +60,7 @@ from .. import __version__
 from ..calibration import calibrate_firing
 from ..notation import ann_twin, last_al, parse_arch
 from ..ops import ops_summary
-from ..rates import recording_input_rates
+from ..rates import recording_counts
 from ..recipe import ADDED_LATER, Recipe, RecipeError, RowSpec, Settings, build_row
 from .checkpoint import (CheckpointError, atomic_write_json, atomic_write_text, ensure_writable, load_state,
                          load_weights, read_checkpoint_json, remove_partial_writes, save_state, torch_save)
@@ -420,11 +420,12 @@ class _Run:
         test_metrics = None
         if final["best_epoch"] > 0:
             model.load_state_dict(final["best_model"])
-            # the firing rates of the test pass give the accumulate count (rank 0's shard under DDP)
-            with recording_input_rates(model) as rates:
+            # the spikes and values fed to every layer in the test pass give the exact operation
+            # counts and the energy under every model (rank 0's shard under DDP)
+            with recording_counts(model) as tally:
                 test_metrics = evaluate(model, test.epoch_batches(0), self.dist, s.precision,
                                         s.logit_scale).as_dict()
-            test_metrics["ops"] = ops_summary(model, rates)
+            test_metrics["ops"] = ops_summary(model, tally)
             if main:
                 torch_save({"model": final["best_model"], "arch": job.arch, "coder": job.coder,
                             "training": job.training, "settings": s.as_dict(),
@@ -538,7 +539,7 @@ def _seed_summary(job: dict[str, Any]) -> dict[str, Any]:
         "reused": bool(job.get("reused")), "resumed_after": job.get("resumed_after", []),
         "warnings": job.get("warnings", []),
         "val_rates": [r["val_rates"] for r in job.get("log", []) if r.get("val_rates")],
-        **{k: (test.get("ops") or {}).get(k) for k in ("macs", "acs", "energy_uj")},
+        **{k: (test.get("ops") or {}).get(k) for k in ("macs", "acs", "energy_uj", "effective_macs", "energy")},
         **_best_test_epoch(job.get("log", [])),
     }
 
