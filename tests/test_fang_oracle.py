@@ -266,3 +266,48 @@ def test_placement_is_recorded_and_old_runs_keep_their_fingerprint():
     b = _ours("S64-S40-S10", (1, 8, 8), input_mode="axon", membrane_filter=False, backend="snntorch")
     copy_weights(a, b)  # the same keys on every backend
     assert a.settings["bias_placement"] == "after_filter"
+
+
+# Output counts of these nets as the builder before 2026-12-06 (commit 2b83f97) built them,
+# computed with that code: bias_placement="before_filter" must rebuild them exactly, so
+# that the checkpoints of every earlier run load into the same network.
+_OLD_BUILDER = {
+    ("S64-S40-S10", (1, 8, 8), "axon", "none"): (
+        ["first_op.0.bias", "first_op.0.weight", "sl.1.module.bias", "sl.1.module.weight"],
+        [[0, 9, 1, 0, 9, 3, 0, 8, 9, 9], [0, 9, 1, 1, 7, 3, 0, 7, 9, 6], [2, 9, 2, 2, 7, 3, 1, 7, 8, 6],
+         [0, 9, 4, 1, 8, 2, 0, 8, 7, 8]]),
+    ("S64-S40-S10", (1, 8, 8), "direct", "none"): (
+        ["first_op.0.bias", "first_op.0.weight", "sl.1.module.bias", "sl.1.module.weight"],
+        [[1, 7, 2, 2, 7, 2, 1, 6, 7, 6], [2, 6, 2, 3, 6, 2, 2, 6, 7, 5], [3, 7, 3, 4, 5, 2, 3, 5, 6, 5],
+         [1, 7, 3, 2, 6, 2, 1, 6, 6, 6]]),
+    ("S4C3-P2-S6C3-S10", (2, 8, 8), "direct", "batch"): (
+        ["first_op.0.bias", "first_op.0.weight", "first_op.1.bias", "first_op.1.num_batches_tracked",
+         "first_op.1.running_mean", "first_op.1.running_var", "first_op.1.weight", "sl.2.module.bias",
+         "sl.2.module.weight", "sl.3.module.bias", "sl.3.module.num_batches_tracked", "sl.3.module.running_mean",
+         "sl.3.module.running_var", "sl.3.module.weight", "sl.6.module.bias", "sl.6.module.weight",
+         "sl.7.module.bias", "sl.7.module.num_batches_tracked", "sl.7.module.running_mean",
+         "sl.7.module.running_var", "sl.7.module.weight"],
+        [[6, 2, 5, 7, 0, 2, 5, 9, 4, 5], [0, 3, 1, 0, 6, 2, 1, 9, 6, 2], [5, 2, 10, 6, 0, 9, 6, 0, 2, 5],
+         [0, 4, 5, 9, 10, 0, 5, 2, 8, 10]]),
+}
+
+
+@pytest.mark.parametrize("key", list(_OLD_BUILDER), ids=lambda k: f"{k[0]}-{k[2]}-{k[3]}")
+def test_before_filter_rebuilds_the_networks_of_earlier_runs(key):
+    arch, shape, mode, norm = key
+    keys, counts = _OLD_BUILDER[key]
+    result = {}
+    for placement in ("before_filter", "after_filter"):
+        torch.manual_seed(0)
+        model = build(arch, steps=10, input_shape=shape, input_mode=mode, norm=norm, neuron={"v_threshold": 0.5},
+                      bias_placement=placement)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("bias"):
+                    p.add_(0.3)
+        x = torch.rand(4, *shape, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            result[placement] = (sorted(model.state_dict()), model.train()(x).tolist())
+    assert result["before_filter"] == (keys, [[float(c) for c in row] for row in counts])
+    # the new form differs wherever an SL has a filter (here: every net has one after its first SL)
+    assert result["after_filter"][1] != result["before_filter"][1]
