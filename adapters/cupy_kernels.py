@@ -318,7 +318,8 @@ class _CupyNVRTC:
             try:
                 nv.compileProgram(prog, list(options))
             except nv.NVRTCError as error:
-                raise RuntimeError(f"NVRTC failed ({error}) compiling the IIR kernels:\n{nv.getProgramLog(prog)}") from error
+                log = nv.getProgramLog(prog)
+                raise RuntimeError(f"NVRTC failed ({error}) compiling the IIR kernels:\n{log}") from error
             return nv.getCUBIN(prog) if cubin else nv.getPTX(prog)
         finally:
             nv.destroyProgram(prog)

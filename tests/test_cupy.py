@@ -214,7 +214,8 @@ def test_kernels_load_from_our_own_nvrtc_build_not_cupys(monkeypatch):
                 loads.append((dict(self.kwargs), name, f.read()))
             return name
 
-    fake = types.SimpleNamespace(RawModule=RawModule, cuda=types.SimpleNamespace(Device=lambda i: contextlib.nullcontext()))
+    fake_cuda = types.SimpleNamespace(Device=lambda index: contextlib.nullcontext())
+    fake = types.SimpleNamespace(RawModule=RawModule, cuda=fake_cuda)
     monkeypatch.setattr(cupy_kernels, "require_cupy", lambda: fake)
     monkeypatch.setattr(cupy_kernels, "_KERNELS", {})
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: (9, 0))
@@ -387,7 +388,8 @@ def test_cupy_runs_forward_and_backward_on_the_current_torch_stream(monkeypatch)
     (want_grad,) = torch.autograd.grad((want * g_cpu).sum(), xr)
     used = []
     wrap = cupy_kernels.cupy_stream
-    monkeypatch.setattr(cupy_kernels, "cupy_stream", lambda cupy, stream: used.append(stream.cuda_stream) or wrap(cupy, stream))
+    monkeypatch.setattr(cupy_kernels, "cupy_stream",
+                        lambda cupy, stream: used.append(stream.cuda_stream) or wrap(cupy, stream))
     x_src, g_src = x_cpu.cuda(), g_cpu.cuda()
     x_buf, g_buf = torch.full_like(x_src, -5.0), torch.zeros_like(g_src)
     torch.cuda.synchronize()

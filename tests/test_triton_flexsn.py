@@ -80,7 +80,8 @@ def test_traced_forward_and_backward_graphs_compute_the_core(synapse, detach_res
             assert rel_err(a, b) < 1e-6
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: FlexSN builds Triton kernels on CUDA only")
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs a CUDA device: FlexSN builds Triton kernels on CUDA only")
 def test_flexsn_node_lowers_to_triton_on_cuda():
     """On CUDA the node runs the Triton kernels (not the fallback scan); whether they equal
     the reference bit for bit is reported by benchmarks/gpu_check.py, not asserted here."""
