@@ -36,9 +36,20 @@ needs_gpu = pytest.mark.skipif(
     reason=f"needs a CUDA device and cupy (pip install {cupy_package(torch.version.cuda) or 'cupy-cuda13x'})",
 )
 needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the kernel source as C")
-HAVE_NVRTC = importlib.util.find_spec("cuda") is not None and importlib.util.find_spec("cuda.bindings") is not None
+
+
+def _nvrtc_missing() -> str | None:
+    try:
+        cupy_kernels.nvrtc_binding()
+    except ImportError as error:
+        return str(error)
+    return None
+
+
+NVRTC_MISSING = _nvrtc_missing()
 needs_nvrtc = pytest.mark.skipif(
-    not HAVE_NVRTC, reason="needs cuda-python (cuda.bindings, installed with torch's CUDA wheels) to run NVRTC"
+    NVRTC_MISSING is not None,
+    reason=f"needs NVRTC, through cuda-python (installed with torch's CUDA wheels) or cupy: {NVRTC_MISSING}",
 )
 TINY = torch.finfo(torch.float32).tiny  # the smallest normal float32; below it: subnormal
 
