@@ -10,6 +10,7 @@ import click
 from ..recipe import AUGMENT_NAMES, BIAS_PLACEMENT_NAMES, NORM_NAMES, PROFILES, RecipeError, list_recipes, load_recipe, parse_rows
 from ..precision import PRECISIONS
 from ._execute import check_device, execute
+from .report import energy_model_option
 
 
 def _listing() -> str:
@@ -80,10 +81,11 @@ def _resume_command(name: str, profile: str, epochs: int | None, steps: int | No
 @click.option("--test-every-epoch", is_flag=True,
               help="Also score every epoch's weights on test, to report the best test epoch (as Fang et al.'s "
               "code does) beside the best-validation one; the selection and the training are unchanged.")
+@energy_model_option
 def recipe(name: str | None, show_list: bool, quick: bool, profile: str | None, epochs: int | None, steps: int | None,
            rows_text: str | None, seeds: int, device: str, backend: str | None, norm: str | None,
            augment: str | None, bias_placement: str | None, precision: str | None, data_dir: Path | None,
-           out: Path | None, resume: bool, jobs: int, test_every_epoch: bool) -> None:
+           out: Path | None, resume: bool, jobs: int, test_every_epoch: bool, energy_model: str) -> None:
     """Train the rows of a paper table and compare with the paper.
 
     NAME is a shipped recipe (table1a, table1b, table2a, table2b, table3a, table3b, sec4_2;
@@ -121,4 +123,4 @@ def recipe(name: str | None, show_list: bool, quick: bool, profile: str | None, 
                                                              backend, data_dir, out, jobs, norm, precision,
                                                              test_every_epoch, augment, bias_placement))
     execute(configured, out=out, seeds=seeds, device=device, data_dir=data_dir, resume=resume, resume_hint=hint,
-            jobs=jobs, test_every_epoch=test_every_epoch)
+            jobs=jobs, test_every_epoch=test_every_epoch, energy_model=energy_model)

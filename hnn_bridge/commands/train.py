@@ -13,6 +13,7 @@ from ..recipe import (ACTIVATION_NAMES, AUGMENT_NAMES, CODER_NAMES, INPUT_SHAPES
                       Settings, load_recipe)
 from ..precision import PRECISIONS
 from ._execute import check_device, execute
+from .report import energy_model_option
 
 #: The paper recipe whose settings `train` inherits, per family of datasets (the 28x28
 #: datasets: table1a; CIFAR-10: table1b), and the dataset that selects it.
@@ -97,11 +98,12 @@ def default_help(key: str, *, families: tuple[str, ...] = tuple(BASE_RECIPES)) -
 @click.option("--test-every-epoch", is_flag=True,
               help="Also score every epoch's weights on test, to report the best test epoch (as Fang et al.'s "
               "code does) beside the best-validation one; the selection and the training are unchanged.")
+@energy_model_option
 def train(arch: str, coder: str | None, training: str, dataset: str | None, quick: bool, epochs: int | None,
           steps: int | None, batch_size: int | None, lr: float | None, dropout: float | None,
           activation: str | None, norm: str | None, augment: str | None, input_mode: str | None, seed: int | None,
           seeds: int, device: str, backend: str | None, precision: str | None, data_dir: Path | None,
-          out: Path | None, resume: bool, jobs: int, test_every_epoch: bool) -> None:
+          out: Path | None, resume: bool, jobs: int, test_every_epoch: bool, energy_model: str) -> None:
     """Train one network ARCH (paper notation) and report its test accuracy.
 
     Every hyperparameter not given is taken from the paper recipe of the dataset
@@ -135,4 +137,4 @@ def train(arch: str, coder: str | None, training: str, dataset: str | None, quic
         out = Path("runs") / f"train-{configured.rows[0].arch}"
     hint = f"the same `hnn-bridge train {arch} ...` command with --out {out} --resume"
     execute(configured, out=out, seeds=seeds, device=device, data_dir=data_dir, resume=resume, resume_hint=hint,
-            jobs=jobs, test_every_epoch=test_every_epoch)
+            jobs=jobs, test_every_epoch=test_every_epoch, energy_model=energy_model)
