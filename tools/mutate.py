@@ -1,0 +1,484 @@
+#!/usr/bin/env python3
+"""Mutation testing of hnn-bridge: single-point mutants, the tests that cover each, a score.
+
+Each mutant changes one operator, constant or keyword at one place in a source file:
+in Python code (found with ``tokenize``: comparisons, arithmetic, ``and``/``or``,
+``not``, ``True``/``False``, ``is``/``in``, small numeric constants) and inside the C and
+CUDA kernel sources held in Python strings (``native.SOURCE``, ``cupy_kernels.KERNEL_SOURCE``:
+comparisons, ``+ - * /``, ``&&``/``||``, ``IIR_ADD``/``IIR_SUB``, ``0.0f``/``1.0f``, which
+a Python mutation tool does not see). For every mutant the target's tests run (pytest,
+``-x``, fastest killers first); a failing or timed-out run kills the mutant.
+
+Nothing in the working tree is touched: the tree is exported (``git archive HEAD``, or the
+working tree's files with ``--worktree``) to a temporary folder, each worker mutates its
+own copy there and writes the original text back after every run (in a ``finally``), and
+the folder is removed at the end. The copy is imported through ``PYTHONPATH`` (ahead of
+the editable install) with ``hnn_bridge/adapters`` linked to ``adapters/``; compiled
+neurons go to a private ``XDG_CACHE_HOME``.
+
+Usage (from the repository root; about 35 minutes on 2 busy cores for every target)::
+
+    nice -n 19 .venv/bin/python tools/mutate.py                  # all targets, 2 workers
+    nice -n 19 .venv/bin/python tools/mutate.py core kernels     # some targets
+    .venv/bin/python tools/mutate.py --list                      # the mutants, no tests run
+    .venv/bin/python tools/mutate.py core --only iir.py:301      # mutants on one line
+
+It prints each survivor as it is found and at the end the score per target and overall
+and the list of survivors (``--json FILE`` writes them too). Exit status 0 when the
+score is at least ``--fail-under`` (default 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import io
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tokenize
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from queue import Queue
+from typing import Iterable, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Target:
+    """A group of source files, the functions of them to mutate (None: all code) and the
+    tests that cover them (run in this order, so list quick killers first)."""
+
+    name: str
+    files: tuple[str, ...]
+    tests: tuple[str, ...]
+    functions: Optional[tuple[str, ...]] = None  # qualified names (Class.method) or names
+    skip_functions: tuple[str, ...] = ()
+
+
+NEURON_TESTS = ("tests/test_mutants.py", "tests/test_neuron.py", "tests/test_properties.py",
+                "tests/test_native.py", "tests/test_backend_parity.py")
+
+TARGETS = (
+    Target("coders", ("hnn_bridge/coders.py",), ("tests/test_coders.py", "tests/test_mutants.py")),
+    Target("core", ("hnn_bridge/functional/iir.py", "hnn_bridge/functional/surrogate.py", "hnn_bridge/params.py",
+                    "hnn_bridge/neuron.py"), NEURON_TESTS,
+           # thread-count tuning: no effect on any value by design (see the note)
+           skip_functions=("one_thread", "_openmp", "_one_thread")),
+    Target("native", ("hnn_bridge/functional/native.py",), NEURON_TESTS,
+           # compiler discovery, cache folders and thread chunking: no effect on values; the
+           # 2x2 max pooling (Python and C) is the P2 layer's, tested by tests/test_norm.py etc.
+           skip_functions=("_cache_dir", "_compile", "_library", "native_unavailable_reason", "_run",
+                           "native_maxpool2_forward", "native_maxpool2_backward",
+                           "iir_native_maxpool2_forward", "iir_native_maxpool2_backward")),
+    Target("kernels", ("adapters/cupy_kernels.py",),
+           ("tests/test_mutants.py", "tests/test_cupy.py", "tests/test_properties.py"),
+           # the CUDA launch path runs only on a GPU (tests/test_cupy.py there)
+           functions=("KERNEL_SOURCE", "_forward_scalars", "_backward_scalars", "_check_b", "CKernels",
+                      "compile_c_kernels")),
+    Target("snntorch", ("adapters/snntorch.py",),
+           ("tests/test_mutants.py", "tests/test_adapters_snntorch.py", "tests/test_dropin_snntorch.py",
+            "tests/test_properties.py")),
+    Target("spikingjelly", ("adapters/spikingjelly.py",),
+           ("tests/test_adapters_spikingjelly.py", "tests/test_dropin_spikingjelly.py", "tests/test_properties.py")),
+    Target("ops", ("hnn_bridge/ops.py",), ("tests/test_describe.py",)),
+    Target("split", ("hnn_bridge/data/split.py",), ("tests/test_data.py",)),
+    Target("tie-rule", ("hnn_bridge/training/loop.py",), ("tests/test_training.py",),
+           functions=("score_batch", "evaluate")),
+    Target("resume", ("hnn_bridge/training/loop.py", "hnn_bridge/training/checkpoint.py"),
+           ("tests/test_training.py", "tests/test_faults.py"),
+           functions=("train_model", "_clone", "_cpu", "save_checkpoint", "load_checkpoint", "torch_load",
+                      "atomic_save", "checkpoint_state")),
+)
+
+# -- mutants ------------------------------------------------------------------------------
+
+PY_SWAPS = {
+    ">=": [">"], ">": [">="], "<=": ["<"], "<": ["<="], "==": ["!="], "!=": ["=="],
+    "+": ["-"], "-": ["+"], "*": ["/"], "/": ["*"], "//": ["/"], "%": ["*"],
+    "+=": ["-="], "-=": ["+="], "*=": ["/="],
+    "and": ["or"], "or": ["and"], "True": ["False"], "False": ["True"],
+    "is": ["is not"], "in": ["not in"],
+}
+# C, inside the kernel strings; patterns keep clear of pointers, -> and #include <...>
+C_SWAPS = [
+    (r"(?<=\s)>=(?=\s)", ">"), (r"(?<=\s)<=(?=\s)", "<"), (r"(?<=\s)>(?=\s)", ">="), (r"(?<=\s)<(?=\s)", "<="),
+    (r"(?<=\s)==(?=\s)", "!="), (r"(?<=\s)!=(?=\s)", "=="), (r"(?<=\s)\+(?=\s)", "-"), (r"(?<=\s)-(?=\s)", "+"),
+    (r"(?<=\s)\*(?=\s)", "/"), (r"&&", "||"), (r"\|\|", "&&"), (r"\bIIR_ADD\(", "IIR_SUB("),
+    (r"\bIIR_SUB\(", "IIR_ADD("), (r"\b1\.0f\b", "0.0f"), (r"\b0\.0f\b", "1.0f"), (r"\+\+t\b", "--t"),
+    (r"--t\b", "++t"), (r"(?<=[\s(])!(?=\w)", ""), (r"\bt > 0\b", "t >= 0"),
+]
+_UNARY_BEFORE = {"(", "[", "{", ",", "=", ":", "return", "lambda", "**", "*", "/", "+", "-", "<", ">", "<=", ">=",
+                 "==", "!=", "and", "or", "not", "in", "if", "else", "->", "yield", "+=", "-=", "*=", "/="}
+
+
+@dataclass
+class Mutant:
+    target: str
+    file: str
+    line: int
+    col: int
+    old: str
+    new: str
+    kind: str  # "py" or "c"
+    text: str = field(repr=False, default="")  # the source line, for the report
+    status: str = "pending"  # killed / survived / timeout / error
+    seconds: float = 0.0
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+    def describe(self) -> str:
+        return f"{self.where} [{self.kind}] {self.old!r} -> {self.new!r}: {self.text.strip()[:110]}"
+
+
+def _function_spans(source: str) -> dict[str, tuple[int, int]]:
+    """Qualified name -> (first, last) line of every function, class and module-level
+    assignment (for the kernel strings) in `source`."""
+    spans: dict[str, tuple[int, int]] = {}
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = prefix + child.name
+                first = min([child.lineno] + [d.lineno for d in child.decorator_list])
+                spans[name] = (first, child.end_lineno or child.lineno)
+                visit(child, name + ".")
+            elif isinstance(child, ast.Assign) and not prefix:
+                for t in child.targets:
+                    if isinstance(t, ast.Name):
+                        spans[t.id] = (child.lineno, child.end_lineno or child.lineno)
+
+    visit(ast.parse(source), "")
+    return spans
+
+
+def _docstring_lines(source: str) -> set[int]:
+    """Lines of docstrings (never mutated)."""
+    lines: set[int] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            body = getattr(node, "body", [])
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                lines.update(range(body[0].lineno, (body[0].end_lineno or body[0].lineno) + 1))
+    return lines
+
+
+def _in_scope(line: int, spans: dict[str, tuple[int, int]], target: Target) -> bool:
+    def inside(names: Iterable[str]) -> bool:
+        for name in names:
+            for key, (a, b) in spans.items():
+                if (key == name or key.endswith("." + name) or key.startswith(name + ".")) and a <= line <= b:
+                    return True
+        return False
+
+    if target.functions is not None and not inside(target.functions):
+        return False
+    return not inside(target.skip_functions)
+
+
+def _number_mutations(tok: str) -> list[str]:
+    try:
+        value = ast.literal_eval(tok)
+    except (ValueError, SyntaxError):
+        return []
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return []
+    if isinstance(value, int):
+        return ["1"] if value == 0 else ["0"] if value == 1 else [str(value + 1)]
+    if value == 0.0:
+        return ["1.0"]
+    if value == 1.0:
+        return ["0.0"]
+    return [repr(value * 2)]
+
+
+_C_STRING = re.compile(r'^[rR]?"""')
+
+
+def _c_mutants(target: Target, rel: str, tok: tokenize.TokenInfo, lines: list[str]) -> list[Mutant]:
+    """Mutants inside a kernel source string (a raw triple-quoted string of C)."""
+    out = []
+    body_start = tok.string.index('"""') + 3
+    text = tok.string
+    row, col = tok.start
+    # (line, col) of each offset of the token text
+    positions = []
+    r, c = row, col
+    for ch in text:
+        positions.append((r, c))
+        if ch == "\n":
+            r, c = r + 1, 0
+        else:
+            c += 1
+    body = text[body_start:-3]
+    # blank out comments and preprocessor lines of the CUDA-only branch: never compiled here
+    masked = re.sub(r"/\*.*?\*/", lambda m: " " * len(m.group()), body, flags=re.S)
+    masked = re.sub(r"//[^\n]*", lambda m: " " * len(m.group()), masked)
+    masked = re.sub(r"^[ \t]*#[^\n]*(\\\n[^\n]*)*", lambda m: re.sub(r"[^\n]", " ", m.group()), masked, flags=re.M)
+    for name in target.skip_functions:  # a C function to leave alone: blank its body
+        head = re.search(r"\b" + re.escape(name) + r"\(", masked)
+        if head:
+            start = masked.find("{", head.end())
+            depth, end = 0, start
+            for end in range(start, len(masked)):
+                depth += {"{": 1, "}": -1}.get(masked[end], 0)
+                if depth == 0:
+                    break
+            masked = masked[:head.start()] + re.sub(r"[^\n]", " ", masked[head.start():end + 1]) + masked[end + 1:]
+    for pattern, repl in C_SWAPS:
+        for m in re.finditer(pattern, masked):
+            offset = body_start + m.start()
+            line, column = positions[offset]
+            out.append(Mutant(target.name, rel, line, column, m.group(), repl, "c", lines[line - 1]))
+    return out
+
+
+def mutants_of(target: Target, tree: Path = ROOT) -> list[Mutant]:
+    """The mutants of `target` in the files under `tree`."""
+    found: list[Mutant] = []
+    for rel in target.files:
+        source = (tree / rel).read_text()
+        lines = source.splitlines(keepends=True)
+        spans = _function_spans(source)
+        docs = _docstring_lines(source)
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+        significant = [t for t in tokens if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT,
+                                                           tokenize.INDENT, tokenize.DEDENT)]
+        for i, tok in enumerate(significant):
+            line = tok.start[0]
+            if line > len(lines) or not _in_scope(line, spans, target):
+                continue
+            if tok.type == tokenize.STRING:
+                if _C_STRING.match(tok.string) and "\n" in tok.string and ("#include" in tok.string or "IIR_" in tok.string):
+                    found.extend(_c_mutants(target, rel, tok, lines))
+                continue
+            if line in docs or lines[line - 1].lstrip().startswith("@"):
+                continue  # docstrings and decorators
+            prev = significant[i - 1].string if i else ""
+            nxt = significant[i + 1].string if i + 1 < len(significant) else ""
+            s = tok.string
+            if tok.type == tokenize.NUMBER:
+                for new in _number_mutations(s):
+                    found.append(Mutant(target.name, rel, line, tok.start[1], s, new, "py", lines[line - 1]))
+                continue
+            if tok.type == tokenize.NAME and s == "not" and nxt != "in" and prev != "is":
+                found.append(Mutant(target.name, rel, line, tok.start[1], "not ", "", "py", lines[line - 1]))
+                continue
+            if s not in PY_SWAPS:
+                continue
+            if s in ("-", "+", "*") and (prev in _UNARY_BEFORE or i == 0):
+                continue  # unary minus/plus, *args and keyword-only markers
+            if s == "is" and nxt == "not":
+                found.append(Mutant(target.name, rel, line, tok.start[1], "is not", "is", "py", lines[line - 1]))
+                continue
+            if s == "in" and prev == "not":
+                continue
+            if s == "in" and _is_for_in(significant, i):
+                continue
+            for new in PY_SWAPS[s]:
+                found.append(Mutant(target.name, rel, line, tok.start[1], s, new, "py", lines[line - 1]))
+    return found
+
+
+def _is_for_in(tokens: list[tokenize.TokenInfo], i: int) -> bool:
+    """The ``in`` of a ``for ... in`` (a loop or comprehension), not a membership test."""
+    depth = 0
+    for j in range(i - 1, -1, -1):
+        s = tokens[j].string
+        if s in (")", "]", "}"):
+            depth += 1
+        elif s in ("(", "[", "{"):
+            if depth == 0:
+                return False
+            depth -= 1
+        elif depth == 0 and s == "for":
+            return True
+        elif depth == 0 and tokens[j].type == tokenize.NEWLINE:
+            return False
+        if tokens[j].start[0] < tokens[i].start[0] - 3:
+            return False
+    return False
+
+
+def apply(source: str, m: Mutant) -> str:
+    lines = source.splitlines(keepends=True)
+    line = lines[m.line - 1]
+    if line[m.col:m.col + len(m.old)] != m.old:
+        raise ValueError(f"mutant {m.where} does not match {m.old!r}: {line!r}")
+    lines[m.line - 1] = line[:m.col] + m.new + line[m.col + len(m.old):]
+    return "".join(lines)
+
+
+# -- running ------------------------------------------------------------------------------
+
+
+def export_tree(dest: Path, worktree: bool) -> None:
+    """The repository's tracked files (HEAD, or the working tree's) into `dest`."""
+    dest.mkdir(parents=True)
+    if worktree:
+        files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True).stdout
+        for rel in filter(None, files.decode().split("\0")):
+            src = ROOT / rel
+            if src.is_file():
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest / rel)
+    else:
+        archive = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=ROOT, check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    for sub in ("adapters", "recipes"):
+        link = dest / "hnn_bridge" / sub
+        if not link.exists():
+            link.symlink_to(Path("..") / sub)
+
+
+def run_tests(tree: Path, tests: tuple[str, ...], timeout: float, python: str) -> tuple[str, float]:
+    env = dict(os.environ, PYTHONPATH=str(tree), XDG_CACHE_HOME=str(tree / ".cache"), OMP_NUM_THREADS="1",
+               PYTHONDONTWRITEBYTECODE="1", HYPOTHESIS_PROFILE="mutation")
+    env.pop("HNN_BRIDGE_NATIVE", None)
+    cmd = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", *tests]
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _RUNNING.add(proc)
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return "timeout", time.monotonic() - start
+    finally:
+        _RUNNING.discard(proc)
+    # any non-zero exit (a failed test, a crash, a collection error) fails the suite
+    return ("survived" if code == 0 else "killed"), time.monotonic() - start
+
+
+_RUNNING: set[subprocess.Popen] = set()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("targets", nargs="*", help=f"targets (default all): {', '.join(t.name for t in TARGETS)}")
+    parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default 2)")
+    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--only", help="only mutants at FILE:LINE (FILE may be a suffix)")
+    parser.add_argument("--worktree", action="store_true", help="mutate the working tree's files, not HEAD")
+    parser.add_argument("--timeout-factor", type=float, default=3.0, help="timeout = factor x baseline + 30 s")
+    parser.add_argument("--sample", type=int, default=0, help="at most this many random mutants per target")
+    parser.add_argument("--always", help="with --sample: also every mutant whose source line matches this regex")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
+    parser.add_argument("--json", help="write every mutant and its status to this file")
+    parser.add_argument("--fail-under", type=float, default=0.0, help="exit 1 below this score (percent)")
+    args = parser.parse_args(argv)
+
+    names = {t.name: t for t in TARGETS}
+    unknown = [n for n in args.targets if n not in names]
+    if unknown:
+        parser.error(f"unknown target(s) {', '.join(unknown)}; known: {', '.join(names)}")
+    targets = [names[n] for n in args.targets] if args.targets else list(TARGETS)
+
+    python = sys.executable
+    base = Path(tempfile.mkdtemp(prefix="hnn-mutate-"))
+    started = time.monotonic()
+    try:
+        snapshot = base / "snapshot"
+        export_tree(snapshot, args.worktree)
+        mutants = [m for t in targets for m in mutants_of(t, snapshot)]
+        if args.only:
+            file_part, _, line_part = args.only.rpartition(":")
+            mutants = [m for m in mutants if m.file.endswith(file_part) and m.line == int(line_part)]
+        if args.sample:
+            rng = random.Random(args.seed)
+            always = re.compile(args.always) if args.always else None
+            chosen = []
+            for t in targets:
+                mine = [m for m in mutants if m.target == t.name]
+                must = [m for m in mine if always is not None and always.search(m.text)]
+                rest = [m for m in mine if m not in must]
+                chosen += sorted(must + rng.sample(rest, min(args.sample, len(rest))),
+                                 key=lambda m: (m.file, m.line, m.col))
+            mutants = chosen
+        if args.list:
+            for m in mutants:
+                print(f"{m.target:12s} {m.describe()}")
+            print(f"{len(mutants)} mutants")
+            return 0
+        trees: Queue[Path] = Queue()
+        for j in range(args.jobs):
+            tree = base / f"w{j}"
+            shutil.copytree(snapshot, tree, symlinks=True)
+            trees.put(tree)
+        baseline: dict[str, float] = {}
+        for t in targets:
+            tree = trees.get()
+            status, seconds = run_tests(tree, t.tests, 3600, python)
+            trees.put(tree)
+            if status != "survived":
+                print(f"baseline of target {t.name} fails ({' '.join(t.tests)}); fix the tests first", flush=True)
+                return 2
+            baseline[t.name] = seconds
+            print(f"baseline {t.name}: {seconds:.0f} s, {sum(m.target == t.name for m in mutants)} mutants", flush=True)
+
+        def one(m: Mutant) -> Mutant:
+            tree = trees.get()
+            path = tree / m.file
+            original = path.read_text()
+            try:
+                path.write_text(apply(original, m))
+                timeout = args.timeout_factor * baseline[m.target] + 30
+                m.status, m.seconds = run_tests(tree, names[m.target].tests, timeout, python)
+            finally:
+                path.write_text(original)
+                trees.put(tree)
+            return m
+
+        pool = ThreadPoolExecutor(args.jobs)
+        try:
+            futures = [pool.submit(one, m) for m in mutants]
+            for n, fut in enumerate(as_completed(futures), 1):
+                m = fut.result()
+                if m.status == "survived":
+                    print(f"SURVIVED {m.describe()}", flush=True)
+                if n % 20 == 0:
+                    print(f"... {n}/{len(mutants)} mutants, {time.monotonic() - started:.0f} s", flush=True)
+        finally:  # on an interrupt: drop the queued mutants, stop the running tests
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in list(_RUNNING):
+                proc.kill()
+            pool.shutdown(wait=True)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+    print("\nscore per target (killed / mutants):")
+    total_killed = 0
+    for t in targets:
+        mine = [m for m in mutants if m.target == t.name]
+        killed = sum(m.status in ("killed", "timeout") for m in mine)
+        total_killed += killed
+        if mine:
+            print(f"  {t.name:12s} {killed:4d} / {len(mine):4d}  {100.0 * killed / len(mine):5.1f}%")
+    score = 100.0 * total_killed / max(1, len(mutants))
+    print(f"  {'all':12s} {total_killed:4d} / {len(mutants):4d}  {score:5.1f}%")
+    print(f"time: {time.monotonic() - started:.0f} s with {args.jobs} workers")
+    survivors = [m for m in mutants if m.status == "survived"]
+    if survivors:
+        print("\nsurvivors:")
+        for m in sorted(survivors, key=lambda m: (m.file, m.line, m.col)):
+            print(f"  {m.describe()}")
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(m) for m in mutants], indent=1))
+    return 0 if score >= args.fail_under else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
