@@ -8,7 +8,8 @@ A document marks each table with the folder of its run, relative to the document
 
 `sync_document` rewrites every marked block from its ``results.json``; `stale_blocks`
 lists the blocks that differ from what their file gives (a test runs it on
-``docs/results.md``, so the document cannot drift from the runs). The tables show both
+``docs/results.md`` and ``docs/notes/lab-notebook.md``, whose blocks name their folders
+as ``../full-budget/...``, so the documents cannot drift from the runs). The tables show both
 readouts: strict (a tied top count is wrong) and argmax (ties broken by the lowest index,
 the paper's most likely readout), with mean ± sample std over seeds.
 """
@@ -99,7 +100,7 @@ def stale_blocks(path: str | Path) -> list[str]:
     return [m["path"] for m in BLOCK.finditer(text) if _rendered(m, path.parent) != m["body"]]
 
 
-if __name__ == "__main__":  # python -m hnn_bridge.docs_tables docs/results.md
+if __name__ == "__main__":  # python -m hnn_bridge.docs_tables docs/results.md docs/notes/lab-notebook.md
     import sys
 
     for doc in sys.argv[1:]:
