@@ -87,20 +87,32 @@ class ErfcSurrogate(torch.autograd.Function):
         return grad_output * surrogate_grad(input_, 0.0, ctx.sigma), None
 
 
-def erfc_surrogate(sigma: float = 0.4):
-    """The erfc surrogate (eq. 5-6) enclosed with its width sigma, in the style of
+class _Eq6Surrogate:
+    """``spike_grad`` of eq. 6 with width ``sigma``: ``ErfcSurrogate.apply(x, sigma)``.
+
+    A module-level class rather than snnTorch's closure, so that a model holding it can
+    be pickled whole (``torch.save(net)``) and deep-copied."""
+
+    is_eq6 = True  # IIRLeaky(spike_grad=...) reads sigma from it
+    __name__ = "erfc_surrogate"
+
+    def __init__(self, sigma: float) -> None:
+        self.sigma = sigma
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return ErfcSurrogate.apply(x, self.sigma)
+
+    def __repr__(self) -> str:
+        return f"erfc_surrogate(sigma={self.sigma!r})"
+
+
+def erfc_surrogate(sigma: float = 0.4) -> _Eq6Surrogate:
+    """The erfc surrogate (eq. 5-6) with its width sigma, in the style of
     `snntorch.surrogate` (``spike_grad=erfc_surrogate(0.4)`` works on any snnTorch neuron,
     e.g. ``snntorch.Leaky(beta=0.9, spike_grad=erfc_surrogate())``)."""
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
         raise ValueError(f"erfc_surrogate: sigma must be a number > 0, got {sigma!r}")
-    sigma = float(sigma)
-
-    def inner(x: Tensor) -> Tensor:
-        return ErfcSurrogate.apply(x, sigma)
-
-    inner.sigma = sigma  # type: ignore[attr-defined]
-    inner.is_eq6 = True  # type: ignore[attr-defined]  # IIRLeaky(spike_grad=...) reads sigma from it
-    return inner
+    return _Eq6Surrogate(float(sigma))
 
 
 def _reject(name: str, value: Any, why: str, instead: str) -> ValueError:
@@ -429,6 +441,15 @@ class IIRLeaky(snntorch.Leaky):
         for inst in cls.instances:
             if isinstance(inst, IIRLeaky):
                 inst.detach_states()
+
+    def __getstate__(self):
+        """For ``copy.deepcopy`` and pickling (``torch.save(net)``): the held states as
+        snnTorch's helpers left them (`_sync`) and without this step's graph."""
+        self._sync()
+        state = dict(self.__dict__)
+        state["_buffers"] = {k: v.detach() if isinstance(v, Tensor) else v for k, v in self._buffers.items()}
+        state["_mem_written"] = state["_buffers"]["mem"]
+        return state
 
     def _apply(self, fn, *args, **kwargs):
         held = self._buffers["mem"] is self._mem_written

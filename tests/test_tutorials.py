@@ -107,7 +107,6 @@ def test_snntorch(workdir: Path):
     assert s1.sum() > 0 and torch.equal(spk, IIRNeuron()(net.fc2(s1)))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 33 snag, fixed in adapters/snntorch.py")
 def test_snntorch_copy_and_save(workdir: Path):
     """The page's "Copy and save a network" block: deepcopy after snntorch.utils.reset,
     state_dict into a fresh network, and torch.save / torch.load of the whole model."""
