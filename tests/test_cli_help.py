@@ -60,3 +60,22 @@ def test_the_defaults_that_issue_33_found_wrong():
     assert _help_of("--lr").endswith("Adam learning rate, decayed at the recipe's milestones [default: 0.001]. [x>0]")
     assert "[default: 0.3 MNIST, 0 CIFAR-10]" in _help_of("--dropout")
     assert _help_of("--dataset").endswith("[default: mnist; --quick: mnist-5k]")
+
+
+def test_recipe_help_precision_default_is_every_shipped_recipes():
+    """`hnn-bridge recipe --help` says the precision defaults to the recipe's, 32: every
+    shipped recipe, at every profile it has, trains at that precision."""
+    from hnn_bridge.commands.recipe import recipe as recipe_command
+    from hnn_bridge.recipe import PROFILES, list_recipes, load_recipe
+
+    ctx = click.Context(recipe_command, info_name="recipe")
+    (record,) = [p.get_help_record(ctx) for p in recipe_command.params if "--precision" in getattr(p, "opts", ())]
+    (stated,) = re.findall(r"\[default: the recipe's, (\w+)\]", record[1])
+    used = set()
+    for name in list_recipes():
+        loaded = load_recipe(name)
+        for profile in PROFILES:
+            if profile == "cpu" and not loaded.cpu:
+                continue
+            used |= {row.settings.precision for row in loaded.configure(profile=profile).rows}
+    assert used == {stated}
