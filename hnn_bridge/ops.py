@@ -286,13 +286,21 @@ def ops_summary(model: HybridNet, tally: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def assumed_counts(model: HybridNet, rate: float) -> list[LayerCounts]:
+def assumed_counts(model: HybridNet, rate: float | Mapping[int, float],
+                   out_rate: float | Mapping[int, float] | None = None) -> list[LayerCounts]:
     """`LayerCounts` without a forward pass, for `describe`: every value fed to a layer
-    non-zero, every spike-fed layer's inputs and every SL's outputs firing at ``rate``
-    (spikes per neuron and step), uniformly over the positions, each spike with the real
-    fan-out of its position."""
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"firing rate must be in [0, 1], got {rate}")
+    non-zero, every spike-fed layer's inputs firing at ``rate`` (spikes per neuron and
+    step; or a mapping layer index -> its rate) uniformly over the positions, each spike
+    with the real fan-out of its position, and every SL's outputs at ``out_rate`` (the
+    same as ``rate`` when None)."""
+    out_rate = rate if out_rate is None else out_rate
+
+    def pick(rates: float | Mapping[int, float], i: int) -> float:
+        r = float(rates[i]) if isinstance(rates, Mapping) else float(rates)
+        if not 0.0 <= r <= 1.0:
+            raise ValueError(f"firing rate must be in [0, 1], got {r} for layer {i} ({model.layers[i].token})")
+        return r
+
     steps = model.steps or 1
     tally: dict[str, Any] = {"images": 1, "inputs": {}, "spikes": {}, "in_size": {}}
     shape = tuple(model.settings["input_shape"])
@@ -303,11 +311,11 @@ def assumed_counts(model: HybridNet, rate: float) -> list[LayerCounts]:
             fan = fanout_map(op, in_shape)
             size = math.prod(in_shape)
             evals = steps if info.part == "SL" and info.per_step else 1
-            share = rate if info.fed_by == "spikes" else 1.0
+            share = pick(rate, i) if info.fed_by == "spikes" else 1.0
             reached = fan * size if isinstance(fan, int) else float(fan.sum()) * in_shape[0]
             tally["inputs"][i] = [share * size * evals, share * reached * evals]
             tally["in_size"][i] = size
         if info.part == "SL":
-            tally["spikes"][i] = rate * math.prod(info.out_shape) * steps
+            tally["spikes"][i] = pick(out_rate, i) * math.prod(info.out_shape) * steps
         shape = info.out_shape
     return exact_counts(model, tally)

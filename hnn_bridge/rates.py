@@ -110,7 +110,8 @@ def recording_counts(model: HybridNet) -> Iterator[dict[str, Any]]:
             nonzero = x != 0
             tally["in_size"][i] = x[0].numel()
             if i not in fanouts:
-                fanouts[i] = fanout_map(module, tuple(x.shape[1:]))
+                fan = fanout_map(module, tuple(x.shape[1:]))
+                fanouts[i] = fan if isinstance(fan, int) else fan.to(x.device)
             fan = fanouts[i]
             acc = tally["inputs"][i]
             if isinstance(fan, int):
@@ -120,7 +121,7 @@ def recording_counts(model: HybridNet) -> Iterator[dict[str, Any]]:
             else:
                 per_position = nonzero.sum(dim=(0, 1), dtype=torch.float64)
                 acc[0] += float(per_position.sum())
-                acc[1] += float((per_position * fan.to(per_position.device)).sum())
+                acc[1] += float((per_position * fan).sum())
 
         handles.append(op.register_forward_pre_hook(on_input))
     for i, neuron in getattr(model, "neurons", {}).items():

@@ -367,3 +367,16 @@ def test_describe_prints_the_per_layer_breakdown() -> None:
     terms = layer_terms("lemaire", counts)[2]
     assert (" 2  S10      " + " ".join(f"{terms[n]:>12,.0f}" for n in terms)) in out
     assert math.isclose(sum(sum(t.values()) for t in layer_terms("lemaire", counts)), total)
+
+
+def test_assumed_counts_take_a_rate_per_layer() -> None:
+    model = build("S8C3-P2-S16C3-S10", coder="poisson", steps=4, input_shape=(1, 8, 8))
+    uniform = assumed_counts(model, 0.2)
+    per_layer = assumed_counts(model, {0: 0.2, 2: 0.2, 3: 0.2}, {0: 0.2, 2: 0.2, 3: 0.2})
+    assert uniform == per_layer
+    mixed = assumed_counts(model, {0: 0.5, 2: 0.1, 3: 0.0}, 0.3)
+    # S16C3 on 8 x 4 x 4 pooled spikes: each with its position's reach (corners 4, edges 6, inside 9 outputs)
+    assert mixed[2].acs == 0.1 * 4 * 8 * 16 * (4 * 4 + 8 * 6 + 4 * 9)
+    assert mixed[3].acs == 0.0 and mixed[3].out_spikes == 0.3 * 10 * 4
+    with pytest.raises(ValueError, match=r"firing rate must be in \[0, 1\], got 1.5 for layer 2 \(S16C3\)"):
+        assumed_counts(model, {0: 0.5, 2: 1.5, 3: 0.1})
