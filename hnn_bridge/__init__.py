@@ -14,6 +14,21 @@ from .params import IIRParams
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """`export_nir` / `import_nir` load on first use, so that `import hnn_bridge` works
+    without the optional extra ``nir`` (they say how to install it when it is missing)."""
+    if name == "export_nir":
+        from .nir_export import export_nir
+
+        return export_nir
+    if name == "import_nir":
+        from .nir_import import import_nir
+
+        return import_nir
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "ArchError",
     "BACKENDS",
@@ -28,6 +43,8 @@ __all__ = [
     "__version__",
     "build",
     "copy_weights",
+    "export_nir",
+    "import_nir",
     "make_coder",
     "parse_arch",
 ]
