@@ -53,7 +53,7 @@ def test_calibration_keeps_biases_and_als_and_mode():
     model = build("A16C3-P2-S32C3-P2-S10", steps=4, input_shape=SHAPE, neuron=NEURON)
     al = {k: v.clone() for k, v in model.al.state_dict().items()}
     biases = {k: v.clone() for k, v in model.state_dict().items() if k.endswith("bias")}
-    assert "sl.2.bias" in biases  # the last SL's bias, after its synapse filter (PostFilterBias)
+    assert list(model.biases) == [4]  # S10's bias, after its synapse filter (PostFilterBias)
     model.train()
     calibrate_firing(model, x, target=0.2)
     assert model.training
