@@ -290,6 +290,6 @@ def test_coder_steps_must_be_a_positive_int():
 def test_mu_activation_acts_on_mu_only():
     from hnn_bridge.coders import MuActivation
 
-    a = torch.tensor([[-1.0, 2.0, -3.0, -4.0], [5.0, -6.0, 7.0, -8.0]])
+    a = torch.tensor([[-1.0, 2.0, -0.5, -3.0, -4.0, 0.5], [5.0, -6.0, 0.25, 7.0, -8.0, -0.25]])
     out = MuActivation(torch.nn.ReLU())(a)
-    assert torch.equal(out, torch.tensor([[0.0, 2.0, -3.0, -4.0], [5.0, 0.0, 7.0, -8.0]]))
+    assert torch.equal(out, torch.tensor([[0.0, 2.0, 0.0, -3.0, -4.0, 0.5], [5.0, 0.0, 0.25, 7.0, -8.0, -0.25]]))

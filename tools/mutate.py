@@ -6,7 +6,8 @@ in Python code (found with ``tokenize``: comparisons, arithmetic, ``and``/``or``
 ``not``, ``True``/``False``, ``is``/``in``, small numeric constants) and inside the C and
 CUDA kernel sources held in Python strings (``native.SOURCE``, ``cupy_kernels.KERNEL_SOURCE``:
 comparisons, ``+ - * /``, ``&&``/``||``, ``IIR_ADD``/``IIR_SUB``, ``0.0f``/``1.0f``, which
-a Python mutation tool does not see). For every mutant the target's tests run (pytest,
+a Python mutation tool does not see), and method names in Python (``.ge(`` to ``.gt(``,
+``.add_`` to ``.sub_``, ``.detach()`` to ``.clone()``, ...). For every mutant the target's tests run (pytest,
 ``-x``, fastest killers first); a failing or timed-out run kills the mutant.
 
 Nothing in the working tree is touched: the tree is exported (``git archive HEAD``, or the
@@ -99,6 +100,32 @@ TARGETS = (
                       "atomic_save", "checkpoint_state")),
 )
 
+# Planted mutants: realistic single bugs written by hand (the five survivors of issue 32
+# first), each a unique snippet of a file and its replacement; ``--planted`` runs them.
+PLANTED = (
+    ("core", "hnn_bridge/functional/iir.py", "torch.ge(v, vth, out=s_out[t])", "torch.gt(v, vth, out=s_out[t])"),
+    ("kernels", "adapters/cupy_kernels.py", "o = (v_new >= vth) ? 1.0f : 0.0f;", "o = (v_new > vth) ? 1.0f : 0.0f;"),
+    ("snntorch", "adapters/snntorch.py", "beta=params.lam,", "beta=params.theta,"),
+    ("snntorch", "adapters/snntorch.py", "        return self.reset_mem()\n",
+     "        return torch.zeros_like(self._buffers['mem'])\n"),
+    ("coders", "hnn_bridge/coders.py", "eps = torch.randn((self.steps, *mu.shape),",
+     "eps = torch.randn((self.steps, 1, *mu.shape[1:]),"),
+    ("native", "hnn_bridge/functional/native.py", "EACH O[j] = V[j] >= vth ? 1.0f : 0.0f;",
+     "EACH O[j] = V[j] > vth ? 1.0f : 0.0f;"),
+    ("native", "hnn_bridge/functional/native.py", "if (detach_reset) EACH CO[j] = 0.0f;", "if (0) EACH CO[j] = 0.0f;"),
+    ("kernels", "adapters/cupy_kernels.py", "c_o = detach_reset ? 0.0f : g_r_t;", "c_o = g_r_t;"),
+    ("core", "hnn_bridge/functional/iir.py", "[(k.theta, r), (1.0, o)]", "[(k.lam, r), (1.0, o)]"),
+    ("core", "hnn_bridge/functional/iir.py", "out.mul_(-0.5 / (k.sigma * k.sigma))", "out.mul_(-1.0 / (k.sigma * k.sigma))"),
+    ("core", "hnn_bridge/functional/iir.py", "c_o = zero if ctx.detach_reset else g_r_t", "c_o = g_r_t"),
+    ("core", "hnn_bridge/params.py", "if self.reset_decay is None else float(self.reset_decay)",
+     "if self.membrane_decay is None else float(self.reset_decay)"),
+    ("core", "hnn_bridge/params.py", "em + es, -math.exp(", "em + es, math.exp("),
+    ("spikingjelly", "adapters/spikingjelly.py", 'm["v"], m["p1"], m["p2"], m["r"], m["o"] = st.v, st.p1, st.p2, st.r, st.o',
+     'm["v"], m["p1"], m["p2"], m["r"], m["o"] = st.v, st.p2, st.p1, st.r, st.o'),
+    ("tie-rule", "hnn_bridge/training/loop.py", "tied = at_top.sum(dim=1) > 1", "tied = at_top.sum(dim=1) >= 1"),
+    ("tie-rule", "hnn_bridge/training/loop.py", "silent = (out == 0).all(dim=1)", "silent = (out == 0).any(dim=1)"),
+)
+
 # -- mutants ------------------------------------------------------------------------------
 
 PY_SWAPS = {
@@ -107,6 +134,13 @@ PY_SWAPS = {
     "+=": ["-="], "-=": ["+="], "*=": ["/="],
     "and": ["or"], "or": ["and"], "True": ["False"], "False": ["True"],
     "is": ["is not"], "in": ["not in"],
+}
+# method and function names, as `.name(`: comparisons, arithmetic, detaching
+CALL_SWAPS = {
+    "ge": "gt", "gt": "ge", "le": "lt", "lt": "le", "eq": "ne", "ne": "eq",
+    "add": "sub", "sub": "add", "add_": "sub_", "sub_": "add_", "mul": "div", "mul_": "div_",
+    "clamp_min": "clamp_max", "clamp_max": "clamp_min", "maximum": "minimum", "minimum": "maximum",
+    "exp": "expm1", "exp_": "expm1_", "detach": "clone", "zeros_like": "ones_like", "zeros": "ones",
 }
 # C, inside the kernel strings; patterns keep clear of pointers, -> and #include <...>
 C_SWAPS = [
@@ -128,7 +162,7 @@ class Mutant:
     col: int
     old: str
     new: str
-    kind: str  # "py" or "c"
+    kind: str  # "py", "call" (a method or function name) or "c"
     text: str = field(repr=False, default="")  # the source line, for the report
     status: str = "pending"  # killed / survived / timeout / error
     seconds: float = 0.0
@@ -272,6 +306,9 @@ def mutants_of(target: Target, tree: Path = ROOT) -> list[Mutant]:
                 for new in _number_mutations(s):
                     found.append(Mutant(target.name, rel, line, tok.start[1], s, new, "py", lines[line - 1]))
                 continue
+            if tok.type == tokenize.NAME and s in CALL_SWAPS and nxt == "(" and prev == ".":
+                found.append(Mutant(target.name, rel, line, tok.start[1], s, CALL_SWAPS[s], "call", lines[line - 1]))
+                continue
             if tok.type == tokenize.NAME and s == "not" and nxt != "in" and prev != "is":
                 found.append(Mutant(target.name, rel, line, tok.start[1], "not ", "", "py", lines[line - 1]))
                 continue
@@ -311,7 +348,24 @@ def _is_for_in(tokens: list[tokenize.TokenInfo], i: int) -> bool:
     return False
 
 
+def planted(tree: Path, targets: Iterable[Target]) -> list[Mutant]:
+    """The `PLANTED` mutants of `targets` (each snippet must occur exactly once)."""
+    names = {t.name for t in targets}
+    found = []
+    for target, rel, old, new in PLANTED:
+        if target not in names:
+            continue
+        source = (tree / rel).read_text()
+        if source.count(old) != 1:
+            raise ValueError(f"planted mutant {old!r} occurs {source.count(old)} times in {rel}")
+        line = source[:source.index(old)].count("\n") + 1
+        found.append(Mutant(target, rel, line, 0, old, new, "planted", source.splitlines()[line - 1]))
+    return found
+
+
 def apply(source: str, m: Mutant) -> str:
+    if m.kind == "planted":
+        return source.replace(m.old, m.new, 1)
     lines = source.splitlines(keepends=True)
     line = lines[m.line - 1]
     if line[m.col:m.col + len(m.old)] != m.old:
@@ -375,6 +429,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--worktree", action="store_true", help="mutate the working tree's files, not HEAD")
     parser.add_argument("--timeout-factor", type=float, default=3.0, help="timeout = factor x baseline + 30 s")
     parser.add_argument("--sample", type=int, default=0, help="at most this many random mutants per target")
+    parser.add_argument("--planted", action="store_true", help="run the hand-written PLANTED mutants only")
+    parser.add_argument("--kinds", help="only these kinds of mutants: py, call, c (comma-separated)")
     parser.add_argument("--always", help="with --sample: also every mutant whose source line matches this regex")
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
     parser.add_argument("--json", help="write every mutant and its status to this file")
@@ -393,7 +449,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         snapshot = base / "snapshot"
         export_tree(snapshot, args.worktree)
-        mutants = [m for t in targets for m in mutants_of(t, snapshot)]
+        if args.planted:
+            mutants = planted(snapshot, targets)
+        else:
+            mutants = [m for t in targets for m in mutants_of(t, snapshot)]
+        if args.kinds:
+            mutants = [m for m in mutants if m.kind in args.kinds.split(",")]
         if args.only:
             file_part, _, line_part = args.only.rpartition(":")
             mutants = [m for m in mutants if m.file.endswith(file_part) and m.line == int(line_part)]
