@@ -24,7 +24,7 @@ Usage (from the repository root; about 35 minutes on 2 busy cores for every targ
     .venv/bin/python tools/mutate.py --list                      # the mutants, no tests run
     .venv/bin/python tools/mutate.py core --only iir.py:301      # mutants on one line
 
-It prints each survivor as it is found and at the end the score per target and overall
+It prints each mutant's fate as it is known and at the end the score per target and overall
 and the list of survivors (``--json FILE`` writes them too). Exit status 0 when the
 score is at least ``--fail-under`` (default 0).
 """
@@ -39,6 +39,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -443,8 +444,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"unknown target(s) {', '.join(unknown)}; known: {', '.join(names)}")
     targets = [names[n] for n in args.targets] if args.targets else list(TARGETS)
 
+    # a background job inherits SIGINT ignored; SIGTERM too should stop cleanly
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     python = sys.executable
     base = Path(tempfile.mkdtemp(prefix="hnn-mutate-"))
+    interrupted = False
     started = time.monotonic()
     try:
         snapshot = base / "snapshot"
@@ -508,10 +513,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             futures = [pool.submit(one, m) for m in mutants]
             for n, fut in enumerate(as_completed(futures), 1):
                 m = fut.result()
-                if m.status == "survived":
-                    print(f"SURVIVED {m.describe()}", flush=True)
+                print(f"{m.status.upper():8s} {m.seconds:5.0f} s  {m.describe()}", flush=True)
                 if n % 20 == 0:
                     print(f"... {n}/{len(mutants)} mutants, {time.monotonic() - started:.0f} s", flush=True)
+        except KeyboardInterrupt:
+            interrupted = True
         finally:  # on an interrupt: drop the queued mutants, stop the running tests
             pool.shutdown(wait=False, cancel_futures=True)
             for proc in list(_RUNNING):
@@ -520,6 +526,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
+    if interrupted:
+        print(f"\ninterrupted: {sum(m.status == 'pending' for m in mutants)} mutants not run, left out below")
+        mutants = [m for m in mutants if m.status != "pending"]
     print("\nscore per target (killed / mutants):")
     total_killed = 0
     for t in targets:
