@@ -510,7 +510,10 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         pool = ThreadPoolExecutor(args.jobs)
         try:
-            futures = [pool.submit(one, m) for m in mutants]
+            order = list(mutants)
+            if args.sample:  # a sampled run in random order: an interrupted run still covers every target
+                random.Random(args.seed).shuffle(order)
+            futures = [pool.submit(one, m) for m in order]
             for n, fut in enumerate(as_completed(futures), 1):
                 m = fut.result()
                 print(f"{m.status.upper():8s} {m.seconds:5.0f} s  {m.describe()}", flush=True)
