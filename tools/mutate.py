@@ -413,6 +413,8 @@ def run_tests(tree: Path, tests: tuple[str, ...], timeout: float, python: str) -
         proc.wait()
         return "timeout", time.monotonic() - start
     finally:
+        if proc.poll() is None:  # interrupted
+            proc.kill()
         _RUNNING.discard(proc)
     # any non-zero exit (a failed test, a crash, a collection error) fails the suite
     return ("survived" if code == 0 else "killed"), time.monotonic() - start
@@ -428,6 +430,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--only", help="only mutants at FILE:LINE (FILE may be a suffix)")
     parser.add_argument("--worktree", action="store_true", help="mutate the working tree's files, not HEAD")
+    parser.add_argument("--skip-baseline", action="store_true",
+                        help="do not run each target's tests unmutated first (then every run gets --timeout)")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds per mutant with --skip-baseline")
     parser.add_argument("--timeout-factor", type=float, default=3.0, help="timeout = factor x baseline + 30 s")
     parser.add_argument("--sample", type=int, default=0, help="at most this many random mutants per target")
     parser.add_argument("--planted", action="store_true", help="run the hand-written PLANTED mutants only")
@@ -485,7 +490,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             shutil.copytree(snapshot, tree, symlinks=True)
             trees.put(tree)
         baseline: dict[str, float] = {}
-        for t in targets:
+        for t in targets if not args.skip_baseline else ():
             tree = trees.get()
             status, seconds = run_tests(tree, t.tests, 3600, python)
             trees.put(tree)
@@ -501,7 +506,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             original = path.read_text()
             try:
                 path.write_text(apply(original, m))
-                timeout = args.timeout_factor * baseline[m.target] + 30
+                timeout = args.timeout_factor * baseline[m.target] + 30 if m.target in baseline else args.timeout
                 m.status, m.seconds = run_tests(tree, names[m.target].tests, timeout, python)
             finally:
                 path.write_text(original)
