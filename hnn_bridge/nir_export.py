@@ -32,8 +32,8 @@ weight op's weights and bias, after it into the weights (the filter is linear) a
 bias c. P2 max pooling of binary spikes is ``SumPool2d`` then ``Threshold(0.5)``, exact.
 
 ``mode="lif"`` writes the nearest standard neurons for consumers that cannot run the
-exact graph (snnTorch's and SpikingJelly's importers): ``CubaLIF`` (``LIF`` where the
-layer has no filter), at snnTorch's dt = 1e-4. It is lossy: it drops one pole of the
+exact graph (snnTorch's and SpikingJelly's importers): ``CubaLIF`` (with tau_syn = dt,
+a current without memory, where the layer has no filter), at snnTorch's dt = 1e-4. It is lossy: it drops one pole of the
 dual exponential (keeps the slower one, with the DC gain), moves the post-filter bias
 before the synaptic filter (same steady state) and turns the decaying subtractive reset
 of eq. 1c into a hard reset to zero; docs/notes/2026-12-06-nir.md gives the measured
@@ -175,7 +175,7 @@ def export_nir(model: nn.Module, mode: str = "exact") -> Any:
     Args:
         model: a `hnn_bridge.HybridNet` with spiking layers, in eval mode.
         mode: ``"exact"``: the IIR neuron as an exact NIR subgraph (module docstring);
-            ``"lif"``: the nearest standard neurons (``CubaLIF``/``LIF``), lossy.
+            ``"lif"``: the nearest standard neurons (``CubaLIF``), lossy.
 
     Raises:
         ImportError: ``nir`` is not installed (says how to install it).
@@ -417,12 +417,12 @@ def _emit_lif(g: _GraphBuilder, stem: str, token: str, layer: _Layer, params: II
         alpha, scale = max(p1, p2), g1 / (1.0 - min(p1, p2))
     elif poles:
         alpha, scale = poles[0][0], 1.0
-    else:
-        alpha, scale = None, 1.0
+    else:  # no filter: a synaptic current without memory (tau_syn = dt), as LIF but importable everywhere
+        alpha, scale = 0.0, 1.0
     weight = layer.weight * scale
     bias = None if layer.bias is None else layer.bias * scale
     if layer.post_bias is not None:  # c after the filter -> c (1 - alpha) before it: same steady state
-        pre = layer.post_bias * (1.0 - alpha if alpha is not None else 1.0)
+        pre = layer.post_bias * (1.0 - alpha)
         bias = pre if bias is None else bias + pre
     if layer.conv is not None and bias is None:
         bias = torch.zeros(weight.shape[0], dtype=weight.dtype)
@@ -430,12 +430,11 @@ def _emit_lif(g: _GraphBuilder, stem: str, token: str, layer: _Layer, params: II
     tau_mem = LIF_DT / (1.0 - params.lam)
     thr = g.full(threshold_below(params.v_threshold, g.dtype), shape)
     meta = {"hnn_bridge_layer": token, "hnn_bridge_lossy": True}
-    if alpha is None:
-        node = nir.LIF(tau=g.full(tau_mem, shape), r=g.full(tau_mem / LIF_DT, shape), v_leak=g.full(0.0, shape),
-                       v_threshold=thr, v_reset=g.full(0.0, shape), metadata=meta)
-    else:
-        tau_syn = LIF_DT / (1.0 - alpha)
-        node = nir.CubaLIF(tau_syn=g.full(tau_syn, shape), tau_mem=g.full(tau_mem, shape),
-                           r=g.full(tau_mem / LIF_DT, shape), v_leak=g.full(0.0, shape), v_threshold=thr,
-                           v_reset=g.full(0.0, shape), w_in=g.full(tau_syn / LIF_DT, shape), metadata=meta)
+    tau_syn = LIF_DT / (1.0 - alpha)
+
+    def f64(value: float) -> np.ndarray:  # time constants in float64: importers compare them with dt
+        return np.full(shape, value, dtype=np.float64)
+
+    node = nir.CubaLIF(tau_syn=f64(tau_syn), tau_mem=f64(tau_mem), r=f64(tau_mem / LIF_DT), v_leak=f64(0.0),
+                       v_threshold=thr, v_reset=g.full(0.0, shape), w_in=f64(tau_syn / LIF_DT), metadata=meta)
     g.chain(f"{stem}_lif", node)

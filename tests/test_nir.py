@@ -352,3 +352,19 @@ def test_without_nir_says_how_to_install(monkeypatch):
     with pytest.raises(ImportError, match=r"pip install 'hnn-bridge\[nir\]'"):
         export_nir(model)
     assert "nirtorch" in INSTALL_HINT
+
+
+def test_import_without_our_metadata(tmp_path):
+    """A graph that carries none of hnn-bridge's metadata (as another tool would write the
+    same subgraph): the constants come from the nodes, a = 1 - dt/tau, equal up to
+    rounding; in float64 the spikes are still the original's."""
+    model = busy(build("S6C3-P2-S10", input_shape=SHAPE, steps=STEPS, norm="batch", input_mode="axon"), torch.float64)
+    graph = export_nir(model)
+    for node in graph.nodes.values():
+        node.metadata = {}
+    graph.metadata = {"dt": 1.0}
+    net = round_trip(graph, tmp_path)
+    p = net.neurons[0].params
+    assert p.synapse == "none" and p.membrane_decay == pytest.approx(model.synapse_params(0).lam, rel=1e-12)
+    assert net.sl[1].params.synapse == "dual_exp" and net.sl[1].params.tau_m == pytest.approx(4.0, rel=1e-12)
+    assert_same_spikes(model, net, torch.float64)
