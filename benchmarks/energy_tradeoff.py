@@ -14,8 +14,10 @@ with `hnn_bridge.ops.assumed_counts` at those rates:
 - SL output rates: the validation rates at the best epoch, else the row's mean input rate;
 - values fed to layers: all non-zero (dense MACs).
 
-Each spike then has the real fan-out of its position (uniform over positions). Prints
-one Markdown table per results file: accuracy, and energy per image under every model.
+Each spike then has the real fan-out of its position (uniform over positions). A
+results file written by this version records the exact energies measured on the test
+set, which are shown instead for the models it holds. Prints one Markdown table per
+results file: accuracy, and energy per image under every model.
 
     python benchmarks/energy_tradeoff.py docs/full-budget/table1a docs/cpu/table1b ...
 """
@@ -108,8 +110,9 @@ def main(dirs: list[str]) -> None:
             for seed in seeds:
                 counts, rate, _ = _row_counts(model, seed)
                 rates.append(rate)
+                recorded = seed.get("energy") or {}  # exact, measured on the test set (this version's runs)
                 for m in ENERGY_MODELS:
-                    energies[m].append(energy_pj(m, counts) / 1e6)
+                    energies[m].append(recorded[m] if m in recorded else energy_pj(m, counts) / 1e6)
             acc = statistics.fmean(100 * s["test_acc"] for s in seeds)
             shown = ", ".join(f"{model.layers[i].token} {statistics.fmean(r[i] for r in rates):.3f}"
                               for i in rates[0]) or "–"

@@ -6,6 +6,10 @@ Every constant and its source is in this file; `ENERGY_MODELS` names the models:
   Horowitz (ISSCC 2014), 45 nm, float32: 4.6 pJ per MAC, 0.9 pJ per AC; MACs are the
   dense MACs of the layers fed by real values, ACs the exact synaptic operations of
   the layers fed by spikes. Neuron updates and memory are not counted.
+- ``"simple"``: SpikingJelly 2.0's simple composite model (``estimate_simple_energy``):
+  the ``ops`` prices plus 24.96 pJ per byte of weights and biases read and of neuron
+  state read and written every step, whatever the memory's size; the IIR neuron's
+  multiplies and adds priced as MACs and ACs.
 - ``"lemaire"``: the memory-aware analytical model of Lemaire et al. 2022 ("An
   analytical estimation of spiking neural networks energy efficiency", ICONIP 2022,
   arXiv 2210.13107) in the form SpikingJelly 2.0 implements it
@@ -120,6 +124,30 @@ def _lemaire_terms(c: LayerCounts) -> dict[str, float]:
     return t
 
 
+# --- SpikingJelly 2.0's simple composite model (SimpleEnergyCostConfig.fp32) ---
+SIMPLE_PJ_PER_BYTE = 24.96  # 3.12 pJ per bit of SRAM access, as cited by STEP (SpikingJelly's default)
+
+
+def _simple_terms(c: LayerCounts) -> dict[str, float]:
+    """SpikingJelly's ``estimate_simple_energy``: Horowitz compute plus 24.96 pJ per byte
+    of weights and biases read and of neuron state read and written each step. Terms:
+    ``mac``, ``ac`` (Horowitz prices) and ``memory``. Arithmetic as counted here: the
+    weight ops' MACs and ACs, one add per bias use, and the IIR neuron's multiplies (as
+    MACs) and adds of `hnn_bridge.ops.NeuronCost` (SpikingJelly counts every element of
+    every tensor operation of its own neuron code instead)."""
+    t = {"mac": c.macs * PJ_PER_MAC, "ac": (c.acs + c.bias_adds) * PJ_PER_AC, "memory": 0.0}
+    word = LEMAIRE_WORD_BYTES
+    if c.in_size:
+        weight_uses = c.acs if c.fed_by == "spikes" else c.dense_macs
+        t["memory"] += (weight_uses + c.bias_adds) * word * SIMPLE_PJ_PER_BYTE
+    if c.neuron is not None:
+        n_steps = c.out_size * c.steps
+        t["mac"] += c.neuron.mul_per_step * n_steps * PJ_PER_MAC
+        t["ac"] += (c.neuron.add_per_step * n_steps + c.neuron.add_per_spike * c.out_spikes) * PJ_PER_AC
+        t["memory"] += (c.neuron.reads_per_step + c.neuron.writes_per_step) * n_steps * word * SIMPLE_PJ_PER_BYTE
+    return t
+
+
 ENERGY_MODELS: dict[str, EnergyModel] = {
     "ops": EnergyModel(
         "ops", "compute only (Horowitz 2014)",
@@ -131,6 +159,12 @@ ENERGY_MODELS: dict[str, EnergyModel] = {
         "SRAM reads and writes of inputs, weights, outputs and neuron state priced by memory size "
         "(2.5 / 5 / 25 pJ per byte at 8 kB / 32 kB / 1 MB), IIR neuron updates (eq. 1)",
         _lemaire_terms),
+    "simple": EnergyModel(
+        "simple", "compute and memory (SpikingJelly 2.0's simple model)",
+        f"45 nm, float32: {PJ_PER_MAC} pJ per MAC, {PJ_PER_AC} pJ per AC (Horowitz 2014) and {SIMPLE_PJ_PER_BYTE} pJ "
+        "per byte of weights and biases read and of neuron state read and written each step, at any memory size; "
+        "IIR neuron updates (eq. 1)",
+        _simple_terms),
 }
 DEFAULT_ENERGY_MODEL = "ops"
 

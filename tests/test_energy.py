@@ -224,6 +224,31 @@ def test_lemaire_model_equals_spikingjelly_estimate_lemaire_energy_on_an_if_mlp(
     assert energy_pj("lemaire", counts) == pytest.approx(report.total_pj, rel=1e-12)
 
 
+def test_simple_model_equals_spikingjelly_estimate_simple_energy_on_an_if_mlp() -> None:
+    """The memory term (weights and biases read, neuron state read and written per step,
+    24.96 pJ per byte) equals SpikingJelly's; the AC count differs by a named convention:
+    SpikingJelly counts every element of its IF node's tensor operations (charge, threshold
+    subtraction, reset: 3 per neuron and step) and no bias add, we count one add per bias
+    use and one reset per spike (the charge is the synaptic accumulation itself)."""
+    from spikingjelly.activation_based import functional
+    from spikingjelly.activation_based.op_counter import estimate_simple_energy
+
+    model = _net("S64-S32-S10", "poisson", (1, 8, 8), steps=8, neuron=IF_NEURON)
+    seen = {}
+    model.weight_ops[1].register_forward_pre_hook(lambda m, i: seen.setdefault("x", i[0].clone()))
+    counts = _counted(model, torch.rand(1, 1, 8, 8))
+    sj = _sj_if_mlp(model)
+    functional.reset_net(sj)
+    report = estimate_simple_energy(sj, seen["x"].reshape(8, 1, 64))
+    ours = {k: sum(t[k] for t in layer_terms("simple", counts)) for k in ("mac", "ac", "memory")}
+    assert ours["memory"] == pytest.approx(report.breakdown_pj["memory_pj"], rel=1e-12)
+    assert ours["mac"] == report.counts["mac"] == 0
+    synops, neuron_steps = sum(c.acs for c in counts), sum(c.neuron_steps for c in counts)
+    assert report.counts["ac"] == synops + 3 * neuron_steps
+    assert ours["ac"] == pytest.approx(0.9 * (synops + sum(c.bias_adds for c in counts)
+                                              + sum(c.out_spikes for c in counts)), rel=1e-12)
+
+
 def test_lemaire_model_on_a_spiking_cnn_differs_from_spikingjelly_by_the_border_fanout_only() -> None:
     """SpikingJelly's Lemaire counter gives every spike of a convolution C_out x k x k
     synapses (padding ignored); ours the real fan-out. With SpikingJelly's fan-out put
@@ -306,7 +331,8 @@ def test_results_record_round_trips_every_model() -> None:
 
 
 def test_unknown_energy_model_and_uncountable_layer_are_named() -> None:
-    with pytest.raises(EnergyModelError, match=r"^unknown energy model 'horowitz'; choose one of ops, lemaire$"):
+    with pytest.raises(EnergyModelError,
+                       match=r"^unknown energy model 'horowitz'; choose one of ops, lemaire, simple$"):
         energy_model("horowitz")
     model = _net("S64-S32-S10", "poisson", (1, 8, 8))
     counts = assumed_counts(model, 0.1)
@@ -315,7 +341,7 @@ def test_unknown_energy_model_and_uncountable_layer_are_named() -> None:
                        match=r"^energy model 'lemaire' cannot count layer 3 \('S10', a 'recurrent' layer\)$"):
         layer_terms("lemaire", odd)
     bad = CliRunner().invoke(main, ["describe", "S64-S10", "--input-shape", "1x8x8", "--energy-model", "x"])
-    assert bad.exit_code == 2 and "'x' is not one of 'ops', 'lemaire'" in bad.output
+    assert bad.exit_code == 2 and "'x' is not one of 'ops', 'lemaire', 'simple'" in bad.output
 
 
 def _old_results() -> dict:
