@@ -172,8 +172,13 @@ def test_the_cifar_full_profile_settings_learn_with_few_ties():
     """The settings of the CIFAR recipes' full (GPU) profile: T = 25, batch 64, norm, and
     cross entropy on 0.125 x the counts (docs/notes/lab-notebook.md, "The loss scale at T = 25"),
     built through the recipe path on a small CNN: they learn, scored in eval mode, and few
-    held-out images tie at the top count (argmax 40.6%, ties 6.4% when written; the same
-    run on the raw counts, eq. 2b, gives 27.8% and 48.8% ties). About 100 s."""
+    held-out images tie at the top count (the same run on the raw counts, eq. 2b, gave
+    27.8% argmax and 48.8% ties). With the bias after the synapse filter (Fang et al.'s
+    form; 2026-12-06, AMD EPYC): argmax 39.2%, ties 12.0%, rate 0.045, loss 1.79; the
+    same seed with the filtered bias and batch norm before the filter: 38.2%, 6.6%, rate
+    0.16, loss 1.38. The norm after the filter normalises the filtered current (the old
+    one was amplified by the filter's gain after the norm), so the network fires less,
+    its counts are smaller and tie more; the accuracy is the same. About 100 s."""
     from dataclasses import replace
 
     from hnn_bridge.recipe import build_row, load_recipe
@@ -189,9 +194,9 @@ def test_the_cifar_full_profile_settings_learn_with_few_ties():
     losses, counts = _train_then_count(model, x, y, x_test, lr=s.lr, batch_size=s.batch_size,
                                        logit_scale=s.logit_scale)
     _, argmax, ties, _ = score_batch(counts, y_test)
-    assert sum(losses[-20:]) / 20 < math.log(10) - 0.5
+    assert sum(losses[-20:]) / 20 < math.log(10) - 0.4
     assert argmax / len(y_test) >= 0.30
-    assert ties / len(y_test) < 0.10
+    assert ties / len(y_test) < 0.15
     rate = counts.mean().item() / s.steps
     assert 0.02 < rate < 0.9
 
