@@ -27,7 +27,7 @@ bf16 network is bit for bit the float32 neuron on the upcast currents
 (`tests/test_precision.py`); only the weight ops run in the low precision.
 
 Performance notes (how the fused path executes, same arithmetic): see the comment above
-`_scalar_maker` and docs/performance.md. On the CPU in float32 the recurrences of
+`_scalar_maker` and docs/notes/performance-notebook.md. On the CPU in float32 the recurrences of
 `_fused_forward` and `_bptt` run as one compiled C loop nest (`native`), the same
 operations in the same order, bit for bit; the ATen ops below are the path elsewhere
 (CUDA, float64, no C compiler, ``HNN_BRIDGE_NATIVE=0``).
