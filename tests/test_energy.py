@@ -406,3 +406,17 @@ def test_assumed_counts_take_a_rate_per_layer() -> None:
     assert mixed[3].acs == 0.0 and mixed[3].out_spikes == 0.3 * 10 * 4
     with pytest.raises(ValueError, match=r"firing rate must be in \[0, 1\], got 1.5 for layer 2 \(S16C3\)"):
         assumed_counts(model, {0: 0.5, 2: 1.5, 3: 0.1})
+
+
+@pytest.mark.parametrize("placement", ["after_filter", "before_filter"])
+@pytest.mark.parametrize("input_mode", ["direct", "axon"])
+def test_layer_settings_agree_with_the_built_network(placement: str, input_mode: str) -> None:
+    """The neuron constants counted per SL (read from the settings) are those the network
+    runs, wherever its synapse filter sits (`HybridNet.synapse_params`)."""
+    from hnn_bridge.ops import layer_neuron_params
+
+    model = build("A64-S32-S16-S10", input_shape=(1, 8, 8), input_mode=input_mode, bias_placement=placement,
+                  neuron=dict(membrane_decay=0.0, synapse="first_order"))
+    for i in model.neurons:
+        assert layer_neuron_params(model, i) == model.synapse_params(i)
+    assert (layer_neuron_params(model, 1).synapse == "none") == (input_mode == "direct")
