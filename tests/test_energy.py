@@ -420,3 +420,12 @@ def test_layer_settings_agree_with_the_built_network(placement: str, input_mode:
     for i in model.neurons:
         assert layer_neuron_params(model, i) == model.synapse_params(i)
     assert (layer_neuron_params(model, 1).synapse == "none") == (input_mode == "direct")
+
+
+def test_pareto_front_keeps_the_rows_nothing_beats() -> None:
+    from hnn_bridge.report import pareto_front
+
+    points = [(187.4, 64.5), (65.1, 54.0), (84.8, 57.9), (86.4, 59.2), (180.9, 61.1), (748.3, 57.1), (65.1, 53.0),
+              (180.9, 61.1)]
+    assert pareto_front(points) == [(65.1, 54.0), (84.8, 57.9), (86.4, 59.2), (180.9, 61.1), (187.4, 64.5)]
+    assert pareto_front([]) == []
