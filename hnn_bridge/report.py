@@ -52,6 +52,11 @@ def _seed_energy(seed: Mapping[str, Any], model: str) -> float | None:
     any other model is an error that says how to get the counts."""
     by_model = seed.get("energy")
     if isinstance(by_model, Mapping):
+        if model not in by_model and seed.get("status") == "ok":
+            raise EnergyModelError(
+                f"this results file was recorded before the energy model {model!r} existed and its per-layer "
+                f"counts (checkpoints/{seed.get('job')}.json) are not beside it; pick one of "
+                f"{', '.join(by_model)}, or run the recipe again into a new --out with this version")
         return by_model.get(model)
     if seed.get("energy_uj") is None or model == "ops":
         return seed.get("energy_uj")
@@ -411,5 +416,24 @@ def load_results(directory: str | Path) -> dict[str, Any]:
     results = read_json(path)
     if not isinstance(results, dict) or "rows" not in results:
         raise ValueError(f"{path}: not an hnn-bridge results file")
+    _price_new_models(results, path.parent / "checkpoints")
     return results
+
+
+def _price_new_models(results: Mapping[str, Any], checkpoints: Path) -> None:
+    """Add to every seed that recorded exact counts the energy under models added since
+    (its per-layer counts are in ``checkpoints/JOB.json``)."""
+    from .energy import ENERGY_MODELS, counts_from_record, energy_pj
+
+    for row in results.get("rows", []):
+        for seed in row.get("seeds", []):
+            energy = seed.get("energy")
+            missing = [m for m in ENERGY_MODELS if isinstance(energy, dict) and m not in energy]
+            job = checkpoints / f"{seed.get('job')}.json"
+            if not missing or not job.is_file():
+                continue
+            record = ((read_json(job).get("test") or {}).get("ops") or {})
+            if record.get("counts"):
+                layers = counts_from_record(record)
+                energy.update({m: energy_pj(m, layers) / 1e6 for m in missing})
 

@@ -429,3 +429,23 @@ def test_pareto_front_keeps_the_rows_nothing_beats() -> None:
               (180.9, 61.1)]
     assert pareto_front(points) == [(65.1, 54.0), (84.8, 57.9), (86.4, 59.2), (180.9, 61.1), (187.4, 64.5)]
     assert pareto_front([]) == []
+
+
+def test_report_prices_a_model_added_after_the_run_from_its_checkpoint_counts(tmp_path) -> None:
+    model = _net("S64-S32-S10", "poisson", (1, 8, 8))
+    with torch.no_grad(), recording_counts(model) as tally:
+        model(torch.rand(2, 1, 8, 8))
+    record = ops_summary(model, tally)
+    results = _old_results()
+    seed = results["rows"][0]["seeds"][0]
+    seed.update(job="row1-s0", energy={"ops": record["energy"]["ops"]})
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    bad = CliRunner().invoke(main, ["report", str(tmp_path), "--energy-model", "lemaire"])
+    assert bad.exit_code == 1
+    assert ("recorded before the energy model 'lemaire' existed and its per-layer counts "
+            "(checkpoints/row1-s0.json) are not beside it") in bad.output
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "row1-s0.json").write_text(json.dumps({"test": {"ops": record}}))
+    ok = CliRunner().invoke(main, ["report", str(tmp_path), "--energy-model", "lemaire"])
+    assert ok.exit_code == 0, ok.output
+    assert f"| {record['energy']['lemaire']:.3f} |" in ok.output
