@@ -293,3 +293,61 @@ def test_mu_activation_acts_on_mu_only():
     a = torch.tensor([[-1.0, 2.0, -0.5, -3.0, -4.0, 0.5], [5.0, -6.0, 0.25, 7.0, -8.0, -0.25]])
     out = MuActivation(torch.nn.ReLU())(a)
     assert torch.equal(out, torch.tensor([[0.0, 2.0, 0.0, -3.0, -4.0, 0.5], [5.0, 0.0, 0.25, 7.0, -8.0, -0.25]]))
+
+
+# ------------------------------------------------------------------ survivors of the mutation run
+
+
+@pytest.mark.parametrize("synapse", SYNAPSES)
+@pytest.mark.parametrize("lam,theta,vth", [(1.0, 1.0, 1.0), (0.0, 0.0, 1.0), (0.5, 1.0, 0.75), (1.0, 0.5, 0.0)])
+@pytest.mark.parametrize("native_loop", ["1", "0"])
+def test_every_term_kind_of_the_float32_paths_equals_the_reference(monkeypatch, synapse, lam, theta, vth, native_loop):
+    """Each coefficient absent (0), unscaled (1) or scaled: the C loop and the ATen path
+    branch on these (native.term_kinds); V_th = 0 drops the reset term altogether."""
+    monkeypatch.setenv("HNN_BRIDGE_NATIVE", native_loop)
+    n = Neuron(synapse=synapse, lam=lam, theta=theta, v_threshold=vth, tau_m=3.0, tau_s=1.5)
+    gen = torch.Generator().manual_seed(23)
+    x = torch.randn(10, 2, 33, generator=gen) * 0.8 + 0.1
+    x = hit_threshold(x, n, random_hits(x.shape, 0.2, gen))
+    spikes, volts, final = run(x, n)
+    assert 0.02 < spikes.mean() < 0.98
+    out, c_volts, c_final = iir_multistep(x, IIRParams(**n.kwargs))
+    assert torch.equal(out, spikes) and torch.equal(c_volts, volts)
+    for c, r in zip(c_final, final):
+        assert torch.equal(c, r)
+    assert torch.equal(iir_spikes(x, IIRParams(**n.kwargs)), spikes)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_surrogate_is_exactly_zero_far_from_threshold_in_every_dtype(dtype):
+    from hnn_bridge.functional.surrogate import surrogate_grad
+
+    v = torch.tensor([1.0, 1.2, 9.0, -40.0], dtype=dtype)
+    g = surrogate_grad(v, 1.0, 0.4)
+    assert g.dtype == dtype and g[2] == 0 and g[3] == 0
+    expected = torch.exp(-(v.double() - 1.0) ** 2 / 0.32) / (math.sqrt(2 * math.pi) * 0.4)
+    assert torch.allclose(g[:2].double(), expected[:2], rtol=1e-2)
+
+
+def test_evaluate_counts_ties_silence_and_the_mean_loss():
+    from hnn_bridge.training.loop import evaluate
+
+    outs = torch.tensor([[3.0, 1.0, 0.0],  # right
+                         [2.0, 2.0, 0.0],  # tie: argmax right (0), strict wrong
+                         [0.0, 0.0, 0.0],  # silent: a tie of three, argmax 0 wrong
+                         [0.0, 1.0, 4.0]])  # wrong
+    labels = torch.tensor([0, 0, 1, 1])
+
+    class Fixed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, idx: torch.Tensor) -> torch.Tensor:
+            return outs[idx] + self.w
+
+    batches = [(torch.tensor([0, 1]), labels[:2]), (torch.tensor([2, 3]), labels[2:])]
+    m = evaluate(Fixed(), batches)
+    expected_loss = float(torch.nn.functional.cross_entropy(outs.double(), labels, reduction="mean"))
+    assert (m.acc, m.acc_argmax, m.tie_rate, m.silent_rate, m.n) == (0.25, 0.5, 0.5, 0.25, 4)
+    assert m.loss == pytest.approx(expected_loss, rel=1e-6)
