@@ -45,6 +45,11 @@ def metrics(spikes: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor 
 
 
 def stepwise(net, train: torch.Tensor) -> torch.Tensor:
+    """One step at a time from zero state: SpikingJelly's module takes its state
+    explicitly; snnTorch's neurons (init_hidden=True) keep theirs, reset here."""
+    import snntorch.utils
+
+    snntorch.utils.reset(net)
     state, outs = None, []
     for step in train:
         out, state = net(step, state)
@@ -69,7 +74,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=500)
     args = ap.parse_args()
     from snntorch.import_nir import import_from_nir as snntorch_import
-    from spikingjelly.activation_based.nir_exchange.from_nir import import_from_nir as spikingjelly_import
+    from spikingjelly.activation_based.nir_exchange.from_nir import (
+        import_from_nir as spikingjelly_import,
+    )
 
     for state_path in args.states:
         state = load_state(state_path)

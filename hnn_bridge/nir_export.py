@@ -201,7 +201,7 @@ def export_nir(model: nn.Module, mode: str = "exact") -> Any:
     dtype = ops[0].weight.dtype
     _np_dtype(dtype)
     with torch.no_grad():
-        a = model.al(torch.zeros(1, *model.settings["input_shape"], dtype=dtype))
+        a = model.al(torch.zeros(1, *model.settings["input_shape"], dtype=dtype, device=ops[0].weight.device))
         probe = model.coder(a)[0]  # one step of the coded train, [1, ...]
     g = _GraphBuilder(nir, dtype, mode)
     g.nodes["input"] = nir.Input(input_type={"input": np.array(probe.shape[1:])})

@@ -368,3 +368,115 @@ def test_import_without_our_metadata(tmp_path):
     assert p.synapse == "none" and p.membrane_decay == pytest.approx(model.synapse_params(0).lam, rel=1e-12)
     assert net.sl[1].params.synapse == "dual_exp" and net.sl[1].params.tau_m == pytest.approx(4.0, rel=1e-12)
     assert_same_spikes(model, net, torch.float64)
+
+
+def test_readme_example_runs(tmp_path, monkeypatch):
+    """README's "Export to NIR" block runs as written (it writes net.nir in the cwd)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    body = text[text.index("## Export to NIR\n"):]
+    body = body[: body.index("\n## ", 1)]
+    (block,) = re.findall(r"^```python\n(.*?)^```", body, flags=re.MULTILINE | re.DOTALL)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})  # noqa: S102 - the README block itself
+    assert (tmp_path / "net.nir").stat().st_size > 0
+
+
+# ------------------------------------------------- nirtorch's interpreter, plain torch cells
+
+
+def _t64(a) -> torch.Tensor:
+    return torch.as_tensor(__import__("numpy").asarray(a), dtype=torch.float64)
+
+
+class _LICell(torch.nn.Module):
+    """NIR LI under forward Euler at dt = 1: v += (v_leak - v + r x) / tau."""
+
+    def __init__(self, node) -> None:
+        super().__init__()
+        self.tau, self.r, self.v_leak = _t64(node.tau), _t64(node.r), _t64(node.v_leak)
+
+    def forward(self, x, state=None):
+        v = torch.zeros_like(x) if state is None else state
+        v = v + (self.v_leak - v + self.r * x) / self.tau
+        return v, v
+
+
+class _ICell(torch.nn.Module):
+    """NIR I under forward Euler at dt = 1: v += r x."""
+
+    def __init__(self, node) -> None:
+        super().__init__()
+        self.r = _t64(node.r)
+
+    def forward(self, x, state=None):
+        v = (torch.zeros_like(x) if state is None else state) + self.r * x
+        return v, v
+
+
+class _ThresholdCell(torch.nn.Module):
+    """NIR Threshold: 1 where x > threshold."""
+
+    def __init__(self, node) -> None:
+        super().__init__()
+        self.threshold = _t64(node.threshold)
+
+    def forward(self, x):
+        return (x > self.threshold).double()
+
+
+class _ScaleCell(torch.nn.Module):
+    """NIR Scale: x * scale, elementwise."""
+
+    def __init__(self, node) -> None:
+        super().__init__()
+        self.scale = _t64(node.scale)
+
+    def forward(self, x):
+        return x * self.scale
+
+
+def _dense(node, bias: bool) -> torch.nn.Linear:
+    """Affine/Linear mapped here: nirtorch 2.6's default Affine mapping leaves the
+    layer's random initial bias in place (NIRTorch PR #55)."""
+    m = torch.nn.Linear(node.weight.shape[1], node.weight.shape[0], bias=bias, dtype=torch.float64)
+    m.weight.data = _t64(node.weight)
+    if bias:
+        m.bias.data = _t64(node.bias)
+    return m
+
+
+NIRTORCH_MAP = {
+    nir.LI: _LICell,
+    nir.I: _ICell,
+    nir.Threshold: _ThresholdCell,
+    nir.Scale: _ScaleCell,
+    nir.Affine: lambda n: _dense(n, True),
+    nir.Linear: lambda n: _dense(n, False),
+    # NIR's dims exclude the batch (nir.Flatten's own shape rule); nirtorch's default does not
+    nir.Flatten: lambda n: torch.nn.Flatten(int(n.start_dim) + 1, int(n.end_dim) + (1 if n.end_dim >= 0 else 0)),
+}
+
+
+@pytest.mark.parametrize("arch,kw", [
+    ("A64-A40-S30-S10", {"norm": "batch"}),
+    ("S6C3-P2-S8C3-P2-S10", {"input_mode": "axon"}),
+])
+def test_nirtorch_interpreter_with_plain_cells(arch, kw):
+    """nirtorch 2.6 runs the exact graph (its cycle handling, its Conv2d and SumPool2d)
+    with the plain torch cells above: the output spikes are the original's, float64."""
+    nirtorch = pytest.importorskip("nirtorch")
+    model = busy(build(arch, input_shape=SHAPE, steps=STEPS, **kw), torch.float64)
+    module = nirtorch.nir_to_torch(export_nir(model), NIRTORCH_MAP, dtype=torch.float64)
+    x = torch.rand(6, *SHAPE, dtype=torch.float64) * 2
+    ref = layer_spikes(model, x)[-1]
+    state, outs = None, []
+    with torch.no_grad():
+        for step in nir_input(model, x):
+            out, state = module(step, state)
+            outs.append(out)
+    got = torch.stack(outs)
+    assert torch.equal(got, ref), f"{int((got != ref).sum())} of {ref.numel()} output spikes differ"
+    assert float(ref.mean()) > 0.02
