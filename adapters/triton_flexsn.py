@@ -9,52 +9,23 @@ reference spikes exactly (Triton may contract multiply-adds into FMAs) has to be
 on a GPU, which ``benchmarks/gpu_check.py`` does. Until that check passes this is *not*
 offered as an `IIRNode` backend.
 
-The core evaluates `hnn_bridge.functional.iir.charge`'s products and sums in its order,
-but with the coefficients as Python floats: the core's own multiplies take cached 0-dim
-CPU tensors, which the fake-tensor tracer rejects (``Please convert all Tensors to
+The core runs `hnn_bridge.functional.iir.traceable_charge`: `charge`'s arithmetic with
+the coefficients as Python floats, since `charge`'s own multiplies take cached 0-dim CPU
+tensors, which the fake-tensor tracer rejects (``Please convert all Tensors to
 FakeTensors``). A Python float is rounded to the tensor's dtype as that tensor is, so the
 products are the same (tested against `charge` bit for bit).
 """
 
 from __future__ import annotations
 
-from typing import Optional
-
 from spikingjelly.activation_based.neuron.flexsn import FlexSN
 from torch import Tensor
 
-from hnn_bridge.functional.iir import Coefficients
+from hnn_bridge.functional.iir import Coefficients, traceable_charge
 from hnn_bridge.functional.surrogate import spike
 from hnn_bridge.params import IIRParams
 
 __all__ = ["flexsn_iir_node", "iir_flexsn_core", "traceable_charge"]
-
-
-def _term(c: float, t: Tensor) -> Optional[Tensor]:
-    """c*t with c a Python float; the multiply is skipped for c == 1 and the term for c == 0
-    (exact either way), as `charge` skips them."""
-    if c == 0.0:
-        return None
-    if c == 1.0:
-        return t
-    return t * c
-
-
-def _sum(*terms: Optional[Tensor]) -> Tensor:
-    """Left-to-right sum of the terms that are not None (`charge`'s order)."""
-    present = [t for t in terms if t is not None]
-    out = present[0]
-    for t in present[1:]:
-        out = out + t
-    return out
-
-
-def traceable_charge(x: Tensor, p1: Tensor, p2: Tensor, r: Tensor, v: Tensor, o: Tensor, k: Coefficients):
-    """`charge` (eq. 1d, 1c, 1a) with Python-float coefficients: (p[t], R[t], V[t])."""
-    p = _sum(_term(k.a1, p1), _term(k.a2, p2), _term(k.b, x))
-    r_new = _sum(_term(k.theta, r), o)
-    v_new = _sum(_term(k.lam, v), p, _term(-k.v_threshold, r_new))
-    return p, r_new, v_new
 
 
 def iir_flexsn_core(params: IIRParams):

@@ -143,6 +143,22 @@ def _sum(*terms: Optional[Tensor]) -> Tensor:
     return out
 
 
+def _python_scaled(c: float, t: Tensor) -> Optional[Tensor]:
+    """`_scaled` with c as a Python float (the same product: c is rounded to t's dtype
+    either way), for tracers that reject real tensors among fake ones."""
+    if c == 0.0:
+        return None
+    return t if c == 1.0 else t * c
+
+
+def _charge(x, p1, p2, r, v, o, k: Coefficients, bias: Optional[Tensor], scaled):
+    p = _sum(scaled(k.a1, p1), scaled(k.a2, p2), scaled(k.b, x))
+    r_new = _sum(scaled(k.theta, r), o)
+    current = p if bias is None else p + bias
+    v_new = _sum(scaled(k.lam, v), current, scaled(-k.v_threshold, r_new))
+    return p, r_new, v_new
+
+
 def charge(
     x: Tensor, p1: Tensor, p2: Tensor, r: Tensor, v: Tensor, o: Tensor, k: Coefficients,
     bias: Optional[Tensor] = None,
@@ -154,11 +170,16 @@ def charge(
     and sums in this order. ``bias`` (broadcast to one step) enters the membrane as
     p[t] + bias, after the synapse filter; p[t] itself, the filter's state, excludes it.
     """
-    p = _sum(_scaled(k.a1, p1), _scaled(k.a2, p2), _scaled(k.b, x))
-    r_new = _sum(_scaled(k.theta, r), o)
-    current = p if bias is None else p + bias
-    v_new = _sum(_scaled(k.lam, v), current, _scaled(-k.v_threshold, r_new))
-    return p, r_new, v_new
+    return _charge(x, p1, p2, r, v, o, k, bias, _scaled)
+
+
+def traceable_charge(
+    x: Tensor, p1: Tensor, p2: Tensor, r: Tensor, v: Tensor, o: Tensor, k: Coefficients,
+    bias: Optional[Tensor] = None,
+):
+    """`charge`, bit for bit, with the coefficients as Python floats instead of cached
+    0-dim tensors: for tracers that run on fake tensors (SpikingJelly's FlexSN)."""
+    return _charge(x, p1, p2, r, v, o, k, bias, _python_scaled)
 
 
 def synapse_filter(
