@@ -93,7 +93,7 @@ TARGETS = (
            ("tests/test_adapters_spikingjelly.py", "tests/test_dropin_spikingjelly.py", "tests/test_properties.py")),
     Target("ops", ("hnn_bridge/ops.py",), ("tests/test_describe.py",)),
     Target("split", ("hnn_bridge/data/split.py",), ("tests/test_data.py",)),
-    Target("tie-rule", ("hnn_bridge/training/loop.py",), ("tests/test_training.py",),
+    Target("tie-rule", ("hnn_bridge/training/loop.py",), ("tests/test_mutants.py", "tests/test_training.py"),
            functions=("score_batch", "evaluate")),
     Target("resume", ("hnn_bridge/training/loop.py", "hnn_bridge/training/checkpoint.py"),
            ("tests/test_training.py", "tests/test_faults.py"),
