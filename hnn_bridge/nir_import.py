@@ -164,9 +164,9 @@ def import_nir(graph_or_path: Any, *, backend: str = "reference", dtype: torch.d
     meta = dict(graph.metadata or {})
     dt = float(meta.get("dt", EXACT_DT))
     inputs = [k for k, n in g.nodes.items() if isinstance(n, g.nir.Input)]
-    start = g.only("<graph>", inputs, "Input nodes") if len(inputs) == 1 else None
-    if start is None:
+    if len(inputs) != 1:
         raise ValueError(f"import_nir: the graph needs exactly one Input node, it has {len(inputs)}")
+    start = inputs[0]
     if dtype is None:
         first = next((n for n in g.nodes.values() if hasattr(n, "weight")), None)
         named = str(meta.get("dtype", ""))
