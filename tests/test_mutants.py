@@ -352,4 +352,5 @@ def test_evaluate_counts_ties_silence_and_the_mean_loss():
     assert (m.acc, m.acc_argmax, m.tie_rate, m.silent_rate, m.n) == (0.25, 0.5, 0.5, 0.25, 4)
     assert m.loss == pytest.approx(expected_loss, rel=1e-6)
     empty = evaluate(Fixed(), [])
-    assert (empty.acc, empty.tie_rate, empty.n) == (0.0, 0.0, 0) and math.isnan(empty.loss)
+    assert (empty.acc, empty.acc_argmax, empty.tie_rate, empty.silent_rate, empty.n) == (0.0, 0.0, 0.0, 0.0, 0)
+    assert math.isnan(empty.loss)
