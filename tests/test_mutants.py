@@ -354,3 +354,16 @@ def test_evaluate_counts_ties_silence_and_the_mean_loss():
     empty = evaluate(Fixed(), [])
     assert (empty.acc, empty.acc_argmax, empty.tie_rate, empty.silent_rate, empty.n) == (0.0, 0.0, 0.0, 0.0, 0)
     assert math.isnan(empty.loss)
+
+
+def test_spike_with_another_surrogate_keeps_the_heaviside_value_and_takes_its_gradient():
+    """`spike_with` (the per-step path of a foreign surrogate): value exactly eq. 1f, gradient
+    d/dv of surrogate(v - V_th)."""
+    from hnn_bridge.functional.surrogate import spike_with
+
+    v = torch.tensor([0.2, 0.7, 0.7 + 1e-7, 1.5], dtype=torch.float64, requires_grad=True)
+    out = spike_with(v, 0.7, lambda d: torch.atan(3.0 * d))
+    assert out.tolist() == [0.0, 1.0, 1.0, 1.0]
+    (g,) = torch.autograd.grad(out.sum(), v)
+    d = v.detach() - 0.7
+    assert torch.allclose(g, 3.0 / (1.0 + (3.0 * d) ** 2), rtol=1e-12)
