@@ -91,7 +91,7 @@ TARGETS = (
             "tests/test_properties.py")),
     Target("spikingjelly", ("adapters/spikingjelly.py",),
            ("tests/test_adapters_spikingjelly.py", "tests/test_dropin_spikingjelly.py", "tests/test_properties.py")),
-    Target("ops", ("hnn_bridge/ops.py",), ("tests/test_describe.py",)),
+    Target("ops", ("hnn_bridge/ops.py",), ("tests/test_energy.py", "tests/test_describe.py")),
     Target("split", ("hnn_bridge/data/split.py",), ("tests/test_data.py",)),
     Target("tie-rule", ("hnn_bridge/training/loop.py",), ("tests/test_mutants.py", "tests/test_training.py"),
            functions=("score_batch", "evaluate")),
