@@ -431,7 +431,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--only", help="only mutants at FILE:LINE (FILE may be a suffix)")
     parser.add_argument("--worktree", action="store_true", help="mutate the working tree's files, not HEAD")
     parser.add_argument("--skip-baseline", action="store_true",
-                        help="do not run each target's tests unmutated first (then every run gets --timeout)")
+                        help="do not run each target's tests unmutated first (then every run gets --timeout; "
+                             "use only when those tests are known to pass on HEAD, else every mutant counts as killed)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per mutant with --skip-baseline")
     parser.add_argument("--timeout-factor", type=float, default=3.0, help="timeout = factor x baseline + 30 s")
     parser.add_argument("--sample", type=int, default=0, help="at most this many random mutants per target")
@@ -459,6 +460,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         snapshot = base / "snapshot"
         export_tree(snapshot, args.worktree)
+        missing = [f for t in targets for f in t.tests if not (snapshot / f).is_file()]
+        if missing:  # a missing test file would "kill" every mutant
+            print(f"test files missing in the exported tree: {', '.join(sorted(set(missing)))}", flush=True)
+            return 2
         if args.planted:
             mutants = planted(snapshot, targets)
         else:
