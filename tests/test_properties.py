@@ -8,7 +8,7 @@ Paths: the fused ATen Function (float64; float32 with ``HNN_BRIDGE_NATIVE=0``), 
 C loop (float32 on the CPU), the CUDA kernel source's C build, the per-step autograd loop,
 the SpikingJelly node (multi- and single-step) and the snnTorch neuron.
 
-Budget: about 10 s on one core (``max_examples`` below); run with
+Budget: about 15 s on one idle core (``max_examples`` below); run with
 ``--hypothesis-seed=N`` or ``HYPOTHESIS_PROFILE=thorough`` to search further.
 """
 
