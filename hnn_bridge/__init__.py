@@ -10,6 +10,7 @@ from .coders import DuplicateCoder, GaussianCoder, PoissonCoder, make_coder
 from .errors import ArchError, ConfigError
 from .neuron import IIRNeuron
 from .notation import LayerSpec, parse_arch
+from .ops import count_ops
 from .params import IIRParams
 
 __version__ = "0.1.0"
@@ -43,6 +44,7 @@ __all__ = [
     "__version__",
     "build",
     "copy_weights",
+    "count_ops",
     "export_nir",
     "import_nir",
     "make_coder",
