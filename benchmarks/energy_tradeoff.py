@@ -17,22 +17,26 @@ with `hnn_bridge.ops.assumed_counts` at those rates:
 Each spike then has the real fan-out of its position (uniform over positions). A
 results file written by this version records the exact energies measured on the test
 set, which are shown instead for the models it holds. Prints one Markdown table per
-results file: accuracy, and energy per image under every model.
+results file: accuracy, and energy per image under every model. With ``--plots DIR`` it
+also writes, per results file and energy model, the accuracy-energy plot of its rows with
+their Pareto front (``DIR/<folder>-<model>.png``, the plot of `hnn-bridge report`).
 
     python benchmarks/energy_tradeoff.py docs/full-budget/table1a docs/cpu/table1b ...
+    python benchmarks/energy_tradeoff.py --plots docs/notes/energy docs/cpu/table1b-t16
 """
 
 from __future__ import annotations
 
+import argparse
+import copy
 import statistics
-import sys
 from pathlib import Path
 
 from hnn_bridge.energy import ENERGY_MODELS, energy_pj
 from hnn_bridge.ops import assumed_counts
 from hnn_bridge.builder import build
 from hnn_bridge.recipe import INPUT_SHAPES
-from hnn_bridge.report import load_results
+from hnn_bridge.report import load_results, plot_energy
 
 
 def _build(row: dict):
@@ -92,7 +96,7 @@ def _row_counts(model, seed: dict):
     return assumed_counts(model, rate, out_rate), rate, out_rate
 
 
-def main(dirs: list[str]) -> None:
+def main(dirs: list[str], plots: Path | None = None) -> None:
     for d in dirs:
         print(f"\n### {d}\n")
         print("| # | network | coder | training | T | acc. % | in rates | ops uJ | " +
@@ -103,6 +107,8 @@ def main(dirs: list[str]) -> None:
         except (OSError, ValueError) as err:
             print(f"(skipped: {err})")
             continue
+        results = copy.deepcopy(load_results(Path(d)))
+        by_job = {(r["row"], s.get("seed_index")): s for r in results["rows"] for s in r["seeds"]}
         for row, seeds in rows:
             model = _build(row)
             energies = {m: [] for m in ENERGY_MODELS}
@@ -113,6 +119,7 @@ def main(dirs: list[str]) -> None:
                 recorded = seed.get("energy") or {}  # exact, measured on the test set (this version's runs)
                 for m in ENERGY_MODELS:
                     energies[m].append(recorded[m] if m in recorded else energy_pj(m, counts) / 1e6)
+                by_job[row["row"], seed.get("seed_index")]["energy"] = {m: energies[m][-1] for m in ENERGY_MODELS}
             acc = statistics.fmean(100 * s["test_acc"] for s in seeds)
             shown = ", ".join(f"{model.layers[i].token} {statistics.fmean(r[i] for r in rates):.3f}"
                               for i in rates[0]) or "–"
@@ -123,5 +130,15 @@ def main(dirs: list[str]) -> None:
                   f"{acc:.2f} | {shown} | {statistics.fmean(energies['ops']):.3f} | {cells} | {recorded:.3f} |")
 
 
+        if plots is not None:
+            plots.mkdir(parents=True, exist_ok=True)
+            for m in ENERGY_MODELS:
+                (plots / f"{Path(d).name}-{m}.png").write_bytes(plot_energy(results, m))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dirs", nargs="+", help="run folders with a results.json")
+    parser.add_argument("--plots", type=Path, default=None, help="write one accuracy-energy plot per model here")
+    args = parser.parse_args()
+    main(args.dirs, args.plots)
