@@ -28,25 +28,7 @@ import torch
 import hnn_bridge as hb
 from hnn_bridge.data import load_dataset, split_622
 from hnn_bridge.functional import iir_multistep
-from hnn_bridge.training.checkpoint import torch_load
-
-
-def _rebuild(saved: dict) -> hb.HybridNet:
-    s = saved["settings"]
-    model = hb.build(
-        saved["arch"], coder=saved["coder"], steps=s["steps"], input_shape=tuple(_shape(s["dataset"])),
-        input_mode=s["input_mode"], neuron=s["neuron"], training=saved["training"],
-        activation=None if s["activation"] == "auto" else s["activation"], dropout=s["dropout"],
-        norm=s.get("norm", "none"), bias_placement=s.get("bias_placement", "before_filter"),
-    )
-    model.load_state_dict(saved["model"])
-    return model.eval()
-
-
-def _shape(dataset: str) -> tuple[int, int, int]:
-    from hnn_bridge.recipe import INPUT_SHAPES
-
-    return INPUT_SHAPES[dataset]
+from hnn_bridge.training.trained import load_trained
 
 
 def count(model: hb.HybridNet, images: torch.Tensor, batch: int = 500) -> dict[int, tuple[int, int, int]]:
@@ -101,14 +83,13 @@ def main() -> None:
             for seed in row.get("seeds", []):
                 if not seed.get("checkpoint") or not row.get("coder"):
                     continue
-                saved = torch_load(run / seed["checkpoint"])
-                s = saved["settings"]
+                model = load_trained(run, row["row"], seed.get("seed_index", 0))
+                s = row["settings"]
                 key = (s["dataset"], s["split_seed"])
                 if key not in data:
                     ds = load_dataset(s["dataset"], a.data_dir)
                     test = split_622(ds.labels, seed=s["split_seed"]).test
                     data[key] = ds.images[test].float() / 255
-                model = _rebuild(saved)
                 for k, (hits, total, images) in count(model, data[key]).items():
                     print(f"{run.name} row {row['row']} {row['arch']} seed {seed.get('seed_index', 0)} "
                           f"layer {model.layers[k].token}: V == V_th in {hits} of {total:,} neuron-steps, "

@@ -7,6 +7,7 @@ import click
 from . import __version__
 from .commands.bench import bench
 from .commands.describe import describe
+from .commands.export import export
 from .commands.recipe import recipe
 from .commands.report import report
 from .commands.train import train
@@ -23,6 +24,7 @@ main.add_command(recipe)
 main.add_command(train)
 main.add_command(report)
 main.add_command(bench)
+main.add_command(export)
 
 if __name__ == "__main__":
     main()

@@ -504,3 +504,28 @@ def test_round_trip_random_coders(arch, coder, training, tmp_path):
     for r, g in zip(ref, got, strict=True):
         assert torch.equal(r, g)
     assert min(float(r.mean()) for r in ref) > 0.01
+
+
+def test_cli_export_of_a_trained_run(tmp_path):
+    """`hnn-bridge export RUN_DIR --row N --nir FILE`: the trained row's weights, rebuilt
+    from the run folder (`load_trained`), written as NIR; importing the file gives that
+    network's spikes. Bad rows and folders are named."""
+    from click.testing import CliRunner
+
+    from hnn_bridge.cli import main
+    from hnn_bridge.training.trained import load_trained
+
+    run = tmp_path / "run"
+    trained = CliRunner().invoke(main, ["train", "S784-S40-S10", "--quick", "--epochs", "1", "--out", str(run)])
+    assert trained.exit_code == 0, trained.output
+    out = tmp_path / "row1.nir"
+    result = CliRunner().invoke(main, ["export", str(run), "--row", "1", "--nir", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"wrote {out}: row 1 (S784-S40-S10) seed 0, mode exact, ")
+    model = load_trained(run, 1)
+    assert not model.training and model.settings["bias_placement"] == "after_filter"
+    assert_same_spikes(model, import_nir(out), torch.float32)
+    bad = CliRunner().invoke(main, ["export", str(run), "--row", "2", "--nir", str(out)])
+    assert bad.exit_code == 1 and f"Error: {run}: no row 2; the run has rows 1" in bad.output
+    empty = CliRunner().invoke(main, ["export", str(tmp_path), "--row", "1", "--nir", str(out)])
+    assert f"Error: {tmp_path}: no results.json" in empty.output
