@@ -311,3 +311,40 @@ def test_before_filter_rebuilds_the_networks_of_earlier_runs(key):
     assert result["before_filter"] == (keys, [[float(c) for c in row] for row in counts])
     # the new form differs wherever an SL has a filter (here: every net has one after its first SL)
     assert result["after_filter"][1] != result["before_filter"][1]
+
+
+@pytest.mark.parametrize("synapse", ["dual_exp", "first_order", "none"])
+def test_synapse_filter_alone_is_the_recurrence_of_each_synapse(synapse):
+    from hnn_bridge.functional import synapse_filter
+    from hnn_bridge.params import IIRParams
+
+    params = IIRParams(synapse=synapse, tau_m=TAU_M, tau_s=2.0)
+    a1, a2, b = params.synapse_coefficients
+    x = torch.randn(12, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    p1 = p2 = torch.zeros_like(x[0])
+    want = []
+    for x_t in x:
+        p1, p2 = a1 * p1 + a2 * p2 + b * x_t, p1
+        want.append(p1)
+    assert torch.allclose(synapse_filter(x, params), torch.stack(want), rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("synapse", ["dual_exp", "first_order"])
+def test_without_biases_both_placements_are_one_network(synapse):
+    """By linearity F(W x) = W F(x): with every bias zero the two placements give the same
+    spikes, for each synapse kind (with biases they differ: the tests above)."""
+    shape = (1, 8, 8)
+    x = torch.rand(6, *shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    counts = []
+    for placement in ("after_filter", "before_filter"):
+        torch.manual_seed(3)
+        model = build("S64-S40-S10", coder="duplicate", steps=STEPS, input_shape=shape, input_mode="axon",
+                      neuron=dict(synapse=synapse, tau_s=2.0, membrane_decay=0.0, v_threshold=0.3),
+                      bias_placement=placement).double().eval()
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("bias"):
+                    p.zero_()
+        counts.append(_spikes_of(model, x))
+    assert counts[0][-1].sum() > 0 and all(0.02 < float(s.mean()) < 0.97 for s in counts[0][:-1])
+    assert all(torch.equal(a, b) for a, b in zip(*counts))
