@@ -67,7 +67,7 @@ class Target:
 
 
 NEURON_TESTS = ("tests/test_mutants.py", "tests/test_neuron.py", "tests/test_properties.py",
-                "tests/test_native.py", "tests/test_backend_parity.py")
+                "tests/test_native.py", "tests/test_backend_parity.py", "tests/test_fang_oracle.py")
 
 TARGETS = (
     Target("coders", ("hnn_bridge/coders.py",), ("tests/test_coders.py", "tests/test_mutants.py")),
@@ -88,9 +88,10 @@ TARGETS = (
                       "compile_c_kernels")),
     Target("snntorch", ("adapters/snntorch.py",),
            ("tests/test_mutants.py", "tests/test_adapters_snntorch.py", "tests/test_dropin_snntorch.py",
-            "tests/test_properties.py")),
+            "tests/test_properties.py", "tests/test_fang_oracle.py", "tests/test_tutorials.py")),
     Target("spikingjelly", ("adapters/spikingjelly.py",),
-           ("tests/test_adapters_spikingjelly.py", "tests/test_dropin_spikingjelly.py", "tests/test_properties.py")),
+           ("tests/test_adapters_spikingjelly.py", "tests/test_dropin_spikingjelly.py", "tests/test_properties.py",
+            "tests/test_fang_oracle.py")),
     Target("ops", ("hnn_bridge/ops.py",), ("tests/test_energy.py", "tests/test_describe.py")),
     Target("split", ("hnn_bridge/data/split.py",), ("tests/test_data.py",)),
     Target("tie-rule", ("hnn_bridge/training/loop.py",), ("tests/test_mutants.py", "tests/test_training.py"),
