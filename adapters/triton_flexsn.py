@@ -19,7 +19,6 @@ products are the same (tested against `charge` bit for bit).
 from __future__ import annotations
 
 from spikingjelly.activation_based.neuron.flexsn import FlexSN
-from torch import Tensor
 
 from hnn_bridge.functional.iir import Coefficients, traceable_charge
 from hnn_bridge.functional.surrogate import spike

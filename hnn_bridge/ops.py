@@ -27,7 +27,7 @@ duplicate-coded train is weighed once), SLs fed by spikes perform ACs.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 import torch
@@ -157,17 +157,12 @@ def neuron_cost(params: IIRParams) -> NeuronCost:
 
 
 def layer_neuron_params(model: HybridNet, index: int) -> IIRParams:
-    """The effective eq. 1 settings of SL ``index``: the network's neuron settings, with
-    no synapse filter for the first SL under direct input (§4.2). Read from
-    ``model.settings``, so it holds wherever the filter's module sits."""
+    """The effective eq. 1 settings of SL ``index`` (`HybridNet.synapse_params`: with its
+    synapse filter wherever that runs, none for the first SL under direct input, §4.2)."""
     info = model.layers[index]
     if info.part != "SL":
         raise ValueError(f"layer {index} ({info.token}) is not a spiking layer")
-    params = IIRParams.from_any(model.settings.get("neuron"))
-    first_sl = next(i for i, x in enumerate(model.layers) if x.part == "SL")
-    if index == first_sl and model.settings.get("input_mode", "direct") == "direct":
-        params = replace(params, synapse="none")
-    return params
+    return model.synapse_params(index)
 
 
 # ----------------------------------------------------------------- exact counts
