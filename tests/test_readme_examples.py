@@ -1,6 +1,9 @@
-"""The README's "Use the neuron in your own models" examples run as written."""
+"""README.md stays short and true: its install, run and test commands are the ones CI runs,
+and its links lead to files of the repository. The examples of the docs page "Use the neuron
+in your own models" (moved there from the README) run as written and do what they say."""
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -9,21 +12,62 @@ import torch
 from hnn_bridge import IIRNeuron
 
 ROOT = Path(__file__).resolve().parent.parent
-HEADING = "## Use the neuron in your own models"
+PAGE = "docs/your-models.md"
 
 
 def section() -> tuple[str, str]:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    start = text.find(HEADING + "\n")
-    assert start >= 0, f"README.md has no section {HEADING!r}"
-    body = text[start + len(HEADING) + 1:]
-    end = re.search(r"^## ", body, flags=re.M)
-    return "README.md", body[: end.start()] if end else body
+    return PAGE, (ROOT / PAGE).read_text(encoding="utf-8")
 
 
 def code_blocks() -> list[str]:
     _, body = section()
     return re.findall(r"^```python\n(.*?)^```", body, flags=re.M | re.S)
+
+
+def readme_blocks(lang: str = "bash") -> list[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    return [block.strip() for block in re.findall(rf"^```{lang}\n(.*?)^```", text, flags=re.M | re.S)]
+
+
+def test_readme_is_short_and_has_no_python_to_rot():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 80
+    assert readme_blocks("python") == []
+    assert [h for h in re.findall(r"^## (.*)$", text, flags=re.M)] == ["Install", "Run", "Test", "Documentation"]
+
+
+def test_readme_commands_are_the_ones_ci_runs():
+    """.ci/run installs as README's install line does (plus the docs extra) and ends with
+    README's test command, word for word."""
+    install, run, test = readme_blocks()
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert install == ("python3 -m venv .venv && .venv/bin/pip install torch==2.14.1 torchvision==0.29.1 "
+                       "-e '.[test]'")
+    venv, pip = install.split(" && ")
+    assert venv in ci
+    pip_words = shlex.split(pip)
+    (ci_pip,) = [shlex.split(line.removeprefix("if ! "))[:len(pip_words) + 1] for line in ci
+                 if ".venv/bin/pip install" in line and "torch==" in line]
+    assert [w for w in ci_pip if not w.startswith("--disable")] == [*pip_words[:-1], ".[test,docs]"]
+    assert ci[-1] == test == ".venv/bin/python -m pytest -q"
+    assert run == ".venv/bin/hnn-bridge recipe table3a --quick"
+
+
+def test_readme_run_command_names_a_shipped_recipe_with_a_quick_profile():
+    from hnn_bridge.recipe import list_recipes, load_recipe
+
+    argv = shlex.split(readme_blocks()[1])
+    assert argv[1:3] == ["recipe", "table3a"] and "table3a" in list_recipes()
+    quick = load_recipe("table3a").configure(quick=True)
+    assert quick.rows[0].settings.dataset == "mnist-5k"      # offline: the embedded digits
+
+
+def test_readme_links_lead_to_files_of_the_repository():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text)
+    assert len(links) >= 15
+    missing = [link for link in links if not link.startswith("http") and not (ROOT / link).exists()]
+    assert missing == []
 
 
 EXAMPLES = ["snntorch-swap", "spikingjelly-swap", "snntorch-mlp", "spikingjelly-cnn"]
@@ -40,12 +84,12 @@ def test_section_shows_the_one_line_swaps_first_then_the_richer_api():
 @pytest.mark.parametrize("index", range(len(EXAMPLES)), ids=EXAMPLES)
 def test_example_runs(index):
     code = code_blocks()[index]
-    exec(compile(code, f"<{section()[0]} example {index + 1}>", "exec"), {"__name__": "__example__"})
+    exec(compile(code, f"<{PAGE} example {index + 1}>", "exec"), {"__name__": "__example__"})
 
 
 def _run(index: int) -> dict:
     namespace = {"__name__": "__example__"}
-    exec(compile(code_blocks()[index], f"<README.md example {index + 1}>", "exec"), namespace)
+    exec(compile(code_blocks()[index], f"<{PAGE} example {index + 1}>", "exec"), namespace)
     return namespace
 
 
