@@ -6,7 +6,7 @@ eq. 1f with the surrogate of eq. 6) as a pure FlexSN core with five states
 for bit (tested). On CUDA SpikingJelly traces the core (``make_fx`` and AOT autograd, on
 fake tensors) into Triton forward/backward kernels; whether those kernels reproduce the
 reference spikes exactly (Triton may contract multiply-adds into FMAs) has to be checked
-on a GPU, which ``benchmarks/gpu_check.py`` does. Until that check passes this is *not*
+on a GPU, which ``tools/device/gpu_check.py`` does. Until that check passes this is *not*
 offered as an `IIRNode` backend.
 
 The core runs `hnn_bridge.functional.iir.traceable_charge`: `charge`'s arithmetic with

@@ -459,10 +459,11 @@ def test_cupy_state_on_the_cpu_gets_its_gradient_on_the_cpu():
     assert all(rel_err(s.grad, r.grad) < 1e-5 for s, r in zip(state, ref_state))
 
 
-def _load_benchmark(name: str):
+def _load_device_tool(name: str):
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parent.parent / "benchmarks" / f"{name}.py")
+    path = Path(__file__).parent.parent / "tools" / "device" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -470,7 +471,7 @@ def _load_benchmark(name: str):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_gpu_check_script_exits_with_a_message_without_cuda(tmp_path, capsys):
-    gpu_check = _load_benchmark("gpu_check")
+    gpu_check = _load_device_tool("gpu_check")
     assert gpu_check.main(["--out", str(tmp_path / "r.json")]) == 2
     assert "gpu_check: no CUDA device" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
@@ -481,7 +482,7 @@ def test_gpu_check_writes_its_json_after_every_phase_and_stops_at_the_budget(tmp
     disk; an error is recorded and the run goes on; past the budget phases are skipped."""
     import json
 
-    gpu_check = _load_benchmark("gpu_check")
+    gpu_check = _load_device_tool("gpu_check")
     out = tmp_path / "r.json"
     now = [0.0]
     seen = []
@@ -537,7 +538,7 @@ def test_device_check_fits_one_run_with_room_for_the_machines_start():
     """Every interpreter call of check.sh has a declared time limit; the limits (the CIFAR
     run counted once per backend) add up to at most CHECK_LIMIT, at most 420 s of a run
     that may last 600 s and whose machine start counts against the same time."""
-    text = (REPO / "benchmarks" / "device" / "check.sh").read_text()
+    text = (REPO / "tools" / "device" / "check.sh").read_text()
     limits = {k: int(v) for k, v in re.findall(r"^(T_\w+|CHECK_LIMIT|GPU_CHECK_BUDGET)=(\d+)", text, re.M)}
     code = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
     calls = [line for line in code if '"$PY"' in line or "nvidia-smi 2>&1" in line]
@@ -587,6 +588,6 @@ def test_the_wheel_installed_into_a_target_folder_carries_the_gpu_modules(tmp_pa
     assert lines[2:] == ["True", "--fmad=false --ftz=false --prec-div=true --prec-sqrt=true -std=c++11 "
                                  "--gpu-architecture=sm_90"]
     if not torch.cuda.is_available():
-        check = subprocess.run([sys.executable, "-P", str(REPO / "benchmarks" / "gpu_check.py"), "--out",
+        check = subprocess.run([sys.executable, "-P", str(REPO / "tools" / "device" / "gpu_check.py"), "--out",
                                 str(tmp_path / "r.json")], capture_output=True, text=True, env=env, cwd=tmp_path)
         assert check.returncode == 2 and "gpu_check: no CUDA device" in check.stderr

@@ -1,9 +1,10 @@
 """docs/results.md (the answer) and docs/notes/lab-notebook.md (the record) quote their
 tables from committed results.json files, so the documents cannot drift from the runs
-(`hnn_bridge.docs_tables`); the results page's prose quotes no number that its tables lack."""
+(`tools/docs_tables.py`); the results page's prose quotes no number that its tables lack."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -11,10 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from hnn_bridge.docs_tables import BLOCK, render_results_block, stale_blocks, sync_document
 from hnn_bridge.report import load_results
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+REPO = Path(__file__).resolve().parents[1]
+TOOL = REPO / "tools" / "docs_tables.py"
+_spec = importlib.util.spec_from_file_location("docs_tables", TOOL)
+docs_tables = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(docs_tables)
+BLOCK, render_results_block = docs_tables.BLOCK, docs_tables.render_results_block
+stale_blocks, sync_document = docs_tables.stale_blocks, docs_tables.sync_document
+DOCS = REPO / "docs"
 RESULTS = DOCS / "results.md"
 NOTEBOOK = DOCS / "notes" / "lab-notebook.md"
 
@@ -105,7 +112,7 @@ def test_the_command_names_a_missing_run_folder_and_leaves_the_document_alone(tm
     doc = tmp_path / "doc.md"
     text = "<!-- results: run -->\nold\n<!-- end results -->\n<!-- results: gone -->\n<!-- end results -->\n"
     doc.write_text(text)
-    proc = subprocess.run([sys.executable, "-m", "hnn_bridge.docs_tables", str(doc)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, str(TOOL), str(doc)], capture_output=True, text=True)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == (f"{doc}: nothing rewritten: {tmp_path / 'gone'}: no results.json "
                                    "(run `hnn-bridge recipe ... --out DIR` first)")

@@ -1,4 +1,4 @@
-"""benchmarks/mnist_reconstruction.py: its imitation of the PNG rendering behind our MNIST
+"""tools/mnist_reconstruction.py: its imitation of the PNG rendering behind our MNIST
 train images is matplotlib's own, and its round trip reproduces the README's measurement."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ SHARED = next((p for p in (REPO.parent / "shared" / "datasets", Path("/work/shar
 
 @pytest.fixture(scope="module")
 def recon():
-    spec = importlib.util.spec_from_file_location("mnist_reconstruction", REPO / "benchmarks" / "mnist_reconstruction.py")
+    spec = importlib.util.spec_from_file_location("mnist_reconstruction", REPO / "tools" / "mnist_reconstruction.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

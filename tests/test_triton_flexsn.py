@@ -84,7 +84,7 @@ def test_traced_forward_and_backward_graphs_compute_the_core(synapse, detach_res
                     reason="needs a CUDA device: FlexSN builds Triton kernels on CUDA only")
 def test_flexsn_node_lowers_to_triton_on_cuda():
     """On CUDA the node runs the Triton kernels (not the fallback scan); whether they equal
-    the reference bit for bit is reported by benchmarks/gpu_check.py, not asserted here."""
+    the reference bit for bit is reported by tools/device/gpu_check.py, not asserted here."""
     node = flexsn_iir_node(IIRParams())
     x = currents(8, 4, 64, seed=1).cuda().requires_grad_()
     out = node(x)

@@ -1,6 +1,6 @@
 """GPU check of the IIR neuron backends: CuPy parity against the reference, and timings.
 
-    python benchmarks/gpu_check.py --out results.json [--budget 150] [--repeats 20] [--quick]
+    python tools/device/gpu_check.py --out results.json [--budget 150] [--repeats 20] [--quick]
 
 Runs in phases, most wanted first, and rewrites the JSON at --out after every phase (so a
 run cut short keeps what it finished); a phase or row that would start after --budget

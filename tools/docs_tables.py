@@ -1,5 +1,9 @@
 """Result tables inside Markdown documents, rendered from committed ``results.json`` files.
 
+A repository tool (not part of the installed package)::
+
+    python tools/docs_tables.py docs/results.md docs/notes/lab-notebook.md
+
 A document marks each table with the folder of its run, relative to the document::
 
     <!-- results: full-budget/table1a -->
@@ -21,7 +25,7 @@ import statistics
 from pathlib import Path
 from typing import Any, Mapping
 
-from .report import load_results
+from hnn_bridge.report import load_results
 
 __all__ = ["render_results_block", "stale_blocks", "sync_document"]
 
@@ -100,7 +104,7 @@ def stale_blocks(path: str | Path) -> list[str]:
     return [m["path"] for m in BLOCK.finditer(text) if _rendered(m, path.parent) != m["body"]]
 
 
-if __name__ == "__main__":  # python -m hnn_bridge.docs_tables docs/results.md docs/notes/lab-notebook.md
+if __name__ == "__main__":  # python tools/docs_tables.py docs/results.md docs/notes/lab-notebook.md
     import sys
 
     for doc in sys.argv[1:]:

@@ -1,6 +1,6 @@
 """How much can the reconstruction of MNIST's train images move a trained network's score?
 
-    python benchmarks/mnist_reconstruction.py --data-dir ../shared/datasets [--recipe sec4_2] \
+    python tools/mnist_reconstruction.py --data-dir ../shared/datasets [--recipe sec4_2] \
         RUN/checkpoints/r02-S784-S500-S10-duplicate-simultaneous-s0.pt ...
 
 The train images in ``../shared/datasets`` are not the original bytes: they were recovered

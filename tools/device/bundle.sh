@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build .device/, what a lent GPU machine needs to run benchmarks/device/check.sh:
+# Build .device/, what a lent GPU machine needs to run tools/device/check.sh:
 #   .device/wheels/  hnn-bridge itself and the dependencies that the machine's image lacks
 #                    (SpikingJelly, snnTorch, mlxtend, loguru), as Python 3.12 wheels;
 #   .device/data/    a stratified CIFAR-10 subset (ImageFolder JPEGs) from --data-dir,
@@ -7,9 +7,9 @@
 # The machine has no network; everything it needs must travel in the working tree
 # (64 MiB in all; this bundle is about 9 MB).
 #
-#   bash benchmarks/device/bundle.sh [DATA_DIR] [TRAIN_PER_CLASS] [TEST_PER_CLASS]
+#   bash tools/device/bundle.sh [DATA_DIR] [TRAIN_PER_CLASS] [TEST_PER_CLASS]
 #
-# then, with the device tool: run(command="bash benchmarks/device/check.sh",
+# then, with the device tool: run(command="bash tools/device/check.sh",
 # carry=[".device"], timeout_s=480).
 set -euo pipefail
 cd "$(dirname "$0")/../.."

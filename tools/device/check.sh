@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The GPU checks, as one prepared command for a lent machine (see docs/performance.md,
-# "GPU"). Build the bundle here first (bash benchmarks/device/bundle.sh), then with the
-# device tool: run(command="bash benchmarks/device/check.sh", carry=[".device"],
+# "GPU"). Build the bundle here first (bash tools/device/bundle.sh), then with the
+# device tool: run(command="bash tools/device/check.sh", carry=[".device"],
 # timeout_s=480). Everything lands in $OUT (8 files at most come back):
 #   env.txt            card, driver, versions
-#   gpu_check.json/.log  benchmarks/gpu_check.py: CuPy parity against the torch core
+#   gpu_check.json/.log  tools/device/gpu_check.py: CuPy parity against the torch core
 #                      (bit for bit) and forward+backward timings against SpikingJelly's
 #                      and snnTorch's stock neurons; the JSON is rewritten after every
 #                      phase, so a step cut short keeps what it finished
@@ -69,7 +69,7 @@ PYEOF
 cat "$OUT/env.txt"
 
 echo "== gpu_check ($((SECONDS - started)) s)"
-timeout "$T_GPU_CHECK" "$PY" "$REPO/benchmarks/gpu_check.py" --out "$OUT/gpu_check.json" \
+timeout "$T_GPU_CHECK" "$PY" "$REPO/tools/device/gpu_check.py" --out "$OUT/gpu_check.json" \
     --budget "$GPU_CHECK_BUDGET" > "$OUT/gpu_check.log" 2>&1
 echo "gpu_check exit $?"; tail -n 40 "$OUT/gpu_check.log"
 
