@@ -42,9 +42,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from hnn_bridge.functional.iir import Coefficients, IIRState, _widened, _widened_state
+from hnn_bridge.functional.iir import Coefficients, IIRState, widened, widened_state
 from hnn_bridge.functional.native import term_kinds
-from hnn_bridge.functional.surrogate import _INV_SQRT_2PI, EXP_FLOOR
+from hnn_bridge.kernels.denormals import EXP_FLOOR
 from hnn_bridge.params import IIRParams
 
 __all__ = [
@@ -230,7 +230,7 @@ def _forward_scalars(k: Coefficients):
 def _backward_scalars(k: Coefficients):
     return (
         _f32(k.a1), _f32(k.a2), _f32(k.b), _f32(k.theta), _f32(k.lam), _f32(k.v_threshold),
-        _f32(-0.5 / (k.sigma * k.sigma)), _f32(_INV_SQRT_2PI / k.sigma), _f32(EXP_FLOOR),
+        _f32(-0.5 / (k.sigma * k.sigma)), _f32(k.surrogate_gain), _f32(EXP_FLOOR),
     )
 
 
@@ -568,7 +568,7 @@ def cupy_multistep(
     if x_seq.dim() < 1 or x_seq.shape[0] < 1:
         raise ValueError(f"IIR neuron: expected a time-first tensor [T, ...] with T >= 1, got shape {tuple(x_seq.shape)}")
     require_cupy()
-    out_dtype, x_seq, state = x_seq.dtype, _widened(x_seq), _widened_state(state)
+    out_dtype, x_seq, state = x_seq.dtype, widened(x_seq), widened_state(state)
     given = state_on(x_seq, state)
     spikes, volts, p1, p2, r = CupyIIRMultiStep.apply(x_seq, *given, Coefficients.of(params), params.detach_reset)
     return spikes.to(out_dtype), volts, IIRState(p1, p2, r, volts[-1], spikes[-1])

@@ -148,7 +148,7 @@ def test_baseline_networks_share_the_weights_and_shapes():
 
 
 def test_small_layers_run_on_one_thread_and_restore_the_count():
-    from hnn_bridge.functional.surrogate import GRAIN, one_thread
+    from hnn_bridge.kernels.threads import GRAIN, one_thread
 
     before = torch.get_num_threads()
     seen = []

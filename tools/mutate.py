@@ -74,7 +74,7 @@ TARGETS = (
     Target("core", ("hnn_bridge/functional/iir.py", "hnn_bridge/functional/surrogate.py", "hnn_bridge/params.py",
                     "hnn_bridge/neuron.py"), NEURON_TESTS,
            # thread-count tuning: no effect on any value by design (see the note)
-           skip_functions=("one_thread", "_openmp", "_one_thread")),
+           skip_functions=("one_thread", "_openmp", "one_thread_per_step")),
     Target("native", ("hnn_bridge/functional/native.py",), NEURON_TESTS,
            # compiler discovery, cache folders and thread chunking: no effect on values; the
            # 2x2 max pooling (Python and C) is the P2 layer's, tested by tests/test_norm.py etc.

@@ -43,16 +43,9 @@ from torch import Tensor
 
 from ..params import IIRParams
 from .native import native_backward, native_enabled, native_forward, native_surrogate_exp
-from .surrogate import (
-    _INV_SQRT_2PI,
-    firing_probability,
-    flushed_exp_,
-    heaviside,
-    one_thread,
-    spike,
-    spike_with,
-    surrogate_grad,
-)
+from ..kernels.denormals import flushed_exp_
+from ..kernels.threads import one_thread
+from .surrogate import INV_SQRT_2PI, firing_probability, spike, spike_with
 
 
 class IIRState(NamedTuple):
@@ -80,7 +73,7 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in _HALF else dtype
 
 
-def _widened(x: Tensor) -> Tensor:
+def widened(x: Tensor) -> Tensor:
     """``x`` in `state_dtype`; a sequence constant over time stays a stride-0 view (the
     duplicate-coded fast path of `IIRSpikes` / `IIRMultiStep` keeps working)."""
     if x.dtype not in _HALF:
@@ -90,14 +83,17 @@ def _widened(x: Tensor) -> Tensor:
     return x.float()
 
 
-def _widened_state(state: Optional["IIRState"]) -> Optional["IIRState"]:
+def widened_state(state: Optional["IIRState"]) -> Optional["IIRState"]:
     """``state`` with half-precision entries widened (itself when it has none)."""
     if state is None or all(s is None or s.dtype not in _HALF for s in state):
         return state
-    return IIRState(*(s if s is None else _widened(s) for s in state))
+    return IIRState(*(s if s is None else widened(s) for s in state))
 
 
 class Coefficients(NamedTuple):
+    """The neuron's constants as the executors use them: the synapse filter's a1, a2, b
+    (eq. 1d generalised), theta (eq. 1c), lam (eq. 1a), V_th and sigma (eq. 5, 6)."""
+
     a1: float
     a2: float
     b: float
@@ -110,6 +106,15 @@ class Coefficients(NamedTuple):
     def of(cls, params: IIRParams) -> "Coefficients":
         a1, a2, b = params.synapse_coefficients
         return cls(a1, a2, b, params.theta, params.lam, params.v_threshold, params.sigma)
+
+    @property
+    def surrogate_gain(self) -> float:
+        """1 / (sqrt(2 pi) sigma), the last factor of eq. 6 (its value at V = V_th)."""
+        return INV_SQRT_2PI / self.sigma
+
+    def firing_probability(self, v: Tensor) -> Tensor:
+        """Eq. 5 at these coefficients: P(v), the smooth firing of the gradcheck variant."""
+        return firing_probability(v, self.v_threshold, self.sigma)
 
 
 _CONSTANTS: dict[tuple[float, torch.dtype], Tensor] = {}
@@ -196,7 +201,7 @@ def synapse_filter(
     """
     _check_seq(x_seq)
     k = Coefficients.of(params)
-    x_seq = _widened(x_seq)
+    x_seq = widened(x_seq)
     if k.a1 == 0.0 and k.a2 == 0.0 and k.b == 1.0:
         return x_seq
     out = []
@@ -224,7 +229,7 @@ def iir_step(
     after the synapse filter (see `charge`); None: none.
     """
     k = Coefficients.of(params)
-    out_dtype, x, state = x.dtype, _widened(x), _widened_state(state)
+    out_dtype, x, state = x.dtype, widened(x), widened_state(state)
     o_prev = state.o.detach() if params.detach_reset else state.o
     p, r, v = charge(x, state.p1, state.p2, state.r, state.v, o_prev, k, bias)
     o = spike(v, k.v_threshold, k.sigma) if surrogate is None else spike_with(v, k.v_threshold, surrogate)
@@ -245,7 +250,7 @@ def iir_multistep_reference(
     the fused `iir_multistep` is tested against, and the path for another surrogate
     gradient (``surrogate``, see `iir_step`). ``bias``: added after the synapse filter.
     """
-    out_dtype, x_seq = x_seq.dtype, _widened(x_seq)
+    out_dtype, x_seq = x_seq.dtype, widened(x_seq)
     state = IIRState.zeros_like(x_seq[0]) if state is None else state
     spikes, volts = [], []
     for x in x_seq:
@@ -463,7 +468,7 @@ def _surrogate_into(out: Tensor, volts: Tensor, k: Coefficients) -> Tensor:
     out.mul_(out)
     out.mul_(-0.5 / (k.sigma * k.sigma))
     flushed_exp_(out)
-    return out.mul_(_INV_SQRT_2PI / k.sigma)
+    return out.mul_(k.surrogate_gain)
 
 
 _STATE_NAMES = ("p1", "p2", "r", "v", "o")
@@ -647,7 +652,7 @@ def iir_multistep(
     _check_seq(x_seq)
     if bias is not None:
         return with_post_filter_bias(x_seq, params, state, bias, iir_multistep)
-    out_dtype, x_seq, state = x_seq.dtype, _widened(x_seq), _widened_state(state)
+    out_dtype, x_seq, state = x_seq.dtype, widened(x_seq), widened_state(state)
     given = (None,) * 5 if state is None else tuple(state)
     k = Coefficients.of(params)
     if _needs_graph(x_seq, *given):
@@ -672,7 +677,7 @@ def iir_spikes(x_seq: Tensor, params: IIRParams, *, bias: Optional[Tensor] = Non
         current, inner = post_filter_current(x_seq, params, None, bias)
         return iir_spikes(current, inner).to(x_seq.dtype)
     k = Coefficients.of(params)
-    out_dtype, x_seq = x_seq.dtype, _widened(x_seq)
+    out_dtype, x_seq = x_seq.dtype, widened(x_seq)
     if _needs_graph(x_seq):
         return IIRSpikes.apply(x_seq, k, params.detach_reset).to(out_dtype)
     with _one_thread(x_seq):

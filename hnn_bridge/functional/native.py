@@ -32,7 +32,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .surrogate import _INV_SQRT_2PI, _below_floor
+from ..kernels.denormals import below_floor
 
 __all__ = [
     "native_backward",
@@ -394,7 +394,7 @@ def native_surrogate_exp(volts: Tensor, out: Tensor, k) -> Tensor:
     `iir._surrogate_into` (sub, square, scale, clamp in one C pass, then ATen's exp_);
     `native_backward` applies the last two (threshold, gain) as it reads ``out``."""
     lib = _library()
-    below, _ = _below_floor(volts)
+    below, _ = below_floor(volts)
     n = volts.numel()
     scale = -0.5 / (k.sigma * k.sigma)
 
@@ -412,8 +412,8 @@ def native_backward(g: Tensor, g_spikes: Optional[Tensor], g_volts: Optional[Ten
     grad_x out); returns the adjoints (cp0, cp1, c_r, c_v, c_o) of the initial state."""
     lib = _library()
     kinds = term_kinds(k)
-    _, exp_below = _below_floor(g)
-    scalars = (k.a1, k.a2, k.b, k.theta, k.lam, k.v_threshold, exp_below, _INV_SQRT_2PI / k.sigma)
+    _, exp_below = below_floor(g)
+    scalars = (k.a1, k.a2, k.b, k.theta, k.lam, k.v_threshold, exp_below, k.surrogate_gain)
     steps, shape = g.shape[0], g.shape[1:]
     n = shape.numel()
     gs, gv = _flat(g_spikes), _flat(g_volts)
