@@ -42,7 +42,6 @@ of this module act on the neurons inside one module only, at any depth.
 from __future__ import annotations
 
 import math
-from dataclasses import fields
 from typing import Any, Callable, Optional, Union
 
 import snntorch
@@ -50,11 +49,11 @@ import torch
 from torch import Tensor, nn
 
 from hnn_bridge.functional.iir import IIRState, iir_step, state_dtype
-from hnn_bridge.functional.surrogate import surrogate_grad
+from hnn_bridge.functional import ErfcSpike
 from hnn_bridge.neuron import bias_shape
-from hnn_bridge.params import IIRParams
+from hnn_bridge.params import IIRParams, merge_settings
 
-__all__ = ["IIRLeaky", "ErfcSurrogate", "erfc_surrogate", "reset", "detach", "SNNTORCH_VERSIONS"]
+__all__ = ["IIRLeaky", "erfc_surrogate", "reset", "detach", "SNNTORCH_VERSIONS"]
 
 #: The snnTorch versions this adapter is written and tested for.
 SNNTORCH_VERSIONS = ">=1.0,<1.1"
@@ -66,29 +65,10 @@ _STATE_BUFFERS = ("p1", "p2", "r", "mem", "o")
 _CONSTANT_BUFFERS = ("beta", "threshold", "graded_spikes_factor", "reset_mechanism_val")
 
 
-class ErfcSurrogate(torch.autograd.Function):
-    """snnTorch-style spike function with the erfc-derived surrogate of eq. 5-6.
-
-    **Forward:** Heaviside of the shifted membrane ``U - U_thr`` with U(0) = 1, i.e. a
-    spike when ``U >= U_thr`` (eq. 1f). **Backward:** the Gaussian density of eq. 6,
-    ``exp(-(U - U_thr)^2 / (2 sigma^2)) / (sqrt(2 pi) sigma)``, the derivative of the
-    firing probability ``erfc((U_thr - U) / (sqrt(2) sigma)) / 2`` of a noisy LIF neuron.
-    """
-
-    @staticmethod
-    def forward(ctx, input_: Tensor, sigma: float) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(input_)
-        ctx.sigma = sigma
-        return (input_ >= 0).to(input_.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_output: Tensor):  # type: ignore[override]
-        (input_,) = ctx.saved_tensors
-        return grad_output * surrogate_grad(input_, 0.0, ctx.sigma), None
-
-
 class _Eq6Surrogate:
-    """``spike_grad`` of eq. 6 with width ``sigma``: ``ErfcSurrogate.apply(x, sigma)``.
+    """``spike_grad`` of eq. 6 with width ``sigma``: the core's `ErfcSpike` at V_th = 0 (snnTorch
+    passes the shifted membrane U - U_thr): a spike where ``U >= U_thr`` (eq. 1f), and the
+    Gaussian density of eq. 6 as its gradient.
 
     A module-level class rather than snnTorch's closure, so that a model holding it can
     be pickled whole (``torch.save(net)``) and deep-copied."""
@@ -100,13 +80,13 @@ class _Eq6Surrogate:
         self.sigma = sigma
 
     def __call__(self, x: Tensor) -> Tensor:
-        return ErfcSurrogate.apply(x, self.sigma)
+        return ErfcSpike.apply(x, 0.0, self.sigma)
 
     def __repr__(self) -> str:
         return f"erfc_surrogate(sigma={self.sigma!r})"
 
 
-def erfc_surrogate(sigma: float = 0.4) -> _Eq6Surrogate:
+def erfc_surrogate(sigma: float = IIRParams.sigma) -> _Eq6Surrogate:
     """The erfc surrogate (eq. 5-6) with its width sigma, in the style of
     `snntorch.surrogate` (``spike_grad=erfc_surrogate(0.4)`` works on any snnTorch neuron,
     e.g. ``snntorch.Leaky(beta=0.9, spike_grad=erfc_surrogate())``)."""
@@ -207,7 +187,7 @@ def _alias(snn_name: str, snn_value: Any, iir_name: str, iir_value: Any) -> Any:
 def _resolve_spike_grad(spike_grad: Optional[Callable], sigma: Optional[float]) -> tuple[float, Optional[Callable]]:
     """(sigma of eq. 6, None) or (default sigma, another surrogate for `spike_with`)."""
     if spike_grad is None:
-        return (0.4 if sigma is None else sigma), None
+        return (IIRParams.sigma if sigma is None else sigma), None
     if not callable(spike_grad):
         raise TypeError(f"IIRLeaky: spike_grad must be callable, got {type(spike_grad).__name__}")
     if getattr(spike_grad, "is_eq6", False):
@@ -223,7 +203,7 @@ def _resolve_spike_grad(spike_grad: Optional[Callable], sigma: Optional[float]) 
             f"sigma is the width of eq. 6, which spike_grad replaces; pass one of them "
             f"(spike_grad=erfc_surrogate(sigma) is eq. 6)"
         )
-    return 0.4, spike_grad
+    return IIRParams.sigma, spike_grad
 
 
 def _fit(state: IIRState, x: Tensor) -> IIRState:
@@ -240,8 +220,10 @@ def _fit(state: IIRState, x: Tensor) -> IIRState:
 class IIRLeaky(snntorch.Leaky):
     """A layer of IIR LIF neurons (eq. 1a-1f, 5, 6) as an snnTorch neuron, one step per call.
 
-    Keyword arguments are those of `hnn_bridge.IIRNeuron` (see `IIRParams`; ``v_threshold``
-    and ``sigma`` None mean 1.0 and 0.4), plus snnTorch's ``Leaky`` arguments:
+    ``params`` (keyword only: snnTorch's first positional argument is ``beta``) and the
+    keyword arguments `hnn_bridge.params.NEURON_KEYS` are those of `hnn_bridge.IIRNeuron`
+    (an `IIRParams` and overrides of its fields; ``v_threshold`` and ``sigma`` None mean
+    their defaults, 1.0 and 0.4), plus snnTorch's ``Leaky`` arguments:
 
     Args:
         beta: the membrane decay lambda (eq. 1a), a number in [0, 1] (or a one-element
@@ -299,16 +281,11 @@ class IIRLeaky(snntorch.Leaky):
         graded_spikes_factor: Union[float, Tensor] = 1.0,
         learn_graded_spikes_factor: bool = False,
         reset_delay: bool = True,
-        v_threshold: Optional[float] = None,
-        sigma: Optional[float] = None,
-        tau_m: float = 4.0,
-        tau_s: float = 1.0,
-        membrane_decay: Optional[float] = None,
-        reset_decay: Optional[float] = None,
-        synapse: str = "dual_exp",
-        detach_reset: bool = False,
+        params: Optional[IIRParams] = None,
         post_filter_bias: Optional[Union[int, tuple[int, ...]]] = None,
+        **overrides: Any,
     ) -> None:
+        given = merge_settings("IIRLeaky", params, overrides)
         _check_fixed(
             surrogate_disable=surrogate_disable,
             inhibition=inhibition,
@@ -331,19 +308,12 @@ class IIRLeaky(snntorch.Leaky):
             beta = _number("beta", beta)
             if not 0.0 <= beta <= 1.0:
                 raise ValueError(f"IIRLeaky: beta (the membrane decay, eq. 1a) must be in [0, 1], got {beta!r}")
-        membrane_decay = _alias("beta", beta, "membrane_decay", membrane_decay)
-        v_threshold = _alias("threshold", threshold, "v_threshold", v_threshold)
-        sigma, custom = _resolve_spike_grad(spike_grad, sigma)
-        params = IIRParams(
-            v_threshold=1.0 if v_threshold is None else v_threshold,
-            sigma=sigma,
-            tau_m=tau_m,
-            tau_s=tau_s,
-            membrane_decay=membrane_decay,
-            reset_decay=reset_decay,
-            synapse=synapse,
-            detach_reset=detach_reset,
-        )
+        given["membrane_decay"] = _alias("beta", beta, "membrane_decay", given.get("membrane_decay"))
+        v_threshold = _alias("threshold", threshold, "v_threshold", given.pop("v_threshold", None))
+        if v_threshold is not None:
+            given["v_threshold"] = v_threshold
+        sigma, custom = _resolve_spike_grad(spike_grad, given.pop("sigma", None))
+        params = IIRParams(**given, sigma=sigma)
         super().__init__(
             beta=params.lam,
             threshold=params.v_threshold,
@@ -364,9 +334,10 @@ class IIRLeaky(snntorch.Leaky):
             self.bias = nn.Parameter(torch.zeros(bias_shape(post_filter_bias)))
 
     @classmethod
-    def from_params(cls, params: IIRParams, **kwargs) -> "IIRLeaky":
-        """An IIRLeaky with the settings of `params`; `kwargs` are init_hidden, output."""
-        return cls(**params.as_dict(), **kwargs)
+    def from_params(cls, params: IIRParams, **kwargs: Any) -> "IIRLeaky":
+        """An IIRLeaky with the settings of `params`; `kwargs` are init_hidden, output. The
+        same as ``IIRLeaky(params=params, **kwargs)``."""
+        return cls(params=params, **kwargs)
 
     # -- state ----------------------------------------------------------------------------
 
@@ -503,12 +474,7 @@ class IIRLeaky(snntorch.Leaky):
         return (spk, new) if full_state else (spk, new.v)
 
     def extra_repr(self) -> str:
-        defaults = IIRParams()
-        changed = [
-            f"{f.name}={getattr(self.params, f.name)!r}"
-            for f in fields(IIRParams)
-            if getattr(self.params, f.name) != getattr(defaults, f.name)
-        ]
+        changed = [f"{k}={v!r}" for k, v in self.params.overrides().items()]
         flags = [f"{n}=True" for n in ("init_hidden", "output") if getattr(self, n)]
         grad = [f"spike_grad={getattr(self.custom_grad, '__name__', self.custom_grad)!r}"] if self.custom_grad else []
         bias = [f"post_filter_bias={tuple(self.bias.shape)}"] if self.bias is not None else []

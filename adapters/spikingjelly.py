@@ -38,8 +38,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import fields
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor
@@ -56,7 +55,7 @@ from hnn_bridge.functional.iir import (
     with_post_filter_bias,
 )
 from hnn_bridge.neuron import bias_shape
-from hnn_bridge.params import IIRParams
+from hnn_bridge.params import IIRParams, merge_settings
 
 __all__ = ["IIRNode", "BACKENDS", "SPIKINGJELLY_VERSIONS", "erf_sigma"]
 
@@ -67,7 +66,6 @@ SPIKINGJELLY_VERSIONS = ">=2.0,<2.1"
 
 # SpikingJelly memory names in registration order (BaseNode registers "v" first).
 _MEMORIES = ("v", "p1", "p2", "r", "o")
-_DEFAULT_SIGMA = 0.4
 
 
 def erf_sigma(alpha: float) -> float:
@@ -87,7 +85,7 @@ def _resolve_surrogate(surrogate_function, sigma: Optional[float]) -> tuple[floa
     """(sigma of eq. 6, None) for the fused path, or (default sigma, function) for the
     per-step path with another surrogate."""
     if surrogate_function is None:
-        return (_DEFAULT_SIGMA if sigma is None else sigma), None
+        return (IIRParams.sigma if sigma is None else sigma), None
     if not callable(surrogate_function):
         raise TypeError(f"IIRNode: surrogate_function must be callable, got {type(surrogate_function).__name__}")
     name = type(surrogate_function).__name__
@@ -110,14 +108,15 @@ def _resolve_surrogate(surrogate_function, sigma: Optional[float]) -> tuple[floa
             f"eq. 6, which {name} replaces; pass one of them (surrogate.Erf(alpha) is eq. 6 with "
             f"sigma = 1 / (sqrt(2) alpha))"
         )
-    return _DEFAULT_SIGMA, surrogate_function
+    return IIRParams.sigma, surrogate_function
 
 
 class IIRNode(sj_neuron.BaseNode):
     """A layer of IIR LIF neurons (eq. 1a-1f, 5, 6) as a SpikingJelly 2.x node.
 
-    Keyword arguments are those of `hnn_bridge.IIRNeuron` (see `IIRParams`; ``sigma=None``
-    means 0.4), plus:
+    ``params`` and the keyword arguments `hnn_bridge.params.NEURON_KEYS` are those of
+    `hnn_bridge.IIRNeuron` (an `IIRParams` and overrides of its fields; ``sigma=None``
+    means its default, 0.4), plus:
 
     Args:
         surrogate_function: None (eq. 6 with ``sigma``), ``surrogate.Erf(alpha)`` (eq. 6
@@ -148,39 +147,25 @@ class IIRNode(sj_neuron.BaseNode):
 
     def __init__(
         self,
+        params: Optional[IIRParams] = None,
         *,
-        v_threshold: float = 1.0,
-        sigma: Optional[float] = None,
-        tau_m: float = 4.0,
-        tau_s: float = 1.0,
-        membrane_decay: Optional[float] = None,
-        reset_decay: Optional[float] = None,
-        synapse: str = "dual_exp",
-        detach_reset: bool = False,
         surrogate_function: Optional[Callable[[Tensor], Tensor]] = None,
         v_reset: Optional[float] = None,
         step_mode: str = "m",
         backend: str = "torch",
         store_v_seq: bool = False,
         post_filter_bias: Optional[Union[int, tuple[int, ...]]] = None,
+        **overrides: Any,
     ) -> None:
+        given = merge_settings("IIRNode", params, overrides)
         if v_reset is not None:
             raise ValueError(
                 f"IIRNode: v_reset={v_reset!r} cannot be honoured: the IIR neuron resets through its reset "
                 f"filter (R[t] = theta*R[t-1] + O[t-1], V[t] -= V_th*R[t], eq. 1c), never to a fixed value; "
                 f"use v_reset=None, and reset_decay to shape the reset"
             )
-        sigma, custom = _resolve_surrogate(surrogate_function, sigma)
-        params = IIRParams(
-            v_threshold=v_threshold,
-            sigma=sigma,
-            tau_m=tau_m,
-            tau_s=tau_s,
-            membrane_decay=membrane_decay,
-            reset_decay=reset_decay,
-            synapse=synapse,
-            detach_reset=detach_reset,
-        )
+        sigma, custom = _resolve_surrogate(surrogate_function, given.pop("sigma", None))
+        params = IIRParams(**given, sigma=sigma)
         if backend not in BACKENDS:
             raise ValueError(f"IIRNode: backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
         if backend == "cupy":
@@ -221,11 +206,11 @@ class IIRNode(sj_neuron.BaseNode):
         return "cupy" if self.backend == "cupy" else "fused"
 
     @classmethod
-    def from_params(cls, params: IIRParams, **kwargs) -> "IIRNode":
+    def from_params(cls, params: IIRParams, **kwargs: Any) -> "IIRNode":
         """An IIRNode with the settings of `params`; `kwargs` are step_mode, backend,
         store_v_seq (a ``surrogate_function`` other than Erf would conflict with
-        ``params.sigma``)."""
-        return cls(**params.as_dict(), **kwargs)
+        ``params.sigma``). The same as ``IIRNode(params, **kwargs)``."""
+        return cls(params, **kwargs)
 
     @property
     def _surrogate(self) -> Optional[Callable[[Tensor], Tensor]]:
@@ -314,12 +299,7 @@ class IIRNode(sj_neuron.BaseNode):
         return super().single_step_forward(x, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        defaults = IIRParams()
-        changed = [
-            f"{f.name}={getattr(self.params, f.name)!r}"
-            for f in fields(IIRParams)
-            if getattr(self.params, f.name) != getattr(defaults, f.name)
-        ]
+        changed = [f"{k}={v!r}" for k, v in self.params.overrides().items()]
         custom = [f"surrogate_function={self.surrogate_function!r}"] if self._per_step else []
         custom += [f"post_filter_bias={tuple(self.bias.shape)}"] if self.bias is not None else []
         return ", ".join(changed + custom + [f"step_mode={self.step_mode!r}", f"backend={self.backend!r}"])

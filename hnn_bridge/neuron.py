@@ -4,14 +4,13 @@ and `PostFilterBias` (their bias, added after the filter)."""
 
 from __future__ import annotations
 
-from dataclasses import fields
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .functional import iir_spikes, synapse_filter
-from .params import IIRParams
+from .params import IIRParams, merge_settings
 
 
 def bias_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
@@ -33,8 +32,12 @@ class IIRNeuron(nn.Module):
     shape and dtype as ``x``. The whole sequence runs as one fused autograd Function
     with hand-written BPTT (see `hnn_bridge.functional.iir`); without a graph to record
     (``torch.no_grad()``, or an input that needs no gradient) it saves nothing and keeps
-    no membrane sequence. Keyword arguments are those of `IIRParams`; ``None`` decays
-    mean e^(-1/tau_m).
+    no membrane sequence.
+
+    ``params`` (an `IIRParams`, default all defaults) holds the neuron's constants; the
+    keyword arguments `NEURON_KEYS` (``v_threshold``, ``sigma``, ``tau_m``, ``tau_s``,
+    ``membrane_decay``, ``reset_decay``, ``synapse``, ``detach_reset``) override its fields
+    and are validated by it; ``None`` decays mean e^(-1/tau_m).
 
     ``post_filter_bias``: the shape of a learnable bias (``self.bias``, zeros at first)
     added after the synapse filter, where Fang et al. add theirs: ``500`` for 500 units,
@@ -44,36 +47,21 @@ class IIRNeuron(nn.Module):
 
     def __init__(
         self,
+        params: IIRParams | None = None,
         *,
-        v_threshold: float = 1.0,
-        sigma: float = 0.4,
-        tau_m: float = 4.0,
-        tau_s: float = 1.0,
-        membrane_decay: float | None = None,
-        reset_decay: float | None = None,
-        synapse: str = "dual_exp",
-        detach_reset: bool = False,
         post_filter_bias: int | Sequence[int] | None = None,
+        **overrides: Any,
     ) -> None:
         super().__init__()
-        self.params = IIRParams(
-            v_threshold=v_threshold,
-            sigma=sigma,
-            tau_m=tau_m,
-            tau_s=tau_s,
-            membrane_decay=membrane_decay,
-            reset_decay=reset_decay,
-            synapse=synapse,
-            detach_reset=detach_reset,
-        )
+        self.params = IIRParams(**merge_settings("IIRNeuron", params, overrides))
         if post_filter_bias is None:
             self.register_parameter("bias", None)
         else:
             self.bias = nn.Parameter(torch.zeros(bias_shape(post_filter_bias)))
 
     @classmethod
-    def from_params(cls, params: IIRParams, **kwargs) -> "IIRNeuron":
-        return cls(**params.as_dict(), **kwargs)
+    def from_params(cls, params: IIRParams, **kwargs: Any) -> "IIRNeuron":
+        return cls(params, **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
         if not torch.is_floating_point(x):
@@ -81,12 +69,7 @@ class IIRNeuron(nn.Module):
         return iir_spikes(x, self.params, bias=self.bias)
 
     def extra_repr(self) -> str:
-        defaults = IIRParams()
-        changed = [
-            f"{f.name}={getattr(self.params, f.name)!r}"
-            for f in fields(IIRParams)
-            if getattr(self.params, f.name) != getattr(defaults, f.name)
-        ]
+        changed = [f"{k}={v!r}" for k, v in self.params.overrides().items()]
         if self.bias is not None:
             changed.append(f"post_filter_bias={tuple(self.bias.shape)}")
         return ", ".join(changed)

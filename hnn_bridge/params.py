@@ -8,7 +8,7 @@ neuron and the CuPy kernel all read their constants from here.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
 SYNAPSES = ("dual_exp", "first_order", "none")
@@ -86,6 +86,11 @@ class IIRParams:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def overrides(self) -> dict[str, Any]:
+        """The fields whose values differ from their defaults (what a neuron's repr shows)."""
+        defaults = IIRParams()
+        return {k: v for k, v in self.as_dict().items() if v != getattr(defaults, k)}
+
     @property
     def lam(self) -> float:
         """Membrane decay lambda (eq. 1a)."""
@@ -105,3 +110,26 @@ class IIRParams:
             return math.exp(-1.0 / self.tau_s), 0.0, 1.0
         em, es = math.exp(-1.0 / self.tau_m), math.exp(-1.0 / self.tau_s)
         return em + es, -math.exp(-(self.tau_m + self.tau_s) / (self.tau_m * self.tau_s)), em - es
+
+
+#: The neuron's keyword arguments: the fields of `IIRParams`, in order. Every neuron module
+#: (`hnn_bridge.IIRNeuron`, the SpikingJelly and snnTorch adapters) takes these, and only
+#: these, as overrides of an optional `IIRParams`.
+NEURON_KEYS: tuple[str, ...] = tuple(f.name for f in fields(IIRParams))
+
+
+def merge_settings(
+    owner: str, params: IIRParams | Mapping[str, Any] | None, overrides: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The neuron settings a module was given, as keyword arguments of `IIRParams`: every
+    field of ``params`` (nothing when None), with ``overrides`` on top. The module decides
+    what a missing key means (usually the field's default) and then builds `IIRParams`.
+
+    A key of ``overrides`` that is not in `NEURON_KEYS` is a TypeError worded as Python
+    words any unexpected keyword argument of ``owner``'s constructor.
+    """
+    for key in overrides:
+        if key not in NEURON_KEYS:
+            raise TypeError(f"{owner}.__init__() got an unexpected keyword argument {key!r}")
+    base = {} if params is None else IIRParams.from_any(params).as_dict()
+    return {**base, **overrides}

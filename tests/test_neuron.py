@@ -263,3 +263,38 @@ def test_module_applies_the_closed_form_kernel_before_the_threshold() -> None:
     p = [sum(w * _eps(t - tk + 1, tau_m, tau_s) for tk in (0, 1, 2) if tk <= t) for t in range(20)]
     first = next(t for t, v in enumerate(p) if v >= 1.0)
     assert int(torch.nonzero(out)[0]) == first
+
+
+# A non-default value for every field of IIRParams (dual_exp needs tau_m != tau_s).
+_NON_DEFAULT = {"v_threshold": 0.8, "sigma": 0.3, "tau_m": 5.0, "tau_s": 2.0, "membrane_decay": 0.5,
+                "reset_decay": 0.25, "synapse": "first_order", "detach_reset": True}
+
+
+def _modules():
+    from hnn_bridge.adapters.snntorch import IIRLeaky
+    from hnn_bridge.adapters.spikingjelly import IIRNode
+
+    return {"IIRNeuron": IIRNeuron, "IIRNode": IIRNode, "IIRLeaky": IIRLeaky}
+
+
+@pytest.mark.parametrize("name", ["IIRNeuron", "IIRNode", "IIRLeaky"])
+def test_every_module_takes_params_and_each_field_as_a_keyword(name: str) -> None:
+    """The neuron's keywords are the fields of IIRParams, once: each module takes every
+    field as an override, an IIRParams (with overrides on top), and nothing else."""
+    from hnn_bridge.params import NEURON_KEYS
+
+    cls = _modules()[name]
+    assert set(_NON_DEFAULT) == set(NEURON_KEYS)
+    for key, value in _NON_DEFAULT.items():
+        assert getattr(cls(**{key: value}).params, key) == value, key
+        assert f"{key}={value!r}" in repr(cls(**{key: value}))
+    params = IIRParams(**_NON_DEFAULT)
+    # positional where the framework allows it (snnTorch's first positional argument is beta)
+    assert (cls(params=params) if name == "IIRLeaky" else cls(params)).params == params
+    assert cls.from_params(params).params == params
+    with_override = cls(params=params, tau_m=6.0)
+    assert with_override.params == IIRParams(**{**_NON_DEFAULT, "tau_m": 6.0})
+    with pytest.raises(TypeError, match=f"{name}.__init__\\(\\) got an unexpected keyword argument 'tau'"):
+        cls(tau=4.0)
+    with pytest.raises(ValueError, match="IIR neuron: tau_s must be > 0, got -1.0"):
+        cls(params=params, tau_s=-1.0)
