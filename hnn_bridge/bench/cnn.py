@@ -1,7 +1,7 @@
 """`hnn-bridge bench --suite cnn`: one training step of the paper's CIFAR-10 CNN rows next to
 the same networks written the SpikingJelly way and the snnTorch way, and next to the floor.
 
-A training step is `suites._train_step` (forward, cross entropy on the spike counts,
+A training step is `contenders.train_step` (forward, cross entropy on the spike counts,
 backward, Adam), the step of `hnn_bridge.training.loop.train_model`, with the CIFAR
 recipes' settings: batch norm after every weight op, duplicate coding, no dropout, the
 recipes' neuron. Every contender starts from the same weights and trains on the same
@@ -35,7 +35,9 @@ from ..backends import make_neuron
 from ..params import IIRParams
 from ..precision import autocast
 from . import baselines
-from .suites import FUSED, SJ, SNNTORCH, _contender_names, _ratios, _row, _seeded, _train_step
+from .contenders import (FUSED, SJ, SNNTORCH, add_ratios, contender_names, result_row, seed_all,
+                         train_step)
+from .markdown import measured_on, ratio, table
 from .timing import interleave, machine_info, summarize
 
 __all__ = ["CATEGORIES", "CNN_ARCHS", "categorize", "cnn_suite", "floor_ops", "render_cnn"]
@@ -143,7 +145,7 @@ def _step_call(model: nn.Module, x: Tensor, y: Tensor, precision: str, device: t
     def call() -> object:
         model.train()
         if precision == "32":
-            return _train_step(model, opt, x, y)
+            return train_step(model, opt, x, y)
         with autocast(precision, device):
             out = model(x)
             loss = F.cross_entropy(out.float(), y)
@@ -202,11 +204,11 @@ def cnn_suite(
 
     dev = torch.device(device)
     params = _recipe_neuron()
-    names, skipped = _contender_names(backends, dev)
+    names, skipped = contender_names(backends, dev)
     chosen = [(a, CNN_ARCHS[a]) if a in CNN_ARCHS else (a, a) for a in (archs or list(CNN_ARCHS))]
     networks = []
     for label, arch in chosen:
-        _seeded(seed)
+        seed_all(seed)
         spiking = any(spec.spiking for spec in parse_arch(arch))
         ref = build(arch, coder="duplicate" if spiking else None, steps=steps, input_shape=(3, 32, 32),
                     neuron=params, norm="batch").to(dev)
@@ -240,9 +242,9 @@ def cnn_suite(
         rows = []
         for name, (_, group, tag, backend, prec) in models.items():
             stats = summarize(times[name]).as_dict()
-            rows.append(_row(name, group, baseline=tag, backend=backend, precision=prec, step=stats,
+            rows.append(result_row(name, group, baseline=tag, backend=backend, precision=prec, step=stats,
                              images_per_s=batch / stats["median"], floor_share=floors[prec] / stats["median"]))
-        _ratios(rows, "step.median")
+        add_ratios(rows, "step.median")
         breakdown = None
         if profile:
             first = next(n for n, v in models.items() if v[1] == "ours")
@@ -288,14 +290,8 @@ def _cnn_targets(networks: list[dict[str, Any]], steps: int) -> list[dict[str, A
     return out
 
 
-def _fmt_ratio(v: Optional[float]) -> str:
-    return "" if v is None else f"{v:.2f}x"
-
-
 def render_cnn(result: dict[str, Any]) -> str:
     """Markdown: per network, the step table, the floor and (if profiled) the breakdown."""
-    from .suites import _table
-
     c, m = result["config"], result["machine"]
     parts = [f"### CNN training step (forward, backward, Adam), batch norm, duplicate coding, T = {c['steps']}, "
              f"batch {c['batch']}, {c['device']}: {c['repeats']} repeats after {c['warmup']} warm-up, interleaved"]
@@ -303,17 +299,17 @@ def render_cnn(result: dict[str, Any]) -> str:
         parts.append(f"**{net['label']}: {net['arch']}**\n")
         header = ["contender", "step ms (median)", "IQR ms", "images/s", "floor share", "ours/SJ", "ours/snnTorch"]
         lines = [[r["name"], f"{r['step']['median'] * 1e3:.1f}", f"{r['step']['iqr'] * 1e3:.1f}",
-                  f"{r['images_per_s']:.1f}", f"{r['floor_share']:.2f}", _fmt_ratio(r.get("ratio_sj")),
-                  _fmt_ratio(r.get("ratio_snntorch"))] for r in net["rows"]]
+                  f"{r['images_per_s']:.1f}", f"{r['floor_share']:.2f}", ratio(r.get("ratio_sj")),
+                  ratio(r.get("ratio_snntorch"))] for r in net["rows"]]
         for prec, f in net["floor"].items():
             lines.append([f"floor ({prec}): weight ops + Adam alone", f"{f['seconds'] * 1e3:.1f}", "",
                           f"{f['images_per_s']:.1f}", "1.00", "", ""])
-        parts.append(_table(header, lines))
+        parts.append(table(header, lines))
         if net.get("breakdown"):
             total = sum(net["breakdown"].values()) or math.nan
             rows = [[k, f"{v * 1e3:.1f}", f"{v / total:.0%}"] for k, v in
                     sorted(net["breakdown"].items(), key=lambda kv: -kv[1])]
-            parts.append("Profile of ours (self CPU time per step):\n\n" + _table(["category", "ms", "share"], rows))
+            parts.append("Profile of ours (self CPU time per step):\n\n" + table(["category", "ms", "share"], rows))
     if c.get("skipped"):
         parts.append("Skipped: " + "; ".join(f"{s['backend']} ({s['reason']})" for s in c["skipped"]))
     if result["targets"]:
@@ -323,10 +319,5 @@ def render_cnn(result: dict[str, Any]) -> str:
     parts.append("The stock nets normalise with the same BatchNorm modules (snnTorch's loop: per step, on B rows) "
                  "and pool with torch's MaxPool2d; their neurons do less work per step than the IIR neuron "
                  "(no synapse or reset filter).")
-    where = f"{m['cpu']}, {m['cpu_cores']} cores, torch {m['torch']} ({m['torch_threads']} threads)"
-    if m.get("load_average"):
-        where += f", load average {m['load_average'][0]:.1f} at the end"
-    if m.get("gpu"):
-        where = f"{m['gpu']}; " + where
-    parts.append(f"_Measured {m['date']} on {where}._")
+    parts.append(measured_on(m))
     return "\n\n".join(parts)

@@ -70,6 +70,7 @@ def bench(suite, steps, batch, neurons, repeats, warmup, device, backends, archs
     import torch
 
     from ..bench import suites
+    from ..bench.epoch import epoch_suite
     from ..errors import ConfigError
     from ..precision import PRECISIONS, check_precision
 
@@ -120,10 +121,10 @@ def bench(suite, steps, batch, neurons, repeats, warmup, device, backends, archs
                                           device=device, ablations=not no_ablations)
         else:
             try:
-                result = suites.epoch_suite(recipe=recipe_name, row=row, steps=steps, batch=batch, backends=names,
-                                            dataset=dataset, data_dir=data_dir, limit_batches=limit_batches,
-                                            warmup=2 if warmup is None else warmup, device=device,
-                                            ablations=not no_ablations, progress=echo)
+                result = epoch_suite(recipe=recipe_name, row=row, steps=steps, batch=batch, backends=names,
+                                     dataset=dataset, data_dir=data_dir, limit_batches=limit_batches,
+                                     warmup=2 if warmup is None else warmup, device=device,
+                                     ablations=not no_ablations, progress=echo)
             except (FileNotFoundError, ValueError) as err:
                 raise click.ClickException(f"epoch suite: {err}")
         results.append(result)
