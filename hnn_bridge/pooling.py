@@ -1,7 +1,7 @@
 """`MaxPool2d`: torch's max pooling, with a native CPU path for the paper's P2 token.
 
 A 2x2, stride-2 pool of a float32 CPU tensor runs as one C pass
-(`hnn_bridge.functional.native`): the same outputs and the same gradients as
+(`hnn_bridge.kernels.native`): the same outputs and the same gradients as
 `torch.nn.functional.max_pool2d` bit for bit (the first maximum of a window in row-major
 order takes the gradient, as torch's index does; `tests/test_native.py`), but it saves a
 uint8 winner per output instead of an int64 index and reads its input once. Pooling
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .functional.native import native_enabled, native_maxpool2_backward, native_maxpool2_forward
+from .kernels.native import native_enabled, native_maxpool2_backward, native_maxpool2_forward
 
 __all__ = ["MaxPool2d"]
 

@@ -23,7 +23,7 @@ from hnn_bridge import GaussianCoder, IIRNeuron, IIRParams
 from hnn_bridge.adapters.cupy_kernels import compile_c_kernels
 from hnn_bridge.adapters.snntorch import IIRLeaky
 from hnn_bridge.functional import Coefficients, iir_multistep, iir_spikes
-from hnn_bridge.functional import native
+from hnn_bridge.kernels import native
 
 from helpers import SYNAPSES
 from iir_reference import Neuron, exact_hits, hit_threshold, random_hits, run

@@ -1,4 +1,4 @@
-"""The native CPU loop nest (`hnn_bridge.functional.native`) against the ATen path of the
+"""The native CPU loop nest (`hnn_bridge.kernels.native`) against the ATen path of the
 fused neuron (``HNN_BRIDGE_NATIVE=0``): spikes, V, final state and every gradient bit for
 bit, over the coefficient kinds (absent, unscaled, scaled), initial states, inputs
 constant over time, incoming gradients of V and of the state, and the threaded split."""
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hnn_bridge.functional import IIRState, iir_multistep, iir_spikes
-from hnn_bridge.functional import native
+from hnn_bridge.kernels import native
 from hnn_bridge.params import IIRParams
 
 from helpers import currents

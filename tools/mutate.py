@@ -3,9 +3,9 @@
 
 Each mutant changes one operator, constant or keyword at one place in a source file:
 in Python code (found with ``tokenize``: comparisons, arithmetic, ``and``/``or``,
-``not``, ``True``/``False``, ``is``/``in``, small numeric constants) and inside the C and
-CUDA kernel sources held in Python strings (``native.SOURCE``, ``cupy_kernels.KERNEL_SOURCE``:
-comparisons, ``+ - * /``, ``&&``/``||``, ``IIR_ADD``/``IIR_SUB``, ``0.0f``/``1.0f``, which
+``not``, ``True``/``False``, ``is``/``in``, small numeric constants) and in the C and
+CUDA kernel sources (``hnn_bridge/kernels/iir_native.c`` and ``iir_kernels.cu``, or C in a
+raw triple-quoted Python string: comparisons, ``+ - * /``, ``&&``/``||``, ``IIR_ADD``/``IIR_SUB``, ``0.0f``/``1.0f``, which
 a Python mutation tool does not see), and method names in Python (``.ge(`` to ``.gt(``,
 ``.add_`` to ``.sub_``, ``.detach()`` to ``.clone()``, ...). For every mutant the target's tests run (pytest,
 ``-x``, fastest killers first); a failing or timed-out run kills the mutant.
@@ -72,19 +72,20 @@ NEURON_TESTS = ("tests/test_mutants.py", "tests/test_neuron.py", "tests/test_pro
 TARGETS = (
     Target("coders", ("hnn_bridge/coders.py",), ("tests/test_coders.py", "tests/test_mutants.py")),
     Target("core", ("hnn_bridge/functional/iir.py", "hnn_bridge/functional/surrogate.py", "hnn_bridge/params.py",
-                    "hnn_bridge/neuron.py"), NEURON_TESTS,
+                    "hnn_bridge/neuron.py", "hnn_bridge/kernels/denormals.py"),
+           NEURON_TESTS,
            # thread-count tuning: no effect on any value by design (see the note)
            skip_functions=("one_thread", "_openmp", "one_thread_per_step")),
-    Target("native", ("hnn_bridge/functional/native.py",), NEURON_TESTS,
+    Target("native", ("hnn_bridge/kernels/native.py", "hnn_bridge/kernels/iir_native.c"), NEURON_TESTS,
            # compiler discovery, cache folders and thread chunking: no effect on values; the
            # 2x2 max pooling (Python and C) is the P2 layer's, tested by tests/test_norm.py etc.
-           skip_functions=("_cache_dir", "_compile", "_library", "native_unavailable_reason", "_run",
+           skip_functions=("_library", "native_unavailable_reason", "_run",
                            "native_maxpool2_forward", "native_maxpool2_backward",
                            "iir_native_maxpool2_forward", "iir_native_maxpool2_backward")),
-    Target("kernels", ("adapters/cupy_kernels.py",),
+    Target("kernels", ("hnn_bridge/kernels/iir_kernels.cu", "adapters/cupy_kernels.py"),
            ("tests/test_mutants.py", "tests/test_cupy.py", "tests/test_properties.py"),
-           # the CUDA launch path runs only on a GPU (tests/test_cupy.py there)
-           functions=("KERNEL_SOURCE", "_forward_scalars", "_backward_scalars", "_check_b", "CKernels",
+           # the CUDA launch path runs only on a GPU (tests/test_cupy.py there); a .cu file is all in scope
+           functions=("_forward_scalars", "_backward_scalars", "_check_b", "CKernels",
                       "compile_c_kernels")),
     Target("snntorch", ("adapters/snntorch.py",),
            ("tests/test_mutants.py", "tests/test_adapters_snntorch.py", "tests/test_dropin_snntorch.py",
@@ -106,16 +107,16 @@ TARGETS = (
 # first), each a unique snippet of a file and its replacement; ``--planted`` runs them.
 PLANTED = (
     ("core", "hnn_bridge/functional/iir.py", "torch.ge(v, vth, out=s_out[t])", "torch.gt(v, vth, out=s_out[t])"),
-    ("kernels", "adapters/cupy_kernels.py", "o = (v_new >= vth) ? 1.0f : 0.0f;", "o = (v_new > vth) ? 1.0f : 0.0f;"),
+    ("kernels", "hnn_bridge/kernels/iir_kernels.cu", "o = (v_new >= vth) ? 1.0f : 0.0f;", "o = (v_new > vth) ? 1.0f : 0.0f;"),
     ("snntorch", "adapters/snntorch.py", "beta=params.lam,", "beta=params.theta,"),
     ("snntorch", "adapters/snntorch.py", "        return self.reset_mem()\n",
      "        return torch.zeros_like(self._buffers['mem'])\n"),
     ("coders", "hnn_bridge/coders.py", "eps = torch.randn((self.steps, *mu.shape),",
      "eps = torch.randn((self.steps, 1, *mu.shape[1:]),"),
-    ("native", "hnn_bridge/functional/native.py", "EACH O[j] = V[j] >= vth ? 1.0f : 0.0f;",
+    ("native", "hnn_bridge/kernels/iir_native.c", "EACH O[j] = V[j] >= vth ? 1.0f : 0.0f;",
      "EACH O[j] = V[j] > vth ? 1.0f : 0.0f;"),
-    ("native", "hnn_bridge/functional/native.py", "if (detach_reset) EACH CO[j] = 0.0f;", "if (0) EACH CO[j] = 0.0f;"),
-    ("kernels", "adapters/cupy_kernels.py", "c_o = detach_reset ? 0.0f : g_r_t;", "c_o = g_r_t;"),
+    ("native", "hnn_bridge/kernels/iir_native.c", "if (detach_reset) EACH CO[j] = 0.0f;", "if (0) EACH CO[j] = 0.0f;"),
+    ("kernels", "hnn_bridge/kernels/iir_kernels.cu", "c_o = detach_reset ? 0.0f : g_r_t;", "c_o = g_r_t;"),
     ("core", "hnn_bridge/functional/iir.py", "[(k.theta, r), (1.0, o)]", "[(k.lam, r), (1.0, o)]"),
     ("core", "hnn_bridge/functional/iir.py", "out.mul_(-0.5 / (k.sigma * k.sigma))", "out.mul_(-1.0 / (k.sigma * k.sigma))"),
     ("core", "hnn_bridge/functional/iir.py", "c_o = zero if ctx.detach_reset else g_r_t", "c_o = g_r_t"),
@@ -244,10 +245,16 @@ _C_STRING = re.compile(r'^[rR]?"""')
 
 def _c_mutants(target: Target, rel: str, tok: tokenize.TokenInfo, lines: list[str]) -> list[Mutant]:
     """Mutants inside a kernel source string (a raw triple-quoted string of C)."""
-    out = []
     body_start = tok.string.index('"""') + 3
-    text = tok.string
-    row, col = tok.start
+    return _c_text_mutants(target, rel, tok.string, body_start, len(tok.string) - 3, tok.start, lines)
+
+
+def _c_text_mutants(target: Target, rel: str, text: str, body_start: int, body_end: int, start: tuple[int, int],
+                    lines: list[str]) -> list[Mutant]:
+    """Mutants in ``text[body_start:body_end]``, C code; ``text`` begins at (line, column)
+    ``start`` of the file whose lines are ``lines``."""
+    out = []
+    row, col = start
     # (line, col) of each offset of the token text
     positions = []
     r, c = row, col
@@ -257,7 +264,7 @@ def _c_mutants(target: Target, rel: str, tok: tokenize.TokenInfo, lines: list[st
             r, c = r + 1, 0
         else:
             c += 1
-    body = text[body_start:-3]
+    body = text[body_start:body_end]
     # blank out comments and preprocessor lines of the CUDA-only branch: never compiled here
     masked = re.sub(r"/\*.*?\*/", lambda m: " " * len(m.group()), body, flags=re.S)
     masked = re.sub(r"//[^\n]*", lambda m: " " * len(m.group()), masked)
@@ -286,6 +293,9 @@ def mutants_of(target: Target, tree: Path = ROOT) -> list[Mutant]:
     for rel in target.files:
         source = (tree / rel).read_text()
         lines = source.splitlines(keepends=True)
+        if rel.endswith((".c", ".cu")):  # a kernel source file: all of it is C
+            found.extend(_c_text_mutants(target, rel, source, 0, len(source), (1, 0), lines))
+            continue
         spans = _function_spans(source)
         docs = _docstring_lines(source)
         tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from ..params import IIRParams
-from .native import native_backward, native_enabled, native_forward, native_surrogate_exp
+from ..kernels.native import native_backward, native_enabled, native_forward, native_surrogate_exp
 from ..kernels.denormals import flushed_exp_
 from ..kernels.threads import one_thread
 from .surrogate import INV_SQRT_2PI, firing_probability, spike, spike_with
