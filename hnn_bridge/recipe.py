@@ -84,7 +84,8 @@ class Settings:
     """Every hyperparameter of one training run (§4.1 and Fang et al.'s reference setup).
 
     Attributes:
-        dataset: name for `hnn_bridge.data.load_dataset` (``mnist``, ``mnist-5k``, ...).
+        dataset: name for `hnn_bridge.data.load_dataset` (``mnist``, ``mnist-5k``, ...), or
+            ``imagefolder:PATH``: a folder of images of your own, one sub-folder per class.
         subset: use a stratified subset of this many pooled samples before the 6:2:2
             split (0: all); for quick profiles.
         split_seed: seed of the stratified 6:2:2 split (§4.1); fixed across seeds.
@@ -162,11 +163,21 @@ class Settings:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return INPUT_SHAPES[self.dataset]
+        """``(C, H, W)``: of the named dataset, or read from an ``imagefolder:PATH``'s first image."""
+        if self.dataset in INPUT_SHAPES:
+            return INPUT_SHAPES[self.dataset]
+        from .data import describe_dataset
+
+        return describe_dataset(self.dataset)[0]
 
     @property
     def num_classes(self) -> int:
-        return NUM_CLASSES[self.dataset]
+        """Class count: 10 for the named datasets, the class folders of an ``imagefolder:PATH``."""
+        if self.dataset in NUM_CLASSES:
+            return NUM_CLASSES[self.dataset]
+        from .data import describe_dataset
+
+        return describe_dataset(self.dataset)[1]
 
 
 SETTING_KEYS = tuple(f.name for f in fields(Settings))
@@ -357,12 +368,26 @@ def _choice(value: Any, where: str, choices: Iterable[str]) -> str:
     return value
 
 
+def _dataset(value: Any, where: str) -> str:
+    """A dataset name of `INPUT_SHAPES`, or ``imagefolder:PATH`` naming a folder of images
+    that exists (`hnn_bridge.data.load_dataset`)."""
+    from .data import IMAGE_FOLDER_PREFIX, describe_dataset
+
+    if isinstance(value, str) and value.startswith(IMAGE_FOLDER_PREFIX):
+        try:
+            describe_dataset(value)
+        except (FileNotFoundError, ValueError) as err:
+            raise RecipeError(f"{where}: {err}") from None
+        return value
+    return _choice(value, where, (*INPUT_SHAPES, f"{IMAGE_FOLDER_PREFIX}PATH"))
+
+
 def _check_setting(key: str, value: Any, where: str) -> Any:
     """Validate one hyperparameter value (``where`` names the file, section and key)."""
     from .backends import BACKENDS
 
     if key == "dataset":
-        return _choice(value, where, INPUT_SHAPES)
+        return _dataset(value, where)
     if key in ("subset", "split_seed", "seed"):
         return _int(value, where, 0)
     if key in ("epochs", "batch_size", "eval_batch_size", "steps"):
@@ -509,7 +534,7 @@ def _parse(source: str, data: Mapping[str, Any]) -> Recipe:
     for key, value in meta.items():
         if not isinstance(value, str):
             raise RecipeError(f"{_where(source, '[recipe]', key)}: expected a string, got {value!r}")
-    dataset = _choice(meta["dataset"], _where(source, "[recipe]", "dataset"), INPUT_SHAPES)
+    dataset = _dataset(meta["dataset"], _where(source, "[recipe]", "dataset"))
     defaults = _check_settings(source, "[defaults]",
                                _check_section(source, "[defaults]", data.get("defaults", {}), SETTING_KEYS))
     quick = _check_settings(source, "[quick]", _check_section(source, "[quick]", data.get("quick", {}), SETTING_KEYS))

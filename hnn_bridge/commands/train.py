@@ -58,14 +58,26 @@ def default_help(key: str, *, families: tuple[str, ...] = tuple(BASE_RECIPES)) -
 
 
 
+class _DatasetName(click.Choice):
+    """The named datasets, or ``imagefolder:PATH`` (the folder is checked as the recipe resolves)."""
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        from ..data import IMAGE_FOLDER_PREFIX
+
+        if isinstance(value, str) and value.startswith(IMAGE_FOLDER_PREFIX):
+            return value
+        return super().convert(value, param, ctx)
+
+
 @click.command("train")
 @click.argument("arch")
 @click.option("--coder", type=click.Choice(CODER_NAMES), default=None,
               help="Coder between ALs and SLs [default: duplicate; none for an all-A ARCH].")
 @click.option("--training", type=click.Choice(["simultaneous", "separate"]), default="simultaneous",
               show_default=True, help="§3.1: all layers from scratch, or pre-trained frozen ALs.")
-@click.option("--dataset", type=click.Choice(sorted(INPUT_SHAPES)), default=None,
-              help=default_help("dataset", families=("MNIST",)))
+@click.option("--dataset", type=_DatasetName([*sorted(INPUT_SHAPES), "imagefolder:PATH"]), default=None,
+              help="A named dataset, or imagefolder:PATH: your images, one folder per class "
+              f"{default_help('dataset', families=('MNIST',))}.")
 @click.option("--quick", is_flag=True, help="The smoke profile of the dataset's paper recipe.")
 @click.option("--epochs", type=click.IntRange(min=1), help=default_help("epochs"))
 @click.option("--steps", "-T", type=click.IntRange(min=1), help=f"Time steps T {default_help('steps')}.")

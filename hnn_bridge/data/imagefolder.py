@@ -15,6 +15,7 @@ import os
 import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,7 +24,8 @@ from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
 from .errors import DatasetFormatError
 from .paths import default_cache_dir
 
-__all__ = ["IMAGE_EXTENSIONS", "list_image_folder", "image_folder_cache_path", "read_image_folder"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolderInfo", "describe_image_folder", "image_folder_parts",
+           "list_image_folder", "image_folder_cache_path", "read_image_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +111,19 @@ def _decode_chunk(paths: list[str], mode: ImageReadMode) -> list[torch.Tensor]:
     return [_decode(p, mode) for p in paths]
 
 
+def _first_image(files: list[str]) -> tuple[ImageReadMode, tuple[int, ...]]:
+    """The colour mode of a tree (grey when its first image is grey, else RGB) and the
+    ``(C, H, W)`` of its first image in that mode."""
+    first = _decode(files[0], ImageReadMode.UNCHANGED)
+    mode = ImageReadMode.GRAY if first.shape[0] in (1, 2) else ImageReadMode.RGB
+    return mode, tuple(_decode(files[0], mode).shape)
+
+
 def _decode_all(files: list[str], workers: int | None) -> torch.Tensor:
     with warnings.catch_warnings():
         # torchvision 0.29 warns on every decode call that TorchCodec will take over image decoding
         warnings.filterwarnings("ignore", message=_TV_DEPRECATION, category=DeprecationWarning)
-        first = _decode(files[0], ImageReadMode.UNCHANGED)
-        mode = ImageReadMode.GRAY if first.shape[0] in (1, 2) else ImageReadMode.RGB
-        shape = tuple(_decode(files[0], mode).shape)
+        mode, shape = _first_image(files)
         out = torch.empty((len(files), *shape), dtype=torch.uint8)
 
         def work(start: int) -> None:
@@ -219,3 +227,68 @@ def read_image_folder(
         if cache_path.is_file():
             _remove_stale(cache_path, prefix)
     return images, labels, classes
+
+
+def image_folder_parts(root: str | os.PathLike[str]) -> list[Path]:
+    """The trees that make up the dataset at ``root``: ``[root]`` for ``root/<class>/<image>``,
+    or ``[root/train, root/test]`` when ``root`` holds exactly those two folders (each an
+    ImageFolder tree of the same classes; they are pooled, train first, as the named
+    datasets are)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    subfolders = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    if subfolders == ["test", "train"]:
+        return [root / "train", root / "test"]
+    return [root]
+
+
+@dataclass(frozen=True)
+class ImageFolderInfo:
+    """What a recipe needs to know about an image folder before it is decoded.
+
+    ``input_shape`` is ``(C, H, W)`` of its first image (C = 1 for grey images, else 3),
+    ``classes`` the class folder names in label order, ``count`` the number of image
+    files, ``parts`` the trees pooled (`image_folder_parts`)."""
+
+    input_shape: tuple[int, int, int]
+    classes: tuple[str, ...]
+    count: int
+    parts: tuple[Path, ...]
+
+
+_INFO_CACHE: dict[tuple[str, ...], ImageFolderInfo] = {}
+
+
+def _folder_stamp(parts: list[Path]) -> tuple[str, ...]:
+    """Resolved paths and modification times of the trees and their class folders: a new
+    or removed class folder or image changes one of them."""
+    stamp = []
+    for part in parts:
+        for folder in (part, *sorted(p for p in part.iterdir() if p.is_dir())):
+            stamp.append(f"{folder.resolve()}\0{folder.stat().st_mtime_ns}")
+    return tuple(stamp)
+
+
+def describe_image_folder(root: str | os.PathLike[str]) -> ImageFolderInfo:
+    """`ImageFolderInfo` of the dataset at ``root``, decoding one image only (cached while
+    the folders are unchanged). Raises :class:`FileNotFoundError` naming the folder when it
+    does not exist or has no class folder or no image, and :class:`DatasetFormatError`
+    when the first image cannot be decoded or ``train/`` and ``test/`` hold other classes."""
+    parts = image_folder_parts(root)
+    stamp = _folder_stamp(parts)
+    if stamp in _INFO_CACHE:
+        return _INFO_CACHE[stamp]
+    listed = [list_image_folder(part) for part in parts]
+    classes = listed[0][2]
+    for part, (_, _, other) in zip(parts[1:], listed[1:]):
+        if other != classes:
+            raise DatasetFormatError(f"the class folders of {parts[0]} ({classes}) and {part} ({other}) "
+                                     "differ; both must hold the same classes")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_TV_DEPRECATION, category=DeprecationWarning)
+        _, shape = _first_image(listed[0][0])
+    c, h, w = shape
+    info = ImageFolderInfo((c, h, w), tuple(classes), sum(len(files) for files, _, _ in listed), tuple(parts))
+    _INFO_CACHE[stamp] = info
+    return info

