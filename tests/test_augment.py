@@ -205,7 +205,7 @@ def test_a_recipe_augments_the_training_images_only(tmp_path, monkeypatch) -> No
 def test_a_network_learns_from_augmented_images() -> None:
     from hnn_bridge import build
     from hnn_bridge.data import load_dataset, split_622
-    from hnn_bridge.training.loop import train_model
+    from hnn_bridge.training.loop import TrainOptions, train_model
 
     ds = load_dataset("mnist-5k")
     pick = split_622(ds.labels, seed=0, ratios=(1000, len(ds) - 1000, 0)).train
@@ -215,7 +215,7 @@ def test_a_network_learns_from_augmented_images() -> None:
     val = TensorBatches(images, labels, split.val, batch_size=200, shuffle=False)
     torch.manual_seed(0)
     model = build("A784-A64-S10", steps=4, dropout=0.0)
-    log = train_model(model, list(model.parameters()), train, val, epochs=3, lr=2e-3)["log"]
+    log = train_model(model, list(model.parameters()), train, val, TrainOptions(epochs=3, lr=2e-3))["log"]
     # 600 real digits, 3 epochs: measured 0.79 argmax on the 200 held out (0.83 unaugmented); chance is 0.1
     assert log[-1]["train_loss"] < log[0]["train_loss"] < math.log(10)
     assert log[-1]["val_acc_argmax"] > 0.6

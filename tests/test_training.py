@@ -17,7 +17,7 @@ from hnn_bridge.data import TensorBatches, load_dataset, split_622
 from hnn_bridge.recipe import load_recipe
 from hnn_bridge.training import loop
 from hnn_bridge.training.checkpoint import torch_load
-from hnn_bridge.training.loop import NonFiniteLoss, evaluate, score_batch, train_model
+from hnn_bridge.training.loop import NonFiniteLoss, TrainOptions, evaluate, score_batch, train_model
 from hnn_bridge.training.runner import RunOptions, derive_seed, run_recipe
 
 TINY = TINY_RECIPE
@@ -51,7 +51,7 @@ def test_loss_decreases_and_best_validation_is_kept(data) -> None:
     train, val = data
     torch.manual_seed(0)
     model = build("A784-A64-S10", steps=4, dropout=0.0)
-    state = train_model(model, list(model.parameters()), train, val, epochs=3, lr=2e-3)
+    state = train_model(model, list(model.parameters()), train, val, TrainOptions(epochs=3, lr=2e-3))
     log = state["log"]
     assert [r["epoch"] for r in log] == [1, 2, 3]
     assert log[-1]["train_loss"] < log[0]["train_loss"]
@@ -70,16 +70,16 @@ def test_an_output_neuron_that_never_fires_is_recorded(data) -> None:
     out_norm = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)][-1]
     with torch.no_grad():
         out_norm.bias[7] = -1e4  # class 7's membrane can never reach V_th = 1
-    log = train_model(model, list(model.parameters()), train, val, epochs=2, lr=1e-3)["log"]
+    log = train_model(model, list(model.parameters()), train, val, TrainOptions(epochs=2, lr=1e-3))["log"]
     assert [r["train_out_dead"] for r in log] == [[7], [7]]
     assert 0.0 < log[0]["train_out_silent"] < 1.0
     torch.manual_seed(0)
     healthy = build("A784-A64-S10", steps=4, dropout=0.0, norm="batch")
-    assert train_model(healthy, list(healthy.parameters()), train, val, epochs=1, lr=1e-3)["log"][0][
-        "train_out_dead"] == []
+    one_epoch = TrainOptions(epochs=1, lr=1e-3)
+    healthy_log = train_model(healthy, list(healthy.parameters()), train, val, one_epoch)["log"]
+    assert healthy_log[0]["train_out_dead"] == []
     ann = build("A784-A64-A10", dropout=0.0)
-    assert train_model(ann, list(ann.parameters()), train, val, epochs=1, lr=1e-3)["log"][0][
-        "train_out_dead"] is None
+    assert train_model(ann, list(ann.parameters()), train, val, one_epoch)["log"][0]["train_out_dead"] is None
 
 
 def test_best_validation_ignores_later_worse_epochs(data, monkeypatch) -> None:
@@ -95,7 +95,7 @@ def test_best_validation_ignores_later_worse_epochs(data, monkeypatch) -> None:
     torch.manual_seed(0)
     model = build("A784-A16-S10", steps=2)
     snapshots = []
-    state = train_model(model, list(model.parameters()), train, val, epochs=3, lr=1e-3,
+    state = train_model(model, list(model.parameters()), train, val, TrainOptions(epochs=3, lr=1e-3),
                         on_epoch=lambda s: snapshots.append({k: v.clone() for k, v in s["model"].items()}))
     assert state["best_epoch"] == 2 and state["best_val"]["acc"] == 0.7
     assert [r["best"] for r in state["log"]] == [True, True, False]
@@ -120,7 +120,7 @@ def test_non_finite_loss_names_the_epoch_and_keeps_finished_epochs(data, monkeyp
     torch.manual_seed(0)
     model = build("A784-A16-S10", steps=2)
     with pytest.raises(NonFiniteLoss, match=r"non-finite training loss \(nan\) in epoch 2, batch 3") as info:
-        train_model(model, list(model.parameters()), train, val, epochs=3, lr=1e-3)
+        train_model(model, list(model.parameters()), train, val, TrainOptions(epochs=3, lr=1e-3))
     assert info.value.epoch == 2
     assert len(info.value.finished["log"]) == 1 and info.value.finished["best_epoch"] == 1
 
@@ -245,7 +245,7 @@ def test_logit_scale_multiplies_the_counts_in_the_loss_and_is_left_out_of_old_fi
     monkeypatch.setattr(loop.F, "cross_entropy", spy)
     torch.manual_seed(0)
     model = build("A784-A64-S10", steps=4, dropout=0.0)
-    train_model(model, list(model.parameters()), train, val, epochs=1, lr=2e-3, logit_scale=0.5)
+    train_model(model, list(model.parameters()), train, val, TrainOptions(epochs=1, lr=2e-3, logit_scale=0.5))
     counts = [2 * t for t in seen]  # every loss saw 0.5 x spike counts: integers in 0..T after doubling
     assert all(torch.equal(c, c.round()) and c.min() >= 0 and c.max() <= 4 for c in counts)
     assert any(bool((t != t.round()).any()) for t in seen)  # odd counts give halves

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -32,12 +32,23 @@ from .distributed import SINGLE, DistContext, all_gather_objects, all_reduce_sum
 __all__ = [
     "TIE_RULE",
     "EpochRecord",
+    "EpochTally",
     "Metrics",
     "NonFiniteLoss",
+    "Optimizers",
     "Progress",
+    "TrainOptions",
+    "TrainingRecord",
+    "data_parallel",
+    "epoch_record",
     "evaluate",
+    "resume",
     "score_batch",
+    "score_on_test",
+    "snapshot",
+    "train_epoch",
     "train_model",
+    "validate",
 ]
 
 TIE_RULE = (
@@ -187,70 +198,285 @@ def _clone(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in state.items()}
 
 
+@dataclass(frozen=True)
+class TrainOptions:
+    """What `train_model` trains with (a recipe row's settings of the same names).
+
+    ``lr_milestones`` / ``lr_gamma``: a `MultiStepLR` (none without milestones).
+    ``precision`` (``"32"``, ``"bf16"``, ``"16"``; `hnn_bridge.precision`): forward and loss
+    run under `torch.autocast` of that dtype (validation too), backward and Adam outside
+    it, as in PyTorch's AMP recipe; ``"16"`` on CUDA adds a GradScaler, saved with the
+    state. The neuron keeps its state in float32 (`hnn_bridge.functional.iir`).
+    ``logit_scale``: for a spiking output the loss is the cross entropy of ``logit_scale``
+    x the spike counts (eq. 2b: 1); a pure ANN's logits are used as they are.
+    """
+
+    epochs: int
+    lr: float
+    lr_milestones: Sequence[int] = ()
+    lr_gamma: float = 0.1
+    device: torch.device | str = "cpu"
+    precision: str = "32"
+    logit_scale: float = 1.0
+
+
+@dataclass
+class Optimizers:
+    """Adam over the trained parameters, its `MultiStepLR` (None without milestones) and
+    the float16 GradScaler (None unless ``precision="16"`` on CUDA)."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+
+    @classmethod
+    def make(cls, params: Sequence[nn.Parameter], options: TrainOptions) -> "Optimizers":
+        optimizer = torch.optim.Adam(params, lr=options.lr)
+        scaler = grad_scaler(options.precision, options.device)
+        milestones = list(options.lr_milestones)
+        scheduler = (torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, options.lr_gamma)
+                     if milestones else None)
+        return cls(optimizer, scheduler, scaler)
+
+    def step(self, loss: Tensor) -> None:
+        """zero_grad, backward and the Adam step (through the scaler when there is one)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+
+
+@dataclass
+class TrainingRecord:
+    """What the finished epochs left: their log (`EpochRecord` dicts), the best-validation
+    epoch (1-based, 0 before any), its metrics and weights, and the wall time."""
+
+    best_model: dict[str, Tensor]
+    best_epoch: int = 0
+    best_acc: float = -1.0
+    best_val: dict[str, Any] | None = None
+    log: list[dict[str, Any]] = field(default_factory=list)
+    wall: float = 0.0
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "TrainingRecord":
+        """The record a saved state holds (copies: the state stays as it was)."""
+        best_val = dict(state["best_val"]) if state.get("best_val") else None
+        return cls(best_model=_clone(state["best_model"]), best_epoch=int(state["best_epoch"]),
+                   best_acc=best_val["acc"] if best_val else -1.0, best_val=best_val,
+                   log=[dict(r) for r in state["log"]], wall=float(state.get("wall_s", 0.0)))
+
+    def update(self, epoch: int, val: Metrics, model: nn.Module) -> bool:
+        """Keep ``model``'s weights when epoch ``epoch``'s validation accuracy beats the best
+        so far (strictly: the first of equal epochs stays); return whether it did."""
+        improved = val.acc > self.best_acc
+        if improved:
+            self.best_epoch, self.best_acc, self.best_val = epoch, val.acc, val.as_dict()
+            self.best_model = _clone(model.state_dict())
+        return improved
+
+    def finished(self, epoch: int, wall: float) -> dict[str, Any]:
+        """What `NonFiniteLoss` carries when epoch ``epoch`` + 1 stops after ``wall`` seconds."""
+        return {"epoch": epoch, "best_epoch": self.best_epoch, "best_val": self.best_val,
+                "best_model": self.best_model, "log": self.log, "wall_s": wall}
+
+
+@dataclass
+class EpochTally:
+    """Sums over one epoch's training batches: loss x rows, strict hits, rows; for a
+    spiking output (``steps`` = T) the rows whose output was silent or saturated (every
+    class at every step) and, per class, the rows on which its output neuron fired."""
+
+    steps: int | None
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    silent: int = 0
+    saturated: int = 0
+    fired: Tensor | None = None
+
+    def add(self, out: Tensor, y: Tensor, loss: float) -> None:
+        """Count one batch: its outputs ``out`` [B, classes], labels and mean loss."""
+        self.loss_sum += loss * len(y)
+        self.correct += score_batch(out.detach(), y)[0]
+        self.seen += len(y)
+        if self.steps is not None:
+            self.silent += int((out == 0).all(dim=1).sum())
+            self.saturated += int((out == self.steps).all(dim=1).sum())
+            hits = (out.detach() > 0).sum(dim=0)
+            self.fired = hits if self.fired is None else self.fired + hits
+
+    def all_reduce(self, dist: DistContext) -> None:
+        """Sum every process's tally (DDP): sum of (global batch mean) x rows over all rows."""
+        self.correct, self.seen, self.loss_sum, self.silent, self.saturated = all_reduce_sum(
+            [self.correct, self.seen, self.loss_sum, self.silent, self.saturated], dist)
+        self.correct, self.seen = int(round(self.correct)), int(round(self.seen))
+        if self.fired is not None:
+            self.fired = torch.tensor(all_reduce_sum(self.fired.tolist(), dist))
+
+    def output_shares(self) -> tuple[float | None, float | None]:
+        """The shares of silent and of saturated rows (None, None for an ANN)."""
+        if self.steps is None:
+            return None, None
+        return self.silent / max(self.seen, 1), self.saturated / max(self.seen, 1)
+
+    def dead_classes(self) -> list[int] | None:
+        """The classes whose output neuron fired on no row (None for an ANN)."""
+        return None if self.fired is None else torch.nonzero(self.fired == 0).flatten().tolist()
+
+
+def data_parallel(model: nn.Module, device: torch.device | str, dist: DistContext) -> nn.Module:
+    """What the training forward/backward runs through: ``model`` itself, or under DDP a
+    `DistributedDataParallel` around it (batch norms made `SyncBatchNorm` first on CUDA)."""
+    if not dist.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    dev = torch.device(device)
+    if dev.type == "cuda":  # batch statistics over the global batch, as in one process
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)  # replaces the BN children in place
+    return DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
+
+
+def resume(state: Mapping[str, Any], model: nn.Module, opts: Optimizers, dist: DistContext) -> TrainingRecord:
+    """Load a saved state into ``model`` and ``opts`` and restore the RNG: each process's own
+    stream when it was saved by as many processes, else the saved stream (and under DDP a
+    new stream per rank drawn from it); return its `TrainingRecord`."""
+    model.load_state_dict(state["model"])
+    opts.optimizer.load_state_dict(state["optimizer"])
+    if opts.scheduler is not None and state.get("scheduler") is not None:
+        opts.scheduler.load_state_dict(state["scheduler"])
+    ranks = state.get("rng_ranks")
+    if dist.distributed and ranks is not None and len(ranks) == dist.world_size:
+        set_rng_state(ranks[dist.rank])
+    else:
+        set_rng_state(state["rng"])
+        if dist.distributed:  # saved with another number of processes: a new stream per rank
+            torch.manual_seed(rank_seed(int(torch.randint(0, 2**62, ())), dist.rank))
+    record = TrainingRecord.from_state(state)
+    if opts.scaler is not None and state.get("scaler") is not None:
+        opts.scaler.load_state_dict(state["scaler"])
+    return record
+
+
+def snapshot(epoch: int, model: nn.Module, opts: Optimizers, record: TrainingRecord,
+             device: torch.device | str, dist: DistContext) -> dict[str, Any]:
+    """The training state after ``epoch`` finished epochs, as saved and resumed (under DDP
+    a collective: every process calls it, and it holds every process's RNG state)."""
+    snap = {
+        "epoch": epoch, "model": model.state_dict(), "optimizer": opts.optimizer.state_dict(),
+        "scheduler": opts.scheduler.state_dict() if opts.scheduler is not None else None,
+        "rng": rng_state(device), "best_epoch": record.best_epoch, "best_val": record.best_val,
+        "best_model": record.best_model, "log": record.log, "wall_s": record.wall,
+        "scaler": opts.scaler.state_dict() if opts.scaler is not None else None,
+    }
+    if dist.distributed:  # every process's RNG state (collective: all processes call snapshot)
+        ranks = all_gather_objects(_cpu(snap["rng"]), dist)
+        snap.update(rng=ranks[0], rng_ranks=ranks, world_size=dist.world_size)
+    return snap
+
+
+def train_epoch(net: nn.Module, train_batches: Any, epoch: int, opts: Optimizers, options: TrainOptions, *,
+                steps: int | None, dist: DistContext, progress: Progress,
+                stop: Callable[[int, float], NonFiniteLoss]) -> EpochTally:
+    """One pass over epoch ``epoch``'s (0-based) training batches: forward and loss under
+    autocast, the optimizer step, the tally. Under DDP the loss is the global batch's
+    mean (all-reduced), so that a non-finite loss on any process stops all of them:
+    ``stop(batch, value)`` gives the error raised then (1-based batch)."""
+    scale = options.logit_scale if steps is not None else 1.0
+    tally = EpochTally(steps)
+    for i, (x, y) in enumerate(train_batches.epoch_batches(epoch)):
+        with autocast(options.precision, options.device):
+            out = net(x)
+            loss = F.cross_entropy(scale * out.float(), y)
+        value = float(loss.detach())
+        if dist.distributed:  # the global batch's mean loss, the same on every process
+            total, count = all_reduce_sum([value * len(y), len(y)], dist)
+            value = total / count if count else math.nan
+        if not math.isfinite(value):
+            raise stop(i + 1, value)
+        opts.step(loss)
+        tally.add(out, y, value)
+        progress.batch(i + 1, value)
+    return tally
+
+
+def validate(model: nn.Module, val_batches: Any, epoch: int, options: TrainOptions,
+             dist: DistContext) -> tuple[Metrics, dict[str, Any]]:
+    """`evaluate` on epoch ``epoch``'s validation batches, with every SL's spikes and
+    neuron-steps (`rates.recording_spike_rates`), summed over the processes under DDP."""
+    with recording_spike_rates(model) as totals:
+        val = evaluate(model, val_batches.epoch_batches(epoch), dist if dist.distributed else None,
+                       options.precision, options.logit_scale)
+    if dist.distributed and totals:  # every process's spikes and neuron-steps
+        summed = all_reduce_sum([v for pair in totals.values() for v in pair], dist)
+        totals = {k: summed[2 * j:2 * j + 2] for j, k in enumerate(totals)}
+    return val, totals
+
+
+def score_on_test(model: nn.Module, test_batches: Any, options: TrainOptions, dist: DistContext) -> Metrics:
+    """`evaluate` on the test set, leaving the global RNG (coder noise) as it found it, so
+    that training goes on bit for bit as without this pass."""
+    saved_rng = rng_state(options.device)
+    test = evaluate(model, test_batches.epoch_batches(0), dist if dist.distributed else None,
+                    options.precision, options.logit_scale)
+    set_rng_state(saved_rng)
+    return test
+
+
+def epoch_record(epoch: int, tally: EpochTally, val: Metrics, test: Metrics | None, lr: float, seconds: float,
+                 best: bool, totals: Mapping[str, Any]) -> EpochRecord:
+    """The log line of epoch ``epoch`` (1-based) from its tally, validation and test scores."""
+    seen = max(tally.seen, 1)
+    return EpochRecord(epoch, tally.loss_sum / seen, tally.correct / seen, val.acc, val.acc_argmax,
+                       val.tie_rate, lr, seconds, best, *tally.output_shares(), spike_rates(totals) or None,
+                       *((test.acc, test.acc_argmax, test.tie_rate) if test is not None else ()),
+                       train_out_dead=tally.dead_classes())
+
+
 def train_model(
     model: nn.Module,
     params: Sequence[nn.Parameter],
     train_batches: Any,
     val_batches: Any,
+    options: TrainOptions,
     *,
-    epochs: int,
-    lr: float,
-    lr_milestones: Sequence[int] = (),
-    lr_gamma: float = 0.1,
-    device: torch.device | str = "cpu",
     state: Mapping[str, Any] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     progress: Progress | None = None,
     dist: DistContext | None = None,
-    precision: str = "32",
     test_batches: Any = None,
-    logit_scale: float = 1.0,
 ) -> dict[str, Any]:
-    """Train ``params`` of ``model`` with Adam for ``epochs`` epochs; return the final state.
+    """Train ``params`` of ``model`` with Adam as ``options`` say; return the final state.
 
-    ``precision`` (``"32"``, ``"bf16"``, ``"16"``; `hnn_bridge.precision`): forward and loss
-    run under `torch.autocast` of that dtype (validation too), backward and Adam outside
-    it, as in PyTorch's AMP recipe; ``"16"`` on CUDA adds a GradScaler, saved with the
-    state. The neuron keeps its state in float32 (`hnn_bridge.functional.iir`).
-
-    ``logit_scale``: for a spiking output the loss is the cross entropy of ``logit_scale``
-    x the spike counts (eq. 2b: 1); a pure ANN's logits are used as they are.
-
-    ``test_batches`` (optional, like ``val_batches``): every epoch's weights are also scored
-    on the test set and logged (``test_acc``, ``test_acc_argmax``, ``test_tie_rate``), so
-    that a report can name the best *test* epoch as Fang et al.'s reference code does. The
-    selection stays on validation, and the training is the same bit for bit as without it:
-    the global RNG (coder noise of the test pass) is saved before and restored after.
-
+    Per epoch: `train_epoch`, the scheduler's step, `validate`, with ``test_batches``
+    `score_on_test` (logged as ``test_acc`` ..., for a report's best *test* epoch; the
+    selection stays on validation and the training is the same bit for bit), then the
+    best-validation weights (`TrainingRecord.update`) and the log line (`epoch_record`).
     ``train_batches`` / ``val_batches`` have ``epoch_batches(epoch)`` (`TensorBatches`);
-    the training order of epoch k depends only on the batches' seed and k. ``state`` (as
-    returned here or saved by ``on_epoch``) resumes after its last finished epoch: model,
-    optimizer, scheduler and RNG states are restored, so the result is the same bit for
-    bit as an uninterrupted run on the same machine. ``on_epoch(state)`` is called after
-    every epoch (the runner saves the state there).
+    the training order of epoch k depends only on the batches' seed and k.
 
-    The returned state has ``epoch`` (finished epochs), ``best_epoch`` (1-based, 0 when no
-    epoch finished), ``best_val`` (`Metrics` as a dict), ``best_model`` (a state dict),
-    ``log`` (`EpochRecord` dicts) and ``wall_s``.
+    ``state`` (a `snapshot`, as returned here or passed to ``on_epoch(state)`` after every
+    epoch, where the runner saves it) resumes after its last finished epoch (`resume`):
+    the result is the same bit for bit as an uninterrupted run on the same machine. The
+    state has ``epoch`` (finished epochs), ``best_epoch``, ``best_val`` (`Metrics` as a
+    dict), ``best_model`` (a state dict), ``log`` (`EpochRecord` dicts) and ``wall_s``.
 
-    Data parallel (``dist`` from `distributed.from_env` with several processes; every
-    process calls this with the same arguments): the forward/backward pass runs through
-    `torch.nn.parallel.DistributedDataParallel`, which starts every process from rank 0's
-    weights and averages the gradients; ``model`` itself stays unwrapped, so state dicts
-    keep their keys. ``train_batches`` must be this process's shard (`TensorBatches` with
-    ``rank``/``world_size`` and batch_size = global batch / world size) and
-    ``val_batches`` its share of the validation set: `evaluate` sums the counts over the
-    processes, so the validation metrics, the best epoch and the returned state are the
-    same on every process. The logged train loss/accuracy are over the global batches
-    (all-reduced); the loss is also all-reduced per batch so that a non-finite loss on
-    any process stops all of them together. Batch norms (``norm="batch"``) become
-    `torch.nn.SyncBatchNorm` on CUDA, so their statistics are the global batch's; on the
-    CPU (gloo, where SyncBatchNorm does not run) each process normalises with its own
-    shard's statistics and the running statistics are rank 0's (DDP broadcasts buffers).
-    After wrapping, each process reseeds torch's
-    RNG with `distributed.rank_seed` (torch's initial seed, rank), so dropout masks and
-    coder noise differ across processes; a saved state holds every process's RNG state,
-    and resuming with the same number of processes continues each stream exactly.
+    Data parallel (``dist`` from `distributed.from_env` with several processes, each
+    calling this with its shard of ``train_batches``, batch_size = global batch / world
+    size, and its share of ``val_batches``): the forward/backward runs through
+    `data_parallel`, which starts every process from rank 0's weights and averages the
+    gradients; ``model`` stays unwrapped, so state dicts keep their keys. Validation
+    counts and the logged train loss/accuracy are summed over the processes, so the best
+    epoch and the returned state are the same on every process. Batch norms become
+    `SyncBatchNorm` on CUDA; on the CPU (gloo) each process normalises with its shard's
+    statistics and the running statistics are rank 0's. Each process reseeds torch's RNG
+    with `distributed.rank_seed` (torch's initial seed, rank), so dropout masks and coder
+    noise differ across processes; resuming with as many processes continues each stream.
 
     Raises:
         NonFiniteLoss: a NaN or infinite loss; ``.finished`` holds the epochs before it.
@@ -258,134 +484,40 @@ def train_model(
     progress = progress or Progress()
     dist = dist or SINGLE
     steps = getattr(model, "steps", None)  # T of a spiking output (counts in 0..T), else None
-    scale = _loss_scale(model, logit_scale)
-    net: nn.Module = model  # what the training forward/backward runs through
-    if dist.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        dev = torch.device(device)
-        if dev.type == "cuda":  # batch statistics over the global batch, as in one process
-            nn.SyncBatchNorm.convert_sync_batchnorm(model)  # replaces the BN children in place
-        net = DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
-    optimizer = torch.optim.Adam(params, lr=lr)
-    scaler = grad_scaler(precision, device)
-    scheduler = (torch.optim.lr_scheduler.MultiStepLR(optimizer, list(lr_milestones), lr_gamma)
-                 if lr_milestones else None)
+    net = data_parallel(model, options.device, dist)
+    opts = Optimizers.make(params, options)
     start = 0
-    best_epoch, best_acc = 0, -1.0
-    best_val: dict[str, Any] | None = None
-    best_model: dict[str, Tensor] = _clone(model.state_dict())
-    log: list[dict[str, Any]] = []
-    wall = 0.0
+    record = TrainingRecord(best_model=_clone(model.state_dict()))
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        ranks = state.get("rng_ranks")
-        if dist.distributed and ranks is not None and len(ranks) == dist.world_size:
-            set_rng_state(ranks[dist.rank])
-        else:
-            set_rng_state(state["rng"])
-            if dist.distributed:  # saved with another number of processes: a new stream per rank
-                torch.manual_seed(rank_seed(int(torch.randint(0, 2**62, ())), dist.rank))
+        record = resume(state, model, opts, dist)
         start = int(state["epoch"])
-        best_epoch = int(state["best_epoch"])
-        best_val = dict(state["best_val"]) if state.get("best_val") else None
-        best_acc = best_val["acc"] if best_val else -1.0
-        best_model = _clone(state["best_model"])
-        log = [dict(r) for r in state["log"]]
-        wall = float(state.get("wall_s", 0.0))
-        if scaler is not None and state.get("scaler") is not None:
-            scaler.load_state_dict(state["scaler"])
     elif dist.distributed:
         torch.manual_seed(rank_seed(torch.initial_seed(), dist.rank))
 
-    def snapshot(epoch: int) -> dict[str, Any]:
-        snap = {
-            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": rng_state(device), "best_epoch": best_epoch, "best_val": best_val,
-            "best_model": best_model, "log": log, "wall_s": wall,
-            "scaler": scaler.state_dict() if scaler is not None else None,
-        }
-        if dist.distributed:  # every process's RNG state (collective: all processes call snapshot)
-            ranks = all_gather_objects(_cpu(snap["rng"]), dist)
-            snap.update(rng=ranks[0], rng_ranks=ranks, world_size=dist.world_size)
-        return snap
-
-    for epoch in range(start, epochs):
+    for epoch in range(start, options.epochs):
         t0 = time.perf_counter()
         model.train()
-        n_batches = len(train_batches)
-        progress.start_epoch(epoch + 1, epochs, n_batches)
-        loss_sum, correct, seen, silent, saturated = 0.0, 0, 0, 0, 0
-        fired = None  # per class: training images on which its output neuron spiked
-        current_lr = optimizer.param_groups[0]["lr"]
-        for i, (x, y) in enumerate(train_batches.epoch_batches(epoch)):
-            with autocast(precision, device):
-                out = net(x)
-                loss = F.cross_entropy(scale * out.float(), y)
-            value = float(loss.detach())
-            if dist.distributed:  # the global batch's mean loss, the same on every process
-                total, count = all_reduce_sum([value * len(y), len(y)], dist)
-                value = total / count if count else math.nan
-            if not math.isfinite(value):
-                finished = {"epoch": epoch, "best_epoch": best_epoch, "best_val": best_val,
-                            "best_model": best_model, "log": log, "wall_s": wall + time.perf_counter() - t0}
-                raise NonFiniteLoss(epoch + 1, i + 1, value, finished)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is None:
-                loss.backward()
-                optimizer.step()
-            else:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            loss_sum += value * len(y)
-            correct += score_batch(out.detach(), y)[0]
-            seen += len(y)
-            if steps is not None:
-                silent += int((out == 0).all(dim=1).sum())
-                saturated += int((out == steps).all(dim=1).sum())
-                hits = (out.detach() > 0).sum(dim=0)
-                fired = hits if fired is None else fired + hits
-            progress.batch(i + 1, value)
-        if dist.distributed:  # sum of (global batch mean) x rows over every process's rows
-            correct, seen, loss_sum, silent, saturated = all_reduce_sum(
-                [correct, seen, loss_sum, silent, saturated], dist)
-            correct, seen = int(round(correct)), int(round(seen))
-            if fired is not None:
-                fired = torch.tensor(all_reduce_sum(fired.tolist(), dist))
-        if scheduler is not None:
-            scheduler.step()
-        val_iter = val_batches.epoch_batches(epoch)
-        with recording_spike_rates(model) as totals:
-            val = evaluate(model, val_iter, dist if dist.distributed else None, precision, logit_scale)
-        if dist.distributed and totals:  # every process's spikes and neuron-steps
-            summed = all_reduce_sum([v for pair in totals.values() for v in pair], dist)
-            totals = {k: summed[2 * j:2 * j + 2] for j, k in enumerate(totals)}
-        test = None
-        if test_batches is not None:
-            saved_rng = rng_state(device)
-            test = evaluate(model, test_batches.epoch_batches(0), dist if dist.distributed else None, precision,
-                            logit_scale)
-            set_rng_state(saved_rng)
-        improved = val.acc > best_acc
-        if improved:
-            best_epoch, best_acc, best_val = epoch + 1, val.acc, val.as_dict()
-            best_model = _clone(model.state_dict())
+        progress.start_epoch(epoch + 1, options.epochs, len(train_batches))
+        lr = opts.optimizer.param_groups[0]["lr"]
+
+        def stop(batch: int, value: float, epoch: int = epoch, t0: float = t0) -> NonFiniteLoss:
+            finished = record.finished(epoch, record.wall + time.perf_counter() - t0)
+            return NonFiniteLoss(epoch + 1, batch, value, finished)
+
+        tally = train_epoch(net, train_batches, epoch, opts, options, steps=steps, dist=dist,
+                            progress=progress, stop=stop)
+        if dist.distributed:
+            tally.all_reduce(dist)
+        if opts.scheduler is not None:
+            opts.scheduler.step()
+        val, totals = validate(model, val_batches, epoch, options, dist)
+        test = score_on_test(model, test_batches, options, dist) if test_batches is not None else None
+        improved = record.update(epoch + 1, val, model)
         seconds = time.perf_counter() - t0
-        wall += seconds
-        out_shares = (silent / max(seen, 1), saturated / max(seen, 1)) if steps is not None else (None, None)
-        dead = None if fired is None else torch.nonzero(fired == 0).flatten().tolist()
-        record = EpochRecord(epoch + 1, loss_sum / max(seen, 1), correct / max(seen, 1), val.acc,
-                             val.acc_argmax, val.tie_rate, current_lr, seconds, improved, *out_shares,
-                             spike_rates(totals) or None,
-                             *((test.acc, test.acc_argmax, test.tie_rate) if test is not None else ()),
-                             train_out_dead=dead)
-        log.append(record.as_dict())
-        progress.end_epoch(record, (epochs - epoch - 1) * wall / len(log))
+        record.wall += seconds
+        line = epoch_record(epoch + 1, tally, val, test, lr, seconds, improved, totals)
+        record.log.append(line.as_dict())
+        progress.end_epoch(line, (options.epochs - epoch - 1) * record.wall / len(record.log))
         if on_epoch is not None:
-            on_epoch(snapshot(epoch + 1))
-    return snapshot(max(start, epochs))
+            on_epoch(snapshot(epoch + 1, model, opts, record, options.device, dist))
+    return snapshot(max(start, options.epochs), model, opts, record, options.device, dist)

@@ -65,7 +65,7 @@ from ..recipe import ADDED_LATER, Recipe, RecipeError, RowSpec, Settings, build_
 from .checkpoint import (CheckpointError, atomic_write_json, atomic_write_text, ensure_writable, load_state,
                          load_weights, read_checkpoint_json, remove_partial_writes, save_state, torch_save)
 from .distributed import SINGLE, DistContext, barrier
-from .loop import TIE_RULE, NonFiniteLoss, Progress, evaluate, train_model
+from .loop import TIE_RULE, NonFiniteLoss, TrainOptions, evaluate, train_model
 from .progress import ConsoleReporter, Reporter
 
 __all__ = ["EPOCH_FIELDS", "OutputBusy", "RESULTS_FORMAT", "RunOptions", "check_parallel", "derive_seed",
@@ -403,12 +403,12 @@ class _Run:
 
         status, error = "ok", None
         try:
-            final = train_model(model, params, train, val, epochs=s.epochs, lr=s.lr,
-                                lr_milestones=s.lr_milestones, lr_gamma=s.lr_gamma, device=self.device,
-                                state=state, on_epoch=on_epoch, progress=progress, dist=self.dist,
-                                precision=s.precision,
-                                test_batches=test if self.options.test_every_epoch else None,
-                                logit_scale=s.logit_scale)
+            options = TrainOptions(epochs=s.epochs, lr=s.lr, lr_milestones=s.lr_milestones,
+                                   lr_gamma=s.lr_gamma, device=self.device, precision=s.precision,
+                                   logit_scale=s.logit_scale)
+            final = train_model(model, params, train, val, options, state=state, on_epoch=on_epoch,
+                                progress=progress, dist=self.dist,
+                                test_batches=test if self.options.test_every_epoch else None)
         except NonFiniteLoss as err:
             final, status, error = dict(err.finished), "failed", str(err)
             reporter.note(f"row {row.index} {row.label} seed {job.seed_index}: {error}")
