@@ -344,7 +344,7 @@ def _check_tensor(x_seq: Tensor) -> None:
 
 
 class CupyIIRMultiStep(torch.autograd.Function):
-    """The CuPy twin of `hnn_bridge.functional.iir.IIRMultiStep` (same inputs and outputs,
+    """The CuPy twin of `hnn_bridge.kernels.fused.IIRMultiStep` (same inputs and outputs,
     without the ``smooth`` option): x_seq [T, ...] float32 on CUDA, the initial state
     (p1, p2, r, v, o; each a tensor on x_seq's device or None for zeros), the
     `Coefficients` and detach_reset. Returns spikes, V, p[T-1], p[T-2], R[T-1]; saves

@@ -22,7 +22,7 @@ Usage (from the repository root; about 35 minutes on 2 busy cores for every targ
     nice -n 19 .venv/bin/python tools/mutate.py                  # all targets, 2 workers
     nice -n 19 .venv/bin/python tools/mutate.py core kernels     # some targets
     .venv/bin/python tools/mutate.py --list                      # the mutants, no tests run
-    .venv/bin/python tools/mutate.py core --only iir.py:301      # mutants on one line
+    .venv/bin/python tools/mutate.py core --only fused.py:227     # mutants on one line
 
 It prints each mutant's fate as it is known and at the end the score per target and overall
 and the list of survivors (``--json FILE`` writes them too). Exit status 0 when the
@@ -72,7 +72,7 @@ NEURON_TESTS = ("tests/test_mutants.py", "tests/test_neuron.py", "tests/test_pro
 TARGETS = (
     Target("coders", ("hnn_bridge/coders.py",), ("tests/test_coders.py", "tests/test_mutants.py")),
     Target("core", ("hnn_bridge/functional/iir.py", "hnn_bridge/functional/surrogate.py", "hnn_bridge/params.py",
-                    "hnn_bridge/neuron.py", "hnn_bridge/kernels/denormals.py"),
+                    "hnn_bridge/neuron.py", "hnn_bridge/kernels/fused.py", "hnn_bridge/kernels/denormals.py"),
            NEURON_TESTS,
            # thread-count tuning: no effect on any value by design (see the note)
            skip_functions=("one_thread", "_openmp", "one_thread_per_step")),
@@ -106,7 +106,7 @@ TARGETS = (
 # Planted mutants: realistic single bugs written by hand (the five survivors of issue 32
 # first), each a unique snippet of a file and its replacement; ``--planted`` runs them.
 PLANTED = (
-    ("core", "hnn_bridge/functional/iir.py", "torch.ge(v, vth, out=s_out[t])", "torch.gt(v, vth, out=s_out[t])"),
+    ("core", "hnn_bridge/kernels/fused.py", "torch.ge(v, vth, out=s_out[t])", "torch.gt(v, vth, out=s_out[t])"),
     ("kernels", "hnn_bridge/kernels/iir_kernels.cu", "o = (v_new >= vth) ? 1.0f : 0.0f;", "o = (v_new > vth) ? 1.0f : 0.0f;"),
     ("snntorch", "adapters/snntorch.py", "beta=params.lam,", "beta=params.theta,"),
     ("snntorch", "adapters/snntorch.py", "        return self.reset_mem()\n",
@@ -117,9 +117,9 @@ PLANTED = (
      "EACH O[j] = V[j] > vth ? 1.0f : 0.0f;"),
     ("native", "hnn_bridge/kernels/iir_native.c", "if (detach_reset) EACH CO[j] = 0.0f;", "if (0) EACH CO[j] = 0.0f;"),
     ("kernels", "hnn_bridge/kernels/iir_kernels.cu", "c_o = detach_reset ? 0.0f : g_r_t;", "c_o = g_r_t;"),
-    ("core", "hnn_bridge/functional/iir.py", "[(k.theta, r), (1.0, o)]", "[(k.lam, r), (1.0, o)]"),
-    ("core", "hnn_bridge/functional/iir.py", "out.mul_(-0.5 / (k.sigma * k.sigma))", "out.mul_(-1.0 / (k.sigma * k.sigma))"),
-    ("core", "hnn_bridge/functional/iir.py", "c_o = zero if ctx.detach_reset else g_r_t", "c_o = g_r_t"),
+    ("core", "hnn_bridge/kernels/fused.py", "[(k.theta, r), (1.0, o)]", "[(k.lam, r), (1.0, o)]"),
+    ("core", "hnn_bridge/kernels/fused.py", "out.mul_(-0.5 / (k.sigma * k.sigma))", "out.mul_(-1.0 / (k.sigma * k.sigma))"),
+    ("core", "hnn_bridge/kernels/fused.py", "c_o = zero if detach_reset else g_r_t", "c_o = g_r_t"),
     ("core", "hnn_bridge/params.py", "if self.reset_decay is None else float(self.reset_decay)",
      "if self.membrane_decay is None else float(self.reset_decay)"),
     ("core", "hnn_bridge/params.py", "em + es, -math.exp(", "em + es, math.exp("),

@@ -1,8 +1,13 @@
-"""Pure functions of the IIR LIF neuron (Fang et al., 2020; paper eq. 1, 5, 6)."""
+"""Pure functions of the IIR LIF neuron (Fang et al., 2020; paper eq. 1, 5, 6).
 
+The equations and their entry points; the fused executor that `iir_multistep` and
+`iir_spikes` run (and its autograd Function `IIRMultiStep`, exported here too) lives in
+`hnn_bridge.kernels`.
+"""
+
+from ..kernels.fused import IIRMultiStep
 from .iir import (
     Coefficients,
-    IIRMultiStep,
     IIRState,
     charge,
     iir_multistep,

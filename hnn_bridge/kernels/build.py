@@ -72,7 +72,8 @@ def build_library(source: str, flags: Sequence[str], name: str, *, libs: Sequenc
             cmd = [cc, *flags, "-o", out, src, *libs]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
-                raise RuntimeError(f"compiling {name}.c failed ({' '.join(cmd)}):\n{done.stderr.strip()[:2000]}")
+                messages = done.stderr.strip()[:2000]
+                raise RuntimeError(f"compiling {name}.c failed ({' '.join(cmd)}):\n{messages}")
             os.replace(out, lib)
         finally:
             shutil.rmtree(work, ignore_errors=True)

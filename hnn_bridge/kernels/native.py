@@ -129,11 +129,11 @@ def _flat(t: Optional[Tensor]) -> Optional[Tensor]:
     return None if t is None else t.contiguous()
 
 
-def native_forward(x_seq: Tensor, state, k, *, keep_spikes: bool, keep_volts: bool,
+def native_forward(x_seq: Tensor, k, state=None, *, keep_spikes: bool, keep_volts: bool,
                    volts_out: Optional[Tensor] = None):
     """`fused.fused_forward` (Heaviside firing) in C: (spikes|None, volts|None, p1, p2, r,
-    v, o) for x_seq [T, ...], the initial state (p1, p2, r, v, o; None entries are zeros)
-    and the neuron's `Coefficients` ``k``."""
+    v, o) for x_seq [T, ...], the neuron's `Coefficients` ``k`` and the initial state
+    (p1, p2, r, v, o; None, or None entries, are zeros)."""
     lib = _library()
     kinds = term_kinds(k)
     scalars = (k.a1, k.a2, k.b, k.theta, k.lam, -k.v_threshold, k.v_threshold)  # ctypes rounds to float32
@@ -143,7 +143,7 @@ def native_forward(x_seq: Tensor, state, k, *, keep_spikes: bool, keep_volts: bo
     constant = steps > 1 and x_seq.stride(0) == 0
     x = x_seq[0].contiguous() if constant else x_seq.contiguous()
     x_step = 0 if constant else n
-    init = [_flat(s) for s in state]
+    init = [_flat(s) for s in ((None,) * 5 if state is None else state)]
     opts = dict(dtype=torch.float32, device=x_seq.device)
     spikes = torch.empty(x_seq.shape, **opts) if keep_spikes else None
     volts = (volts_out if volts_out is not None else torch.empty(x_seq.shape, **opts)) if keep_volts else None
@@ -175,8 +175,9 @@ def native_surrogate_exp(volts: Tensor, out: Tensor, k) -> Tensor:
     return out.exp_()
 
 
-def native_backward(g: Tensor, g_spikes: Optional[Tensor], g_volts: Optional[Tensor], g_p1, g_p2, g_r,
-                    k, detach_reset: bool):
+def native_backward(g: Tensor, k, *, detach_reset: bool, g_spikes: Optional[Tensor] = None,
+                    g_volts: Optional[Tensor] = None, g_p1: Optional[Tensor] = None,
+                    g_p2: Optional[Tensor] = None, g_r: Optional[Tensor] = None):
     """`fused.bptt`'s recurrence in C, in place on ``g`` (`native_surrogate_exp` of V in,
     grad_x out); returns the adjoints (cp0, cp1, c_r, c_v, c_o) of the initial state."""
     lib = _library()
