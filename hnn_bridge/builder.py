@@ -8,9 +8,10 @@ artificial. ALs run once per image; the coder adds the time axis; SLs run time-f
 
 from __future__ import annotations
 
+import enum
 import math
-from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -22,21 +23,195 @@ from .neuron import PostFilterBias, SynapseFilter
 from .params import IIRParams
 from .pooling import MaxPool2d
 
+def _batch_norm(shape: tuple[int, ...]) -> nn.Module:
+    """Batch normalisation of a weight op's output ``shape`` per sample: over features
+    (dense) or channels (conv); in an SL its statistics are over all T x B rows."""
+    return nn.BatchNorm1d(shape[0]) if len(shape) == 1 else nn.BatchNorm2d(shape[0])
+
+
+# The option vocabularies of a network, each defined here once: `recipe`, the command line
+# and the docs read them from here.
+#: §3.1: all layers from scratch, or the pre-trained ANN's ALs frozen and only SLs trained
 TRAININGS = ("simultaneous", "separate")
-NORMS = ("none", "batch")
+#: the normalisation after every weight op -> a module for the op's output shape per
+#: sample (None: no normalisation); not in the paper
+NORMS: dict[str, Callable[[tuple[int, ...]], nn.Module] | None] = {"none": None, "batch": _batch_norm}
 #: where a spiking layer's bias (or batch-norm shift) acts: after the synapse filter, as in
 #: Fang et al.'s layers (I = W F + b), or on the current before it (every run before 2026-12-06)
 BIAS_PLACEMENTS = ("after_filter", "before_filter")
+#: §4.2: the first SL takes the coded values as its current (direct) or through its synapse filter
 INPUT_MODES = ("direct", "axon")
-ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid}
+#: the activation of the ALs
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid}
 
 
-class _DefaultCoder(str):
-    """The default coder, told apart from an explicit ``coder="duplicate"``: a plain ANN
-    silently has no coder, but asking for one on it is an error."""
+class Default(enum.Enum):
+    """A keyword left out where its value depends on the network (not None, which is a
+    value): `NetworkConfig`'s ``coder``."""
+
+    #: duplicate for a network with spiking layers, no coder for a plain ANN (where an
+    #: explicit coder is an error)
+    CODER = "duplicate, or none for a plain ANN"
 
 
-_DEFAULT_CODER = _DefaultCoder("duplicate")
+@dataclass(frozen=True)
+class NetworkConfig:
+    """What `build` makes a network from: the architecture and every option, validated.
+
+    Construction checks every rule and raises `ConfigError` (a `ValueError`) naming the
+    one broken, or `ArchError` for a malformed architecture; the fields then hold the
+    resolved values (``arch`` the canonical text, ``coder`` None for a plain ANN,
+    ``activation`` chosen, ``neuron`` an `IIRParams`).
+
+    Attributes:
+        arch: e.g. ``"A784-A500-S10"`` (see `hnn_bridge.notation`), or its layer specs.
+        coder: one of `hnn_bridge.coders.CODERS` (§3.2); None for an all-A spec, which is
+            also what leaving it out means there (`Default.CODER`: else duplicate).
+        steps: time steps T of the spiking part.
+        backend: neuron implementation, see `hnn_bridge.backends.BACKENDS`.
+        input_shape: (C, H, W) of one image.
+        input_mode: ``"direct"``: the first SL takes the coded values as its current
+            unfiltered (§4.2); ``"axon"``: through the synapse filter, as a PSP.
+        neuron: `IIRParams` or a dict of its keyword arguments for every SL.
+        training: ``"simultaneous"`` or ``"separate"`` (§3.1); checked against the coder.
+        activation: of the ALs, ``"relu"`` or ``"sigmoid"``; None: sigmoid for the
+            Poisson coder (rates in (0, 1), §4.3.3), else ReLU.
+        dropout: probability between layers (time-shared mask in the spiking part).
+        norm: a key of `NORMS`: ``"none"``, or ``"batch"``: a batch normalisation after
+            every weight op of ALs and SLs except an artificial output layer (the logits);
+            in SLs its statistics are over all T x B rows (shared over time). Not in the
+            paper: the CIFAR-10 recipes need it for the deep spiking CNNs to learn.
+        gaussian_sigma0: Gaussian coding only: when > 0, the ln sigma half of the last
+            AL's bias starts at ln(gaussian_sigma0), so that the coder starts close to
+            duplicate coding and learns its noise; 0 keeps PyTorch's default
+            initialisation (sigma near 1 everywhere). The paper names none.
+        bias_placement: where each SL's bias (or batch-norm shift) enters the neuron:
+            ``"after_filter"``, Fang et al.'s form (I = W F + b; their layers, on which
+            the paper's experiments ran), or ``"before_filter"``, inside the filtered
+            current, as every run before 2026-12-06 was built (kept so that those
+            checkpoints load and give their numbers). The same network where an SL has no
+            filter (direct input).
+    """
+
+    arch: str | Sequence[LayerSpec]
+    coder: str | None | Default = Default.CODER
+    steps: int = 25
+    backend: str = "reference"
+    input_shape: Sequence[int] = (1, 28, 28)
+    input_mode: str = "direct"
+    neuron: IIRParams | Mapping[str, Any] | None = None
+    training: str = "simultaneous"
+    activation: str | None = None
+    dropout: float = 0.0
+    norm: str = "none"
+    gaussian_sigma0: float = 0.0
+    bias_placement: str = "after_filter"
+    #: the parsed ``arch``
+    specs: tuple[LayerSpec, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # each step checks its rules in the order that names the first one broken
+        self._resolve_arch()
+        self._resolve_coder()
+        self._check_options()
+        self._check_coder_rules()
+
+    def _set(self, name: str, value: Any) -> None:
+        """Store a resolved value (the dataclass is frozen to everyone else)."""
+        object.__setattr__(self, name, value)
+
+    def _resolve_arch(self) -> None:
+        """``input_shape`` as ints, ``arch`` parsed against it, and the neuron's constants."""
+        self._set("input_shape", tuple(int(s) for s in self.input_shape))
+        if len(self.input_shape) != 3 or min(self.input_shape) < 1:
+            raise ConfigError(f"input_shape must be (C, H, W) with positive sizes, got {self.input_shape}")
+        arch = self.arch
+        self._set("specs", tuple(parse_arch(arch, self.input_shape) if isinstance(arch, str) else arch))
+        self._set("arch", "-".join(s.token for s in self.specs))
+        self._set("neuron", IIRParams.from_any(self.neuron))
+
+    def _resolve_coder(self) -> None:
+        """None for a plain ANN, duplicate where left out (`Default.CODER`), else checked."""
+        coder, text = self.coder, self.arch
+        if not any(s.spiking for s in self.specs):
+            if coder is not None and coder is not Default.CODER:
+                raise ConfigError(
+                    f"{text!r} is all artificial (a plain ANN): it has no coder; pass coder=None"
+                )
+            coder = None
+        elif coder is None:
+            raise ConfigError(f"{text!r} has spiking layers: choose a coder ({', '.join(CODERS)})")
+        elif coder is Default.CODER:
+            coder = "duplicate"
+        else:
+            _check_choice("coder", coder, CODERS)
+        self._set("coder", coder)
+
+    def _check_options(self) -> None:
+        """Each option on its own: a known name, a number in range; the activation chosen."""
+        from .backends import BACKENDS
+
+        training, steps, dropout = self.training, self.steps, self.dropout
+        if training not in TRAININGS:
+            raise ConfigError(f"unknown training method {training!r}; choose one of {', '.join(TRAININGS)}")
+        _check_choice("input_mode", self.input_mode, INPUT_MODES)
+        _check_choice("backend", self.backend, BACKENDS)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"steps (T) must be an integer >= 1, got {steps!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}")
+        _check_choice("norm", self.norm, NORMS)
+        _check_choice("bias_placement", self.bias_placement, BIAS_PLACEMENTS)
+        self._set("activation", self.activation or ("sigmoid" if self.coder == "poisson" else "relu"))
+        _check_choice("activation", self.activation, ACTIVATIONS)
+
+    def _check_coder_rules(self) -> None:
+        """The coder against the training method and the layers (§3.1-3.3)."""
+        coder, training, sigma0, text = self.coder, self.training, self.gaussian_sigma0, self.arch
+        if coder == "gaussian":
+            if training == "separate":
+                raise ConfigError(
+                    "gaussian coding cannot use separate training: its last AL has twice the units "
+                    "(mu, ln sigma), so the pre-trained ANN's weights do not fit (§3.3); use simultaneous"
+                )
+            if not any(s.kind == "A" for s in self.specs):
+                raise ConfigError(
+                    f"gaussian coding needs an artificial layer to produce (mu, ln sigma); {text!r} is all "
+                    "spiking and codes the input itself: use duplicate or poisson"
+                )
+        if sigma0 < 0 or not math.isfinite(sigma0):
+            raise ConfigError(
+                f"gaussian_sigma0 must be a finite number >= 0 (0: default init), got {sigma0!r}"
+            )
+        if sigma0 > 0 and coder != "gaussian":
+            raise ConfigError(f"gaussian_sigma0 = {sigma0!r} needs coder='gaussian' (the coder is {coder!r})")
+        if coder == "poisson" and training == "simultaneous" and any(s.has_weights and not s.spiking
+                                                                       for s in self.specs):
+            raise ConfigError(
+                "poisson coding is not differentiable, so its ALs cannot be trained with the SLs: "
+                "use training='separate' (pre-trained, frozen ALs) or an all-S spec (§3.1, §3.3)"
+            )
+        if training == "separate" and coder is None:
+            raise ConfigError(f"{text!r} is a pure ANN: separate training needs spiking layers")
+
+    def settings(self) -> dict[str, Any]:
+        """The options as plain data (`HybridNet.settings`): every field but ``arch``, with
+        ``steps`` None for a plain ANN and ``gaussian_sigma0`` only where it is > 0."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.init and f.name not in _NOT_SETTINGS}
+        out["steps"] = self.steps if self.coder else None
+        out["neuron"] = self.neuron.as_dict()
+        if self.gaussian_sigma0 > 0:
+            out["gaussian_sigma0"] = self.gaussian_sigma0
+        return out
+
+
+# `NetworkConfig.settings` leaves these out (gaussian_sigma0 is added where it is set)
+_NOT_SETTINGS = ("arch", "gaussian_sigma0")
+
+
+def _check_choice(name: str, value: Any, choices: Iterable[str]) -> None:
+    if value not in tuple(choices):
+        raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
 
 
 @dataclass(frozen=True)
@@ -98,7 +273,8 @@ class HybridNet(nn.Module):
     - ``filters``: SL index -> its `SynapseFilter` where the filter runs apart from the
       neuron (``bias_placement="after_filter"``; that neuron then has synapse "none");
       `synapse_params` gives every SL's effective neuron constants either way;
-    - ``biases``: SL index -> its `PostFilterBias` (after_filter without a norm).
+    - ``biases``: SL index -> its `PostFilterBias` (after_filter without a norm);
+    - ``config``: the `NetworkConfig` it was built from (``settings`` is its plain data).
     """
 
     def __init__(
@@ -123,6 +299,7 @@ class HybridNet(nn.Module):
         self.filters: dict[int, SynapseFilter] = {}
         self.biases: dict[int, PostFilterBias] = {}
         self.settings = settings
+        self.config: NetworkConfig | None = None
 
     def synapse_params(self, index: int) -> IIRParams:
         """The neuron constants of SL ``index`` (into ``layers``) as one neuron: with its
@@ -177,9 +354,8 @@ class HybridNet(nn.Module):
 
 def _norm_layer(norm: str, shape: tuple[int, ...]) -> nn.Module | None:
     """The normalisation after a weight op whose output per sample has ``shape``."""
-    if norm == "none":
-        return None
-    return nn.BatchNorm1d(shape[0]) if len(shape) == 1 else nn.BatchNorm2d(shape[0])
+    make = NORMS[norm]
+    return None if make is None else make(shape)
 
 
 @dataclass
@@ -190,17 +366,8 @@ class _Assembly:
     the builder before normalisation existed, so older checkpoints still load.
     """
 
-    specs: list[LayerSpec]
-    input_shape: tuple[int, ...]
-    coder: str | None
+    config: NetworkConfig
     coder_module: Coder | None
-    params: IIRParams
-    backend: str
-    input_mode: str
-    activation: type[nn.Module]
-    dropout: float
-    norm: str
-    bias_placement: str = "after_filter"
     shape: tuple[int, ...] = ()
     al: list[nn.Module] = field(default_factory=list)
     sl: list[nn.Module] = field(default_factory=list)
@@ -212,7 +379,10 @@ class _Assembly:
     layers: list[LayerInfo] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.shape = self.input_shape
+        c = self.config
+        self.specs, self.coder, self.params, self.dropout = c.specs, c.coder, c.neuron, c.dropout
+        self.activation = ACTIVATIONS[c.activation]
+        self.shape = c.input_shape
         self.widen = self.coder_module.width_factor if self.coder_module else 1
         self.last_al = last_al(self.specs)
         self.first_sl = next((i for i, s in enumerate(self.specs) if s.spiking and s.has_weights), None)
@@ -230,7 +400,7 @@ class _Assembly:
 
     def input_token(self, i: int, s: LayerSpec) -> None:
         """The weightless first token of an MLP (a learnable head for the Gaussian coder)."""
-        self.shape = (math.prod(self.input_shape),)
+        self.shape = (math.prod(self.config.input_shape),)
         self.al.append(nn.Flatten())
         self.layers.append(LayerInfo(s.token, "input", "input", self.shape, 0, 0, "values", False))
         if i == self.last_al and self.widen > 1:  # Gaussian: a learnable head makes (mu, ln sigma)
@@ -282,7 +452,7 @@ class _Assembly:
         out_layer = i == len(self.specs) - 1
         coder_input = i == self.last_al and self.widen > 1  # (mu, ln sigma): activation on mu only
         self.al.extend((*flatten, op))
-        norm = None if out_layer or coder_input else _norm_layer(self.norm, out_shape)
+        norm = None if out_layer or coder_input else _norm_layer(self.config.norm, out_shape)
         if norm is not None:
             self.al.append(norm)
             n_params += sum(p.numel() for p in norm.parameters())
@@ -315,12 +485,12 @@ class _Assembly:
         flatten, op, macs, out_shape = self._weight_op(i, s)
         constant = i == self.first_sl and self.coder == "duplicate"
         layer_params = self.params
-        if i == self.first_sl and self.input_mode == "direct":
+        if i == self.first_sl and self.config.input_mode == "direct":
             layer_params = replace(self.params, synapse="none")
-        norm = _norm_layer(self.norm, out_shape)
+        norm = _norm_layer(self.config.norm, out_shape)
         from .backends import make_neuron
 
-        split = self.bias_placement == "after_filter" and layer_params.synapse != "none"
+        split = self.config.bias_placement == "after_filter" and layer_params.synapse != "none"
         if split:
             after: nn.Module = PostFilterBias.like(op) if norm is None else SeqOp(norm)
             if norm is not None:
@@ -340,7 +510,7 @@ class _Assembly:
                 self.biases[len(self.layers)] = after
             layer_params = replace(layer_params, synapse="none")
             n_params += sum(p.numel() for p in after.parameters()) if norm is None else 0
-        self.neurons[len(self.layers)] = neuron = make_neuron(self.backend, layer_params)
+        self.neurons[len(self.layers)] = neuron = make_neuron(self.config.backend, layer_params)
         self.sl.append(neuron)
         if i != len(self.specs) - 1 and self.dropout > 0:
             self.sl.append(TimeSharedDropout(self.dropout))
@@ -348,142 +518,41 @@ class _Assembly:
         self.layers.append(LayerInfo(s.token, "SL", s.op, out_shape, n_params, macs, fed_by, not constant))
         self.shape = out_shape
 
-def build(
-    arch: str | Sequence[LayerSpec],
-    *,
-    coder: str | None = _DEFAULT_CODER,
-    steps: int = 25,
-    backend: str = "reference",
-    input_shape: Sequence[int] = (1, 28, 28),
-    input_mode: str = "direct",
-    neuron: IIRParams | Mapping[str, Any] | None = None,
-    training: str = "simultaneous",
-    activation: str | None = None,
-    dropout: float = 0.0,
-    norm: str = "none",
-    gaussian_sigma0: float = 0.0,
-    bias_placement: str = "after_filter",
-) -> HybridNet:
-    """Build a hybrid network from an architecture string.
+def build(arch: str | Sequence[LayerSpec] | NetworkConfig, **options: Any) -> HybridNet:
+    """Build a hybrid network: ``build("A784-A500-S10", coder="gaussian", steps=25)``.
 
-    Args:
-        arch: e.g. ``"A784-A500-S10"`` (see `hnn_bridge.notation`).
-        coder: ``"duplicate"``, ``"gaussian"`` or ``"poisson"`` (§3.2); must be None
-            (or left at its default) for an all-A spec.
-        steps: time steps T of the spiking part.
-        backend: neuron implementation, see `hnn_bridge.backends.BACKENDS`.
-        input_shape: (C, H, W) of one image.
-        input_mode: ``"direct"``: the first SL takes the coded values as its current
-            unfiltered (§4.2); ``"axon"``: through the synapse filter, as a PSP.
-        neuron: `IIRParams` or a dict of its keyword arguments for every SL.
-        training: ``"simultaneous"`` or ``"separate"`` (§3.1); checked against the coder.
-        activation: of the ALs, ``"relu"`` or ``"sigmoid"``; default sigmoid for the
-            Poisson coder (rates in (0, 1), §4.3.3), else ReLU.
-        dropout: probability between layers (time-shared mask in the spiking part).
-        norm: ``"none"``, or ``"batch"``: a batch normalisation after every weight op
-            of ALs and SLs except an artificial output layer (the logits); in SLs its
-            statistics are over all T x B rows (shared over time). Not in the paper:
-            the CIFAR-10 recipes need it for the deep spiking CNNs to learn.
-        gaussian_sigma0: Gaussian coding only: when > 0, the ln sigma half of the last
-            AL's bias starts at ln(gaussian_sigma0), so that the coder starts close to
-            duplicate coding and learns its noise; 0 keeps PyTorch's default
-            initialisation (sigma near 1 everywhere). The paper names none.
-        bias_placement: where each SL's bias (or batch-norm shift) enters the neuron:
-            ``"after_filter"``, Fang et al.'s form (I = W F + b; their layers, on which
-            the paper's experiments ran), or ``"before_filter"``, inside the filtered
-            current, as every run before 2026-12-06 was built (kept so that those
-            checkpoints load and give their numbers). The same network where an SL has no
-            filter (direct input).
+    ``arch`` and the keyword ``options`` are the fields of `NetworkConfig` (the
+    architecture, ``coder``, ``steps``, ``backend``, ``input_shape``, ``input_mode``,
+    ``neuron``, ``training``, ``activation``, ``dropout``, ``norm``, ``gaussian_sigma0``,
+    ``bias_placement``); or ``arch`` is a `NetworkConfig` itself, without options.
 
     Raises:
         ArchError: malformed architecture, or an MLP input width that does not match.
         ConfigError: an impossible combination, naming the rule it breaks.
     """
-    from .backends import BACKENDS
-
-    input_shape = tuple(int(s) for s in input_shape)
-    if len(input_shape) != 3 or min(input_shape) < 1:
-        raise ConfigError(f"input_shape must be (C, H, W) with positive sizes, got {input_shape}")
-    specs = parse_arch(arch, input_shape) if isinstance(arch, str) else list(arch)
-    text = "-".join(s.token for s in specs)
-    params = IIRParams.from_any(neuron)
-    has_sl = any(s.spiking for s in specs)
-    has_al_weights = any(s.has_weights and not s.spiking for s in specs)
-
-    explicit_coder = not isinstance(coder, _DefaultCoder)
-    if not has_sl:
-        if coder is not None and explicit_coder:
-            raise ConfigError(
-                f"{text!r} is all artificial (a plain ANN): it has no coder; pass coder=None"
+    if isinstance(arch, NetworkConfig):
+        if options:
+            raise TypeError(
+                f"build(config) takes no options; got {', '.join(options)} (use dataclasses.replace)"
             )
-        coder = None
-    elif coder is None:
-        raise ConfigError(f"{text!r} has spiking layers: choose a coder ({', '.join(CODERS)})")
-    elif coder not in CODERS:
-        raise ConfigError(f"unknown coder {coder!r}; choose one of {', '.join(CODERS)}")
-    coder = None if coder is None else str(coder)
-    if training not in TRAININGS:
-        raise ConfigError(f"unknown training method {training!r}; choose one of {', '.join(TRAININGS)}")
-    if input_mode not in INPUT_MODES:
-        raise ConfigError(f"unknown input_mode {input_mode!r}; choose one of {', '.join(INPUT_MODES)}")
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"steps (T) must be an integer >= 1, got {steps!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"dropout must be in [0, 1), got {dropout!r}")
-    if norm not in NORMS:
-        raise ConfigError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
-    if bias_placement not in BIAS_PLACEMENTS:
-        raise ConfigError(f"unknown bias_placement {bias_placement!r}; choose one of {', '.join(BIAS_PLACEMENTS)}")
-    activation = activation or ("sigmoid" if coder == "poisson" else "relu")
-    if activation not in ACTIVATIONS:
-        raise ConfigError(f"unknown activation {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
-
-    all_spiking = has_sl and not any(s.kind == "A" for s in specs)
-    if coder == "gaussian":
-        if training == "separate":
-            raise ConfigError(
-                "gaussian coding cannot use separate training: its last AL has twice the units "
-                "(mu, ln sigma), so the pre-trained ANN's weights do not fit (§3.3); use simultaneous"
-            )
-        if all_spiking:
-            raise ConfigError(
-                f"gaussian coding needs an artificial layer to produce (mu, ln sigma); {text!r} is all "
-                "spiking and codes the input itself: use duplicate or poisson"
-            )
-    if gaussian_sigma0 < 0 or not math.isfinite(gaussian_sigma0):
-        raise ConfigError(f"gaussian_sigma0 must be a finite number >= 0 (0: default init), got {gaussian_sigma0!r}")
-    if gaussian_sigma0 > 0 and coder != "gaussian":
-        raise ConfigError(f"gaussian_sigma0 = {gaussian_sigma0!r} needs coder='gaussian' (the coder is {coder!r})")
-    if coder == "poisson" and training == "simultaneous" and has_al_weights:
-        raise ConfigError(
-            "poisson coding is not differentiable, so its ALs cannot be trained with the SLs: "
-            "use training='separate' (pre-trained, frozen ALs) or an all-S spec (§3.1, §3.3)"
-        )
-    if training == "separate" and not has_sl:
-        raise ConfigError(f"{text!r} is a pure ANN: separate training needs spiking layers")
-
-    coder_module = make_coder(coder, steps) if coder else None
-    parts = _Assembly(specs, input_shape, coder, coder_module, params, backend, input_mode,
-                      ACTIVATIONS[activation], dropout, norm, bias_placement)
+        config = arch
+    else:
+        config = NetworkConfig(arch, **options)
+    specs, coder = config.specs, config.coder
+    coder_module = make_coder(coder, config.steps) if coder else None
+    parts = _Assembly(config, coder_module)
     for i, s in enumerate(specs):
         parts.add(i, s)
 
     if specs[-1].width < 2:
         raise ConfigError(f"the output layer {specs[-1].token!r} must have at least 2 units (one per class)")
-    settings = dict(
-        coder=coder, steps=steps if coder else None, backend=backend, input_shape=input_shape,
-        input_mode=input_mode, neuron=params.as_dict(), training=training, activation=activation,
-        dropout=dropout, norm=norm, bias_placement=bias_placement,
-    )
-    model = HybridNet(text, nn.Sequential(*parts.al), coder_module, parts.first_op, nn.Sequential(*parts.sl),
-                      parts.layers, settings)
+    model = HybridNet(config.arch, nn.Sequential(*parts.al), coder_module, parts.first_op,
+                      nn.Sequential(*parts.sl), parts.layers, config.settings())
+    model.config = config
     model.weight_ops, model.neurons, model.filters = parts.weight_ops, parts.neurons, parts.filters
     model.biases = parts.biases
-    if gaussian_sigma0 > 0:
+    if config.gaussian_sigma0 > 0:
         head = model.weight_ops[max(i for i, info in enumerate(model.layers) if info.part == "AL")]
         with torch.no_grad():  # (mu, ln sigma) are stacked along dim 1: the second half is ln sigma
-            head.bias[head.bias.numel() // 2:] = math.log(gaussian_sigma0)
-        settings["gaussian_sigma0"] = gaussian_sigma0
+            head.bias[head.bias.numel() // 2:] = math.log(config.gaussian_sigma0)
     return model

@@ -11,8 +11,6 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-CODERS = ("duplicate", "gaussian", "poisson")
-
 
 class Coder(nn.Module):
     """Base class: ``steps`` is T; ``width_factor`` is how many values per coded unit the
@@ -98,8 +96,14 @@ class PoissonCoder(Coder):
         return (draws < rates.detach()).to(rates.dtype)
 
 
+#: the coders by name (§3.2), each defined once, as its class
+_CLASSES: dict[str, type[Coder]] = {c.name: c for c in (DuplicateCoder, GaussianCoder, PoissonCoder)}
+#: the coder names that `hnn_bridge.build`, recipes and the command line accept
+CODERS: tuple[str, ...] = tuple(_CLASSES)
+
+
 def make_coder(name: str, steps: int) -> Coder:
-    classes = {c.name: c for c in (DuplicateCoder, GaussianCoder, PoissonCoder)}
-    if name not in classes:
+    """The coder called ``name`` (one of `CODERS`) for T = ``steps``."""
+    if name not in _CLASSES:
         raise ValueError(f"unknown coder {name!r}; choose one of {', '.join(CODERS)}")
-    return classes[name](steps)
+    return _CLASSES[name](steps)

@@ -28,10 +28,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .builder import BIAS_PLACEMENTS as BIAS_PLACEMENT_NAMES
+from .builder import ACTIVATIONS, BIAS_PLACEMENTS, INPUT_MODES, NORMS, TRAININGS, NetworkConfig
+from .coders import CODERS
 from .errors import ArchError, ConfigError
 from .notation import parse_arch
-from .params import IIRParams
+from .params import NEURON_KEYS, IIRParams
 from .precision import PRECISIONS
 
 if sys.version_info >= (3, 11):
@@ -40,10 +41,10 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 __all__ = [
+    "ACTIVATION_NAMES",
     "ADDED_LATER",
-    "BIAS_PLACEMENT_NAMES",
+    "CODER_NAMES",
     "INPUT_SHAPES",
-    "NORM_NAMES",
     "PROFILES",
     "Recipe",
     "RecipeError",
@@ -68,10 +69,10 @@ INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
 }
 NUM_CLASSES: dict[str, int] = {name: 10 for name in INPUT_SHAPES}
 
-CODER_NAMES = ("duplicate", "gaussian", "poisson", "none")
-TRAINING_NAMES = ("simultaneous", "separate")
-ACTIVATION_NAMES = ("auto", "relu", "sigmoid")
-INPUT_MODE_NAMES = ("direct", "axon")
+#: a row's coder: `hnn_bridge.coders.CODERS`, or "none" for a plain ANN
+CODER_NAMES = (*CODERS, "none")
+#: ``Settings.activation``: `hnn_bridge.builder.ACTIVATIONS`, or "auto" (by the coder)
+ACTIVATION_NAMES = ("auto", *ACTIVATIONS)
 
 
 class RecipeError(ValueError):
@@ -107,8 +108,8 @@ class Settings:
         init_rate: when > 0, scale each SL's initial weights so that it fires at this
             rate on a batch of training images (`hnn_bridge.calibration`); 0: PyTorch's
             default initialisation as it is.
-        norm: ``none``, or ``batch``: a batch normalisation after every weight op of ALs
-            and SLs (`hnn_bridge.builder.build`); not in the paper.
+        norm: a key of `hnn_bridge.builder.NORMS`: ``none``, or ``batch``: a batch
+            normalisation after every weight op of ALs and SLs; not in the paper.
         precision: ``32`` (float32), ``bf16`` or ``16``: `torch.autocast` of the forward
             pass (`hnn_bridge.precision`); the neuron's state stays float32.
         gaussian_sigma0: Gaussian coding: the initial sigma of the coder (the ln sigma
@@ -161,6 +162,19 @@ class Settings:
         their checkpoints still resume (`ADDED_LATER`)."""
         return {k: v for k, v in self.as_dict().items() if ADDED_LATER.get(k, object()) != v}
 
+    def network(
+        self, arch: str, coder: str | None, training: str, *, backend: str | None = None
+    ) -> NetworkConfig:
+        """The `NetworkConfig` of ``arch`` with ``coder`` and ``training`` under these
+        settings: every setting that is a field of it, with "auto" activation as None,
+        ``gaussian_sigma0`` for Gaussian coding only, and ``backend`` (if given) in place of
+        the recipe's. Raises what `NetworkConfig` raises."""
+        shared = {k: getattr(self, k) for k in _NETWORK_KEYS}
+        shared["activation"] = None if self.activation == "auto" else self.activation
+        shared["gaussian_sigma0"] = self.gaussian_sigma0 if coder == "gaussian" else 0.0
+        shared["backend"] = backend or self.backend
+        return NetworkConfig(arch, coder=coder, training=training, input_shape=self.input_shape, **shared)
+
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)``: of the named dataset, or read from an ``imagefolder:PATH``'s first image."""
@@ -181,10 +195,11 @@ class Settings:
 
 
 SETTING_KEYS = tuple(f.name for f in fields(Settings))
+#: the settings that are fields of `NetworkConfig` too (`Settings.network`)
+_NETWORK_KEYS = tuple(f.name for f in fields(NetworkConfig) if f.name in SETTING_KEYS)
 #: settings added after results were first saved -> the value that means "as before"
 ADDED_LATER: dict[str, Any] = {"norm": "none", "precision": "32", "logit_scale": 1.0, "gaussian_sigma0": 0.0,
                                "augment": "none", "bias_placement": "before_filter"}
-NORM_NAMES = ("none", "batch")  # = hnn_bridge.builder.NORMS (checked by a test)
 AUGMENT_NAMES = ("none", "crop-rotate")  # = hnn_bridge.data.augment.AUGMENTS (checked by a test)
 ROW_KEYS = ("arch", "coder", "training", "paper", "label", "note")
 RECIPE_KEYS = ("name", "title", "paper_table", "dataset", "description")
@@ -407,28 +422,27 @@ def _check_setting(key: str, value: Any, where: str) -> Any:
             raise RecipeError(f"{where}: expected a list of epochs, e.g. [50], got {value!r}")
         return tuple(_int(v, where, 1) for v in value)
     if key == "input_mode":
-        return _choice(value, where, INPUT_MODE_NAMES)
+        return _choice(value, where, INPUT_MODES)
     if key == "backend":
         return _choice(value, where, BACKENDS)
     if key == "activation":
         return _choice(value, where, ACTIVATION_NAMES)
     if key == "norm":
-        return _choice(value, where, NORM_NAMES)
+        return _choice(value, where, NORMS)
     if key == "augment":
         return _choice(value, where, AUGMENT_NAMES)
     if key == "bias_placement":
-        return _choice(value, where, BIAS_PLACEMENT_NAMES)
+        return _choice(value, where, BIAS_PLACEMENTS)
     if key == "precision":  # 32 and 16 may be written as TOML integers
         return _choice(str(value) if isinstance(value, int) and not isinstance(value, bool) else value,
                        where, PRECISIONS)
     if key == "neuron":
         if not isinstance(value, Mapping):
             raise RecipeError(f"{where}: expected a table of neuron constants, got {value!r}")
-        known = {f.name for f in fields(IIRParams)}
         for name in value:
-            if name not in known:
+            if name not in NEURON_KEYS:
                 raise RecipeError(f"{where[:-len(repr(key))]}'neuron.{name}': unknown neuron setting; "
-                                  f"known: {', '.join(sorted(known))}")
+                                  f"known: {', '.join(sorted(NEURON_KEYS))}")
         return dict(value)
     raise RecipeError(f"{where}: unknown setting; known: {', '.join(SETTING_KEYS)}")  # pragma: no cover
 
@@ -499,7 +513,7 @@ def _parse_row(
         raise RecipeError(f"{_where(source, section, 'arch')}: {err}") from None
     arch = "-".join(s.token for s in specs)
     coder = _choice(raw["coder"], _where(source, section, "coder"), CODER_NAMES)
-    training = _choice(raw["training"], _where(source, section, "training"), TRAINING_NAMES)
+    training = _choice(raw["training"], _where(source, section, "training"), TRAININGS)
     paper = raw.get("paper")
     if paper is not None:
         paper = _float(paper, _where(source, section, "paper"), 0.0, 100.0)
@@ -570,13 +584,7 @@ def build_row(row: RowSpec, *, backend: str | None = None):  # -> HybridNet
     """Build the network of ``row`` with its settings (raises ArchError/ConfigError)."""
     from .builder import build
 
-    s = row.settings
-    return build(
-        row.arch, coder=row.coder, steps=s.steps, backend=backend or s.backend, input_shape=s.input_shape,
-        input_mode=s.input_mode, neuron=s.neuron, training=row.training,
-        activation=None if s.activation == "auto" else s.activation, dropout=s.dropout, norm=s.norm,
-        gaussian_sigma0=s.gaussian_sigma0 if row.coder == "gaussian" else 0.0, bias_placement=s.bias_placement,
-    )
+    return build(row.settings.network(row.arch, row.coder, row.training, backend=backend))
 
 
 def check_rows(recipe: Recipe) -> None:

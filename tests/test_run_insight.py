@@ -14,9 +14,10 @@ from click.testing import CliRunner
 from torch import nn
 
 from helpers import TINY_RECIPE, one_thread  # noqa: F401  (one_thread: a fixture)
+from hnn_bridge import build
 from hnn_bridge.builder import NORMS
 from hnn_bridge.cli import main
-from hnn_bridge.recipe import NORM_NAMES, RecipeError, Settings, build_row, load_recipe
+from hnn_bridge.recipe import RecipeError, Settings, build_row, load_recipe
 from hnn_bridge.training.checkpoint import torch_load
 from hnn_bridge.training.runner import _jobs, epoch_warnings
 
@@ -38,8 +39,16 @@ def _cli(*args: str):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
-def test_norm_names_are_the_builders():
-    assert NORM_NAMES == NORMS
+def test_a_new_norm_kind_is_one_entry_of_norms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A norm kind is defined once, as an entry of `NORMS`: with one added, `build` and
+    recipes take it and put its module after every weight op but the output's."""
+    monkeypatch.setitem(NORMS, "group", lambda shape: nn.GroupNorm(1, shape[0]))
+    model = build("A8C3-P2-S16-S10", input_shape=(1, 8, 8), norm="group", steps=2)
+    assert [type(m).__name__ for m in model.modules() if isinstance(m, nn.GroupNorm)] == ["GroupNorm"] * 3
+    assert model.settings["norm"] == "group" and model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+    text = TINY_RECIPE.replace("dropout = 0.2", 'dropout = 0.2\nnorm = "group"')
+    duplicate = load_recipe(_recipe(tmp_path, text)).configure().rows[0]
+    assert sum(isinstance(m, nn.GroupNorm) for m in build_row(duplicate).modules()) == 2
 
 
 def test_norm_is_a_recipe_setting(tmp_path: Path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from ..builder import NORMS, HybridNet, build
+from ..builder import INPUT_MODES, NORMS, Default, HybridNet, build
 from ..coders import CODERS
 from ..energy import DEFAULT_ENERGY_MODEL, energy_note, layer_terms
 from ..errors import ArchError, ConfigError
@@ -78,7 +78,7 @@ def render(model: HybridNet, rate: float, energy_model: str = DEFAULT_ENERGY_MOD
 @click.option("--coder", type=click.Choice(CODERS), default=None, help="Coder between ALs and SLs [default: duplicate].")
 @click.option("--steps", "-T", type=click.IntRange(min=1), default=25, show_default=True, help="Time steps T.")
 @click.option("--input-shape", default="1x28x28", show_default=True, help="C x H x W of one image (CIFAR-10: 3x32x32).")
-@click.option("--input-mode", type=click.Choice(["direct", "axon"]), default="direct", show_default=True)
+@click.option("--input-mode", type=click.Choice(INPUT_MODES), default="direct", show_default=True)
 @click.option("--rate", type=click.FloatRange(0, 1), default=0.1, show_default=True,
               help="Assumed firing rate of spikes feeding SLs and of SL outputs, for the accumulate count.")
 @click.option("--norm", type=click.Choice(NORMS), default="none", show_default=True,
@@ -96,9 +96,9 @@ def describe(arch: str, coder: str | None, steps: int, input_shape: str, input_m
         shape = tuple(int(v) for v in input_shape.lower().split("x"))
     except ValueError:
         raise click.BadParameter(f"{input_shape!r} is not CxHxW, e.g. 3x32x32", param_hint="--input-shape")
-    kwargs = {} if coder is None else {"coder": coder}
     try:
-        model = build(arch, steps=steps, input_shape=shape, input_mode=input_mode, norm=norm, **kwargs)
+        model = build(arch, coder=Default.CODER if coder is None else coder, steps=steps, input_shape=shape,
+                      input_mode=input_mode, norm=norm)
     except (ArchError, ConfigError) as err:
         raise click.UsageError(str(err))
     click.echo(render(model, rate, energy_model))

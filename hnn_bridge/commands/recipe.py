@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from ..recipe import AUGMENT_NAMES, BIAS_PLACEMENT_NAMES, NORM_NAMES, PROFILES, RecipeError, list_recipes, load_recipe, parse_rows
+from ..builder import BIAS_PLACEMENTS, NORMS
+from ..recipe import AUGMENT_NAMES, PROFILES, RecipeError, list_recipes, load_recipe, parse_rows
 from ..precision import PRECISIONS
 from ._execute import check_device, execute
 from .report import energy_model_option
@@ -59,11 +60,11 @@ def _resume_command(name: str, profile: str, epochs: int | None, steps: int | No
               help="Train every row with this many seeds; the table shows mean ± std.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--backend", default=None, help="Neuron backend (see hnn_bridge.backends.BACKENDS).")
-@click.option("--norm", type=click.Choice(NORM_NAMES), default=None,
+@click.option("--norm", type=click.Choice(NORMS), default=None,
               help="Override the recipe's normalisation (batch: a BatchNorm after every weight op).")
 @click.option("--augment", type=click.Choice(AUGMENT_NAMES), default=None,
               help="Override the recipe's augmentation of training images (crop-rotate: Fang et al.'s).")
-@click.option("--bias-placement", type=click.Choice(BIAS_PLACEMENT_NAMES), default=None,
+@click.option("--bias-placement", type=click.Choice(BIAS_PLACEMENTS), default=None,
               help="Override where each spiking layer's bias acts: after_filter (Fang et al.'s layers) or "
               "before_filter (filtered with the current, as runs before 2026-12-06).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,

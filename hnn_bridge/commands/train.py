@@ -7,9 +7,10 @@ from pathlib import Path
 
 import click
 
+from ..builder import INPUT_MODES, NORMS, TRAININGS
 from ..notation import parse_arch
 from ..errors import ArchError
-from ..recipe import (ACTIVATION_NAMES, AUGMENT_NAMES, CODER_NAMES, INPUT_SHAPES, NORM_NAMES, Recipe, RecipeError,
+from ..recipe import (ACTIVATION_NAMES, AUGMENT_NAMES, CODER_NAMES, INPUT_SHAPES, Recipe, RecipeError,
                       Settings, load_recipe)
 from ..precision import PRECISIONS
 from ._execute import check_device, execute
@@ -73,7 +74,7 @@ class _DatasetName(click.Choice):
 @click.argument("arch")
 @click.option("--coder", type=click.Choice(CODER_NAMES), default=None,
               help="Coder between ALs and SLs [default: duplicate; none for an all-A ARCH].")
-@click.option("--training", type=click.Choice(["simultaneous", "separate"]), default="simultaneous",
+@click.option("--training", type=click.Choice(TRAININGS), default="simultaneous",
               show_default=True, help="§3.1: all layers from scratch, or pre-trained frozen ALs.")
 @click.option("--dataset", type=_DatasetName([*sorted(INPUT_SHAPES), "imagefolder:PATH"]), default=None,
               help="A named dataset, or imagefolder:PATH: your images, one folder per class "
@@ -88,12 +89,12 @@ class _DatasetName(click.Choice):
               help=f"Dropout probability between layers {default_help('dropout')}.")
 @click.option("--activation", type=click.Choice(ACTIVATION_NAMES),
               help=f"AL activation (auto: sigmoid with the poisson coder, else relu) {default_help('activation')}.")
-@click.option("--norm", type=click.Choice(NORM_NAMES),
+@click.option("--norm", type=click.Choice(NORMS),
               help=f"Batch norm after every weight op {default_help('norm')}.")
 @click.option("--augment", type=click.Choice(AUGMENT_NAMES),
               help="Augment training images: crop-rotate is Fang et al.'s random resized crop and rotation "
               f"{default_help('augment')}.")
-@click.option("--input-mode", type=click.Choice(["direct", "axon"]), help=f"§4.2 {default_help('input_mode')}.")
+@click.option("--input-mode", type=click.Choice(INPUT_MODES), help=f"§4.2 {default_help('input_mode')}.")
 @click.option("--seed", type=click.IntRange(min=0), help=f"Base seed {default_help('seed')}.")
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
