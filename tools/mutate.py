@@ -70,23 +70,26 @@ NEURON_TESTS = ("tests/test_mutants.py", "tests/test_neuron.py", "tests/test_pro
                 "tests/test_native.py", "tests/test_backend_parity.py", "tests/test_fang_oracle.py")
 
 TARGETS = (
-    Target("coders", ("hnn_bridge/coders.py",), ("tests/test_coders.py", "tests/test_mutants.py")),
+    Target("coders", ("hnn_bridge/coders.py",),
+           ("tests/test_coders.py", "tests/test_mutants.py", "tests/test_mutation_gaps.py")),
     Target("core", ("hnn_bridge/functional/iir.py", "hnn_bridge/functional/surrogate.py", "hnn_bridge/params.py",
                     "hnn_bridge/neuron.py", "hnn_bridge/kernels/fused.py", "hnn_bridge/kernels/denormals.py"),
-           NEURON_TESTS,
+           NEURON_TESTS + ("tests/test_mutation_gaps.py",),
            # thread-count tuning: no effect on any value by design (see the note)
            skip_functions=("one_thread", "_openmp", "one_thread_per_step")),
-    Target("native", ("hnn_bridge/kernels/native.py", "hnn_bridge/kernels/iir_native.c"), NEURON_TESTS,
+    Target("native", ("hnn_bridge/kernels/native.py", "hnn_bridge/kernels/iir_native.c"),
+           ("tests/test_native_chunks.py", *NEURON_TESTS),
            # compiler discovery, cache folders and thread chunking: no effect on values; the
            # 2x2 max pooling (Python and C) is the P2 layer's, tested by tests/test_norm.py etc.
            skip_functions=("_library", "native_unavailable_reason", "_run",
                            "native_maxpool2_forward", "native_maxpool2_backward",
                            "iir_native_maxpool2_forward", "iir_native_maxpool2_backward")),
-    Target("kernels", ("hnn_bridge/kernels/iir_kernels.cu", "adapters/cupy_kernels.py"),
-           ("tests/test_mutants.py", "tests/test_cupy.py", "tests/test_properties.py"),
+    Target("kernels", ("hnn_bridge/kernels/iir_kernels.cu", "adapters/cupy_kernels.py",
+                       "hnn_bridge/kernels/build.py"),
+           ("tests/test_kernel_build.py", "tests/test_mutants.py", "tests/test_cupy.py", "tests/test_properties.py"),
            # the CUDA launch path runs only on a GPU (tests/test_cupy.py there); a .cu file is all in scope
            functions=("_forward_scalars", "_backward_scalars", "_check_b", "CKernels",
-                      "compile_c_kernels")),
+                      "compile_c_kernels", "c_compiler", "build_library")),
     Target("snntorch", ("adapters/snntorch.py",),
            ("tests/test_mutants.py", "tests/test_adapters_snntorch.py", "tests/test_dropin_snntorch.py",
             "tests/test_properties.py", "tests/test_fang_oracle.py", "tests/test_tutorials.py")),
@@ -94,13 +97,16 @@ TARGETS = (
            ("tests/test_adapters_spikingjelly.py", "tests/test_dropin_spikingjelly.py", "tests/test_properties.py",
             "tests/test_fang_oracle.py")),
     Target("ops", ("hnn_bridge/ops.py",), ("tests/test_energy.py", "tests/test_describe.py")),
-    Target("split", ("hnn_bridge/data/split.py",), ("tests/test_data.py",)),
-    Target("tie-rule", ("hnn_bridge/training/loop.py",), ("tests/test_mutants.py", "tests/test_training.py"),
+    Target("split", ("hnn_bridge/data/split.py",), ("tests/test_split_exact.py", "tests/test_data.py")),
+    Target("tie-rule", ("hnn_bridge/training/loop.py",),
+           ("tests/test_mutants.py", "tests/test_mutation_gaps.py", "tests/test_training.py"),
            functions=("score_batch", "evaluate")),
     Target("resume", ("hnn_bridge/training/loop.py", "hnn_bridge/training/checkpoint.py"),
-           ("tests/test_training.py", "tests/test_faults.py"),
-           functions=("train_model", "_clone", "_cpu", "save_checkpoint", "load_checkpoint", "torch_load",
-                      "atomic_save", "checkpoint_state")),
+           ("tests/test_resume_exact.py", "tests/test_training.py", "tests/test_faults.py"),
+           # train_model and its steps (loop.py since issue 34), the checkpoint functions
+           functions=("train_model", "Optimizers", "TrainingRecord", "EpochTally", "data_parallel", "resume",
+                      "snapshot", "train_epoch", "validate", "score_on_test", "epoch_record", "_clone", "_cpu",
+                      "save_checkpoint", "load_checkpoint", "torch_load", "atomic_save", "checkpoint_state")),
 )
 
 # Planted mutants: realistic single bugs written by hand (the five survivors of issue 32
