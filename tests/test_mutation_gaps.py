@@ -3,7 +3,8 @@ untested outside the neuron's numerics: the Poisson coder's comparison (§3.2.3:
 exactly when the uniform draw u[t] < rate), the post-filter bias's shape check and the
 final state the neuron returns with that bias (the synapse filter's own p[T-1], p[T-2],
 eq. 1a), and the loss `evaluate` reports by default (eq. 2b: cross entropy of the spike
-counts with scale 1)."""
+counts with scale 1), SpikingJelly's Erf alpha and input checks, and the operation
+count's default and boundary input rate."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hnn_bridge import build, count_ops
+from hnn_bridge.adapters.spikingjelly import IIRNode, erf_sigma
 from hnn_bridge.coders import make_coder
 from hnn_bridge.functional import IIRState, iir_multistep, iir_multistep_reference
 from hnn_bridge.neuron import IIRNeuron
@@ -109,3 +112,34 @@ def test_evaluate_reports_the_mean_cross_entropy_of_the_counts() -> None:
     scaled = evaluate(CountsAreTheInput(), batches, logit_scale=0.5)
     assert scaled.loss == pytest.approx(float(F.cross_entropy(0.5 * counts, labels)), rel=1e-6)
     assert scaled.acc == metrics.acc
+
+
+# ----------------------------------------------------------------------------- SpikingJelly
+
+
+def test_erf_alpha_gives_sigma_and_bad_alphas_are_refused() -> None:
+    """sigma = 1 / (sqrt(2) alpha) (eq. 6 equals Erf's gradient); alpha must be a finite
+    positive number."""
+    assert erf_sigma(2.0) == 1.0 / (math.sqrt(2.0) * 2.0) and erf_sigma(torch.tensor(4.0)) == erf_sigma(4)
+    for bad in (0, 0.0, -1.0, math.inf, math.nan, True, "2"):
+        with pytest.raises(ValueError, match="alpha > 0"):
+            erf_sigma(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("shape", [(), (0, 3)])
+def test_spikingjelly_node_refuses_an_input_without_time_steps(shape: tuple[int, ...]) -> None:
+    node = IIRNode(step_mode="m")
+    with pytest.raises(ValueError, match="time-first tensor"):
+        node(torch.zeros(shape))
+
+
+# ----------------------------------------------------------------------------- operation counts
+
+
+def test_count_ops_default_rate_and_a_rate_of_zero() -> None:
+    """The assumed presynaptic rate is 0.1 unless given; a rate of 0 is valid (no ACs)."""
+    model = build("A784-S20-S10", steps=4)
+    default, tenth, zero = count_ops(model), count_ops(model, 0.1), count_ops(model, 0.0)
+    assert [(r.macs, r.acs) for r in default.layers] == [(r.macs, r.acs) for r in tenth.layers]
+    assert default.acs == pytest.approx(0.1 * 20 * 10 * 4)
+    assert zero.acs == 0.0 and zero.macs == default.macs

@@ -22,7 +22,7 @@ Usage (from the repository root; about 35 minutes on 2 busy cores for every targ
     nice -n 19 .venv/bin/python tools/mutate.py                  # all targets, 2 workers
     nice -n 19 .venv/bin/python tools/mutate.py core kernels     # some targets
     .venv/bin/python tools/mutate.py --list                      # the mutants, no tests run
-    .venv/bin/python tools/mutate.py core --only fused.py:227     # mutants on one line
+    .venv/bin/python tools/mutate.py core --only fused.py:227     # mutants on one line (FILE:LINE:COL, a,b: ...)
 
 It prints each mutant's fate as it is known and at the end the score per target and overall
 and the list of survivors (``--json FILE`` writes them too). Exit status 0 when the
@@ -95,8 +95,9 @@ TARGETS = (
             "tests/test_properties.py", "tests/test_fang_oracle.py", "tests/test_tutorials.py")),
     Target("spikingjelly", ("adapters/spikingjelly.py",),
            ("tests/test_adapters_spikingjelly.py", "tests/test_dropin_spikingjelly.py", "tests/test_properties.py",
-            "tests/test_fang_oracle.py")),
-    Target("ops", ("hnn_bridge/ops.py",), ("tests/test_energy.py", "tests/test_describe.py")),
+            "tests/test_fang_oracle.py", "tests/test_mutation_gaps.py")),
+    Target("ops", ("hnn_bridge/ops.py",),
+           ("tests/test_energy.py", "tests/test_describe.py", "tests/test_mutation_gaps.py")),
     Target("split", ("hnn_bridge/data/split.py",), ("tests/test_split_exact.py", "tests/test_data.py")),
     Target("tie-rule", ("hnn_bridge/training/loop.py",),
            ("tests/test_mutants.py", "tests/test_mutation_gaps.py", "tests/test_training.py"),
@@ -440,12 +441,21 @@ def run_tests(tree: Path, tests: tuple[str, ...], timeout: float, python: str) -
 _RUNNING: set[subprocess.Popen] = set()
 
 
+def _place(where: str) -> tuple[str, int, Optional[int]]:
+    """``FILE:LINE`` or ``FILE:LINE:COL`` (as the report prints a mutant) -> (FILE, LINE, COL or None)."""
+    parts = where.strip().split(":")
+    if len(parts) >= 3 and parts[-2].isdigit():
+        return ":".join(parts[:-2]), int(parts[-2]), int(parts[-1])
+    return ":".join(parts[:-1]), int(parts[-1]), None
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("targets", nargs="*", help=f"targets (default all): {', '.join(t.name for t in TARGETS)}")
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default 2)")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
-    parser.add_argument("--only", help="only mutants at FILE:LINE (FILE may be a suffix)")
+    parser.add_argument("--only", help="only mutants at FILE:LINE or FILE:LINE:COL (FILE may be a suffix; "
+                                       "several: comma-separated)")
     parser.add_argument("--worktree", action="store_true", help="mutate the working tree's files, not HEAD")
     parser.add_argument("--skip-baseline", action="store_true",
                         help="do not run each target's tests unmutated first (then every run gets --timeout; "
@@ -488,8 +498,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.kinds:
             mutants = [m for m in mutants if m.kind in args.kinds.split(",")]
         if args.only:
-            file_part, _, line_part = args.only.rpartition(":")
-            mutants = [m for m in mutants if m.file.endswith(file_part) and m.line == int(line_part)]
+            places = [_place(w) for w in args.only.split(",")]
+            mutants = [m for m in mutants if any(m.file.endswith(f) and m.line == n and c in (None, m.col)
+                                                 for f, n, c in places)]
         if args.sample:
             rng = random.Random(args.seed)
             always = re.compile(args.always) if args.always else None
