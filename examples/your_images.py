@@ -10,7 +10,6 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 #: The commands that the page shows, as a shell runs them.
 RUN = "hnn-bridge recipe my-images.toml --quick --out runs/my-images"
@@ -27,6 +26,8 @@ def hnn_bridge(command: str) -> str:
 
 
 # --8<-- [start:folder]
+from pathlib import Path
+
 from PIL import Image
 
 from hnn_bridge.data import read_mnist_5k

@@ -78,7 +78,7 @@ class _DatasetName(click.Choice):
               show_default=True, help="§3.1: all layers from scratch, or pre-trained frozen ALs.")
 @click.option("--dataset", type=_DatasetName([*sorted(INPUT_SHAPES), "imagefolder:PATH"]), default=None,
               help="A named dataset, or imagefolder:PATH: your images, one folder per class "
-              f"{default_help('dataset', families=('MNIST',))}.")
+              f"{default_help('dataset', families=('MNIST',))}")
 @click.option("--quick", is_flag=True, help="The smoke profile of the dataset's paper recipe.")
 @click.option("--epochs", type=click.IntRange(min=1), help=default_help("epochs"))
 @click.option("--steps", "-T", type=click.IntRange(min=1), help=f"Time steps T {default_help('steps')}.")
