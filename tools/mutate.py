@@ -439,6 +439,7 @@ def run_tests(tree: Path, tests: tuple[str, ...], timeout: float, python: str) -
 
 
 _RUNNING: set[subprocess.Popen] = set()
+_STOPPING: list[bool] = [False]  # set on an interrupt: the tests being stopped judge nothing
 
 
 def _place(where: str) -> tuple[str, int, Optional[int]]:
@@ -541,6 +542,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 path.write_text(apply(original, m))
                 timeout = args.timeout_factor * baseline[m.target] + 30 if m.target in baseline else args.timeout
                 m.status, m.seconds = run_tests(tree, names[m.target].tests, timeout, python)
+                if _STOPPING[0]:  # stopped by the interrupt, not failed: not run
+                    m.status = "pending"
             finally:
                 path.write_text(original)
                 trees.put(tree)
@@ -560,6 +563,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         except KeyboardInterrupt:
             interrupted = True
         finally:  # on an interrupt: drop the queued mutants, stop the running tests
+            _STOPPING[0] = interrupted
             pool.shutdown(wait=False, cancel_futures=True)
             for proc in list(_RUNNING):
                 proc.kill()
