@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from hnn_bridge.cli import main
 from hnn_bridge.training import runner as runner_module
 from hnn_bridge.training.checkpoint import torch_load
+from hnn_bridge.training.output_lock import exclusive
 
 OUTPUTS = ("results.json", "results.csv", "table.md", "epochs.csv", "accuracy.png", "energy.png", "rates.png")
 
@@ -188,7 +189,7 @@ def test_the_run_names_a_row_key_that_its_profile_replaces(tmp_path: Path, monke
 def test_two_runs_cannot_share_an_output_folder(tmp_path: Path) -> None:
     out = tmp_path / "busy"
     out.mkdir()
-    with runner_module._exclusive(out):  # another run holds the folder
+    with exclusive(out):  # another run holds the folder
         result = CliRunner().invoke(main, [*ARGS, "--out", str(out)])
     assert result.exit_code == 1
     assert f"another hnn-bridge run is writing to {out}" in result.output and "Traceback" not in result.output

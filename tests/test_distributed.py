@@ -303,12 +303,13 @@ def test_ddp_with_dropout_several_epochs(ddp_dropout, tmp_path: Path, clean_env)
     # exact: validation and test counts are summed over the ranks (101 + 100 images each), so
     # DDP's metrics equal one process evaluating DDP's own best weights on the whole sets
     recipe = load_recipe(recipe_path).configure()
-    from hnn_bridge.training.runner import _jobs, _Run
+    from hnn_bridge.training.jobs import row_job
+    from hnn_bridge.training.runner import RecipeRun
 
-    run = _Run(recipe, RunOptions(out=tmp_path / "eval"))
+    run = RecipeRun(recipe, RunOptions(out=tmp_path / "eval"))
     run.load_data()
-    job = _jobs(recipe.rows[0], 0)
-    model, _ = run._model_and_params(job)
+    job = row_job(recipe.rows[0], 0)
+    model, _ = run.model_and_params(job)
     model.load_state_dict(torch.load(ddp_out / "checkpoints" / f"{job.name}.pt", weights_only=True)["model"])
     _, val, test = run.batches(job)
     assert ddp["test"]["n"] == ddp["best_val"]["n"] == 201

@@ -30,6 +30,7 @@ from hnn_bridge.training import checkpoint as checkpoint_module
 from hnn_bridge.training import loop
 from hnn_bridge.training import runner as runner_module
 from hnn_bridge.training.checkpoint import CheckpointError, torch_load
+from hnn_bridge.training.jobs import row_job
 from hnn_bridge.training.runner import RunOptions
 
 RECIPE = TINY_RECIPE.replace('name = "tiny"', 'name = "faults"').replace("epochs = 2", "epochs = 3")
@@ -512,10 +513,10 @@ def test_init_rate_calibrates_the_sls_on_the_first_training_images(tmp_path: Pat
         return factors
 
     monkeypatch.setattr(runner_module, "calibrate_firing", spy)
-    run = runner_module._Run(recipe, RunOptions(out=tmp_path / "out"))
+    run = runner_module.RecipeRun(recipe, RunOptions(out=tmp_path / "out"))
     run.load_data()
-    job = runner_module._jobs(recipe.rows[0], 0)
-    model, _ = run._model_and_params(job)
+    job = row_job(recipe.rows[0], 0)
+    model, _ = run.model_and_params(job)
     (x, target, before, factors, after), = calls
     d = next(iter(run.data.values()))
     assert target == 0.1
@@ -524,7 +525,7 @@ def test_init_rate_calibrates_the_sls_on_the_first_training_images(tmp_path: Pat
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed and all(not k.startswith("al.") for k in changed)  # ALs untouched
     # training then starts from the calibrated weights; the seeded build is the same each time
-    again, _ = run._model_and_params(job)
+    again, _ = run.model_and_params(job)
     assert all(torch.equal(model.state_dict()[k], again.state_dict()[k]) for k in after)
 
 

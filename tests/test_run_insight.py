@@ -19,7 +19,8 @@ from hnn_bridge.builder import NORMS
 from hnn_bridge.cli import main
 from hnn_bridge.recipe import RecipeError, Settings, build_row, load_recipe
 from hnn_bridge.training.checkpoint import torch_load
-from hnn_bridge.training.runner import _jobs, epoch_warnings
+from hnn_bridge.training.jobs import row_job
+from hnn_bridge.training.runner import epoch_warnings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -70,22 +71,23 @@ def test_norm_is_a_recipe_setting(tmp_path: Path):
 def test_norm_none_keeps_the_fingerprints_of_older_runs(tmp_path: Path):
     row = load_recipe(_recipe(tmp_path, TINY_RECIPE)).configure().rows[0]
     assert "norm" in Settings().as_dict() and "norm" not in Settings().identity()
-    job = _jobs(row, 0)
+    job = row_job(row, 0)
     assert "norm" not in job.fingerprint["settings"] and "norm" not in job.twin.fingerprint["settings"]
     batch = load_recipe(_recipe(tmp_path, TINY_RECIPE)).configure(overrides={"norm": "batch"}).rows[0]
-    other = _jobs(batch, 0)
+    other = row_job(batch, 0)
     assert other.fingerprint["settings"]["norm"] == "batch" and other.twin.fingerprint["settings"]["norm"] == "batch"
     assert other.twin.name != job.twin.name  # the pre-trained ANN with BN is another checkpoint
 
 
 def test_gaussian_runs_made_when_dropout_also_hit_ln_sigma_retrain(tmp_path: Path):
     rows = load_recipe(_recipe(tmp_path, TINY_RECIPE)).configure().rows
-    assert _jobs(rows[1], 0).fingerprint["gaussian_dropout"] == "mu"  # dropout 0.2: a new run
-    assert "gaussian_dropout" not in _jobs(rows[0], 0).fingerprint  # duplicate rows keep theirs
+    assert row_job(rows[1], 0).fingerprint["gaussian_dropout"] == "mu"  # dropout 0.2: a new run
+    assert "gaussian_dropout" not in row_job(rows[0], 0).fingerprint  # duplicate rows keep theirs
     no_dropout = load_recipe(_recipe(tmp_path, TINY_RECIPE)).configure(overrides={"dropout": 0.0}).rows[1]
-    assert "gaussian_dropout" not in _jobs(no_dropout, 0).fingerprint  # nothing changed without dropout
+    assert "gaussian_dropout" not in row_job(no_dropout, 0).fingerprint  # nothing changed without dropout
     head = load_recipe(_recipe(tmp_path, TINY_RECIPE.replace('arch = "A784-A32-S10"\nlabel', 'arch = "A784-S32-S10"\nlabel'))).configure().rows[1]
-    assert head.arch == "A784-S32-S10" and "gaussian_dropout" not in _jobs(head, 0).fingerprint  # no dropout after a head
+    # no dropout after a head
+    assert head.arch == "A784-S32-S10" and "gaussian_dropout" not in row_job(head, 0).fingerprint
 
 
 def test_rates_in_epochs_csv_results_and_rates_png(tmp_path: Path):
