@@ -15,6 +15,7 @@ from PIL import Image
 from hnn_bridge.cli import main
 from hnn_bridge.data import DatasetFormatError, DatasetNotFound, load_dataset, read_mnist_5k
 from hnn_bridge.recipe import RecipeError, check_rows, load_recipe
+from hnn_bridge.training.trained import load_trained
 
 CLASSES = ("0", "1", "7")
 PER_CLASS = 20
@@ -99,6 +100,17 @@ def test_train_one_epoch_on_a_folder_of_pngs(tmp_path: Path, cache: Path):
     assert 0.0 <= seed["test_acc"] <= seed["test_acc_argmax"] <= 1.0
     assert "36/12/12" in result.output                       # 60 images split 6:2:2
     assert any(cache.rglob("imagefolder-digits-*.pt"))        # decoded once, then cached
+
+    # the trained network comes back from the run folder (what `hnn-bridge export` reads),
+    # shaped by the folder's images, with the weights of its checkpoint
+    model = load_trained(out, row=1)
+    saved = torch.load(out / seed["checkpoint"], weights_only=False)
+    assert all(torch.equal(v, saved["model"][k]) for k, v in model.state_dict().items())
+    assert model(torch.rand(2, 1, 28, 28)).shape[-1] == 3
+    nir_file = tmp_path / "net.nir"
+    exported = CliRunner().invoke(main, ["export", str(out), "--row", "1", "--nir", str(nir_file)])
+    assert exported.exit_code == 0, exported.output
+    assert nir_file.is_file()
 
 
 def test_a_missing_folder_is_named(tmp_path: Path):

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 from ..builder import HybridNet, build
 from ..params import IIRParams
-from ..recipe import ADDED_LATER, INPUT_SHAPES, Settings
+from ..recipe import ADDED_LATER, Settings
 from .checkpoint import torch_load
 
 __all__ = ["TrainedRunError", "load_trained", "settings_of"]
@@ -56,10 +56,7 @@ def load_trained(run_dir: str | Path, row: int, seed_index: int = 0) -> HybridNe
         raise TrainedRunError(f"{weights}: the weights file named in results.json is missing")
     saved = torch_load(weights)
     s = settings_of(saved["settings"])
-    model = build(saved["arch"], coder=saved["coder"], steps=s.steps, input_shape=INPUT_SHAPES[s.dataset],
-                  input_mode=s.input_mode, neuron=s.neuron, training=saved["training"],
-                  activation=None if s.activation == "auto" else s.activation, dropout=s.dropout, norm=s.norm,
-                  gaussian_sigma0=s.gaussian_sigma0 if saved["coder"] == "gaussian" else 0.0,
-                  bias_placement=s.bias_placement)
+    # the reference backend: the same spikes as every other backend, on any device
+    model = build(s.network(saved["arch"], saved["coder"], saved["training"], backend="reference"))
     model.load_state_dict(saved["model"])
     return model.eval()
