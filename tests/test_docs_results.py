@@ -46,7 +46,7 @@ def test_every_committed_run_is_quoted_and_the_results_page_shows_a_subset():
     in_notebook = {m["path"].removeprefix("../") for m in BLOCK.finditer(NOTEBOOK.read_text(encoding="utf-8"))}
     on_page = {m["path"] for m in BLOCK.finditer(RESULTS.read_text(encoding="utf-8"))}
     assert on_page <= in_notebook
-    assert len(on_page) == 11
+    assert len(on_page) == 13
 
 
 def test_every_number_in_the_results_prose_is_in_one_of_its_tables():
