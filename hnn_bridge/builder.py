@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .coders import CODERS, Coder, MuActivation, make_coder
-from .errors import ArchError, ConfigError
+from .errors import ConfigError
 from .notation import LayerSpec, last_al, parse_arch
 from .neuron import PostFilterBias, SynapseFilter
 from .params import IIRParams
