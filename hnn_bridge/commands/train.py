@@ -120,7 +120,8 @@ def train(arch: str, coder: str | None, training: str, dataset: str | None, quic
     """Train one network ARCH (paper notation) and report its test accuracy.
 
     Every hyperparameter not given is taken from the paper recipe of the dataset
-    (table1a for the 28x28 datasets, table1b for CIFAR-10); --quick uses its smoke profile.
+    (table1a for the 28x28 datasets and image folders, table1b for CIFAR-10); --quick uses
+    its smoke profile.
 
     \b
     Data parallel (PyTorch DDP: one process per GPU, or gloo processes on the CPU):
