@@ -30,6 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from .builder import ACTIVATIONS, BIAS_PLACEMENTS, INPUT_MODES, NORMS, TRAININGS, NetworkConfig
 from .coders import CODERS
+from .data.augment import AUGMENTS
 from .errors import ArchError, ConfigError
 from .notation import parse_arch
 from .params import NEURON_KEYS, IIRParams
@@ -200,7 +201,7 @@ _NETWORK_KEYS = tuple(f.name for f in fields(NetworkConfig) if f.name in SETTING
 #: settings added after results were first saved -> the value that means "as before"
 ADDED_LATER: dict[str, Any] = {"norm": "none", "precision": "32", "logit_scale": 1.0, "gaussian_sigma0": 0.0,
                                "augment": "none", "bias_placement": "before_filter"}
-AUGMENT_NAMES = ("none", "crop-rotate")  # = hnn_bridge.data.augment.AUGMENTS (checked by a test)
+AUGMENT_NAMES = AUGMENTS  # the augmentations, named in hnn_bridge.data.augment
 ROW_KEYS = ("arch", "coder", "training", "paper", "label", "note")
 RECIPE_KEYS = ("name", "title", "paper_table", "dataset", "description")
 TOP_KEYS = ("recipe", "defaults", "quick", "cpu", "rows")

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from hnn_bridge.cli import main
+from hnn_bridge.data.augment import AUGMENTS
 from hnn_bridge.recipe import (
     Recipe,
     RecipeError,
@@ -173,6 +174,12 @@ def test_bad_keys_name_file_row_and_key(tmp_path: Path, old: str, new: str, mess
     with pytest.raises(RecipeError, match=message) as info:
         load_recipe(path)
     assert str(info.value).startswith(str(path))
+
+
+@pytest.mark.parametrize("name", AUGMENTS)
+def test_a_recipe_takes_every_augmentation(tmp_path: Path, name: str) -> None:
+    recipe = load_recipe(write(tmp_path, TINY.replace("epochs = 1", f'epochs = 1\naugment = "{name}"', 1)))
+    assert recipe.defaults["augment"] == name
 
 
 def test_duplicate_labels(tmp_path: Path) -> None:

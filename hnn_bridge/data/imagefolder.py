@@ -17,9 +17,14 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg, read_file
+
+# torchvision.io is imported where images are decoded: importing it costs about a second,
+# and `hnn_bridge.data` is imported by every command (the augmentation names)
+if TYPE_CHECKING:
+    from torchvision.io import ImageReadMode
 
 from .errors import DatasetFormatError
 from .paths import default_cache_dir
@@ -94,6 +99,8 @@ def image_folder_cache_path(
 
 
 def _decode(path: str, mode: ImageReadMode) -> torch.Tensor:
+    from torchvision.io import decode_image, read_file
+
     try:
         return decode_image(read_file(path), mode=mode)
     except (RuntimeError, ValueError, OSError) as exc:
@@ -102,6 +109,8 @@ def _decode(path: str, mode: ImageReadMode) -> torch.Tensor:
 
 def _decode_chunk(paths: list[str], mode: ImageReadMode) -> list[torch.Tensor]:
     """Decode ``paths``; all-JPEG chunks go through one batched ``decode_jpeg`` call (GIL released)."""
+    from torchvision.io import decode_jpeg, read_file
+
     if all(os.path.splitext(p)[1].lower() in (".jpg", ".jpeg") for p in paths):
         try:
             datas = [read_file(p) for p in paths]
@@ -114,6 +123,8 @@ def _decode_chunk(paths: list[str], mode: ImageReadMode) -> list[torch.Tensor]:
 def _first_image(files: list[str]) -> tuple[ImageReadMode, tuple[int, ...]]:
     """The colour mode of a tree (grey when its first image is grey, else RGB) and the
     ``(C, H, W)`` of its first image in that mode."""
+    from torchvision.io import ImageReadMode
+
     first = _decode(files[0], ImageReadMode.UNCHANGED)
     mode = ImageReadMode.GRAY if first.shape[0] in (1, 2) else ImageReadMode.RGB
     return mode, tuple(_decode(files[0], mode).shape)
