@@ -14,6 +14,7 @@ import pytest
 import torch
 import torchvision.datasets
 from torchvision.io import decode_image, encode_jpeg, encode_png, write_file
+import torchvision.io as torchvision_io  # the decoders read_image_folder calls (patched below)
 
 from hnn_bridge.data import (
     DATA_ENV,
@@ -32,7 +33,6 @@ from hnn_bridge.data import (
     split_sizes,
     user_cache_dir,
 )
-from hnn_bridge.data import imagefolder as imagefolder_module
 
 # the tests write and read images with torchvision.io, which warns on every call since 0.29
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
@@ -368,8 +368,8 @@ def test_image_folder_cache_is_written_reused_and_invalidated(tmp_path: Path,
     def no_decoding(*_a: object, **_k: object) -> None:
         raise AssertionError("decoder called although the cache is valid")
 
-    monkeypatch.setattr(imagefolder_module, "decode_image", no_decoding)
-    monkeypatch.setattr(imagefolder_module, "decode_jpeg", no_decoding)
+    monkeypatch.setattr(torchvision_io, "decode_image", no_decoding)
+    monkeypatch.setattr(torchvision_io, "decode_jpeg", no_decoding)
     second = read_image_folder(tree, cache_dir=cache)
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1]) and first[2] == second[2]
 
@@ -563,7 +563,7 @@ def test_shared_idx_datasets(name: str) -> None:
 @pytest.mark.skipif(SHARED is None, reason="../shared/datasets not present")
 def test_shared_cifar10_jpeg(shared_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     decoded = {"images": 0}  # images through torchvision's decoders (counts, not timings: CI is shared)
-    real_jpeg, real_image = imagefolder_module.decode_jpeg, imagefolder_module.decode_image
+    real_jpeg, real_image = torchvision_io.decode_jpeg, torchvision_io.decode_image
 
     def counting_jpeg(data, *a, **k):
         decoded["images"] += len(data) if isinstance(data, list) else 1
@@ -573,8 +573,8 @@ def test_shared_cifar10_jpeg(shared_cache: Path, monkeypatch: pytest.MonkeyPatch
         decoded["images"] += 1
         return real_image(data, *a, **k)
 
-    monkeypatch.setattr(imagefolder_module, "decode_jpeg", counting_jpeg)
-    monkeypatch.setattr(imagefolder_module, "decode_image", counting_image)
+    monkeypatch.setattr(torchvision_io, "decode_jpeg", counting_jpeg)
+    monkeypatch.setattr(torchvision_io, "decode_image", counting_image)
     cached_before = any(shared_cache.rglob("*.pt"))
     ds = load_dataset("cifar10", SHARED, download=False, cache_dir=shared_cache)
     # a fresh cache decodes every image (plus each tree's first image twice, to learn its mode and
