@@ -88,15 +88,27 @@ def _f32(c: float) -> np.float32:
 
 def _forward_scalars(k: Coefficients):
     return (
-        _f32(k.a1), _f32(k.a2), _f32(k.b), _f32(k.theta), _f32(k.lam),
-        _f32(-k.v_threshold), _f32(k.v_threshold),
+        _f32(k.a1),
+        _f32(k.a2),
+        _f32(k.b),
+        _f32(k.theta),
+        _f32(k.lam),
+        _f32(-k.v_threshold),
+        _f32(k.v_threshold),
     )
 
 
 def _backward_scalars(k: Coefficients):
     return (
-        _f32(k.a1), _f32(k.a2), _f32(k.b), _f32(k.theta), _f32(k.lam), _f32(k.v_threshold),
-        _f32(-0.5 / (k.sigma * k.sigma)), _f32(k.surrogate_gain), _f32(EXP_FLOOR),
+        _f32(k.a1),
+        _f32(k.a2),
+        _f32(k.b),
+        _f32(k.theta),
+        _f32(k.lam),
+        _f32(k.v_threshold),
+        _f32(-0.5 / (k.sigma * k.sigma)),
+        _f32(k.surrogate_gain),
+        _f32(EXP_FLOOR),
     )
 
 
@@ -158,7 +170,9 @@ class _CudaPythonNVRTC:
         prog = self._check(nv.nvrtcCreateProgram(source.encode(), b"iir_kernels.cu", 0, [], []))
         try:
             self._check(nv.nvrtcCompileProgram(prog, len(options), [o.encode() for o in options]), prog)
-            size_of, read = (nv.nvrtcGetCUBINSize, nv.nvrtcGetCUBIN) if cubin else (nv.nvrtcGetPTXSize, nv.nvrtcGetPTX)
+            size_of, read = (
+                (nv.nvrtcGetCUBINSize, nv.nvrtcGetCUBIN) if cubin else (nv.nvrtcGetPTXSize, nv.nvrtcGetPTX)
+            )
             buf = b" " * self._check(size_of(prog))
             self._check(read(prog, buf))
             return buf if cubin else buf.rstrip(b"\0")
@@ -368,10 +382,16 @@ class CupyIIRMultiStep(torch.autograd.Function):
                 x.device,
                 n,
                 (
-                    x.data_ptr(), *(_ptr(s) for s in state),
-                    spikes.data_ptr(), volts.data_ptr(),
-                    p_last.data_ptr(), p_prev.data_ptr(), r_last.data_ptr(),
-                    np.int64(n), np.int32(steps), np.int32(term_kinds(k)),
+                    x.data_ptr(),
+                    *(_ptr(s) for s in state),
+                    spikes.data_ptr(),
+                    volts.data_ptr(),
+                    p_last.data_ptr(),
+                    p_prev.data_ptr(),
+                    r_last.data_ptr(),
+                    np.int64(n),
+                    np.int32(steps),
+                    np.int32(term_kinds(k)),
                     *_forward_scalars(k),
                 ),
             )
@@ -398,9 +418,14 @@ class CupyIIRMultiStep(torch.autograd.Function):
                 volts.device,
                 n,
                 (
-                    volts.data_ptr(), *(_ptr(g) for g in grads),
-                    grad_x.data_ptr(), *(_ptr(g) for g in outs),
-                    np.int64(n), np.int32(steps), np.int32(term_kinds(k)), np.int32(bool(ctx.detach_reset)),
+                    volts.data_ptr(),
+                    *(_ptr(g) for g in grads),
+                    grad_x.data_ptr(),
+                    *(_ptr(g) for g in outs),
+                    np.int64(n),
+                    np.int32(steps),
+                    np.int32(term_kinds(k)),
+                    np.int32(bool(ctx.detach_reset)),
                     *_backward_scalars(k),
                 ),
             )
@@ -432,11 +457,15 @@ def cupy_multistep(
     starts from zeros. Raises RuntimeError naming backend='torch' without CUDA or cupy.
     """
     if x_seq.dim() < 1 or x_seq.shape[0] < 1:
-        raise ValueError(f"IIR neuron: expected a time-first tensor [T, ...] with T >= 1, got shape {tuple(x_seq.shape)}")
+        raise ValueError(
+            f"IIR neuron: expected a time-first tensor [T, ...] with T >= 1, got shape {tuple(x_seq.shape)}"
+        )
     require_cupy()
     out_dtype, x_seq, state = x_seq.dtype, widened(x_seq), widened_state(state)
     given = state_on(x_seq, state)
-    spikes, volts, p1, p2, r = CupyIIRMultiStep.apply(x_seq, *given, Coefficients.of(params), params.detach_reset)
+    spikes, volts, p1, p2, r = CupyIIRMultiStep.apply(
+        x_seq, *given, Coefficients.of(params), params.detach_reset
+    )
     return spikes.to(out_dtype), volts, IIRState(p1, p2, r, volts[-1], spikes[-1])
 
 
@@ -473,21 +502,43 @@ class CKernels:
         spikes, volts = np.empty_like(x), np.empty_like(x)
         finals = [np.empty(x.shape[1:], np.float32) for _ in range(3)]
         self._lib.iir_forward_f32(
-            self._p(x), *(self._p(s) for s in state), self._p(spikes), self._p(volts),
-            *(self._p(f) for f in finals), n, steps, term_kinds(k), *_forward_scalars(k),
+            self._p(x),
+            *(self._p(s) for s in state),
+            self._p(spikes),
+            self._p(volts),
+            *(self._p(f) for f in finals),
+            n,
+            steps,
+            term_kinds(k),
+            *_forward_scalars(k),
         )
         return (spikes, volts, *finals)
 
-    def backward(self, volts: np.ndarray, k: Coefficients, detach_reset: bool, g_spikes=None, g_volts=None,
-                 g_p1=None, g_p2=None, g_r=None):
+    def backward(
+        self,
+        volts: np.ndarray,
+        k: Coefficients,
+        detach_reset: bool,
+        g_spikes=None,
+        g_volts=None,
+        g_p1=None,
+        g_p2=None,
+        g_r=None,
+    ):
         """Returns (grad_x, grad_p1, grad_p2, grad_r, grad_v, grad_o) of the initial state."""
         steps, n = volts.shape[0], int(np.prod(volts.shape[1:], dtype=np.int64))
         grad_x = np.empty_like(volts)
         outs = [np.empty(volts.shape[1:], np.float32) for _ in range(5)]
         self._lib.iir_backward_f32(
-            self._p(volts), *(self._p(g) for g in (g_spikes, g_volts, g_p1, g_p2, g_r)),
-            self._p(grad_x), *(self._p(o) for o in outs),
-            n, steps, term_kinds(k), int(bool(detach_reset)), *_backward_scalars(k),
+            self._p(volts),
+            *(self._p(g) for g in (g_spikes, g_volts, g_p1, g_p2, g_r)),
+            self._p(grad_x),
+            *(self._p(o) for o in outs),
+            n,
+            steps,
+            term_kinds(k),
+            int(bool(detach_reset)),
+            *_backward_scalars(k),
         )
         return (grad_x, *outs)
 
@@ -502,6 +553,7 @@ def compile_c_kernels(workdir: Optional[str] = None, compiler: Optional[str] = N
     in ``workdir`` (default: its cache folder) with ``compiler`` (default: ``$CC``, gcc or
     cc). Raises FileNotFoundError (`CompilerNotFound`) without a C compiler.
     """
-    library = build_library(KERNEL_SOURCE, C_COMPILE_FLAGS, "iir_kernels", libs=("-lm",), folder=workdir,
-                            compiler=compiler)
+    library = build_library(
+        KERNEL_SOURCE, C_COMPILE_FLAGS, "iir_kernels", libs=("-lm",), folder=workdir, compiler=compiler
+    )
     return CKernels(str(library))

@@ -48,8 +48,8 @@ import snntorch
 import torch
 from torch import Tensor, nn
 
-from hnn_bridge.functional.iir import IIRState, iir_step, state_dtype
 from hnn_bridge.functional import ErfcSpike
+from hnn_bridge.functional.iir import IIRState, iir_step, state_dtype
 from hnn_bridge.neuron import bias_shape
 from hnn_bridge.params import IIRParams, merge_settings
 
@@ -179,12 +179,15 @@ def _alias(snn_name: str, snn_value: Any, iir_name: str, iir_value: Any) -> Any:
     value = _number(snn_name, snn_value)
     if iir_value is not None and iir_value != value:
         raise ValueError(
-            f"IIRLeaky: {snn_name}={value!r} and {iir_name}={iir_value!r} name the same setting; pass one of them"
+            f"IIRLeaky: {snn_name}={value!r} and {iir_name}={iir_value!r} name the same setting; pass "
+            "one of them"
         )
     return value
 
 
-def _resolve_spike_grad(spike_grad: Optional[Callable], sigma: Optional[float]) -> tuple[float, Optional[Callable]]:
+def _resolve_spike_grad(
+    spike_grad: Optional[Callable], sigma: Optional[float]
+) -> tuple[float, Optional[Callable]]:
     """(sigma of eq. 6, None) or (default sigma, another surrogate for `spike_with`)."""
     if spike_grad is None:
         return (IIRParams.sigma if sigma is None else sigma), None
@@ -199,7 +202,8 @@ def _resolve_spike_grad(spike_grad: Optional[Callable], sigma: Optional[float]) 
         return spike_grad.sigma, None
     if sigma is not None:
         raise ValueError(
-            f"IIRLeaky: sigma={sigma!r} has no effect with spike_grad={getattr(spike_grad, '__name__', spike_grad)!r}: "
+            f"IIRLeaky: sigma={sigma!r} has no effect with "
+            f"spike_grad={getattr(spike_grad, '__name__', spike_grad)!r}: "
             f"sigma is the width of eq. 6, which spike_grad replaces; pass one of them "
             f"(spike_grad=erfc_surrogate(sigma) is eq. 6)"
         )
@@ -302,12 +306,15 @@ class IIRLeaky(snntorch.Leaky):
                 reset_mechanism,
                 "the IIR neuron resets by subtraction through its reset filter "
                 "(R[t] = theta*R[t-1] + O[t-1], V[t] -= V_th*R[t], eq. 1c)",
-                "reset_mechanism='subtract' (the default), with reset_decay=0.0 for snnTorch's one-step subtraction",
+                "reset_mechanism='subtract' (the default), with reset_decay=0.0 for snnTorch's one-step "
+                "subtraction",
             )
         if beta is not None:
             beta = _number("beta", beta)
             if not 0.0 <= beta <= 1.0:
-                raise ValueError(f"IIRLeaky: beta (the membrane decay, eq. 1a) must be in [0, 1], got {beta!r}")
+                raise ValueError(
+                    f"IIRLeaky: beta (the membrane decay, eq. 1a) must be in [0, 1], got {beta!r}"
+                )
         given["membrane_decay"] = _alias("beta", beta, "membrane_decay", given.get("membrane_decay"))
         v_threshold = _alias("threshold", threshold, "v_threshold", given.pop("v_threshold", None))
         if v_threshold is not None:
@@ -465,8 +472,12 @@ class IIRLeaky(snntorch.Leaky):
             self._sync()
             b = self._buffers
             start = IIRState(b["p1"], b["p2"], b["r"], b["mem"], b["o"])
-        spk, new = iir_step(input_, _fit(start, input_), self.params, surrogate=self.custom_grad, bias=self.bias)
-        if new.v is input_:  # degenerate settings (V = x): keep snnTorch's mem.detach_() off the caller's tensor
+        spk, new = iir_step(
+            input_, _fit(start, input_), self.params, surrogate=self.custom_grad, bias=self.bias
+        )
+        if (
+            new.v is input_
+        ):  # degenerate settings (V = x): keep snnTorch's mem.detach_() off the caller's tensor
             new = new._replace(v=new.v.clone())
         self._store(new)
         if self.init_hidden:
@@ -476,7 +487,11 @@ class IIRLeaky(snntorch.Leaky):
     def extra_repr(self) -> str:
         changed = [f"{k}={v!r}" for k, v in self.params.overrides().items()]
         flags = [f"{n}=True" for n in ("init_hidden", "output") if getattr(self, n)]
-        grad = [f"spike_grad={getattr(self.custom_grad, '__name__', self.custom_grad)!r}"] if self.custom_grad else []
+        grad = (
+            [f"spike_grad={getattr(self.custom_grad, '__name__', self.custom_grad)!r}"]
+            if self.custom_grad
+            else []
+        )
         bias = [f"post_filter_bias={tuple(self.bias.shape)}"] if self.bias is not None else []
         return ", ".join(changed + bias + grad + flags)
 

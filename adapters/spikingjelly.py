@@ -41,10 +41,9 @@ import warnings
 from typing import Any, Callable, Optional, Union
 
 import torch
-from torch import Tensor
-
 from spikingjelly.activation_based import neuron as sj_neuron
 from spikingjelly.activation_based import surrogate as sj_surrogate
+from torch import Tensor
 
 from hnn_bridge.functional.iir import (
     IIRState,
@@ -87,7 +86,9 @@ def _resolve_surrogate(surrogate_function, sigma: Optional[float]) -> tuple[floa
     if surrogate_function is None:
         return (IIRParams.sigma if sigma is None else sigma), None
     if not callable(surrogate_function):
-        raise TypeError(f"IIRNode: surrogate_function must be callable, got {type(surrogate_function).__name__}")
+        raise TypeError(
+            f"IIRNode: surrogate_function must be callable, got {type(surrogate_function).__name__}"
+        )
     name = type(surrogate_function).__name__
     if getattr(surrogate_function, "spiking", True) is False:
         raise ValueError(
@@ -98,7 +99,8 @@ def _resolve_surrogate(surrogate_function, sigma: Optional[float]) -> tuple[floa
         mapped = erf_sigma(surrogate_function.alpha)
         if sigma is not None and sigma != mapped:
             raise ValueError(
-                f"IIRNode: sigma={sigma!r} disagrees with surrogate_function=Erf(alpha={surrogate_function.alpha!r}), "
+                f"IIRNode: sigma={sigma!r} disagrees with "
+                f"surrogate_function=Erf(alpha={surrogate_function.alpha!r}), "
                 f"which means sigma = 1 / (sqrt(2) alpha) = {mapped!r}; pass one of them"
             )
         return mapped, None
@@ -167,7 +169,9 @@ class IIRNode(sj_neuron.BaseNode):
         sigma, custom = _resolve_surrogate(surrogate_function, given.pop("sigma", None))
         params = IIRParams(**given, sigma=sigma)
         if backend not in BACKENDS:
-            raise ValueError(f"IIRNode: backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+            raise ValueError(
+                f"IIRNode: backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}"
+            )
         if backend == "cupy":
             from .cupy_kernels import require_cupy
 
@@ -259,16 +263,18 @@ class IIRNode(sj_neuron.BaseNode):
 
     def single_step_functional_forward(self, inputs, states, **kwargs):
         v, p1, p2, r, o = states
-        o_new, st = iir_step(inputs[0], IIRState(p1, p2, r, v, o), self.params, surrogate=self._surrogate,
-                             bias=self.bias)
+        o_new, st = iir_step(
+            inputs[0], IIRState(p1, p2, r, v, o), self.params, surrogate=self._surrogate, bias=self.bias
+        )
         return (o_new,), (st.v, st.p1, st.p2, st.r, st.o)
 
     def _multistep(self, x_seq: Tensor, states) -> tuple[Tensor, Tensor, IIRState]:
         v, p1, p2, r, o = states
         start = None if all(s is None for s in states) else IIRState(p1, p2, r, v, o)
         if self._per_step:
-            return iir_multistep_reference(x_seq, self.params, start, surrogate=self.surrogate_function,
-                                           bias=self.bias)
+            return iir_multistep_reference(
+                x_seq, self.params, start, surrogate=self.surrogate_function, bias=self.bias
+            )
         if self.backend == "cupy":
             from .cupy_kernels import cupy_multistep
 
@@ -285,7 +291,10 @@ class IIRNode(sj_neuron.BaseNode):
         if not torch.is_floating_point(x_seq):
             raise TypeError(f"IIRNode expects a floating-point tensor [T, N, ...], got dtype {x_seq.dtype}")
         if x_seq.dim() < 1 or x_seq.shape[0] < 1:
-            raise ValueError(f"IIRNode: expected a time-first tensor [T, N, ...] with T >= 1, got shape {tuple(x_seq.shape)}")
+            raise ValueError(
+                "IIRNode: expected a time-first tensor [T, N, ...] with T >= 1, got shape "
+                f"{tuple(x_seq.shape)}"
+            )
         states = self.materialize_states((x_seq,), tuple(self._memories.values()), "m")
         spikes, volts, st = self._multistep(x_seq, states)
         m = self._memories

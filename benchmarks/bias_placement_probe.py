@@ -27,8 +27,10 @@ from hnn_bridge.recipe import build_row, load_recipe, parse_rows
 
 def _spikes(model, x: torch.Tensor) -> list[torch.Tensor]:
     seen: dict[int, torch.Tensor] = {}
-    hooks = [m.register_forward_hook(lambda _m, _i, out, k=k: seen.__setitem__(k, out.detach()))
-             for k, m in model.neurons.items()]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out, k=k: seen.__setitem__(k, out.detach()))
+        for k, m in model.neurons.items()
+    ]
     try:
         with torch.no_grad():
             counts = model(x)
@@ -62,7 +64,9 @@ def main() -> None:
     pick = split_622(ds.labels, seed=0).val[: a.images]
     x = ds.images[pick].float() / 255
     print(f"{a.table} ({a.profile}), {len(pick)} validation images of {dataset}, seed {a.seed}")
-    print(f"{'row':<4} {'network':<44} {'layer':>5} {'rate after':>11} {'rate before':>12} {'slots differ':>13}")
+    print(
+        f"{'row':<4} {'network':<44} {'layer':>5} {'rate after':>11} {'rate before':>12} {'slots differ':>13}"
+    )
     for row in recipe.rows:
         if row.coder is None:
             continue
@@ -76,8 +80,10 @@ def main() -> None:
         after, before = built["after_filter"], built["before_filter"]
         for k, (s_a, s_b) in enumerate(zip(after[:-1], before[:-1])):
             differ = float((s_a != s_b).float().mean())
-            print(f"{row.index:<4} {row.arch:<44} {k:>5} {float(s_a.mean()):>11.4f} {float(s_b.mean()):>12.4f} "
-                  f"{100 * differ:>12.2f}%")
+            print(
+                f"{row.index:<4} {row.arch:<44} {k:>5} {float(s_a.mean()):>11.4f} {float(s_b.mean()):>12.4f} "
+                f"{100 * differ:>12.2f}%"
+            )
         changed = float((after[-1].argmax(1) != before[-1].argmax(1)).float().mean())
         print(f"{'':<4} {'':<44} {'out':>5} argmax prediction differs on {100 * changed:.1f}% of the images")
 

@@ -32,9 +32,9 @@ import copy
 import statistics
 from pathlib import Path
 
+from hnn_bridge.builder import build
 from hnn_bridge.energy import ENERGY_MODELS, energy_pj
 from hnn_bridge.ops import assumed_counts
-from hnn_bridge.builder import build
 from hnn_bridge.recipe import INPUT_SHAPES
 from hnn_bridge.report import load_results, plot_energy
 
@@ -42,10 +42,18 @@ from hnn_bridge.report import load_results, plot_energy
 def _build(row: dict):
     """The row's network with the settings its results file recorded."""
     s = row["settings"]
-    return build(row["arch"], coder=row["coder"], steps=s.get("steps") or 1, input_shape=INPUT_SHAPES[s["dataset"]],
-                 input_mode=s.get("input_mode", "direct"), neuron=s.get("neuron"), training=row["training"],
-                 activation=None if s.get("activation", "auto") == "auto" else s["activation"],
-                 norm=s.get("norm", "none"), bias_placement=s.get("bias_placement", "before_filter"))
+    return build(
+        row["arch"],
+        coder=row["coder"],
+        steps=s.get("steps") or 1,
+        input_shape=INPUT_SHAPES[s["dataset"]],
+        input_mode=s.get("input_mode", "direct"),
+        neuron=s.get("neuron"),
+        training=row["training"],
+        activation=None if s.get("activation", "auto") == "auto" else s["activation"],
+        norm=s.get("norm", "none"),
+        bias_placement=s.get("bias_placement", "before_filter"),
+    )
 
 
 def _rows(directory: Path):
@@ -99,8 +107,11 @@ def _row_counts(model, seed: dict):
 def main(dirs: list[str], plots: Path | None = None) -> None:
     for d in dirs:
         print(f"\n### {d}\n")
-        print("| # | network | coder | training | T | acc. % | in rates | ops uJ | " +
-              " | ".join(f"{m} uJ" for m in ENERGY_MODELS if m != "ops") + " | recorded ops uJ |")
+        print(
+            "| # | network | coder | training | T | acc. % | in rates | ops uJ | "
+            + " | ".join(f"{m} uJ" for m in ENERGY_MODELS if m != "ops")
+            + " | recorded ops uJ |"
+        )
         print("|---|---|---|---|---|---|---|---|" + "---|" * (len(ENERGY_MODELS) - 1) + "---|")
         try:
             rows = list(_rows(Path(d)))
@@ -119,16 +130,23 @@ def main(dirs: list[str], plots: Path | None = None) -> None:
                 recorded = seed.get("energy") or {}  # exact, measured on the test set (this version's runs)
                 for m in ENERGY_MODELS:
                     energies[m].append(recorded[m] if m in recorded else energy_pj(m, counts) / 1e6)
-                by_job[row["row"], seed.get("seed_index")]["energy"] = {m: energies[m][-1] for m in ENERGY_MODELS}
+                by_job[row["row"], seed.get("seed_index")]["energy"] = {
+                    m: energies[m][-1] for m in ENERGY_MODELS
+                }
             acc = statistics.fmean(100 * s["test_acc"] for s in seeds)
-            shown = ", ".join(f"{model.layers[i].token} {statistics.fmean(r[i] for r in rates):.3f}"
-                              for i in rates[0]) or "–"
+            shown = (
+                ", ".join(
+                    f"{model.layers[i].token} {statistics.fmean(r[i] for r in rates):.3f}" for i in rates[0]
+                )
+                or "–"
+            )
             recorded = statistics.fmean(s["energy_uj"] for s in seeds if s.get("energy_uj") is not None)
             steps = model.steps or "–"
             cells = " | ".join(f"{statistics.fmean(energies[m]):.3f}" for m in ENERGY_MODELS if m != "ops")
-            print(f"| {row['row']} | {row['arch']} | {row['coder'] or 'none'} | {row['training']} | {steps} | "
-                  f"{acc:.2f} | {shown} | {statistics.fmean(energies['ops']):.3f} | {cells} | {recorded:.3f} |")
-
+            print(
+                f"| {row['row']} | {row['arch']} | {row['coder'] or 'none'} | {row['training']} | {steps} | "
+                f"{acc:.2f} | {shown} | {statistics.fmean(energies['ops']):.3f} | {cells} | {recorded:.3f} |"
+            )
 
         if plots is not None:
             plots.mkdir(parents=True, exist_ok=True)
@@ -139,6 +157,8 @@ def main(dirs: list[str], plots: Path | None = None) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dirs", nargs="+", help="run folders with a results.json")
-    parser.add_argument("--plots", type=Path, default=None, help="write one accuracy-energy plot per model here")
+    parser.add_argument(
+        "--plots", type=Path, default=None, help="write one accuracy-energy plot per model here"
+    )
     args = parser.parse_args()
     main(args.dirs, args.plots)

@@ -36,8 +36,11 @@ def metrics(spikes: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor 
     top = counts.max(dim=1, keepdim=True).values
     tied = (counts == top).sum(1) > 1
     hit = counts.argmax(1) == labels
-    out = {"acc": float((hit & ~tied).float().mean()), "acc_argmax": float(hit.float().mean()),
-           "tie_rate": float(tied.float().mean())}
+    out = {
+        "acc": float((hit & ~tied).float().mean()),
+        "acc_argmax": float(hit.float().mean()),
+        "tie_rate": float(tied.float().mean()),
+    }
     if reference is not None:
         out["slot_mismatch"] = float((spikes != reference).float().mean())
         out["count_mismatch_images"] = int((counts != reference.sum(0)).any(1).sum())
@@ -82,8 +85,9 @@ def main() -> None:
         state = load_state(state_path)
         fp = state["fingerprint"]
         s = fp["settings"]
-        model = build(fp["arch"], coder=fp["coder"], training=fp["training"],
-                      **{k: s[k] for k in BUILD_KEYS if k in s})
+        model = build(
+            fp["arch"], coder=fp["coder"], training=fp["training"], **{k: s[k] for k in BUILD_KEYS if k in s}
+        )
         model.load_state_dict(state["best_model"])
         model.eval()
         ds = load_dataset(s["dataset"], args.data_dir, download=False)
@@ -95,12 +99,14 @@ def main() -> None:
             nir.write(str(exact_path), export_nir(model))
             nir.write(str(lif_path), export_nir(model, mode="lif"))
             exact = import_nir(exact_path)
-            lif_nets = {"lif/snntorch": snntorch_import(nir.read(str(lif_path))),
-                        "lif/spikingjelly": spikingjelly_import(str(lif_path))}
+            lif_nets = {
+                "lif/snntorch": snntorch_import(nir.read(str(lif_path))),
+                "lif/spikingjelly": spikingjelly_import(str(lif_path)),
+            }
         runs: dict[str, list[torch.Tensor]] = {k: [] for k in ("original", "exact", *lif_nets)}
         with torch.no_grad():
             for start in range(0, len(test), args.batch):
-                idx = torch.as_tensor(test[start:start + args.batch])
+                idx = torch.as_tensor(test[start : start + args.batch])
                 x = ds.images[idx].float() / 255
                 train = nir_input(model, x)
                 runs["original"].append(output_spikes(model, x))
@@ -109,7 +115,12 @@ def main() -> None:
                     runs[name].append(stepwise(net, train))
         labels = ds.labels[torch.as_tensor(test)]
         ref = torch.cat(runs["original"], 1)
-        report = {"state": str(state_path), "arch": fp["arch"], "best_epoch": state["best_epoch"], "n": len(test)}
+        report = {
+            "state": str(state_path),
+            "arch": fp["arch"],
+            "best_epoch": state["best_epoch"],
+            "n": len(test),
+        }
         for name, parts in runs.items():
             spikes = torch.cat(parts, 1)
             report[name] = metrics(spikes, labels, None if name == "original" else ref)

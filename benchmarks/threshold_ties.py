@@ -35,12 +35,14 @@ def count(model: hb.HybridNet, images: torch.Tensor, batch: int = 500) -> dict[i
     """SL index -> (neuron-steps with V == V_th, all neuron-steps, images with any)."""
     ties: dict[int, list[int]] = {k: [0, 0, 0] for k in model.neurons}
     captured: dict[int, torch.Tensor] = {}
-    hooks = [m.register_forward_pre_hook(lambda _m, args, k=k: captured.__setitem__(k, args[0].detach()))
-             for k, m in model.neurons.items()]
+    hooks = [
+        m.register_forward_pre_hook(lambda _m, args, k=k: captured.__setitem__(k, args[0].detach()))
+        for k, m in model.neurons.items()
+    ]
     try:
         with torch.no_grad():
             for i in range(0, len(images), batch):
-                model(images[i:i + batch])
+                model(images[i : i + batch])
                 for k, x in captured.items():
                     params = model.neurons[k].params
                     _, volts, _ = iir_multistep(x, params)
@@ -64,7 +66,7 @@ def strict_rule_changes(model: hb.HybridNet, images: torch.Tensor, batch: int = 
     counts_changed = argmax_changed = 0
     with torch.no_grad():
         for i in range(0, len(images), batch):
-            a, b = model(images[i:i + batch]), strict(images[i:i + batch])
+            a, b = model(images[i : i + batch]), strict(images[i : i + batch])
             counts_changed += int((a != b).any(1).sum())
             argmax_changed += int((a.argmax(1) != b.argmax(1)).sum())
     return counts_changed, argmax_changed
@@ -91,12 +93,16 @@ def main() -> None:
                     test = split_622(ds.labels, seed=s["split_seed"]).test
                     data[key] = ds.images[test].float() / 255
                 for k, (hits, total, images) in count(model, data[key]).items():
-                    print(f"{run.name} row {row['row']} {row['arch']} seed {seed.get('seed_index', 0)} "
-                          f"layer {model.layers[k].token}: V == V_th in {hits} of {total:,} neuron-steps, "
-                          f"on {images} of {len(data[key])} test images")
+                    print(
+                        f"{run.name} row {row['row']} {row['arch']} seed {seed.get('seed_index', 0)} "
+                        f"layer {model.layers[k].token}: V == V_th in {hits} of {total:,} neuron-steps, "
+                        f"on {images} of {len(data[key])} test images"
+                    )
                 changed, flipped = strict_rule_changes(model, data[key])
-                print(f"{run.name} row {row['row']} {row['arch']} seed {seed.get('seed_index', 0)}: firing at "
-                      f"V > V_th changes the output counts of {changed} and the argmax of {flipped} test images")
+                print(
+                    f"{run.name} row {row['row']} {row['arch']} seed {seed.get('seed_index', 0)}: firing at "
+                    f"V > V_th changes the output counts of {changed} and the argmax of {flipped} test images"
+                )
 
 
 if __name__ == "__main__":

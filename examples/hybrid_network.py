@@ -35,8 +35,10 @@ from hnn_bridge.report import load_results
 
 results = load_results("runs/first")
 seed = results["rows"][0]["seeds"][0]
-print(f"test accuracy {seed['test_acc']:.1%} (strict), {seed['test_acc_argmax']:.1%} (argmax), "
-      f"ties {seed['test_tie_rate']:.1%}")
+print(
+    f"test accuracy {seed['test_acc']:.1%} (strict), {seed['test_acc_argmax']:.1%} (argmax), "
+    f"ties {seed['test_tie_rate']:.1%}"
+)
 # --8<-- [end:results]
 
 
@@ -47,8 +49,8 @@ import torch.nn.functional as F
 import hnn_bridge as hb
 from hnn_bridge.data import TensorBatches, load_dataset, split_622
 
-digits = load_dataset("mnist-5k")            # uint8 [5000, 1, 28, 28], no download
-split = split_622(digits.labels, seed=0)     # 3,000 / 1,000 / 1,000, stratified
+digits = load_dataset("mnist-5k")  # uint8 [5000, 1, 28, 28], no download
+split = split_622(digits.labels, seed=0)  # 3,000 / 1,000 / 1,000, stratified
 
 
 def fit(model: torch.nn.Module, epochs: int) -> None:
@@ -78,8 +80,9 @@ def evaluate(model: torch.nn.Module) -> tuple[float, float]:
 
 
 torch.manual_seed(0)
-model = hb.build("A784-A100-S10", coder="duplicate", steps=8,
-                 neuron={"membrane_decay": 0.0})   # Fang et al.'s MNIST setting
+model = hb.build(
+    "A784-A100-S10", coder="duplicate", steps=8, neuron={"membrane_decay": 0.0}
+)  # Fang et al.'s MNIST setting
 fit(model, epochs=2)
 accuracy, ties = evaluate(model)
 print(f"simultaneous: argmax {accuracy:.1%}, ties {ties:.1%}")
@@ -88,12 +91,13 @@ print(f"simultaneous: argmax {accuracy:.1%}, ties {ties:.1%}")
 
 # --8<-- [start:separate]
 torch.manual_seed(0)
-ann = hb.build("A784-A100-A10")                 # the pure ANN: no coder, no SLs
+ann = hb.build("A784-A100-A10")  # the pure ANN: no coder, no SLs
 fit(ann, epochs=2)
 ann_accuracy, _ = evaluate(ann)
 
-hybrid = hb.build("A784-A100-S10", coder="duplicate", steps=8, training="separate",
-                  neuron={"membrane_decay": 0.0})
+hybrid = hb.build(
+    "A784-A100-S10", coder="duplicate", steps=8, training="separate", neuron={"membrane_decay": 0.0}
+)
 hybrid.load_als_from(ann)
 hybrid.freeze_als()
 fit(hybrid, epochs=3)
@@ -109,8 +113,9 @@ with torch.no_grad():
     reference = model(x)
 same = {}
 for backend in ("spikingjelly", "snntorch"):
-    twin = hb.build("A784-A100-S10", coder="duplicate", steps=8, backend=backend,
-                    neuron={"membrane_decay": 0.0})
+    twin = hb.build(
+        "A784-A100-S10", coder="duplicate", steps=8, backend=backend, neuron={"membrane_decay": 0.0}
+    )
     hb.copy_weights(model, twin)
     twin.eval()
     with torch.no_grad():

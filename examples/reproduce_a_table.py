@@ -32,8 +32,10 @@ recipe = load_recipe("table1a")
 print(recipe.paper_table, recipe.title)
 for row in recipe.rows:
     s = row.settings
-    print(f"{row.index}. {row.label:32} paper {row.paper:.2f}   "
-          f"{s.epochs} epochs, T = {s.steps}, lr {s.lr:g}, dropout {s.dropout}")
+    print(
+        f"{row.index}. {row.label:32} paper {row.paper:.2f}   "
+        f"{s.epochs} epochs, T = {s.steps}, lr {s.lr:g}, dropout {s.dropout}"
+    )
 quick = recipe.configure(quick=True).rows[0].settings
 print("--quick:", quick.dataset, quick.epochs, "epochs, T =", quick.steps)
 # --8<-- [end:inspect]
@@ -56,7 +58,7 @@ print(f"{len(within)} of {len(gaps)} rows within 0.5 points of the paper")
 # --8<-- [start:my-table]
 from pathlib import Path
 
-Path("my-table.toml").write_text('''
+Path("my-table.toml").write_text("""
 [recipe]
 name = "my-table"
 title = "Where to split a small MLP"
@@ -89,7 +91,7 @@ training = "simultaneous"
 arch = "A784-A100-A10"
 coder = "none"
 training = "simultaneous"
-''')
+""")
 mine = load_recipe("my-table.toml").configure(quick=True)
 print([(row.arch, row.settings.epochs) for row in mine.rows])
 # --8<-- [end:my-table]
@@ -103,6 +105,8 @@ from hnn_bridge.recipe import al_share
 
 for row in load_results("runs/my-table")["rows"]:
     seed = row["seeds"][0]
-    print(f"{row['arch']:16} ALs {al_share(row['arch']):.0%}   argmax {seed['test_acc_argmax']:.1%}   "
-          f"ties {seed['test_tie_rate']:.1%}")
+    print(
+        f"{row['arch']:16} ALs {al_share(row['arch']):.0%}   argmax {seed['test_acc_argmax']:.1%}   "
+        f"ties {seed['test_tie_rate']:.1%}"
+    )
 # --8<-- [end:my-results]

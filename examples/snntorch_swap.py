@@ -1,16 +1,15 @@
 """The IIR neuron in snnTorch code: the code of docs/tutorials/snntorch.md.
 
-    python examples/snntorch_swap.py
+python examples/snntorch_swap.py
 """
 
 from __future__ import annotations
 
-
-# --8<-- [start:tutorial-net]
-import torch
 import snntorch as snn
 import snntorch.functional as SF
 
+# --8<-- [start:tutorial-net]
+import torch
 from hnn_bridge.adapters.snntorch import IIRLeaky
 
 
@@ -19,9 +18,9 @@ class Net(torch.nn.Module):
         super().__init__()
         self.num_steps = num_steps
         self.fc1 = torch.nn.Linear(784, 100)
-        self.lif1 = IIRLeaky()                    # was: snn.Leaky(beta=0.9)
+        self.lif1 = IIRLeaky()  # was: snn.Leaky(beta=0.9)
         self.fc2 = torch.nn.Linear(100, 10)
-        self.lif2 = IIRLeaky()                    # was: snn.Leaky(beta=0.9)
+        self.lif2 = IIRLeaky()  # was: snn.Leaky(beta=0.9)
 
     def forward(self, x):
         mem1, mem2 = self.lif1.init_leaky(), self.lif2.init_leaky()
@@ -32,6 +31,8 @@ class Net(torch.nn.Module):
             spk_rec.append(spk2)
             mem_rec.append(mem2)
         return torch.stack(spk_rec), torch.stack(mem_rec)
+
+
 # --8<-- [end:tutorial-net]
 
 
@@ -91,12 +92,15 @@ print(message)
 import snntorch.utils
 
 seq = torch.nn.Sequential(
-    torch.nn.Flatten(), torch.nn.Linear(784, 100), IIRLeaky(init_hidden=True),
-    torch.nn.Linear(100, 10), IIRLeaky(init_hidden=True, output=True),
+    torch.nn.Flatten(),
+    torch.nn.Linear(784, 100),
+    IIRLeaky(init_hidden=True),
+    torch.nn.Linear(100, 10),
+    IIRLeaky(init_hidden=True, output=True),
 )
 x = torch.rand(8, 1, 28, 28)
 snntorch.utils.reset(seq)
-counts = torch.stack([seq(x)[0] for _ in range(25)]).sum(0)      # [8, 10] spike counts
+counts = torch.stack([seq(x)[0] for _ in range(25)]).sum(0)  # [8, 10] spike counts
 snntorch.utils.reset(seq)
 again = torch.stack([seq(x)[0] for _ in range(25)]).sum(0)
 print("reset gives the same counts again:", torch.equal(counts, again))
@@ -117,16 +121,19 @@ import copy
 import io
 
 snntorch.utils.reset(seq)
-twin = copy.deepcopy(seq)                                  # a copy of the whole model
+twin = copy.deepcopy(seq)  # a copy of the whole model
 
 fresh = torch.nn.Sequential(
-    torch.nn.Flatten(), torch.nn.Linear(784, 100), IIRLeaky(init_hidden=True),
-    torch.nn.Linear(100, 10), IIRLeaky(init_hidden=True, output=True),
+    torch.nn.Flatten(),
+    torch.nn.Linear(784, 100),
+    IIRLeaky(init_hidden=True),
+    torch.nn.Linear(100, 10),
+    IIRLeaky(init_hidden=True, output=True),
 )
-fresh.load_state_dict(seq.state_dict())                    # the weights only
+fresh.load_state_dict(seq.state_dict())  # the weights only
 
 buffer = io.BytesIO()
-torch.save(seq, buffer)                                    # the whole model
+torch.save(seq, buffer)  # the whole model
 buffer.seek(0)
 loaded = torch.load(buffer, weights_only=False)
 
@@ -142,5 +149,5 @@ print("all four give the same counts:", all(torch.equal(outputs[0], o) for o in 
 lif = IIRLeaky(synapse="first_order", tau_s=2.0)
 state = lif.init_iirleaky()
 for t in range(5):
-    spk_t, state = lif(torch.rand(8, 10), state)            # state.v: the membrane potential
+    spk_t, state = lif(torch.rand(8, 10), state)  # state.v: the membrane potential
 # --8<-- [end:richer-api]

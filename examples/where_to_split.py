@@ -14,8 +14,10 @@ import subprocess
 import sys
 
 #: The commands that the page shows, as a shell runs them.
-DESCRIBE = ("hnn-bridge describe A32C3-S32C3-S64C3-P2-S64C3-P2-S512-S10 --input-shape 3x32x32 --steps 16 "
-            "--rate 0.1 --energy-model lemaire")
+DESCRIBE = (
+    "hnn-bridge describe A32C3-S32C3-S64C3-P2-S64C3-P2-S512-S10 --input-shape 3x32x32 --steps 16 "
+    "--rate 0.1 --energy-model lemaire"
+)
 COMMITTED = "python benchmarks/energy_tradeoff.py docs/cpu/table1b-t16 --plots plots"
 RUN = "hnn-bridge recipe my-splits.toml --quick --out runs/my-splits"
 REPORT = "hnn-bridge report runs/my-splits --energy-model lemaire"
@@ -59,10 +61,12 @@ estimate = {}
 for n_als in (0, 1, 3, 4, 6):
     arch = split(n_als)
     model = hb.build(arch, coder="duplicate" if n_als < 6 else None, steps=16, input_shape=(3, 32, 32))
-    counts = assumed_counts(model, rate=0.1)      # every spiking layer's inputs fire 10% of steps
-    estimate[arch] = {name: energy_pj(name, counts) / 1e6 for name in ENERGY_MODELS}   # uJ per image
-    print(f"{arch:40} ALs {al_share(arch):4.0%}  " +
-          "  ".join(f"{name} {uj:8.1f} uJ" for name, uj in estimate[arch].items()))
+    counts = assumed_counts(model, rate=0.1)  # every spiking layer's inputs fire 10% of steps
+    estimate[arch] = {name: energy_pj(name, counts) / 1e6 for name in ENERGY_MODELS}  # uJ per image
+    print(
+        f"{arch:40} ALs {al_share(arch):4.0%}  "
+        + "  ".join(f"{name} {uj:8.1f} uJ" for name, uj in estimate[arch].items())
+    )
 # --8<-- [end:estimate]
 
 committed = run(COMMITTED)
@@ -71,7 +75,7 @@ print(committed)
 # --8<-- [start:recipe]
 from pathlib import Path
 
-Path("my-splits.toml").write_text('''
+Path("my-splits.toml").write_text("""
 [recipe]
 name = "my-splits"
 title = "Every split of A784-A500-A10"
@@ -111,7 +115,7 @@ training = "simultaneous"
 arch = "A784-A500-A10"
 coder = "none"
 training = "simultaneous"
-''')
+""")
 # --8<-- [end:recipe]
 
 print(run(RUN))
@@ -125,11 +129,13 @@ fronts = {}
 for name in ENERGY_MODELS:
     points = {}
     for row in rows:
-        seed = row["seeds"][0]            # measured on the test set: exact counts, every model
+        seed = row["seeds"][0]  # measured on the test set: exact counts, every model
         points[row["arch"]] = (seed["energy"][name], 100 * seed["test_acc_argmax"])
     front = pareto_front(list(points.values()))
     best = [arch for arch, point in points.items() if point in front]
     fronts[name] = best
-    print(f"{name:8} Pareto front: " + ", ".join(
-        f"{arch} ({points[arch][0]:.3g} uJ, {points[arch][1]:.1f}%)" for arch in best))
+    print(
+        f"{name:8} Pareto front: "
+        + ", ".join(f"{arch} ({points[arch][0]:.3g} uJ, {points[arch][1]:.1f}%)" for arch in best)
+    )
 # --8<-- [end:front]

@@ -45,12 +45,12 @@ for digit in ("0", "1", "7"):
 from hnn_bridge.data import load_dataset
 
 mine = load_dataset("imagefolder:my-images")
-print(mine)                  # Dataset(name='imagefolder:my-images', n=300, input_shape=(1, 28, 28), ...)
-print(mine.classes)          # ['0', '1', '7']: the folder names, sorted; label = position
+print(mine)  # Dataset(name='imagefolder:my-images', n=300, input_shape=(1, 28, 28), ...)
+print(mine.classes)  # ['0', '1', '7']: the folder names, sorted; label = position
 # --8<-- [end:look]
 
 # --8<-- [start:recipe]
-Path("my-images.toml").write_text('''
+Path("my-images.toml").write_text("""
 [recipe]
 name = "my-images"
 title = "Three digits, ANN against hybrid"
@@ -78,7 +78,7 @@ training = "simultaneous"
 arch = "A784-A100-S3"                # the hybrid network: a spiking output layer
 coder = "duplicate"
 training = "simultaneous"
-''')
+""")
 # --8<-- [end:recipe]
 
 print(hnn_bridge(RUN))

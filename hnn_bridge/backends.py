@@ -71,7 +71,9 @@ class SNNTorchLayer(nn.Module):
         if not torch.is_floating_point(x):
             raise TypeError(f"IIRLeaky expects a floating-point tensor [T, ...], got dtype {x.dtype}")
         if x.dim() < 1 or x.shape[0] < 1:
-            raise ValueError(f"IIR neuron: expected a time-first tensor [T, ...] with T >= 1, got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"IIR neuron: expected a time-first tensor [T, ...] with T >= 1, got shape {tuple(x.shape)}"
+            )
         from hnn_bridge.functional.iir import IIRState
 
         state = IIRState.zeros_like(x[0])

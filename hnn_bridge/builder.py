@@ -18,10 +18,11 @@ from torch import Tensor, nn
 
 from .coders import CODERS, Coder, MuActivation, make_coder
 from .errors import ConfigError
-from .notation import LayerSpec, last_al, parse_arch
 from .neuron import PostFilterBias, SynapseFilter
+from .notation import LayerSpec, last_al, parse_arch
 from .params import IIRParams
 from .pooling import MaxPool2d
+
 
 def _batch_norm(shape: tuple[int, ...]) -> nn.Module:
     """Batch normalisation of a weight op's output ``shape`` per sample: over features
@@ -185,8 +186,11 @@ class NetworkConfig:
             )
         if sigma0 > 0 and coder != "gaussian":
             raise ConfigError(f"gaussian_sigma0 = {sigma0!r} needs coder='gaussian' (the coder is {coder!r})")
-        if coder == "poisson" and training == "simultaneous" and any(s.has_weights and not s.spiking
-                                                                       for s in self.specs):
+        if (
+            coder == "poisson"
+            and training == "simultaneous"
+            and any(s.has_weights and not s.spiking for s in self.specs)
+        ):
             raise ConfigError(
                 "poisson coding is not differentiable, so its ALs cannot be trained with the SLs: "
                 "use training='separate' (pre-trained, frozen ALs) or an all-S spec (§3.1, §3.3)"
@@ -408,8 +412,18 @@ class _Assembly:
             self.al.extend((head, MuActivation(self.activation())))
             self.shape = (self.widen * self.shape[0],)
             self.weight_ops[len(self.layers)] = head
-            self.layers.append(LayerInfo("head", "AL", "dense", self.shape, head.weight.numel() + head.bias.numel(),
-                                         head.weight.numel(), "values", False))
+            self.layers.append(
+                LayerInfo(
+                    "head",
+                    "AL",
+                    "dense",
+                    self.shape,
+                    head.weight.numel() + head.bias.numel(),
+                    head.weight.numel(),
+                    "values",
+                    False,
+                )
+            )
         elif i == self.last_al and self.coder is not None:
             self.al.append(self.activation())
 
@@ -422,8 +436,11 @@ class _Assembly:
         pool = MaxPool2d(s.width)
         (self.sl.append(SeqOp(pool)) if s.spiking else self.al.append(pool))
         self.shape = (self.shape[0], self.shape[1] // s.width, self.shape[2] // s.width)
-        self.layers.append(LayerInfo(s.token, "pool", "pool", self.shape, 0, 0,
-                                     "spikes" if s.spiking else "values", s.spiking))
+        self.layers.append(
+            LayerInfo(
+                s.token, "pool", "pool", self.shape, 0, 0, "spikes" if s.spiking else "values", s.spiking
+            )
+        )
 
     def _weight_op(self, i: int, s: LayerSpec) -> tuple[list[nn.Module], nn.Module, int, tuple[int, ...]]:
         """(flatten, op, MACs, output shape) of a dense or conv token; registers the op."""
@@ -457,7 +474,11 @@ class _Assembly:
             self.al.append(norm)
             n_params += sum(p.numel() for p in norm.parameters())
         if coder_input:  # dropout, too, acts on mu only: a dropped ln sigma would mean sigma = 1
-            mu = self.activation() if self.dropout == 0 else nn.Sequential(self.activation(), nn.Dropout(self.dropout))
+            mu = (
+                self.activation()
+                if self.dropout == 0
+                else nn.Sequential(self.activation(), nn.Dropout(self.dropout))
+            )
             self.al.append(MuActivation(mu))
         elif not out_layer:
             self.al.append(self.activation())
@@ -518,6 +539,7 @@ class _Assembly:
         self.layers.append(LayerInfo(s.token, "SL", s.op, out_shape, n_params, macs, fed_by, not constant))
         self.shape = out_shape
 
+
 def build(arch: str | Sequence[LayerSpec] | NetworkConfig, **options: Any) -> HybridNet:
     """Build a hybrid network: ``build("A784-A500-S10", coder="gaussian", steps=25)``.
 
@@ -546,13 +568,20 @@ def build(arch: str | Sequence[LayerSpec] | NetworkConfig, **options: Any) -> Hy
 
     if specs[-1].width < 2:
         raise ConfigError(f"the output layer {specs[-1].token!r} must have at least 2 units (one per class)")
-    model = HybridNet(config.arch, nn.Sequential(*parts.al), coder_module, parts.first_op,
-                      nn.Sequential(*parts.sl), parts.layers, config.settings())
+    model = HybridNet(
+        config.arch,
+        nn.Sequential(*parts.al),
+        coder_module,
+        parts.first_op,
+        nn.Sequential(*parts.sl),
+        parts.layers,
+        config.settings(),
+    )
     model.config = config
     model.weight_ops, model.neurons, model.filters = parts.weight_ops, parts.neurons, parts.filters
     model.biases = parts.biases
     if config.gaussian_sigma0 > 0:
         head = model.weight_ops[max(i for i, info in enumerate(model.layers) if info.part == "AL")]
         with torch.no_grad():  # (mu, ln sigma) are stacked along dim 1: the second half is ln sigma
-            head.bias[head.bias.numel() // 2:] = math.log(config.gaussian_sigma0)
+            head.bias[head.bias.numel() // 2 :] = math.log(config.gaussian_sigma0)
     return model

@@ -53,7 +53,12 @@ LEMAIRE_WORD_BYTES = 4
 # (memory size in bytes, pJ per byte accessed): 10 / 20 / 100 pJ per 32-bit access of an
 # 8 kB / 32 kB / 1 MB SRAM (Lemaire et al. 2022 after Horowitz 2014), linear in between,
 # from 0 at 0 bytes, constant above 1 MB
-LEMAIRE_MEMORY_LEVELS = ((0.0, 0.0), (8 * 1024.0, 10.0 / 4), (32 * 1024.0, 20.0 / 4), (1024 * 1024.0, 100.0 / 4))
+LEMAIRE_MEMORY_LEVELS = (
+    (0.0, 0.0),
+    (8 * 1024.0, 10.0 / 4),
+    (32 * 1024.0, 20.0 / 4),
+    (1024 * 1024.0, 100.0 / 4),
+)
 LEMAIRE_FIFO_MESSAGES = 1000  # spike FIFO between layers, in messages (the paper's experiments)
 
 
@@ -144,27 +149,35 @@ def _simple_terms(c: LayerCounts) -> dict[str, float]:
         n_steps = c.out_size * c.steps
         t["mac"] += c.neuron.mul_per_step * n_steps * PJ_PER_MAC
         t["ac"] += (c.neuron.add_per_step * n_steps + c.neuron.add_per_spike * c.out_spikes) * PJ_PER_AC
-        t["memory"] += (c.neuron.reads_per_step + c.neuron.writes_per_step) * n_steps * word * SIMPLE_PJ_PER_BYTE
+        t["memory"] += (
+            (c.neuron.reads_per_step + c.neuron.writes_per_step) * n_steps * word * SIMPLE_PJ_PER_BYTE
+        )
     return t
 
 
 ENERGY_MODELS: dict[str, EnergyModel] = {
     "ops": EnergyModel(
-        "ops", "compute only (Horowitz 2014)",
-        f"{ENERGY_NOTE}; no memory, no neuron updates",
-        _ops_terms),
+        "ops", "compute only (Horowitz 2014)", f"{ENERGY_NOTE}; no memory, no neuron updates", _ops_terms
+    ),
     "lemaire": EnergyModel(
-        "lemaire", "memory-aware (Lemaire et al. 2022)",
-        f"Lemaire et al. 2022: 32-bit integer ops ({LEMAIRE_PJ_ADD} pJ add, {LEMAIRE_PJ_MUL} pJ mul), addressing, "
+        "lemaire",
+        "memory-aware (Lemaire et al. 2022)",
+        f"Lemaire et al. 2022: 32-bit integer ops ({LEMAIRE_PJ_ADD} pJ add, {LEMAIRE_PJ_MUL} pJ mul), "
+        "addressing, "
         "SRAM reads and writes of inputs, weights, outputs and neuron state priced by memory size "
         "(2.5 / 5 / 25 pJ per byte at 8 kB / 32 kB / 1 MB), IIR neuron updates (eq. 1)",
-        _lemaire_terms),
+        _lemaire_terms,
+    ),
     "simple": EnergyModel(
-        "simple", "compute and memory (SpikingJelly 2.0's simple model)",
-        f"45 nm, float32: {PJ_PER_MAC} pJ per MAC, {PJ_PER_AC} pJ per AC (Horowitz 2014) and {SIMPLE_PJ_PER_BYTE} pJ "
-        "per byte of weights and biases read and of neuron state read and written each step, at any memory size; "
+        "simple",
+        "compute and memory (SpikingJelly 2.0's simple model)",
+        f"45 nm, float32: {PJ_PER_MAC} pJ per MAC, {PJ_PER_AC} pJ per AC (Horowitz 2014) and "
+        f"{SIMPLE_PJ_PER_BYTE} pJ "
+        "per byte of weights and biases read and of neuron state read and written each step, at any "
+        "memory size; "
         "IIR neuron updates (eq. 1)",
-        _simple_terms),
+        _simple_terms,
+    ),
 }
 DEFAULT_ENERGY_MODEL = "ops"
 
@@ -174,7 +187,9 @@ def energy_model(name: str) -> EnergyModel:
     try:
         return ENERGY_MODELS[name]
     except KeyError:
-        raise EnergyModelError(f"unknown energy model {name!r}; choose one of {', '.join(ENERGY_MODELS)}") from None
+        raise EnergyModelError(
+            f"unknown energy model {name!r}; choose one of {', '.join(ENERGY_MODELS)}"
+        ) from None
 
 
 _COUNTABLE = {"input", "dense", "conv", "pool"}
@@ -190,7 +205,8 @@ def layer_terms(name: str, layers: Sequence[LayerCounts]) -> list[dict[str, floa
     for c in layers:
         if c.op not in _COUNTABLE:
             raise EnergyModelError(
-                f"energy model {name!r} cannot count layer {c.index + 1} ({c.token!r}, a {c.op!r} layer)")
+                f"energy model {name!r} cannot count layer {c.index + 1} ({c.token!r}, a {c.op!r} layer)"
+            )
         out.append(model.terms(c))
     return out
 

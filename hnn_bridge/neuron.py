@@ -125,4 +125,3 @@ class PostFilterBias(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.bias.shape[0]}" + (f", spatial_dims={self.spatial_dims}" if self.spatial_dims else "")
-

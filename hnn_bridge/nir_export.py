@@ -33,7 +33,8 @@ bias c. P2 max pooling of binary spikes is ``SumPool2d`` then ``Threshold(0.5)``
 
 ``mode="lif"`` writes the nearest standard neurons for consumers that cannot run the
 exact graph (snnTorch's and SpikingJelly's importers): ``CubaLIF`` (with tau_syn = dt,
-a current without memory, where the layer has no filter), at snnTorch's dt = 1e-4. It is lossy: it drops one pole of the
+a current without memory, where the layer has no filter), at snnTorch's dt = 1e-4.
+It is lossy: it drops one pole of the
 dual exponential (keeps the slower one, with the DC gain), moves the post-filter bias
 before the synaptic filter (same steady state) and turns the decaying subtractive reset
 of eq. 1c into a hard reset to zero; docs/notes/2026-12-06-nir.md gives the measured
@@ -70,7 +71,9 @@ NOT_IN_GRAPH = (
     "and the artificial layers before it (the graph's input is the coded train at one "
     "time step); dropout (inactive in eval mode)"
 )
-INSTALL_HINT = "NIR support needs the optional extra: pip install 'hnn-bridge[nir]' (the packages nir and nirtorch)"
+INSTALL_HINT = (
+    "NIR support needs the optional extra: pip install 'hnn-bridge[nir]' (the packages nir and nirtorch)"
+)
 
 
 def require_nir():
@@ -187,7 +190,9 @@ def export_nir(model: nn.Module, mode: str = "exact") -> Any:
     from .builder import HybridNet
 
     if not isinstance(model, HybridNet):
-        raise TypeError(f"export_nir needs a hnn_bridge.HybridNet (from hnn_bridge.build), got {type(model).__name__}")
+        raise TypeError(
+            f"export_nir needs a hnn_bridge.HybridNet (from hnn_bridge.build), got {type(model).__name__}"
+        )
     if mode not in MODES:
         raise ConfigError(f"unknown NIR export mode {mode!r}; choose one of {', '.join(MODES)}")
     if model.coder is None:
@@ -217,7 +222,9 @@ def export_nir(model: nn.Module, mode: str = "exact") -> Any:
                 if getattr(m, "bias", None) is not None:
                     c = m.bias.detach().reshape(-1)
                     layer.post_bias = c if layer.post_bias is None else layer.post_bias + c
-                _emit_layer(g, f"l{i}", model.layers[i].token, layer, model.synapse_params(i), tuple(x.shape[1:]))
+                _emit_layer(
+                    g, f"l{i}", model.layers[i].token, layer, model.synapse_params(i), tuple(x.shape[1:])
+                )
                 layer, binary = _Layer(), True
                 continue
             x = _gather(g, layer, name, label, m, x, binary)
@@ -243,7 +250,9 @@ def export_nir(model: nn.Module, mode: str = "exact") -> Any:
     return nir.NIRGraph(nodes=g.nodes, edges=g.edges, metadata=metadata)
 
 
-def _gather(g: _GraphBuilder, layer: _Layer, name: str, label: str, m: nn.Module, x: Tensor, binary: bool) -> Tensor:
+def _gather(
+    g: _GraphBuilder, layer: _Layer, name: str, label: str, m: nn.Module, x: Tensor, binary: bool
+) -> Tensor:
     """Take one module of the spiking part into ``layer`` (or straight into the graph:
     flatten, pooling); returns the probe after it."""
     from .builder import TimeSharedDropout
@@ -255,9 +264,14 @@ def _gather(g: _GraphBuilder, layer: _Layer, name: str, label: str, m: nn.Module
     if isinstance(m, nn.Flatten):
         if layer.weight is not None:
             raise ConfigError(f"export_nir: {label} after a weight op inside one layer cannot be exported")
-        g.chain(f"{name.replace('.', '_')}_flatten",
-                nir.Flatten(input_type={"input": np.array(x.shape[1:])}, start_dim=m.start_dim - 1,
-                            end_dim=m.end_dim if m.end_dim < 0 else m.end_dim - 1))
+        g.chain(
+            f"{name.replace('.', '_')}_flatten",
+            nir.Flatten(
+                input_type={"input": np.array(x.shape[1:])},
+                start_dim=m.start_dim - 1,
+                end_dim=m.end_dim if m.end_dim < 0 else m.end_dim - 1,
+            ),
+        )
         return m(x)
     if isinstance(m, (nn.Linear, nn.Conv2d)):
         if layer.weight is not None:
@@ -303,10 +317,14 @@ def _pool(g: _GraphBuilder, name: str, label: str, m: nn.MaxPool2d, x: Tensor, b
             "spiking layer), where SumPool2d + Threshold(0.5) is not exact"
         )
     if _pair(m.dilation) != (1, 1) or m.ceil_mode or p != (0, 0):
-        raise ConfigError(f"export_nir: {label} has dilation, padding or ceil_mode, which SumPool2d cannot express")
+        raise ConfigError(
+            f"export_nir: {label} has dilation, padding or ceil_mode, which SumPool2d cannot express"
+        )
     y = m(x)
     stem = name.replace(".", "_")
-    g.chain(f"{stem}_sumpool", nir.SumPool2d(kernel_size=np.array(k), stride=np.array(s), padding=np.array(p)))
+    g.chain(
+        f"{stem}_sumpool", nir.SumPool2d(kernel_size=np.array(k), stride=np.array(s), padding=np.array(p))
+    )
     g.chain(f"{stem}_max", nir.Threshold(threshold=g.full(0.5, tuple(y.shape[1:]))))
     return y
 
@@ -332,9 +350,16 @@ def _weight_node(g: _GraphBuilder, name: str, layer: _Layer, weight: Tensor, bia
         return nir.Affine(weight=_array(weight), bias=_array(bias), metadata=meta)
     conv = layer.conv
     b = bias if bias is not None else torch.zeros(weight.shape[0], dtype=weight.dtype)
-    return nir.Conv2d(input_shape=layer.in_shape[1:], weight=_array(weight), stride=_pair(conv.stride),
-                      padding=_pair(conv.padding), dilation=_pair(conv.dilation), groups=conv.groups,
-                      bias=_array(b), metadata=meta)
+    return nir.Conv2d(
+        input_shape=layer.in_shape[1:],
+        weight=_array(weight),
+        stride=_pair(conv.stride),
+        padding=_pair(conv.padding),
+        dilation=_pair(conv.dilation),
+        groups=conv.groups,
+        bias=_array(b),
+        metadata=meta,
+    )
 
 
 def _filter_poles(params: IIRParams) -> list[tuple[float, float]]:
@@ -348,8 +373,14 @@ def _filter_poles(params: IIRParams) -> list[tuple[float, float]]:
     return [(em, em - es), (es, 1.0)]
 
 
-def _integrator(g: _GraphBuilder, pole: float, gain: float, shape: tuple[int, ...], leak: Tensor | None = None,
-                metadata: dict[str, Any] | None = None) -> Any:
+def _integrator(
+    g: _GraphBuilder,
+    pole: float,
+    gain: float,
+    shape: tuple[int, ...],
+    leak: Tensor | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Any:
     """v[t] = pole*v[t-1] + gain*I[t] (+ leak per step) as an LI, or an I for pole 1."""
     nir = g.nir
     meta = metadata or {}
@@ -357,12 +388,17 @@ def _integrator(g: _GraphBuilder, pole: float, gain: float, shape: tuple[int, ..
         return nir.I(r=g.full(gain / EXACT_DT, shape), metadata=meta)
     one_minus = 1.0 - pole
     v_leak = _broadcast(leak, shape, g.dtype) / one_minus if leak is not None else g.full(0.0, shape)
-    return nir.LI(tau=g.full(EXACT_DT / one_minus, shape), r=g.full(gain / one_minus, shape),
-                  v_leak=v_leak.astype(_np_dtype(g.dtype)), metadata=meta)
+    return nir.LI(
+        tau=g.full(EXACT_DT / one_minus, shape),
+        r=g.full(gain / one_minus, shape),
+        v_leak=v_leak.astype(_np_dtype(g.dtype)),
+        metadata=meta,
+    )
 
 
-def _emit_layer(g: _GraphBuilder, stem: str, token: str, layer: _Layer, params: IIRParams,
-                shape: tuple[int, ...]) -> None:
+def _emit_layer(
+    g: _GraphBuilder, stem: str, token: str, layer: _Layer, params: IIRParams, shape: tuple[int, ...]
+) -> None:
     if layer.weight is None:
         raise ConfigError(f"export_nir: spiking layer {token!r} has no weight op")
     if g.mode == "lif":
@@ -371,8 +407,9 @@ def _emit_layer(g: _GraphBuilder, stem: str, token: str, layer: _Layer, params: 
         _emit_exact(g, stem, token, layer, params, shape)
 
 
-def _emit_exact(g: _GraphBuilder, stem: str, token: str, layer: _Layer, params: IIRParams,
-                shape: tuple[int, ...]) -> None:
+def _emit_exact(
+    g: _GraphBuilder, stem: str, token: str, layer: _Layer, params: IIRParams, shape: tuple[int, ...]
+) -> None:
     """Weight op -> synapse LIs -> membrane <- reset cycle; -> Threshold (module docstring)."""
     nir = g.nir
     layer_input = g.last
@@ -402,8 +439,9 @@ def _emit_exact(g: _GraphBuilder, stem: str, token: str, layer: _Layer, params: 
     g.edges.append((f"{stem}_reset_scale", membrane))
 
 
-def _emit_lif(g: _GraphBuilder, stem: str, token: str, layer: _Layer, params: IIRParams,
-              shape: tuple[int, ...]) -> None:
+def _emit_lif(
+    g: _GraphBuilder, stem: str, token: str, layer: _Layer, params: IIRParams, shape: tuple[int, ...]
+) -> None:
     """The nearest standard neuron (lossy, module docstring), at snnTorch's dt."""
     nir = g.nir
     if params.lam >= 1.0:
@@ -435,6 +473,14 @@ def _emit_lif(g: _GraphBuilder, stem: str, token: str, layer: _Layer, params: II
     def f64(value: float) -> np.ndarray:  # time constants in float64: importers compare them with dt
         return np.full(shape, value, dtype=np.float64)
 
-    node = nir.CubaLIF(tau_syn=f64(tau_syn), tau_mem=f64(tau_mem), r=f64(tau_mem / LIF_DT), v_leak=f64(0.0),
-                       v_threshold=thr, v_reset=g.full(0.0, shape), w_in=f64(tau_syn / LIF_DT), metadata=meta)
+    node = nir.CubaLIF(
+        tau_syn=f64(tau_syn),
+        tau_mem=f64(tau_mem),
+        r=f64(tau_mem / LIF_DT),
+        v_leak=f64(0.0),
+        v_threshold=thr,
+        v_reset=g.full(0.0, shape),
+        w_in=f64(tau_syn / LIF_DT),
+        metadata=meta,
+    )
     g.chain(f"{stem}_lif", node)

@@ -34,7 +34,9 @@ _NEURON_NODES = ("LIF", "CubaLIF", "IF", "CubaLI")
 class SumPool2d(nn.Module):
     """NIR's sum pooling: the sum over each window (exact for spike counts)."""
 
-    def __init__(self, kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> None:
+    def __init__(
+        self, kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]
+    ) -> None:
         super().__init__()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
@@ -80,13 +82,17 @@ def _read(graph_or_path: Any) -> Any:
             return nir.read(path)
         except Exception as exc:
             raise ValueError(f"import_nir: {path!r} is not a NIR file ({type(exc).__name__}: {exc})") from exc
-    raise TypeError(f"import_nir needs a nir.NIRGraph or a path to a .nir file, got {type(graph_or_path).__name__}")
+    raise TypeError(
+        f"import_nir needs a nir.NIRGraph or a path to a .nir file, got {type(graph_or_path).__name__}"
+    )
 
 
 def _uniform(node_name: str, what: str, values: np.ndarray) -> float:
     flat = np.unique(np.asarray(values, dtype=np.float64))
     if flat.size != 1:
-        raise ValueError(f"import_nir: node {node_name!r} has per-neuron {what}; the IIR neuron needs one value")
+        raise ValueError(
+            f"import_nir: node {node_name!r} has per-neuron {what}; the IIR neuron needs one value"
+        )
     return float(flat[0])
 
 
@@ -125,13 +131,19 @@ class _Graph:
 
     def is_membrane(self, name: str) -> bool:
         """An integrator fed back by a Scale (the reset cycle of the exact subgraph)."""
-        return self.is_integrator(name) and any(isinstance(self.nodes[p], self.nir.Scale) for p in self.pred[name])
+        return self.is_integrator(name) and any(
+            isinstance(self.nodes[p], self.nir.Scale) for p in self.pred[name]
+        )
 
     def is_bias_source(self, name: str) -> bool:
         """A zero-weight op whose only successor is a membrane: the bias c of an I membrane."""
         node = self.nodes[name]
-        return (self.is_weight(name) and not np.any(node.weight) and len(self.succ[name]) == 1
-                and self.is_membrane(self.succ[name][0]))
+        return (
+            self.is_weight(name)
+            and not np.any(node.weight)
+            and len(self.succ[name]) == 1
+            and self.is_membrane(self.succ[name][0])
+        )
 
     def only(self, name: str, options: list[str], what: str) -> str:
         if len(options) != 1:
@@ -145,7 +157,9 @@ class _Graph:
         return self.only(name, [s for s in self.succ[name] if not self.is_bias_source(s)], "successors")
 
 
-def import_nir(graph_or_path: Any, *, backend: str = "reference", dtype: torch.dtype | None = None) -> NIRNetwork:
+def import_nir(
+    graph_or_path: Any, *, backend: str = "reference", dtype: torch.dtype | None = None
+) -> NIRNetwork:
     """A NIR graph (``nir.NIRGraph`` or a path to a file that ``nir.write`` made) of the
     exact IIR subgraph, rebuilt as a `NIRNetwork` on ``backend`` (see
     `hnn_bridge.backends.BACKENDS`).
@@ -171,7 +185,10 @@ def import_nir(graph_or_path: Any, *, backend: str = "reference", dtype: torch.d
         first = next((n for n in g.nodes.values() if hasattr(n, "weight")), None)
         named = str(meta.get("dtype", ""))
         dtype = {"float32": torch.float32, "float64": torch.float64}.get(named) or (
-            torch.float64 if first is not None and np.asarray(first.weight).dtype == np.float64 else torch.float32)
+            torch.float64
+            if first is not None and np.asarray(first.weight).dtype == np.float64
+            else torch.float32
+        )
     from .backends import make_neuron
     from .builder import SeqOp
     from .neuron import PostFilterBias, SynapseFilter
@@ -204,7 +221,9 @@ def import_nir(graph_or_path: Any, *, backend: str = "reference", dtype: torch.d
         elif kind in _NEURON_NODES:
             raise _standard_neuron(cur, kind)
         else:
-            raise ValueError(f"import_nir: cannot import node {cur!r} of type {kind} at this place in the graph")
+            raise ValueError(
+                f"import_nir: cannot import node {cur!r} of type {kind} at this place in the graph"
+            )
         cur = g.main_successor(cur)
     return NIRNetwork(nn.Sequential(*modules), neurons, meta)
 
@@ -230,9 +249,17 @@ def _weight_module(name: str, node: Any, dtype: torch.dtype) -> nn.Module:
     weight = torch.as_tensor(np.asarray(node.weight), dtype=dtype)
     if isinstance(node, nir.Conv2d):
         padding = node.padding if isinstance(node.padding, str) else _ints(node.padding)
-        op: nn.Module = nn.Conv2d(weight.shape[1] * int(node.groups), weight.shape[0], tuple(weight.shape[2:]),
-                                  stride=_ints(node.stride), padding=padding, dilation=_ints(node.dilation),
-                                  groups=int(node.groups), bias=has_bias, dtype=dtype)
+        op: nn.Module = nn.Conv2d(
+            weight.shape[1] * int(node.groups),
+            weight.shape[0],
+            tuple(weight.shape[2:]),
+            stride=_ints(node.stride),
+            padding=padding,
+            dilation=_ints(node.dilation),
+            groups=int(node.groups),
+            bias=has_bias,
+            dtype=dtype,
+        )
     else:
         op = nn.Linear(weight.shape[1], weight.shape[0], bias=has_bias, dtype=dtype)
     with torch.no_grad():
@@ -261,7 +288,9 @@ def _filter_chain(g: _Graph, weight: str) -> tuple[list[str], str]:
 
 def _reset_of(g: _Graph, membrane: str) -> tuple[str, str, str]:
     """(spike Threshold, reset integrator, reset Scale) of a membrane."""
-    scale = g.only(membrane, [p for p in g.pred[membrane] if isinstance(g.nodes[p], g.nir.Scale)], "reset Scales")
+    scale = g.only(
+        membrane, [p for p in g.pred[membrane] if isinstance(g.nodes[p], g.nir.Scale)], "reset Scales"
+    )
     reset = g.only(scale, g.pred[scale], "predecessors")
     spike = g.only(reset, g.pred[reset], "predecessors")
     if not g.is_integrator(reset) or not isinstance(g.nodes[spike], g.nir.Threshold):
@@ -280,8 +309,9 @@ def _spike_of(g: _Graph, membrane: str) -> str:
     return spike
 
 
-def _neuron(g: _Graph, filters: list[str], membrane: str, dt: float,
-            dtype: torch.dtype) -> tuple[IIRParams, Tensor | None]:
+def _neuron(
+    g: _Graph, filters: list[str], membrane: str, dt: float, dtype: torch.dtype
+) -> tuple[IIRParams, Tensor | None]:
     """IIRParams and post-filter bias c of one neuron, from metadata (exact) or nodes."""
     spike, reset, scale = _reset_of(g, membrane)
     poles = [_integrator_constants(f, g.nodes[f], dt) for f in filters]
@@ -291,7 +321,9 @@ def _neuron(g: _Graph, filters: list[str], membrane: str, dt: float,
     tol = 1e-5 if dtype == torch.float32 else 1e-9
     for name, value in ((membrane, gain), (reset, reset_gain)):
         if not math.isclose(value, 1.0, rel_tol=tol):
-            raise ValueError(f"import_nir: integrator {name!r} has gain {value!r}; the IIR membrane and reset need 1")
+            raise ValueError(
+                f"import_nir: integrator {name!r} has gain {value!r}; the IIR membrane and reset need 1"
+            )
     meta = g.nodes[membrane].metadata
     if "hnn_bridge_neuron" in meta:
         params = IIRParams(**json.loads(str(meta["hnn_bridge_neuron"])))
@@ -301,20 +333,29 @@ def _neuron(g: _Graph, filters: list[str], membrane: str, dt: float,
     expected = threshold_below(params.v_threshold, dtype)
     got = _uniform(spike, "threshold", g.nodes[spike].threshold)
     if not math.isclose(got, float(expected), rel_tol=tol):
-        raise ValueError(f"import_nir: Threshold {spike!r} is {got!r}, not just below V_th = {params.v_threshold!r}")
+        raise ValueError(
+            f"import_nir: Threshold {spike!r} is {got!r}, not just below V_th = {params.v_threshold!r}"
+        )
     bias = _post_bias(g, membrane, lam, dt, dtype)
     return params, bias
 
 
-def _params_from_nodes(membrane: str, poles: list[tuple[float, float]], lam: float, theta: float,
-                       v_th: float) -> IIRParams:
+def _params_from_nodes(
+    membrane: str, poles: list[tuple[float, float]], lam: float, theta: float, v_th: float
+) -> IIRParams:
     """IIRParams from node values: the synapse kind from the number of filters, taus
     from the poles (tau = -1/ln(pole))."""
+
     def tau(pole: float) -> float:
         if not 0.0 < pole < 1.0:
             raise ValueError(f"import_nir: a synapse pole of {membrane!r} is {pole!r}; it must lie in (0, 1)")
         return -1.0 / math.log(pole)
-    common = {"v_threshold": v_th, "membrane_decay": min(max(lam, 0.0), 1.0), "reset_decay": min(max(theta, 0.0), 1.0)}
+
+    common = {
+        "v_threshold": v_th,
+        "membrane_decay": min(max(lam, 0.0), 1.0),
+        "reset_decay": min(max(theta, 0.0), 1.0),
+    }
     if not poles:
         return IIRParams(synapse="none", **common)
     if len(poles) == 1:
@@ -322,14 +363,20 @@ def _params_from_nodes(membrane: str, poles: list[tuple[float, float]], lam: flo
     return IIRParams(synapse="dual_exp", tau_m=tau(poles[0][0]), tau_s=tau(poles[1][0]), **common)
 
 
-def _check(membrane: str, params: IIRParams, poles: list[tuple[float, float]], lam: float, theta: float,
-           v_th: float, tol: float) -> None:
+def _check(
+    membrane: str,
+    params: IIRParams,
+    poles: list[tuple[float, float]],
+    lam: float,
+    theta: float,
+    v_th: float,
+    tol: float,
+) -> None:
     """The metadata's constants must be those of the nodes (a graph edited after export
     would otherwise import as something else than it says)."""
     em, es = math.exp(-1.0 / params.tau_m), math.exp(-1.0 / params.tau_s)
     want = {"none": [], "first_order": [(es, 1.0)], "dual_exp": [(em, em - es), (es, 1.0)]}[params.synapse]
-    pairs = [(f"synapse {k}", a, b) for k, (pa, pb) in enumerate(zip(poles, want))
-             for a, b in zip(pa, pb)]
+    pairs = [(f"synapse {k}", a, b) for k, (pa, pb) in enumerate(zip(poles, want)) for a, b in zip(pa, pb)]
     pairs += [("lambda", lam, params.lam), ("theta", theta, params.theta), ("V_th", v_th, params.v_threshold)]
     if len(poles) != len(want) or any(not math.isclose(a, b, rel_tol=tol, abs_tol=tol) for _, a, b in pairs):
         raise ValueError(

@@ -59,7 +59,8 @@ def _token(raw: str, text: str) -> tuple[str | None, str, int, int | None]:
         if re.match(r"^[AS]\d+C$", raw):
             raise ArchError(f"layer token {raw!r} has no kernel size after 'C' (write e.g. {raw + '3'!r})")
         raise ArchError(
-            f"unknown layer token {raw!r}: expected An or Sn (dense), AnCk or SnCk (convolution) or Pk (pooling)"
+            f"unknown layer token {raw!r}: expected An or Sn (dense), AnCk or SnCk (convolution) or Pk "
+            "(pooling)"
         )
     kind, width, kernel = m.group(1), int(m.group(2)), m.group(3)
     if width < 1:
@@ -68,7 +69,9 @@ def _token(raw: str, text: str) -> tuple[str | None, str, int, int | None]:
         return kind, "dense", width, None
     k = int(kernel)
     if k < 1 or k % 2 == 0:
-        raise ArchError(f"layer token {raw!r}: the kernel size must be odd (padding k//2 keeps the image size)")
+        raise ArchError(
+            f"layer token {raw!r}: the kernel size must be odd (padding k//2 keeps the image size)"
+        )
     return kind, "conv", width, k
 
 
@@ -90,7 +93,9 @@ def parse_arch(text: str, input_shape: Sequence[int] | None = None) -> list[Laye
             if not specs:
                 raise ArchError(f"pooling token {raw!r} cannot come first: it needs a convolution before it")
             if is_mlp or seen_dense:
-                raise ArchError(f"pooling token {raw!r} follows a dense layer: pooling is only for convolutions")
+                raise ArchError(
+                    f"pooling token {raw!r} follows a dense layer: pooling is only for convolutions"
+                )
             specs.append(LayerSpec(raw, specs[-1].kind, "pool", width))
             continue
         if kind == "A" and seen_spiking:

@@ -179,9 +179,17 @@ def fanout_map(op: nn.Module, in_shape: tuple[int, ...]) -> Tensor | int:
         _, h, w = in_shape
         ones_in = torch.ones(1, 1, h, w, dtype=torch.float64)
         kernel = torch.ones(1, 1, *op.kernel_size, dtype=torch.float64)
-        out = torch.nn.functional.conv2d(ones_in, kernel, stride=op.stride, padding=op.padding, dilation=op.dilation)
-        reach = torch.nn.grad.conv2d_input((1, 1, h, w), kernel, torch.ones_like(out), stride=op.stride,
-                                           padding=op.padding, dilation=op.dilation)
+        out = torch.nn.functional.conv2d(
+            ones_in, kernel, stride=op.stride, padding=op.padding, dilation=op.dilation
+        )
+        reach = torch.nn.grad.conv2d_input(
+            (1, 1, h, w),
+            kernel,
+            torch.ones_like(out),
+            stride=op.stride,
+            padding=op.padding,
+            dilation=op.dilation,
+        )
         return reach[0, 0] * (op.out_channels // op.groups)
     raise TypeError(f"cannot count the synapses of {type(op).__name__} (dense and 2-D convolutions only)")
 
@@ -246,17 +254,30 @@ def exact_counts(model: HybridNet, tally: Mapping[str, Any]) -> list[LayerCounts
         spiking = info.part == "SL"
         by_spikes = has_op and info.fed_by == "spikes"
         dense = float(info.macs * evals)
-        rows.append(LayerCounts(
-            index=i, token=info.token, part=info.part, op=info.op, fed_by=info.fed_by, evaluations=evals,
-            in_size=in_size, out_size=out_size if has_op or spiking else 0,
-            weights=sum(p.numel() for p in op.parameters()) if has_op else 0, kernel_area=kernel,
-            out_channels=info.out_shape[0] if has_op else 0, dense_macs=dense if has_op else 0.0,
-            macs=0.0 if by_spikes or not has_op else dense, effective_macs=0.0 if by_spikes else reached,
-            acs=reached if by_spikes else 0.0, input_events=events,
-            bias_adds=float(out_size * evals) if has_op else 0.0,
-            steps=steps if spiking else 0, out_spikes=tally["spikes"].get(i, 0.0) / images if spiking else 0.0,
-            neuron=neuron_cost(layer_neuron_params(model, i)) if spiking else None,
-        ))
+        rows.append(
+            LayerCounts(
+                index=i,
+                token=info.token,
+                part=info.part,
+                op=info.op,
+                fed_by=info.fed_by,
+                evaluations=evals,
+                in_size=in_size,
+                out_size=out_size if has_op or spiking else 0,
+                weights=sum(p.numel() for p in op.parameters()) if has_op else 0,
+                kernel_area=kernel,
+                out_channels=info.out_shape[0] if has_op else 0,
+                dense_macs=dense if has_op else 0.0,
+                macs=0.0 if by_spikes or not has_op else dense,
+                effective_macs=0.0 if by_spikes else reached,
+                acs=reached if by_spikes else 0.0,
+                input_events=events,
+                bias_adds=float(out_size * evals) if has_op else 0.0,
+                steps=steps if spiking else 0,
+                out_spikes=tally["spikes"].get(i, 0.0) / images if spiking else 0.0,
+                neuron=neuron_cost(layer_neuron_params(model, i)) if spiking else None,
+            )
+        )
     return rows
 
 
@@ -267,22 +288,31 @@ def ops_summary(model: HybridNet, tally: Mapping[str, Any]) -> dict[str, Any]:
     from .energy import ENERGY_MODELS, energy_pj
 
     layers = exact_counts(model, tally)
-    rates = {f"{info.token}#{i}": (row.input_events / (row.in_size * row.evaluations) if row.in_size else 0.0)
-             for i, (info, row) in enumerate(zip(model.layers, layers))
-             if info.part == "SL" and info.fed_by == "spikes"}
+    rates = {
+        f"{info.token}#{i}": (row.input_events / (row.in_size * row.evaluations) if row.in_size else 0.0)
+        for i, (info, row) in enumerate(zip(model.layers, layers))
+        if info.part == "SL" and info.fed_by == "spikes"
+    }
     macs = sum(r.macs for r in layers)
     acs = sum(r.acs for r in layers)
     energies = {name: energy_pj(name, layers) / 1e6 for name in ENERGY_MODELS}
     return {
-        "macs": macs, "acs": acs, "energy_uj": energies["ops"],
-        "dense_macs": sum(r.dense_macs for r in layers), "effective_macs": sum(r.effective_macs for r in layers),
-        "neuron_updates": sum(r.neuron_steps for r in layers), "out_spikes": sum(r.out_spikes for r in layers),
-        "energy": energies, "input_rates": rates, "counts": [r.as_dict() for r in layers],
+        "macs": macs,
+        "acs": acs,
+        "energy_uj": energies["ops"],
+        "dense_macs": sum(r.dense_macs for r in layers),
+        "effective_macs": sum(r.effective_macs for r in layers),
+        "neuron_updates": sum(r.neuron_steps for r in layers),
+        "out_spikes": sum(r.out_spikes for r in layers),
+        "energy": energies,
+        "input_rates": rates,
+        "counts": [r.as_dict() for r in layers],
     }
 
 
-def assumed_counts(model: HybridNet, rate: float | Mapping[int, float],
-                   out_rate: float | Mapping[int, float] | None = None) -> list[LayerCounts]:
+def assumed_counts(
+    model: HybridNet, rate: float | Mapping[int, float], out_rate: float | Mapping[int, float] | None = None
+) -> list[LayerCounts]:
     """`LayerCounts` without a forward pass, for `describe`: every value fed to a layer
     non-zero, every spike-fed layer's inputs firing at ``rate`` (spikes per neuron and
     step; or a mapping layer index -> its rate) uniformly over the positions, each spike
@@ -293,7 +323,9 @@ def assumed_counts(model: HybridNet, rate: float | Mapping[int, float],
     def pick(rates: float | Mapping[int, float], i: int) -> float:
         r = float(rates[i]) if isinstance(rates, Mapping) else float(rates)
         if not 0.0 <= r <= 1.0:
-            raise ValueError(f"firing rate must be in [0, 1], got {r} for layer {i} ({model.layers[i].token})")
+            raise ValueError(
+                f"firing rate must be in [0, 1], got {r} for layer {i} ({model.layers[i].token})"
+            )
         return r
 
     steps = model.steps or 1

@@ -42,9 +42,17 @@ class MaxPool2d(nn.MaxPool2d):
     """`torch.nn.MaxPool2d` (same arguments and results) with the native 2x2 path."""
 
     def _native(self, x: Tensor) -> bool:
-        return (_pair(self.kernel_size) == (2, 2) and _pair(self.stride) == (2, 2) and _pair(self.padding) == (0, 0)
-                and _pair(self.dilation) == (1, 1) and not self.ceil_mode and not self.return_indices
-                and x.dim() in (3, 4) and x.is_contiguous() and native_enabled(x))
+        return (
+            _pair(self.kernel_size) == (2, 2)
+            and _pair(self.stride) == (2, 2)
+            and _pair(self.padding) == (0, 0)
+            and _pair(self.dilation) == (1, 1)
+            and not self.ceil_mode
+            and not self.return_indices
+            and x.dim() in (3, 4)
+            and x.is_contiguous()
+            and native_enabled(x)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         if self._native(x):

@@ -38,7 +38,10 @@ def cpu_has_bf16() -> bool:
     """The processor has native bfloat16 arithmetic (AVX-512 BF16 or AMX), which oneDNN
     uses for bf16 convolutions and matrix products; without it they are emulated, slower
     than float32."""
-    probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    probes = (
+        getattr(torch.cpu, "_is_avx512_bf16_supported", None),
+        getattr(torch.cpu, "_is_amx_tile_supported", None),
+    )
     return any(p is not None and bool(p()) for p in probes)
 
 
@@ -50,16 +53,22 @@ def check_precision(precision: str, device: torch.device | str) -> None:
     dev = torch.device(device)
     if dev.type == "cpu":
         if precision == "16":
-            raise ConfigError("precision 16 (float16 with a GradScaler) is for CUDA devices; "
-                              "on the CPU use --precision bf16 (where the processor supports it) or 32")
+            raise ConfigError(
+                "precision 16 (float16 with a GradScaler) is for CUDA devices; "
+                "on the CPU use --precision bf16 (where the processor supports it) or 32"
+            )
         if not cpu_has_bf16():
-            raise ConfigError("precision bf16 needs a CPU with AVX-512 BF16 or AMX instructions, which this one "
-                              "lacks (bf16 would be emulated, slower than float32); use --precision 32, or bf16 "
-                              "or 16 on a CUDA device")
+            raise ConfigError(
+                "precision bf16 needs a CPU with AVX-512 BF16 or AMX instructions, which this one "
+                "lacks (bf16 would be emulated, slower than float32); use --precision 32, or bf16 "
+                "or 16 on a CUDA device"
+            )
     elif dev.type == "cuda":
         if precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-            raise ConfigError(f"precision bf16: {torch.cuda.get_device_name(dev)} has no bfloat16 support; "
-                              "use --precision 16 or 32")
+            raise ConfigError(
+                f"precision bf16: {torch.cuda.get_device_name(dev)} has no bfloat16 support; "
+                "use --precision 16 or 32"
+            )
     else:
         raise ConfigError(f"precision {precision} is not supported on {dev.type} devices; use --precision 32")
 

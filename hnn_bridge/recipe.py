@@ -14,7 +14,8 @@ Shape of a file::
 
 Precedence, lowest first: ``[defaults]``, the row's own keys, the profile's table
 (``[quick]`` with ``--quick``, ``[cpu]`` with ``--profile cpu``), then the command line;
-`Recipe.shadowed` names each row key that a profile replaces (the run prints it). Every key is checked against the dataclass fields
+`Recipe.shadowed` names each row key that a profile replaces (the run prints it).
+Every key is checked against the dataclass fields
 and every row is built once (cheap, on the CPU) before any training starts, so a typo or
 an impossible row fails at once with a `RecipeError` naming the file, the row and the key.
 """
@@ -199,8 +200,14 @@ SETTING_KEYS = tuple(f.name for f in fields(Settings))
 #: the settings that are fields of `NetworkConfig` too (`Settings.network`)
 _NETWORK_KEYS = tuple(f.name for f in fields(NetworkConfig) if f.name in SETTING_KEYS)
 #: settings added after results were first saved -> the value that means "as before"
-ADDED_LATER: dict[str, Any] = {"norm": "none", "precision": "32", "logit_scale": 1.0, "gaussian_sigma0": 0.0,
-                               "augment": "none", "bias_placement": "before_filter"}
+ADDED_LATER: dict[str, Any] = {
+    "norm": "none",
+    "precision": "32",
+    "logit_scale": 1.0,
+    "gaussian_sigma0": 0.0,
+    "augment": "none",
+    "bias_placement": "before_filter",
+}
 AUGMENT_NAMES = AUGMENTS  # the augmentations, named in hnn_bridge.data.augment
 ROW_KEYS = ("arch", "coder", "training", "paper", "label", "note")
 RECIPE_KEYS = ("name", "title", "paper_table", "dataset", "description")
@@ -242,9 +249,15 @@ class RowSpec:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "row": self.index, "label": self.label, "arch": self.arch, "coder": self.coder,
-            "training": self.training, "paper": self.paper, "al_share": self.al_share,
-            "note": self.note, "settings": self.settings.as_dict(),
+            "row": self.index,
+            "label": self.label,
+            "arch": self.arch,
+            "coder": self.coder,
+            "training": self.training,
+            "paper": self.paper,
+            "al_share": self.al_share,
+            "note": self.note,
+            "settings": self.settings.as_dict(),
         }
 
 
@@ -266,18 +279,23 @@ class Recipe:
     overrides: Mapping[str, Any] = field(default_factory=dict)
     cpu: Mapping[str, Any] = field(default_factory=dict)
 
-    def configure(self, *, quick: bool = False, profile: str | None = None,
-                  overrides: Mapping[str, Any] | None = None) -> "Recipe":
+    def configure(
+        self, *, quick: bool = False, profile: str | None = None, overrides: Mapping[str, Any] | None = None
+    ) -> "Recipe":
         """The recipe with every row's settings resolved for a profile (`PROFILES`;
         ``quick=True`` is ``profile="quick"``) and command-line ``overrides`` (keys of
         `Settings`); raises `RecipeError` for a bad override or a profile the recipe lacks."""
         profile = profile or ("quick" if quick else "full")
         if profile not in PROFILES:
-            raise RecipeError(f"{self.source}: unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+            raise RecipeError(
+                f"{self.source}: unknown profile {profile!r}; choose one of {', '.join(PROFILES)}"
+            )
         if profile == "cpu" and not self.cpu:
-            raise RecipeError(f"{self.source}: recipe {self.name!r} has no [cpu] profile (only the CIFAR-10 tables "
-                              "need one: the MNIST tables run at the paper's budget on a CPU); use the full "
-                              "budget or --quick")
+            raise RecipeError(
+                f"{self.source}: recipe {self.name!r} has no [cpu] profile (only the CIFAR-10 tables "
+                "need one: the MNIST tables run at the paper's budget on a CPU); use the full "
+                "budget or --quick"
+            )
         layer = self._profile_table(profile)
         overrides = dict(overrides or {})
         where = f"{self.source}: command-line overrides"
@@ -286,8 +304,12 @@ class Recipe:
                 raise RecipeError(f"{where}: unknown setting {key!r}; known: {', '.join(SETTING_KEYS)}")
         overrides = _check_settings(self.source, "command-line overrides", overrides)
         rows = tuple(
-            replace(row, settings=_resolve(self.source, row, self.dataset, self.defaults, row.overrides,
-                                           layer, overrides))
+            replace(
+                row,
+                settings=_resolve(
+                    self.source, row, self.dataset, self.defaults, row.overrides, layer, overrides
+                ),
+            )
             for row in self.rows
         )
         return replace(self, rows=rows, profile=profile, overrides=overrides)
@@ -306,11 +328,17 @@ class Recipe:
         lines = []
         for row in self.rows:
             pairs = [(k, v, layer[k]) for k, v in row.overrides.items() if k != "neuron" and k in layer]
-            pairs += [(f"neuron.{k}", v, profile_neuron[k])
-                      for k, v in row.overrides.get("neuron", {}).items() if k in profile_neuron]
-            lines += [f"row {row.index} ({row.arch}): {key} = {mine!r} of the row is replaced by the "
-                      f"[{self.profile}] profile's {theirs!r}"
-                      for key, mine, theirs in pairs if mine != theirs and key not in self.overrides]
+            pairs += [
+                (f"neuron.{k}", v, profile_neuron[k])
+                for k, v in row.overrides.get("neuron", {}).items()
+                if k in profile_neuron
+            ]
+            lines += [
+                f"row {row.index} ({row.arch}): {key} = {mine!r} of the row is replaced by the "
+                f"[{self.profile}] profile's {theirs!r}"
+                for key, mine, theirs in pairs
+                if mine != theirs and key not in self.overrides
+            ]
         return lines
 
     def select(self, rows: Sequence[int] | None) -> "Recipe":
@@ -342,9 +370,17 @@ class Recipe:
         source = f"<train {arch}>"
         dataset = str(row_keys.get("dataset", base.dataset))
         row = _parse_row(source, 1, raw, dataset, base.defaults, labels={})
-        recipe = cls(name=name, title=f"{arch}, coder {coder or 'none'}, {training} training",
-                     paper_table="", dataset=base.dataset, description="", source=source,
-                     defaults=base.defaults, quick=base.quick, rows=(row,))
+        recipe = cls(
+            name=name,
+            title=f"{arch}, coder {coder or 'none'}, {training} training",
+            paper_table="",
+            dataset=base.dataset,
+            description="",
+            source=source,
+            defaults=base.defaults,
+            quick=base.quick,
+            rows=(row,),
+        )
         return recipe.configure()
 
 
@@ -367,7 +403,9 @@ def _int(value: Any, where: str, minimum: int) -> int:
     return value
 
 
-def _float(value: Any, where: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> float:
+def _float(
+    value: Any, where: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False
+) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise RecipeError(f"{where}: expected a number, got {value!r}")
     value = float(value)
@@ -435,15 +473,18 @@ def _check_setting(key: str, value: Any, where: str) -> Any:
     if key == "bias_placement":
         return _choice(value, where, BIAS_PLACEMENTS)
     if key == "precision":  # 32 and 16 may be written as TOML integers
-        return _choice(str(value) if isinstance(value, int) and not isinstance(value, bool) else value,
-                       where, PRECISIONS)
+        return _choice(
+            str(value) if isinstance(value, int) and not isinstance(value, bool) else value, where, PRECISIONS
+        )
     if key == "neuron":
         if not isinstance(value, Mapping):
             raise RecipeError(f"{where}: expected a table of neuron constants, got {value!r}")
         for name in value:
             if name not in NEURON_KEYS:
-                raise RecipeError(f"{where[:-len(repr(key))]}'neuron.{name}': unknown neuron setting; "
-                                  f"known: {', '.join(sorted(NEURON_KEYS))}")
+                raise RecipeError(
+                    f"{where[: -len(repr(key))]}'neuron.{name}': unknown neuron setting; "
+                    f"known: {', '.join(sorted(NEURON_KEYS))}"
+                )
         return dict(value)
     raise RecipeError(f"{where}: unknown setting; known: {', '.join(SETTING_KEYS)}")  # pragma: no cover
 
@@ -453,7 +494,9 @@ def _check_section(source: str, section: str, table: Any, allowed: Sequence[str]
         raise RecipeError(f"{_where(source, section)}: expected a table, got {type(table).__name__}")
     for key in table:
         if key not in allowed:
-            raise RecipeError(f"{_where(source, section, key)}: unknown key; known keys: {', '.join(allowed)}")
+            raise RecipeError(
+                f"{_where(source, section, key)}: unknown key; known keys: {', '.join(allowed)}"
+            )
     return dict(table)
 
 
@@ -504,10 +547,14 @@ def _parse_row(
             )
     for key in ("arch", "coder", "training"):
         if key not in raw:
-            raise RecipeError(f"{_where(source, section, key)}: missing (every row needs arch, coder and training)")
+            raise RecipeError(
+                f"{_where(source, section, key)}: missing (every row needs arch, coder and training)"
+            )
     arch = raw["arch"]
     if not isinstance(arch, str):
-        raise RecipeError(f"{_where(source, section, 'arch')}: expected a string such as 'A784-S500-S10', got {arch!r}")
+        raise RecipeError(
+            f"{_where(source, section, 'arch')}: expected a string such as 'A784-S500-S10', got {arch!r}"
+        )
     try:
         specs = parse_arch(arch)
     except ArchError as err:
@@ -530,18 +577,31 @@ def _parse_row(
     labels[label] = index
     overrides = {k: v for k, v in raw.items() if k in SETTING_KEYS}
     overrides = _check_settings(source, section, overrides)
-    row = RowSpec(index, arch, None if coder == "none" else coder, training, paper, label,
-                  Settings(), overrides, raw.get("note", ""))
+    row = RowSpec(
+        index,
+        arch,
+        None if coder == "none" else coder,
+        training,
+        paper,
+        label,
+        Settings(),
+        overrides,
+        raw.get("note", ""),
+    )
     return replace(row, settings=_resolve(source, row, dataset, defaults, overrides))
 
 
 def _parse(source: str, data: Mapping[str, Any]) -> Recipe:
     for key in data:
         if key not in TOP_KEYS:
-            raise RecipeError(f"{_where(source, 'top level', key)}: unknown table; known: {', '.join(TOP_KEYS)}")
+            raise RecipeError(
+                f"{_where(source, 'top level', key)}: unknown table; known: {', '.join(TOP_KEYS)}"
+            )
     for key in ("recipe", "rows"):
         if key not in data:
-            raise RecipeError(f"{_where(source, 'top level', key)}: missing (a recipe needs [recipe] and [[rows]])")
+            raise RecipeError(
+                f"{_where(source, 'top level', key)}: missing (a recipe needs [recipe] and [[rows]])"
+            )
     meta = _check_section(source, "[recipe]", data["recipe"], RECIPE_KEYS)
     for key in ("name", "dataset"):
         if key not in meta:
@@ -550,9 +610,12 @@ def _parse(source: str, data: Mapping[str, Any]) -> Recipe:
         if not isinstance(value, str):
             raise RecipeError(f"{_where(source, '[recipe]', key)}: expected a string, got {value!r}")
     dataset = _dataset(meta["dataset"], _where(source, "[recipe]", "dataset"))
-    defaults = _check_settings(source, "[defaults]",
-                               _check_section(source, "[defaults]", data.get("defaults", {}), SETTING_KEYS))
-    quick = _check_settings(source, "[quick]", _check_section(source, "[quick]", data.get("quick", {}), SETTING_KEYS))
+    defaults = _check_settings(
+        source, "[defaults]", _check_section(source, "[defaults]", data.get("defaults", {}), SETTING_KEYS)
+    )
+    quick = _check_settings(
+        source, "[quick]", _check_section(source, "[quick]", data.get("quick", {}), SETTING_KEYS)
+    )
     cpu = _check_settings(source, "[cpu]", _check_section(source, "[cpu]", data.get("cpu", {}), SETTING_KEYS))
     _resolve(source, None, dataset, defaults)  # the neuron table of [defaults] alone must be valid
     raw_rows = data["rows"]
@@ -561,9 +624,16 @@ def _parse(source: str, data: Mapping[str, Any]) -> Recipe:
     labels: dict[str, int] = {}
     rows = tuple(_parse_row(source, i, raw, dataset, defaults, labels) for i, raw in enumerate(raw_rows, 1))
     recipe = Recipe(
-        name=meta["name"], title=meta.get("title", meta["name"]), paper_table=meta.get("paper_table", ""),
-        dataset=dataset, description=meta.get("description", ""), source=source,
-        defaults=defaults, quick=quick, rows=rows, cpu=cpu,
+        name=meta["name"],
+        title=meta.get("title", meta["name"]),
+        paper_table=meta.get("paper_table", ""),
+        dataset=dataset,
+        description=meta.get("description", ""),
+        source=source,
+        defaults=defaults,
+        quick=quick,
+        rows=rows,
+        cpu=cpu,
     )
     recipe.configure(quick=True)  # the other profiles must resolve too
     if cpu:
@@ -599,7 +669,9 @@ def check_rows(recipe: Recipe) -> None:
         try:
             specs = parse_arch(row.arch, s.input_shape)
         except ArchError as err:
-            raise RecipeError(f"{_where(recipe.source, section, 'arch')}: {err} (dataset {s.dataset})") from None
+            raise RecipeError(
+                f"{_where(recipe.source, section, 'arch')}: {err} (dataset {s.dataset})"
+            ) from None
         if specs[-1].width != s.num_classes:
             raise RecipeError(
                 f"{_where(recipe.source, section, 'arch')}: the output layer {specs[-1].token!r} has "

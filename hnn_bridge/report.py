@@ -36,10 +36,35 @@ __all__ = [
     "write_report",
 ]
 
-CSV_FIELDS = ("row", "label", "arch", "coder", "training", "input_mode", "al_share", "paper", "acc_mean",
-              "acc_std", "diff", "acc_argmax_mean", "tie_rate_mean", "silent_rate_mean", "macs", "acs", "energy_uj",
-              "n_seeds", "epochs", "best_epochs", "steps", "wall_s", "status", "error", "effective_macs",
-              "energy_model", "exact_counts")
+CSV_FIELDS = (
+    "row",
+    "label",
+    "arch",
+    "coder",
+    "training",
+    "input_mode",
+    "al_share",
+    "paper",
+    "acc_mean",
+    "acc_std",
+    "diff",
+    "acc_argmax_mean",
+    "tie_rate_mean",
+    "silent_rate_mean",
+    "macs",
+    "acs",
+    "energy_uj",
+    "n_seeds",
+    "epochs",
+    "best_epochs",
+    "steps",
+    "wall_s",
+    "status",
+    "error",
+    "effective_macs",
+    "energy_model",
+    "exact_counts",
+)
 
 
 def _pct(value: float | None) -> float | None:
@@ -56,7 +81,8 @@ def _seed_energy(seed: Mapping[str, Any], model: str) -> float | None:
             raise EnergyModelError(
                 f"this results file was recorded before the energy model {model!r} existed and its per-layer "
                 f"counts (checkpoints/{seed.get('job')}.json) are not beside it; pick one of "
-                f"{', '.join(by_model)}, or run the recipe again into a new --out with this version")
+                f"{', '.join(by_model)}, or run the recipe again into a new --out with this version"
+            )
         return by_model.get(model)
     if seed.get("energy_uj") is None or model == "ops":
         return seed.get("energy_uj")
@@ -64,7 +90,8 @@ def _seed_energy(seed: Mapping[str, Any], model: str) -> float | None:
         f"this results file was written before exact operation counts were recorded, so it holds no energy "
         f"under the {model!r} model (only 'ops', estimated at rate x dense MACs); to get them, run the "
         "recipe again into a new --out with this version (the counts are taken on the test set after "
-        "training), or use --energy-model ops")
+        "training), or use --energy-model ops"
+    )
 
 
 def summarize_row(row: Mapping[str, Any], energy_model: str = DEFAULT_ENERGY_MODEL) -> dict[str, Any]:
@@ -83,20 +110,33 @@ def summarize_row(row: Mapping[str, Any], energy_model: str = DEFAULT_ENERGY_MOD
     paper = row.get("paper")
     settings = row.get("settings", {})
     return {
-        "row": row["row"], "label": row["label"], "arch": row["arch"], "coder": row["coder"] or "none",
-        "training": row["training"], "input_mode": settings.get("input_mode", ""),
-        "al_share": row.get("al_share"), "paper": paper, "acc_mean": mean, "acc_std": std,
+        "row": row["row"],
+        "label": row["label"],
+        "arch": row["arch"],
+        "coder": row["coder"] or "none",
+        "training": row["training"],
+        "input_mode": settings.get("input_mode", ""),
+        "al_share": row.get("al_share"),
+        "paper": paper,
+        "acc_mean": mean,
+        "acc_std": std,
         "diff": None if mean is None or paper is None else mean - paper,
-        "acc_argmax_mean": avg("test_acc_argmax"), "tie_rate_mean": avg("test_tie_rate"),
-        "silent_rate_mean": avg("test_silent_rate"), "macs": avg("macs", 1.0), "acs": avg("acs", 1.0),
-        "energy_uj": _mean([_seed_energy(x, energy_model) for x in seeds]), "n_seeds": len(seeds),
-        "effective_macs": avg("effective_macs", 1.0), "energy_model": energy_model,
+        "acc_argmax_mean": avg("test_acc_argmax"),
+        "tie_rate_mean": avg("test_tie_rate"),
+        "silent_rate_mean": avg("test_silent_rate"),
+        "macs": avg("macs", 1.0),
+        "acs": avg("acs", 1.0),
+        "energy_uj": _mean([_seed_energy(x, energy_model) for x in seeds]),
+        "n_seeds": len(seeds),
+        "effective_macs": avg("effective_macs", 1.0),
+        "energy_model": energy_model,
         "exact_counts": all(isinstance(x.get("energy"), Mapping) for x in seeds) if seeds else None,
         "epochs": max((s.get("epochs_run", 0) for s in row.get("seeds", [])), default=0),
         "best_epochs": ",".join(str(s.get("best_epoch")) for s in row.get("seeds", [])),
         "steps": settings.get("steps") if row.get("coder") else None,
         "wall_s": sum(s.get("wall_s") or 0.0 for s in row.get("seeds", [])),
-        "status": row.get("status", "pending"), "error": "; ".join(errors) if errors else "",
+        "status": row.get("status", "pending"),
+        "error": "; ".join(errors) if errors else "",
     }
 
 
@@ -125,8 +165,12 @@ def _budget(results: Mapping[str, Any]) -> str:
     parts = [f"dataset {s.get('dataset')}"]
     if s.get("subset"):
         parts.append(f"subset {s['subset']}")
-    parts += [f"{s.get('epochs')} epochs", f"T = {s.get('steps')}", f"batch {s.get('batch_size')}",
-              f"Adam lr {s.get('lr'):g}"]
+    parts += [
+        f"{s.get('epochs')} epochs",
+        f"T = {s.get('steps')}",
+        f"batch {s.get('batch_size')}",
+        f"Adam lr {s.get('lr'):g}",
+    ]
     if s.get("lr_milestones"):
         parts.append(f"x{s.get('lr_gamma'):g} at epochs {', '.join(map(str, s['lr_milestones']))}")
     parts.append(f"dropout {s.get('dropout')}")
@@ -160,7 +204,8 @@ def render_table(results: Mapping[str, Any], energy_model: str = DEFAULT_ENERGY_
     n = results.get("seeds", 1)
     lines += [
         "| # | network | coder | training | ours (test acc. %) | paper | diff | argmax acc. | tie rate | "
-        f"MACs (M) | ACs (M) | energy (uJ{'' if energy_model == DEFAULT_ENERGY_MODEL else ', ' + energy_model}) | "
+        "MACs (M) | ACs (M) | energy "
+        f"(uJ{'' if energy_model == DEFAULT_ENERGY_MODEL else ', ' + energy_model}) | "
         "epochs (best) | wall |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -178,8 +223,10 @@ def render_table(results: Mapping[str, Any], energy_model: str = DEFAULT_ENERGY_
         epochs = f"{s['epochs']} ({s['best_epochs']})" if s["epochs"] else "–"
         lines.append(
             f"| {s['row']} | {s['label']} | {s['coder']} | {s['training']} | {ours} | {_fmt(s['paper'])} | "
-            f"{_fmt(s['diff'], sign=True)} | {_fmt(s['acc_argmax_mean'])} | {_fmt(s['tie_rate_mean'])}{'%' if s['tie_rate_mean'] is not None else ''} | "
-            f"{_millions(s['macs'])} | {_millions(s['acs'])} | {_fmt(s['energy_uj'], 3)} | {epochs} | {_wall(s['wall_s']) if s['epochs'] else '–'} |"
+            f"{_fmt(s['diff'], sign=True)} | {_fmt(s['acc_argmax_mean'])} | "
+            f"{_fmt(s['tie_rate_mean'])}{'%' if s['tie_rate_mean'] is not None else ''} | "
+            f"{_millions(s['macs'])} | {_millions(s['acs'])} | {_fmt(s['energy_uj'], 3)} | {epochs} | "
+            f"{_wall(s['wall_s']) if s['epochs'] else '–'} |"
         )
     std = " ± sample standard deviation" if n > 1 else ""
     lines += [
@@ -191,10 +238,14 @@ def render_table(results: Mapping[str, Any], energy_model: str = DEFAULT_ENERGY_
         "MACs / ACs: millions of multiply-accumulates / accumulates per test image. MACs: dense (every "
         "weight use of ALs, once per image, and of SLs fed by real values, per step or once for a "
         "duplicate-coded train; results.csv has the effective MACs, zero inputs skipped, beside them). "
-        + ("ACs: exact, every input spike of the test set with the real fan-out of its position "
-           "(padding, pooling)" if all(s["exact_counts"] is not False for s in summaries) else
-           "ACs: rows recorded before exact counts estimate them as measured mean input rate x dense MACs x T "
-           "(too high for spiking convolutions: a spike at a padded border reaches fewer synapses)")
+        + (
+            "ACs: exact, every input spike of the test set with the real fan-out of its position "
+            "(padding, pooling)"
+            if all(s["exact_counts"] is not False for s in summaries)
+            else "ACs: rows recorded before exact counts estimate them as measured mean input rate "
+            "x dense MACs x T "
+            "(too high for spiking convolutions: a spike at a padded border reaches fewer synapses)"
+        )
         + f". Energy per image: {note}.",
         "",
         f"Tie rule: {results.get('tie_rule', '')}",
@@ -204,23 +255,35 @@ def render_table(results: Mapping[str, Any], energy_model: str = DEFAULT_ENERGY_
         for seed in row.get("seeds", []):
             who = f"row {row['row']} seed {seed.get('seed_index', 0)}"
             if seed.get("reused"):
-                notes.append(f"{who} was read back finished from {seed.get('job')}.json in the checkpoints "
-                             "folder, not trained by this invocation (same settings; wall is that training's).")
+                notes.append(
+                    f"{who} was read back finished from {seed.get('job')}.json in the checkpoints "
+                    "folder, not trained by this invocation (same settings; wall is that training's)."
+                )
             if seed.get("resumed_after"):
-                notes.append(f"{who} was interrupted and resumed after epoch(s) "
-                             f"{', '.join(map(str, seed['resumed_after']))}.")
+                notes.append(
+                    f"{who} was interrupted and resumed after epoch(s) "
+                    f"{', '.join(map(str, seed['resumed_after']))}."
+                )
             if seed.get("best_test_epoch") is not None:
-                notes.append(f"{who}: best *test* epoch {seed['best_test_epoch']} ({_fmt(_pct(seed['best_test_acc_argmax']))}% "
-                             "argmax; every epoch was scored on test, as Fang et al.'s code reports; the table "
-                             "shows the best-validation epoch).")
+                notes.append(
+                    f"{who}: best *test* epoch {seed['best_test_epoch']} "
+                    f"({_fmt(_pct(seed['best_test_acc_argmax']))}% "
+                    "argmax; every epoch was scored on test, as Fang et al.'s code reports; the table "
+                    "shows the best-validation epoch)."
+                )
             warnings = seed.get("warnings") or []
             if warnings:
-                more = f" (and {len(warnings) - 1} more warning(s) in results.json)" if len(warnings) > 1 else ""
+                more = (
+                    f" (and {len(warnings) - 1} more warning(s) in results.json)" if len(warnings) > 1 else ""
+                )
                 notes.append(f"{who}: warning: {warnings[-1]}{more}.")
     if notes:
         lines += ["", *(f"- {n}" for n in notes)]
     if not results.get("finished", True):
-        lines += ["", "**Unfinished run**: rows marked pending have not been trained yet (continue with --resume)."]
+        lines += [
+            "",
+            "**Unfinished run**: rows marked pending have not been trained yet (continue with --resume).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -255,8 +318,10 @@ def _grouped(summaries: list[dict[str, Any]]) -> list[tuple[str, str, list[dict[
     series: dict[str, list[dict[str, Any]]] = {}
     for s in summaries:
         series.setdefault(_series_key(s, modes), []).append(s)
-    return [(name, "black" if name == "pure ANN" else _COLORS[i % len(_COLORS)], items)
-            for i, (name, items) in enumerate(series.items())]
+    return [
+        (name, "black" if name == "pure ANN" else _COLORS[i % len(_COLORS)], items)
+        for i, (name, items) in enumerate(series.items())
+    ]
 
 
 def _axes():
@@ -292,21 +357,40 @@ def plot_accuracy(results: Mapping[str, Any]) -> bytes:
         marker = "*" if name == "pure ANN" else "o"
         ours = [s for s in items if s["acc_mean"] is not None]
         if ours:
-            ax.errorbar([s["al_share"] for s in ours], [s["acc_mean"] for s in ours],
-                        yerr=[s["acc_std"] or 0.0 for s in ours], color=color, marker=marker, linestyle="-",
-                        capsize=3, label=f"ours: {name}")
+            ax.errorbar(
+                [s["al_share"] for s in ours],
+                [s["acc_mean"] for s in ours],
+                yerr=[s["acc_std"] or 0.0 for s in ours],
+                color=color,
+                marker=marker,
+                linestyle="-",
+                capsize=3,
+                label=f"ours: {name}",
+            )
         paper = [s for s in items if s["paper"] is not None]
         if paper:
-            ax.plot([s["al_share"] for s in paper], [s["paper"] for s in paper], color=color, marker=marker,
-                    markerfacecolor="none", linestyle="--", label=f"paper: {name}")
+            ax.plot(
+                [s["al_share"] for s in paper],
+                [s["paper"] for s in paper],
+                color=color,
+                marker=marker,
+                markerfacecolor="none",
+                linestyle="--",
+                label=f"paper: {name}",
+            )
     recipe = results.get("recipe", {})
     ax.set_xlabel("share of artificial layers")
     ax.set_ylabel("test accuracy (%)")
     ax.set_xlim(-0.05, 1.05)
     first = (results.get("rows") or [{}])[0].get("settings", {})
-    budget = f"{results.get('profile', 'full')} profile, {first.get('epochs')} epochs, T = {first.get('steps')}"
-    ax.set_title(f"{recipe.get('paper_table', '')} {recipe.get('title', '')}\n(ours: {budget}; "
-                 f"paper: {150 if recipe.get('dataset') == 'cifar10' else 100} epochs, T = 25)".strip(), fontsize=9)
+    budget = (
+        f"{results.get('profile', 'full')} profile, {first.get('epochs')} epochs, T = {first.get('steps')}"
+    )
+    ax.set_title(
+        f"{recipe.get('paper_table', '')} {recipe.get('title', '')}\n(ours: {budget}; "
+        f"paper: {150 if recipe.get('dataset') == 'cifar10' else 100} epochs, T = 25)".strip(),
+        fontsize=9,
+    )
     return _png(fig, ax)
 
 
@@ -324,20 +408,42 @@ def plot_energy(results: Mapping[str, Any], energy_model: str = DEFAULT_ENERGY_M
     """PNG bytes: our test accuracy against the energy per image under ``energy_model``
     (log scale), one point per row, labelled with its architecture, and the rows'
     Pareto front (grey steps)."""
-    summaries = [s for s in (summarize_row(r, energy_model) for r in results.get("rows", []))
-                 if s["acc_mean"] is not None and s["energy_uj"]]
+    summaries = [
+        s
+        for s in (summarize_row(r, energy_model) for r in results.get("rows", []))
+        if s["acc_mean"] is not None and s["energy_uj"]
+    ]
     fig, ax = _axes()
     front = pareto_front([(s["energy_uj"], s["acc_mean"]) for s in summaries])
     if len(front) > 1:
-        ax.step([e for e, _ in front], [a for _, a in front], where="post", color="grey", alpha=0.6,
-                linewidth=1, label="Pareto front")
+        ax.step(
+            [e for e, _ in front],
+            [a for _, a in front],
+            where="post",
+            color="grey",
+            alpha=0.6,
+            linewidth=1,
+            label="Pareto front",
+        )
     for name, color, items in _grouped(summaries):
-        ax.errorbar([s["energy_uj"] for s in items], [s["acc_mean"] for s in items],
-                    yerr=[s["acc_std"] or 0.0 for s in items], color=color, linestyle="none",
-                    marker="*" if name == "pure ANN" else "o", capsize=3, label=name)
+        ax.errorbar(
+            [s["energy_uj"] for s in items],
+            [s["acc_mean"] for s in items],
+            yerr=[s["acc_std"] or 0.0 for s in items],
+            color=color,
+            linestyle="none",
+            marker="*" if name == "pure ANN" else "o",
+            capsize=3,
+            label=name,
+        )
         for s in items:
-            ax.annotate(s["arch"], (s["energy_uj"], s["acc_mean"]), fontsize=6, xytext=(3, 3),
-                        textcoords="offset points")
+            ax.annotate(
+                s["arch"],
+                (s["energy_uj"], s["acc_mean"]),
+                fontsize=6,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
     recipe = results.get("recipe", {})
     ax.set_xscale("log")
     ax.set_xlabel(f"estimated energy per image (uJ, log scale), model {energy_model!r}")
@@ -381,13 +487,21 @@ def plot_rates(results: Mapping[str, Any]) -> bytes:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=5, loc="lower left")
     recipe = results.get("recipe", {})
-    fig.suptitle(f"{recipe.get('paper_table', '')} {recipe.get('title', '')}".strip()
-                 + "\nvalidation firing rate per spiking layer (0 drawn at 1e-5)", fontsize=8)
+    fig.suptitle(
+        f"{recipe.get('paper_table', '')} {recipe.get('title', '')}".strip()
+        + "\nvalidation firing rate per spiking layer (0 drawn at 1e-5)",
+        fontsize=8,
+    )
     return _png_bytes(fig)
 
 
-def write_report(out: str | Path, results: Mapping[str, Any], *, json_too: bool = True,
-                 energy_model: str = DEFAULT_ENERGY_MODEL) -> dict[str, Path]:
+def write_report(
+    out: str | Path,
+    results: Mapping[str, Any],
+    *,
+    json_too: bool = True,
+    energy_model: str = DEFAULT_ENERGY_MODEL,
+) -> dict[str, Path]:
     """Write ``results.json`` (unless ``json_too`` is False), ``results.csv``, ``table.md``,
     ``accuracy.png``, ``energy.png`` and ``rates.png`` into ``out``, each atomically; the
     table, the CSV and ``energy.png`` show the energy under ``energy_model`` (results.json
@@ -432,8 +546,7 @@ def _price_new_models(results: Mapping[str, Any], checkpoints: Path) -> None:
             job = checkpoints / f"{seed.get('job')}.json"
             if not missing or not job.is_file():
                 continue
-            record = ((read_json(job).get("test") or {}).get("ops") or {})
+            record = (read_json(job).get("test") or {}).get("ops") or {}
             if record.get("counts"):
                 layers = counts_from_record(record)
                 energy.update({m: energy_pj(m, layers) / 1e6 for m in missing})
-

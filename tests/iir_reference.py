@@ -45,9 +45,16 @@ class Neuron:
     @property
     def kwargs(self) -> dict:
         """Keyword arguments of IIRNeuron / IIRParams / IIRNode / IIRLeaky."""
-        return dict(synapse=self.synapse, tau_m=self.tau_m, tau_s=self.tau_s, membrane_decay=self.lam,
-                    reset_decay=self.theta, v_threshold=self.v_threshold, sigma=self.sigma,
-                    detach_reset=self.detach_reset)
+        return dict(
+            synapse=self.synapse,
+            tau_m=self.tau_m,
+            tau_s=self.tau_s,
+            membrane_decay=self.lam,
+            reset_decay=self.theta,
+            v_threshold=self.v_threshold,
+            sigma=self.sigma,
+            detach_reset=self.detach_reset,
+        )
 
     @property
     def decays(self) -> tuple[float, float]:
@@ -79,7 +86,11 @@ class _Spike(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         v, vth = ctx.saved_tensors
         s = ctx.sigma
-        return grad * torch.exp(-((v - vth) ** 2) / (2.0 * s * s)) / (math.sqrt(2.0 * math.pi) * s), None, None
+        return (
+            grad * torch.exp(-((v - vth) ** 2) / (2.0 * s * s)) / (math.sqrt(2.0 * math.pi) * s),
+            None,
+            None,
+        )
 
 
 class Constants:
@@ -89,7 +100,9 @@ class Constants:
         a1, a2, b = n.synapse_coefficients
         lam, theta = n.decays
         c = lambda value: torch.tensor(value, dtype=dtype)  # noqa: E731
-        self.a1, self.a2, self.b, self.lam, self.theta, self.vth = map(c, (a1, a2, b, lam, theta, n.v_threshold))
+        self.a1, self.a2, self.b, self.lam, self.theta, self.vth = map(
+            c, (a1, a2, b, lam, theta, n.v_threshold)
+        )
         self.sigma, self.detach_reset = n.sigma, n.detach_reset
 
 
@@ -121,8 +134,9 @@ def run(x: Tensor, n: Neuron, state: Optional[Sequence[Tensor]] = None):
     return torch.stack(spikes), torch.stack(volts), state
 
 
-def hit_threshold(x: Tensor, n: Neuron, where: Tensor, *, state: Optional[Sequence[Tensor]] = None,
-                  max_ulps: int = 400) -> Tensor:
+def hit_threshold(
+    x: Tensor, n: Neuron, where: Tensor, *, state: Optional[Sequence[Tensor]] = None, max_ulps: int = 400
+) -> Tensor:
     """A copy of x [T, ...] in which x[t] is moved, where ``where`` [T, ...] is True, to the
     float (of x's dtype) nearest its start value for which the reference V[t] == V_th
     exactly. Returns the new x; where no float hits exactly (V jumps over V_th between two
@@ -148,7 +162,9 @@ def hit_threshold(x: Tensor, n: Neuron, where: Tensor, *, state: Optional[Sequen
                     low, high = mask & (v < k.vth), mask & (v > k.vth)
                     if not bool((low | high).any()):
                         break
-                    xt = torch.where(low, torch.nextafter(xt, up), torch.where(high, torch.nextafter(xt, down), xt))
+                    xt = torch.where(
+                        low, torch.nextafter(xt, up), torch.where(high, torch.nextafter(xt, down), xt)
+                    )
                 v = step(xt, state, k)[2]
                 # where V overshoots, keep the last input below the threshold
                 xt = torch.where(mask & (v > k.vth), torch.nextafter(xt, down), xt)

@@ -57,7 +57,9 @@ def _flat(row: RowSpec) -> dict[str, Any]:
 def _control(control: list[RowSpec], row: RowSpec, rows: dict[int, int]) -> RowSpec:
     if rows:
         match = control[rows[row.index] - 1]
-        assert (match.coder, match.training) == (row.coder, row.training), f"row {row.index} has another control"
+        assert (match.coder, match.training) == (row.coder, row.training), (
+            f"row {row.index} has another control"
+        )
         return match
     same = [c for c in control if (c.arch, c.coder, c.training) == (row.arch, row.coder, row.training)]
     assert same, f"no row of the control recipe trains {row.arch} ({row.coder}, {row.training})"
@@ -73,8 +75,11 @@ def _rows_and_controls(name: str) -> list[tuple[RowSpec, RowSpec]]:
     control_name, profile, _ = CONTROLS[name]
     ablation = load_recipe(ABLATIONS / f"{name}.toml").configure(profile=profile)
     # every ablation ran before 2026-12-06, when the controls' SL biases were filtered too
-    control = list(load_recipe(control_name).configure(profile=profile,
-                                                       overrides={"bias_placement": "before_filter"}).rows)
+    control = list(
+        load_recipe(control_name)
+        .configure(profile=profile, overrides={"bias_placement": "before_filter"})
+        .rows
+    )
     return [(row, _control(control, row, CONTROL_ROWS.get(name, {}))) for row in ablation.rows]
 
 
@@ -84,7 +89,9 @@ def test_an_ablation_changes_only_its_declared_keys(name: str) -> None:
     for row, control_row in _rows_and_controls(name):
         mine, theirs = _flat(row), _flat(control_row)
         changed = {k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)}
-        assert changed <= declared, f"{name} row {row.index} ({row.label}) also changes {sorted(changed - declared)}"
+        assert changed <= declared, (
+            f"{name} row {row.index} ({row.label}) also changes {sorted(changed - declared)}"
+        )
 
 
 # Ablations whose setting became the control's own (the cpu profile moved to T = 16, 0.125).
@@ -96,7 +103,9 @@ def test_every_ablation_row_differs_from_its_control(name: str) -> None:
     """The other half: a row that resolves to its control's settings trains the control
     again (cifar-logit-scale-t16 did once, its row's scale replaced by the profile's)."""
     for row, theirs in _rows_and_controls(name):
-        assert row.arch != theirs.arch or _flat(row) != _flat(theirs), f"{name} row {row.index} is its control"
+        assert row.arch != theirs.arch or _flat(row) != _flat(theirs), (
+            f"{name} row {row.index} is its control"
+        )
 
 
 def test_the_augmentation_ablation_ran_its_spiking_rows_at_another_lambda() -> None:

@@ -6,14 +6,13 @@ import math
 import pytest
 import snntorch
 import torch
+from helpers import SYNAPSES, currents, rel_err
+from hnn_bridge.adapters.snntorch import IIRLeaky, detach, erfc_surrogate, reset
 from snntorch import utils
 from torch import nn
 
 from hnn_bridge import IIRNeuron, IIRParams
-from hnn_bridge.adapters.snntorch import IIRLeaky, detach, erfc_surrogate, reset
 from hnn_bridge.functional import IIRState, iir_multistep
-
-from helpers import SYNAPSES, currents, rel_err
 
 
 def run_explicit(lif, x):
@@ -139,7 +138,7 @@ class Net(nn.Module):
             nn.init.normal_(fc.weight, std=0.8)
 
     def forward(self, x_seq):
-        return torch.stack([self.lif2(self.fc2(self.lif1(self.fc1(x))))for x in x_seq])
+        return torch.stack([self.lif2(self.fc2(self.lif1(self.fc1(x)))) for x in x_seq])
 
 
 def test_utils_reset_on_a_tutorial_style_model():

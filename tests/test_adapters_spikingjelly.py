@@ -3,16 +3,15 @@ state semantics (continuation, reset_net, detach_net, step modes, store_v_seq)."
 
 import pytest
 import torch
+from helpers import SYNAPSES, currents, rel_err
+from hnn_bridge.adapters.spikingjelly import IIRNode
 from spikingjelly.activation_based import functional, layer
 from spikingjelly.activation_based.base import MemoryModule
 from spikingjelly.activation_based.neuron import BaseNode
 from torch import nn
 
 from hnn_bridge import IIRNeuron, IIRParams
-from hnn_bridge.adapters.spikingjelly import IIRNode
 from hnn_bridge.functional import iir_multistep, iir_multistep_reference
-
-from helpers import SYNAPSES, currents, rel_err
 
 
 def test_is_a_spikingjelly_node_with_five_memories():

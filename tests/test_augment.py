@@ -20,7 +20,9 @@ BILINEAR = InterpolationMode.BILINEAR
 CROP = _CROP_DRAWS  # draws per crop: the tries, then the corner
 
 
-def _draws(aug: CropRotate, crops: list[list[float]], angles: list[float], apply: float = 0.0) -> torch.Tensor:
+def _draws(
+    aug: CropRotate, crops: list[list[float]], angles: list[float], apply: float = 0.0
+) -> torch.Tensor:
     """One image's draws: ``crops[k]`` fills pass k's crop columns, ``angles[k]`` its angle."""
     u = torch.zeros(1, aug.width, dtype=torch.float64)
     u[0, 0] = apply
@@ -49,7 +51,9 @@ def test_rotation_is_torchvision_rotate_on_a_non_square_image(angle: float) -> N
     x = torch.rand(2, 3, 28, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     aug = CropRotate(p=1.0, scale=(1.0, 1.0), ratio=(20 / 28, 20 / 28), degrees=15.0, passes=1)
     u = _draws(aug, [_whole_image_crop()], [angle]).expand(2, -1)
-    torch.testing.assert_close(aug.apply(x, u), TF.rotate(x, angle, interpolation=BILINEAR), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        aug.apply(x, u), TF.rotate(x, angle, interpolation=BILINEAR), rtol=0, atol=1e-12
+    )
 
 
 def test_crop_is_torchvision_resized_crop_inside_the_box() -> None:
@@ -69,8 +73,9 @@ def test_two_passes_chain_crop_rotate_crop_rotate_in_that_order() -> None:
     # bilinear resampling of a linear ramp is exact, so four torchvision steps in a row and
     # the one composed map must agree wherever no step reads outside the image
     h = w = 28
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
-                            indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
+    )
     x = (0.02 * xx + 0.01 * yy + 0.1)[None, None]
     aug = CropRotate(p=1.0, scale=(0.6, 0.6), ratio=(0.8, 0.8), degrees=15.0, passes=2)
     crops = [[0.0, 0.0] * _CROP_TRIES + [0.9, 0.2], [0.0, 0.0] * _CROP_TRIES + [0.1, 0.6]]
@@ -89,8 +94,14 @@ def test_two_passes_chain_crop_rotate_crop_rotate_in_that_order() -> None:
     assert (swapped[centre] - ref[centre]).abs().max() > 1e-3  # the order is seen
 
 
-def _torchvision_box(h: int, w: int, tries: list[tuple[float, float]], corner: tuple[float, float],
-                     scale: tuple[float, float], ratio: tuple[float, float]) -> tuple[int, int, int, int]:
+def _torchvision_box(
+    h: int,
+    w: int,
+    tries: list[tuple[float, float]],
+    corner: tuple[float, float],
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+) -> tuple[int, int, int, int]:
     """RandomResizedCrop.get_params's rule, written out with the given uniform draws."""
     area = h * w
     for a, r in tries:
@@ -109,8 +120,9 @@ def _torchvision_box(h: int, w: int, tries: list[tuple[float, float]], corner: t
     return (h - bh) // 2, (w - bw) // 2, bh, bw
 
 
-@pytest.mark.parametrize("shape, scale, ratio", [((28, 28), (0.85, 1.0), (3 / 4, 4 / 3)),
-                                                 ((32, 24), (0.3, 1.0), (1.5, 2.0))])
+@pytest.mark.parametrize(
+    "shape, scale, ratio", [((28, 28), (0.85, 1.0), (3 / 4, 4 / 3)), ((32, 24), (0.3, 1.0), (1.5, 2.0))]
+)
 def test_crop_box_follows_torchvision_rule_including_the_fallback(shape, scale, ratio) -> None:
     h, w = shape
     aug = CropRotate(scale=scale, ratio=ratio)
@@ -170,8 +182,10 @@ def test_augmented_batches_repeat_per_epoch_and_do_not_depend_on_the_world_size(
     share = float(torch.cat(same_rows).double().mean())
     assert 0.2 < share < 0.8  # about half the images augmented, in the unaugmented order
     world = 3
-    shards = [TensorBatches(images, labels, batch_size=4, seed=7, rank=r, world_size=world, augment=aug)
-              for r in range(world)]
+    shards = [
+        TensorBatches(images, labels, batch_size=4, seed=7, rank=r, world_size=world, augment=aug)
+        for r in range(world)
+    ]
     per_rank = [[x for x, _ in s.epoch_batches(0)] for s in shards]
     for g, full in enumerate(epoch0):  # each global batch = the ranks' batches side by side
         assert torch.equal(torch.cat([per_rank[r][g] for r in range(world)]), full)
@@ -179,6 +193,7 @@ def test_augmented_batches_repeat_per_epoch_and_do_not_depend_on_the_world_size(
 
 def test_a_recipe_augments_the_training_images_only(tmp_path, monkeypatch) -> None:
     from helpers import TINY_RECIPE
+
     from hnn_bridge.recipe import load_recipe
     from hnn_bridge.training.runner import RunOptions, run_recipe
 

@@ -4,16 +4,15 @@ and snnTorch (looped over T), plus `make_neuron` and `copy_weights`."""
 
 import pytest
 import torch
+from helpers import SYNAPSES, rel_err
+from hnn_bridge.adapters.snntorch import IIRLeaky
+from hnn_bridge.adapters.spikingjelly import IIRNode
 from spikingjelly.activation_based import functional
 from torch import nn
 
 import hnn_bridge
 from hnn_bridge import IIRNeuron, IIRParams, build
-from hnn_bridge.adapters.snntorch import IIRLeaky
-from hnn_bridge.adapters.spikingjelly import IIRNode
 from hnn_bridge.backends import BACKENDS, SNNTorchLayer, SpikingJellyLayer, copy_weights, make_neuron
-
-from helpers import SYNAPSES, rel_err
 
 CPU_BACKENDS = ["reference", "spikingjelly", "snntorch"]
 NEURON_TYPES = (IIRNeuron, SpikingJellyLayer, SNNTorchLayer)
@@ -27,8 +26,15 @@ NETS = {
 
 def build_all(arch, shape, std, T, synapse, input_mode="direct", coder="duplicate"):
     torch.manual_seed(0)
-    ref = build(arch, backend="reference", steps=T, input_shape=shape, neuron={"synapse": synapse},
-                input_mode=input_mode, coder=coder)
+    ref = build(
+        arch,
+        backend="reference",
+        steps=T,
+        input_shape=shape,
+        neuron={"synapse": synapse},
+        input_mode=input_mode,
+        coder=coder,
+    )
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in ref.named_parameters():
@@ -36,11 +42,25 @@ def build_all(arch, shape, std, T, synapse, input_mode="direct", coder="duplicat
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
     models = {"reference": ref}
     for backend in CPU_BACKENDS[1:]:
-        m = build(arch, backend=backend, steps=T, input_shape=shape, neuron={"synapse": synapse},
-                  input_mode=input_mode, coder=coder)
+        m = build(
+            arch,
+            backend=backend,
+            steps=T,
+            input_shape=shape,
+            neuron={"synapse": synapse},
+            input_mode=input_mode,
+            coder=coder,
+        )
         models[backend] = copy_weights(ref, m)
-    single = build(arch, backend="spikingjelly", steps=T, input_shape=shape, neuron={"synapse": synapse},
-                   input_mode=input_mode, coder=coder)
+    single = build(
+        arch,
+        backend="spikingjelly",
+        steps=T,
+        input_shape=shape,
+        neuron={"synapse": synapse},
+        input_mode=input_mode,
+        coder=coder,
+    )
     functional.set_step_mode(single, "s")  # IIRNode stepped over T by single-step calls
     assert all(m.node.step_mode == "s" for m in single.modules() if isinstance(m, SpikingJellyLayer))
     models["spikingjelly-single-step"] = copy_weights(ref, single)
@@ -50,8 +70,11 @@ def build_all(arch, shape, std, T, synapse, input_mode="direct", coder="duplicat
 def run(model, x, g, seed=0):
     """Forward and backward; returns per-layer spikes, output, input and weight gradients."""
     spikes = []
-    hooks = [m.register_forward_hook(lambda mod, i, o: spikes.append(o.detach()))
-             for m in model.modules() if isinstance(m, NEURON_TYPES)]
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o: spikes.append(o.detach()))
+        for m in model.modules()
+        if isinstance(m, NEURON_TYPES)
+    ]
     x = x.clone().requires_grad_()
     torch.manual_seed(seed)  # coders that sample draw the same numbers on every backend
     out = model(x)
@@ -135,7 +158,8 @@ def test_copy_weights_names_the_mismatched_keys():
         copy_weights(a, c)
     assert str(info.value) == (
         "copy_weights: the models do not match (only in the source: sl.1.module.weight, sl.3.bias; "
-        "only in the target: al.1.weight, al.1.bias; different shapes: first_op.0.weight (32, 64) -> (10, 20), "
+        "only in the target: al.1.weight, al.1.bias; different shapes: first_op.0.weight (32, 64) -> "
+        "(10, 20), "
         "first_op.0.bias (32,) -> (10,))"
     )
     d = build("A64-S32-S10", input_shape=(1, 8, 8), steps=2, backend="spikingjelly")

@@ -32,10 +32,29 @@ def check_ratios(rows):
 
 
 def test_neuron_suite_json_and_table(tmp_path):
-    text, results = run_cli(tmp_path, "--suite", "neuron", "-T", "3", "-B", "2", "-N", "8", "--repeats", "2",
-                            "--warmup", "0", "--backends", "reference,snntorch")
+    text, results = run_cli(
+        tmp_path,
+        "--suite",
+        "neuron",
+        "-T",
+        "3",
+        "-B",
+        "2",
+        "-N",
+        "8",
+        "--repeats",
+        "2",
+        "--warmup",
+        "0",
+        "--backends",
+        "reference,snntorch",
+    )
     (res,) = results
-    assert res["suite"] == "neuron" and res["config"]["steps"] == 3 and res["machine"]["torch"] == torch.__version__
+    assert (
+        res["suite"] == "neuron"
+        and res["config"]["steps"] == 3
+        and res["machine"]["torch"] == torch.__version__
+    )
     names = [r["name"] for r in res["rows"]]
     assert names == ["ours: reference", "ours: snntorch", "SpikingJelly LIFNode", "snnTorch Leaky loop"]
     for r in res["rows"]:
@@ -49,26 +68,66 @@ def test_neuron_suite_json_and_table(tmp_path):
 
 
 def test_network_suite_with_ablations(tmp_path):
-    text, (res,) = run_cli(tmp_path, "--suite", "network", "-T", "2", "-B", "2", "--repeats", "1", "--warmup", "0",
-                           "--archs", "A784-S16-S10", "--backends", "reference")
+    text, (res,) = run_cli(
+        tmp_path,
+        "--suite",
+        "network",
+        "-T",
+        "2",
+        "-B",
+        "2",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--archs",
+        "A784-S16-S10",
+        "--backends",
+        "reference",
+    )
     (net,) = res["networks"]
     names = [r["name"] for r in net["rows"]]
-    assert names == ["ours: reference", "ours: reference, first SL weighed T times",
-                     "ours: reference, per-step weight ops", "SpikingJelly LIFNode net", "snnTorch Leaky loop net"]
+    assert names == [
+        "ours: reference",
+        "ours: reference, first SL weighed T times",
+        "ours: reference, per-step weight ops",
+        "SpikingJelly LIFNode net",
+        "snnTorch Leaky loop net",
+    ]
     check_ratios(net["rows"])
     assert all(r["ratio_sj"] > 0 for r in net["rows"] if r["group"] == "ablation")
     assert "**A784-S16-S10**" in text
 
 
 def test_epoch_suite_estimates_from_limited_batches(tmp_path):
-    text, (res,) = run_cli(tmp_path, "--suite", "epoch", "-T", "2", "-B", "16", "--dataset", "mnist-5k",
-                           "--limit-batches", "2", "--warmup", "0", "--backends", "reference", "--no-ablations")
+    text, (res,) = run_cli(
+        tmp_path,
+        "--suite",
+        "epoch",
+        "-T",
+        "2",
+        "-B",
+        "16",
+        "--dataset",
+        "mnist-5k",
+        "--limit-batches",
+        "2",
+        "--warmup",
+        "0",
+        "--backends",
+        "reference",
+        "--no-ablations",
+    )
     c = res["config"]
     assert c["arch"] == "A784-S500-S10" and c["coder"] == "duplicate" and c["train_images"] == 3000
     assert c["batches_per_epoch"] == 188 and c["batches_measured"] == 2 and c["estimated"]
     assert "2 of 188 batches measured" in c["note"] and c["settings"]["lr"] == 1e-3
     rows = res["rows"]
-    assert [r["name"] for r in rows] == ["ours: reference", "SpikingJelly LIFNode net", "snnTorch Leaky loop net"]
+    assert [r["name"] for r in rows] == [
+        "ours: reference",
+        "SpikingJelly LIFNode net",
+        "snnTorch Leaky loop net",
+    ]
     for r in rows:
         assert r["step"]["n"] == 2 and r["epoch_s"] > 0 and r["saved_bytes"] > 0 and r["mean_loss"] > 0
     check_ratios(rows)
@@ -129,7 +188,9 @@ def test_summarize_and_interleave_order():
     s = summarize([4.0, 1.0, 3.0, 2.0, 5.0])
     assert (s.median, s.q1, s.q3, s.min, s.max, s.n, s.iqr) == (3.0, 2.0, 4.0, 1.0, 5.0, 5, 2.0)
     calls = []
-    samples = interleave({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=2, warmup=1)
+    samples = interleave(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=2, warmup=1
+    )
     assert calls == ["a", "b", "b", "a", "a", "b"] and [len(v) for v in samples.values()] == [2, 2]
 
 

@@ -5,13 +5,12 @@ import re
 
 import pytest
 import torch
+from test_notation import CIFAR_ARCHS, MNIST_ARCHS
 from torch import nn
 
 from hnn_bridge import ConfigError, build
 from hnn_bridge.builder import SeqOp, TimeSharedDropout
 from hnn_bridge.neuron import IIRNeuron
-
-from test_notation import CIFAR_ARCHS, MNIST_ARCHS
 
 MNIST = (1, 28, 28)
 CIFAR = (3, 32, 32)
@@ -60,26 +59,59 @@ def test_mlp_layer_sizes_follow_the_reference_code():
     "arch, kwargs, message",
     [
         ("A784-S500-S10", {"coder": "poisson", "training": "simultaneous"}, None),
-        ("A784-A500-S10", {"coder": "poisson", "training": "simultaneous"},
-         "poisson coding is not differentiable, so its ALs cannot be trained with the SLs: use training='separate' "
-         "(pre-trained, frozen ALs) or an all-S spec (§3.1, §3.3)"),
-        ("A784-A500-S10", {"coder": "gaussian", "training": "separate"},
-         "gaussian coding cannot use separate training: its last AL has twice the units (mu, ln sigma), so the "
-         "pre-trained ANN's weights do not fit (§3.3); use simultaneous"),
-        ("A784-A500-A10", {"coder": "duplicate"},
-         "'A784-A500-A10' is all artificial (a plain ANN): it has no coder; pass coder=None"),
-        ("S784-S500-S10", {"coder": "gaussian"},
-         "gaussian coding needs an artificial layer to produce (mu, ln sigma); 'S784-S500-S10' is all spiking and "
-         "codes the input itself: use duplicate or poisson"),
-        ("A784-A500-S10", {"coder": "morse"}, "unknown coder 'morse'; choose one of duplicate, gaussian, poisson"),
+        (
+            "A784-A500-S10",
+            {"coder": "poisson", "training": "simultaneous"},
+            "poisson coding is not differentiable, so its ALs cannot be trained with the SLs: use "
+            "training='separate' "
+            "(pre-trained, frozen ALs) or an all-S spec (§3.1, §3.3)",
+        ),
+        (
+            "A784-A500-S10",
+            {"coder": "gaussian", "training": "separate"},
+            "gaussian coding cannot use separate training: its last AL has twice the units (mu, ln "
+            "sigma), so the "
+            "pre-trained ANN's weights do not fit (§3.3); use simultaneous",
+        ),
+        (
+            "A784-A500-A10",
+            {"coder": "duplicate"},
+            "'A784-A500-A10' is all artificial (a plain ANN): it has no coder; pass coder=None",
+        ),
+        (
+            "S784-S500-S10",
+            {"coder": "gaussian"},
+            "gaussian coding needs an artificial layer to produce (mu, ln sigma); 'S784-S500-S10' is "
+            "all spiking and "
+            "codes the input itself: use duplicate or poisson",
+        ),
+        (
+            "A784-A500-S10",
+            {"coder": "morse"},
+            "unknown coder 'morse'; choose one of duplicate, gaussian, poisson",
+        ),
         ("A784-A500-S10", {"steps": 0}, "steps (T) must be an integer >= 1, got 0"),
         ("A784-A500-S10", {"backend": "nest"}, None),
-        ("A784-A500-S10", {"input_mode": "dendrite"}, "unknown input_mode 'dendrite'; choose one of direct, axon"),
-        ("A784-A500-S10", {"coder": None}, "'A784-A500-S10' has spiking layers: choose a coder (duplicate, gaussian, poisson)"),
-        ("A784-A500-A10", {"coder": None, "training": "separate"},
-         "'A784-A500-A10' is a pure ANN: separate training needs spiking layers"),
-        ("S8C3-P2-P2-P2-P2-S10", {"input_shape": (1, 8, 8), "coder": "duplicate"},
-         "pooling 'P2' needs an image of at least 2x2, but the layer before gives 1x1"),
+        (
+            "A784-A500-S10",
+            {"input_mode": "dendrite"},
+            "unknown input_mode 'dendrite'; choose one of direct, axon",
+        ),
+        (
+            "A784-A500-S10",
+            {"coder": None},
+            "'A784-A500-S10' has spiking layers: choose a coder (duplicate, gaussian, poisson)",
+        ),
+        (
+            "A784-A500-A10",
+            {"coder": None, "training": "separate"},
+            "'A784-A500-A10' is a pure ANN: separate training needs spiking layers",
+        ),
+        (
+            "S8C3-P2-P2-P2-P2-S10",
+            {"input_shape": (1, 8, 8), "coder": "duplicate"},
+            "pooling 'P2' needs an image of at least 2x2, but the layer before gives 1x1",
+        ),
     ],
 )
 def test_forbidden_combinations_raise_config_error(arch, kwargs, message):
@@ -141,7 +173,13 @@ def test_direct_input_skips_the_synapse_filter_of_the_first_sl_only():
     # neuron has none; before_filter: the filter is inside the neuron
     inside = lambda m: [n.params.synapse for n in m.modules() if isinstance(n, IIRNeuron)]
     assert inside(direct) == ["none", "none"] and inside(axon) == ["none", "none"]
-    old = build("A784-S500-S10", coder="duplicate", input_shape=MNIST, input_mode="axon", bias_placement="before_filter")
+    old = build(
+        "A784-S500-S10",
+        coder="duplicate",
+        input_shape=MNIST,
+        input_mode="axon",
+        bias_placement="before_filter",
+    )
     assert inside(old) == synapses(old) == ["dual_exp", "dual_exp"] and not old.filters
 
 
@@ -156,8 +194,7 @@ def test_neuron_settings_reach_every_spiking_layer():
 
 def test_gaussian_coding_passes_gradients_to_the_als():
     torch.manual_seed(1)
-    model = build("A784-A500-S10", coder="gaussian", steps=6, input_shape=MNIST,
-                  neuron={"v_threshold": 0.2})
+    model = build("A784-A500-S10", coder="gaussian", steps=6, input_shape=MNIST, neuron={"v_threshold": 0.2})
     model(torch.rand(8, *MNIST)).sum().backward()
     grads = [p.grad for p in model.al.parameters()]
     assert len(grads) == 2 and all(g is not None and g.abs().sum() > 0 for g in grads)
@@ -188,8 +225,9 @@ def test_time_shared_dropout_uses_one_mask_for_all_steps():
     assert torch.equal(drop.eval()(torch.ones(2, 3)), torch.ones(2, 3))
 
 
-@pytest.mark.parametrize("arch,shape", [("A784-A500-S10", MNIST), ("A784-S500-S10", MNIST),
-                                        ("A32C3-S32C3-P2-S10", (3, 32, 32))])
+@pytest.mark.parametrize(
+    "arch,shape", [("A784-A500-S10", MNIST), ("A784-S500-S10", MNIST), ("A32C3-S32C3-P2-S10", (3, 32, 32))]
+)
 def test_gaussian_mu_passes_the_al_activation_and_ln_sigma_stays_linear(arch, shape):
     torch.manual_seed(3)
     model = build(arch, coder="gaussian", steps=3, input_shape=shape)
@@ -224,8 +262,9 @@ def test_gaussian_dropout_drops_mu_only_and_never_ln_sigma(arch, shape):
     assert torch.equal(log_sigma, linear[:, n:])  # ln sigma: neither dropped nor rescaled
 
 
-@pytest.mark.parametrize("arch,shape", [("A784-A500-S10", MNIST), ("A784-S500-S10", MNIST),
-                                        ("A32C3-S32C3-P2-S10", (3, 32, 32))])
+@pytest.mark.parametrize(
+    "arch,shape", [("A784-A500-S10", MNIST), ("A784-S500-S10", MNIST), ("A32C3-S32C3-P2-S10", (3, 32, 32))]
+)
 def test_gaussian_sigma0_starts_ln_sigma_at_its_log_and_leaves_mu_alone(arch, shape):
     torch.manual_seed(4)
     default = build(arch, coder="gaussian", steps=3, input_shape=shape)
@@ -239,10 +278,19 @@ def test_gaussian_sigma0_starts_ln_sigma_at_its_log_and_leaves_mu_alone(arch, sh
     assert model.settings["gaussian_sigma0"] == 0.05
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"coder": "duplicate", "gaussian_sigma0": 0.1}, "gaussian_sigma0 = 0.1 needs coder='gaussian' (the coder is 'duplicate')"),
-    ({"coder": "gaussian", "gaussian_sigma0": -1.0}, "gaussian_sigma0 must be a finite number >= 0 (0: default init), got -1.0"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (
+            {"coder": "duplicate", "gaussian_sigma0": 0.1},
+            "gaussian_sigma0 = 0.1 needs coder='gaussian' (the coder is 'duplicate')",
+        ),
+        (
+            {"coder": "gaussian", "gaussian_sigma0": -1.0},
+            "gaussian_sigma0 must be a finite number >= 0 (0: default init), got -1.0",
+        ),
+    ],
+)
 def test_gaussian_sigma0_errors(kwargs, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         build("A784-A500-S10", input_shape=MNIST, **kwargs)

@@ -29,7 +29,9 @@ def _settings_of_a_run(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> Sett
 def _help_of(option: str) -> str:
     """The help text of one option as `hnn-bridge train --help` renders it (its help record)."""
     ctx = click.Context(train_module.train, info_name="train")
-    (record,) = [p.get_help_record(ctx) for p in train_module.train.params if option in getattr(p, "opts", ())]
+    (record,) = [
+        p.get_help_record(ctx) for p in train_module.train.params if option in getattr(p, "opts", ())
+    ]
     return " ".join(record[1].split())
 
 
@@ -46,10 +48,19 @@ def _stated(help_text: str, family: str, quick: bool) -> str:
 @pytest.mark.parametrize("family", list(CASES))
 def test_train_help_states_the_defaults_that_run(monkeypatch: pytest.MonkeyPatch, family: str, quick: bool):
     settings = _settings_of_a_run(monkeypatch, CASES[family] + (["--quick"] if quick else []))
-    for option, key in [("--lr", "lr"), ("--dropout", "dropout"), ("--epochs", "epochs"), ("--steps", "steps"),
-                        ("--batch-size", "batch_size"), ("--norm", "norm"), ("--augment", "augment"),
-                        ("--input-mode", "input_mode"), ("--seed", "seed"), ("--precision", "precision"),
-                        ("--activation", "activation")]:
+    for option, key in [
+        ("--lr", "lr"),
+        ("--dropout", "dropout"),
+        ("--epochs", "epochs"),
+        ("--steps", "steps"),
+        ("--batch-size", "batch_size"),
+        ("--norm", "norm"),
+        ("--augment", "augment"),
+        ("--input-mode", "input_mode"),
+        ("--seed", "seed"),
+        ("--precision", "precision"),
+        ("--activation", "activation"),
+    ]:
         value = getattr(settings, key)
         expected = f"{value:g}" if isinstance(value, float) else str(value)
         assert _stated(_help_of(option), family, quick) == expected, (option, family, quick)
@@ -57,7 +68,9 @@ def test_train_help_states_the_defaults_that_run(monkeypatch: pytest.MonkeyPatch
 
 def test_the_defaults_that_issue_33_found_wrong():
     """A run prints `Adam lr 0.001` and the CIFAR-10 recipes train without dropout."""
-    assert _help_of("--lr").endswith("Adam learning rate, decayed at the recipe's milestones [default: 0.001]. [x>0]")
+    assert _help_of("--lr").endswith(
+        "Adam learning rate, decayed at the recipe's milestones [default: 0.001]. [x>0]"
+    )
     assert "[default: 0.3 MNIST, 0 CIFAR-10]" in _help_of("--dropout")
     assert _help_of("--dataset").endswith("[default: mnist; --quick: mnist-5k]")
 
@@ -69,7 +82,9 @@ def test_recipe_help_precision_default_is_every_shipped_recipes():
     from hnn_bridge.recipe import PROFILES, list_recipes, load_recipe
 
     ctx = click.Context(recipe_command, info_name="recipe")
-    (record,) = [p.get_help_record(ctx) for p in recipe_command.params if "--precision" in getattr(p, "opts", ())]
+    (record,) = [
+        p.get_help_record(ctx) for p in recipe_command.params if "--precision" in getattr(p, "opts", ())
+    ]
     (stated,) = re.findall(r"\[default: the recipe's, (\w+)\]", record[1])
     used = set()
     for name in list_recipes():

@@ -52,9 +52,15 @@ def test_table3a_quick_end_to_end(tmp_path: Path) -> None:
     row3, row4 = results["rows"][2], results["rows"][3]
     assert row3["seeds"][0]["pretrain"]["job"] == row4["seeds"][0]["job"]
     table = (out / "table.md").read_text()
-    for text in ("Table 3(a)", "| 1 | S784-S500-S10 (baseline) | poisson | simultaneous |", "98.09", "Tie rule",
-                 "energy (uJ)", "0.9 pJ per AC",
-                 "dataset mnist-5k, 10 epochs, T = 25"):
+    for text in (
+        "Table 3(a)",
+        "| 1 | S784-S500-S10 (baseline) | poisson | simultaneous |",
+        "98.09",
+        "Tie rule",
+        "energy (uJ)",
+        "0.9 pJ per AC",
+        "dataset mnist-5k, 10 epochs, T = 25",
+    ):
         assert text in table
     assert table.strip() in result.stdout
     with open(out / "results.csv") as f:
@@ -62,16 +68,23 @@ def test_table3a_quick_end_to_end(tmp_path: Path) -> None:
     assert [r["paper"] for r in rows] == ["98.09", "89.67", "95.93", "97.67"]
     with open(out / "epochs.csv") as f:
         log = list(csv.DictReader(f))
-    assert {(r["row"], r["phase"]) for r in log} == {("1", "train"), ("2", "train"), ("3", "pretrain"),
-                                                     ("3", "train")}
+    assert {(r["row"], r["phase"]) for r in log} == {
+        ("1", "train"),
+        ("2", "train"),
+        ("3", "pretrain"),
+        ("3", "train"),
+    }
     assert len(log) == 4 * 10
     assert list((out / "checkpoints").glob("*.state.pt")) == []  # finished rows keep no resume state
 
 
 def _comparable(out: Path) -> tuple:
     results = json.loads((out / "results.json").read_text())
-    seeds = [(s["test_acc"], s["test_acc_argmax"], s["test_tie_rate"], s["best_epoch"], s["best_val_acc"])
-             for r in results["rows"] for s in r["seeds"]]
+    seeds = [
+        (s["test_acc"], s["test_acc_argmax"], s["test_tie_rate"], s["best_epoch"], s["best_val_acc"])
+        for r in results["rows"]
+        for s in r["seeds"]
+    ]
     with open(out / "epochs.csv") as f:
         log = [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
     weights = {}
@@ -91,8 +104,9 @@ def straight(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("stop_after", [1, 3, 4, 5])  # row 1; row 3 pre-training (mid, last epoch); row 3
-def test_resume_after_an_interruption_gives_identical_results(straight: Path, tmp_path: Path, monkeypatch,
-                                                               stop_after: int) -> None:
+def test_resume_after_an_interruption_gives_identical_results(
+    straight: Path, tmp_path: Path, monkeypatch, stop_after: int
+) -> None:
     out = tmp_path / "resumed"
     real = runner_module.save_state
     saved = {"n": 0}
@@ -138,8 +152,12 @@ def test_train_command_and_report(tmp_path: Path) -> None:
         assert (out / name).is_file(), name
     results = json.loads((out / "results.json").read_text())
     row = results["rows"][0]
-    assert (row["arch"], row["coder"], row["training"], row["paper"]) == ("A784-A32-S10", "duplicate",
-                                                                         "simultaneous", None)
+    assert (row["arch"], row["coder"], row["training"], row["paper"]) == (
+        "A784-A32-S10",
+        "duplicate",
+        "simultaneous",
+        None,
+    )
     assert row["settings"]["dataset"] == "mnist-5k" and row["settings"]["epochs"] == 1
     (out / "table.md").unlink()
     (out / "accuracy.png").unlink()
@@ -161,8 +179,19 @@ def test_missing_dataset_is_a_clean_error(tmp_path: Path, monkeypatch) -> None:
         raise OSError("no network")
 
     monkeypatch.setattr(registry, "_torchvision_download", offline)
-    result = CliRunner().invoke(main, ["recipe", "sec4_2", "--epochs", "1", "--data-dir", str(tmp_path / "none"),
-                                       "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "recipe",
+            "sec4_2",
+            "--epochs",
+            "1",
+            "--data-dir",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert result.exit_code == 1
     assert "Error: dataset 'mnist' not found under" in result.output and "--data-dir" in result.output
     assert "Traceback" not in result.output
@@ -176,13 +205,29 @@ def test_the_run_names_a_row_key_that_its_profile_replaces(tmp_path: Path, monke
 
     monkeypatch.setattr(registry, "_torchvision_download", offline)
     recipe = tmp_path / "r.toml"
-    recipe.write_text('[recipe]\nname = "r"\ndataset = "mnist"\n[defaults]\nepochs = 1\n[quick]\nsteps = 2\n'
-                      '[[rows]]\narch = "A784-S32-S10"\ncoder = "duplicate"\ntraining = "simultaneous"\nsteps = 6\n')
-    result = CliRunner().invoke(main, ["recipe", str(recipe), "--quick", "--data-dir", str(tmp_path / "none"),
-                                       "--out", str(tmp_path / "out")])
-    assert "note: row 1 (A784-S32-S10): steps = 6 of the row is replaced by the [quick] profile's 2\n" in result.output
-    result = CliRunner().invoke(main, ["recipe", str(recipe), "--data-dir", str(tmp_path / "none"),
-                                       "--out", str(tmp_path / "out2")])
+    recipe.write_text(
+        '[recipe]\nname = "r"\ndataset = "mnist"\n[defaults]\nepochs = 1\n[quick]\nsteps = 2\n'
+        '[[rows]]\narch = "A784-S32-S10"\ncoder = "duplicate"\ntraining = "simultaneous"\nsteps = 6\n'
+    )
+    result = CliRunner().invoke(
+        main,
+        [
+            "recipe",
+            str(recipe),
+            "--quick",
+            "--data-dir",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
+    assert (
+        "note: row 1 (A784-S32-S10): steps = 6 of the row is replaced by the [quick] profile's 2\n"
+        in result.output
+    )
+    result = CliRunner().invoke(
+        main, ["recipe", str(recipe), "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "out2")]
+    )
     assert result.exit_code == 1 and "note:" not in result.output
 
 
@@ -198,19 +243,52 @@ def test_two_runs_cannot_share_an_output_folder(tmp_path: Path) -> None:
 def test_the_resume_hint_keeps_test_every_epoch() -> None:
     from hnn_bridge.commands.recipe import _resume_command
 
-    argv = _resume_command("sec4_2", "full", None, None, None, 3, "cpu", None, Path("data"), Path("runs/x"),
-                           test_every_epoch=True)
-    assert argv == ["hnn-bridge", "recipe", "sec4_2", "--data-dir", "data", "--seeds", "3", "--test-every-epoch",
-                    "--out", "runs/x", "--resume"]
+    argv = _resume_command(
+        "sec4_2",
+        "full",
+        None,
+        None,
+        None,
+        3,
+        "cpu",
+        None,
+        Path("data"),
+        Path("runs/x"),
+        test_every_epoch=True,
+    )
+    assert argv == [
+        "hnn-bridge",
+        "recipe",
+        "sec4_2",
+        "--data-dir",
+        "data",
+        "--seeds",
+        "3",
+        "--test-every-epoch",
+        "--out",
+        "runs/x",
+        "--resume",
+    ]
 
 
 def test_the_resume_hint_keeps_augment() -> None:
     from hnn_bridge.commands.recipe import _resume_command
 
-    argv = _resume_command("table1a", "full", None, None, "4", 1, "cpu", None, None, Path("runs/x"),
-                           augment="crop-rotate")
-    assert argv == ["hnn-bridge", "recipe", "table1a", "--rows", "4", "--augment", "crop-rotate",
-                    "--out", "runs/x", "--resume"]
+    argv = _resume_command(
+        "table1a", "full", None, None, "4", 1, "cpu", None, None, Path("runs/x"), augment="crop-rotate"
+    )
+    assert argv == [
+        "hnn-bridge",
+        "recipe",
+        "table1a",
+        "--rows",
+        "4",
+        "--augment",
+        "crop-rotate",
+        "--out",
+        "runs/x",
+        "--resume",
+    ]
 
 
 def test_recipe_augment_overrides_every_row() -> None:

@@ -37,7 +37,10 @@ def test_gaussian_reparameterization_statistics_and_gradients():
 
 
 def test_gaussian_needs_an_even_width():
-    with pytest.raises(ValueError, match=r"gaussian coder: dim 1 of its input must hold \(mu, ln sigma\), an even size; got 3"):
+    with pytest.raises(
+        ValueError,
+        match=r"gaussian coder: dim 1 of its input must hold \(mu, ln sigma\), an even size; got 3",
+    ):
         GaussianCoder(2)(torch.zeros(1, 3))
 
 

@@ -11,8 +11,7 @@ import types
 import numpy as np
 import pytest
 import torch
-
-from hnn_bridge import IIRNeuron, IIRParams, build
+from helpers import currents, rel_err
 from hnn_bridge.adapters import cupy_kernels
 from hnn_bridge.adapters.cupy_kernels import (
     CupyIIRMultiStep,
@@ -25,17 +24,19 @@ from hnn_bridge.adapters.cupy_kernels import (
     term_kinds,
 )
 from hnn_bridge.adapters.spikingjelly import IIRNode
+
+from hnn_bridge import IIRNeuron, IIRParams, build
 from hnn_bridge.backends import make_neuron
 from hnn_bridge.functional import Coefficients, IIRMultiStep, iir_multistep
-
-from helpers import currents, rel_err
 
 HAVE_CUDA_CUPY = torch.cuda.is_available() and importlib.util.find_spec("cupy") is not None
 needs_gpu = pytest.mark.skipif(
     not HAVE_CUDA_CUPY,
     reason=f"needs a CUDA device and cupy (pip install {cupy_package(torch.version.cuda) or 'cupy-cuda13x'})",
 )
-needs_gcc = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the kernel source as C")
+needs_gcc = pytest.mark.skipif(
+    shutil.which("gcc") is None, reason="needs gcc to build the kernel source as C"
+)
 
 
 def _nvrtc_missing() -> str | None:
@@ -79,8 +80,15 @@ CASES = list(
 def test_c_build_of_the_kernels_matches_the_torch_core(c_kernels, case):
     """Spikes, V and final states bit-equal; all gradients within 1e-5 relative."""
     synapse, lam, theta, detach_reset = CASES[case]
-    params = IIRParams(synapse=synapse, membrane_decay=lam, reset_decay=theta, detach_reset=detach_reset,
-                       v_threshold=0.9, tau_m=3.0, tau_s=1.5)
+    params = IIRParams(
+        synapse=synapse,
+        membrane_decay=lam,
+        reset_decay=theta,
+        detach_reset=detach_reset,
+        v_threshold=0.9,
+        tau_m=3.0,
+        tau_s=1.5,
+    )
     k = Coefficients.of(params)
     gen = torch.Generator().manual_seed(case)
     for T, with_state in ((1, True), (8, True), (25, False), (25, True)):
@@ -96,12 +104,16 @@ def test_c_build_of_the_kernels_matches_the_torch_core(c_kernels, case):
         used = [(o, g) for o, g in zip(outs, grads_in) if g is not None]
         torch.autograd.backward([o for o, _ in used], [g for _, g in used])
 
-        c_outs = c_kernels.forward(x.detach().numpy(), k, tuple(None if s is None else s.detach().numpy() for s in state))
+        c_outs = c_kernels.forward(
+            x.detach().numpy(), k, tuple(None if s is None else s.detach().numpy() for s in state)
+        )
         for c, t in zip(c_outs, outs):
             np.testing.assert_array_equal(c, t.detach().numpy())
 
         c_grads = c_kernels.backward(
-            outs[1].detach().numpy(), k, detach_reset,
+            outs[1].detach().numpy(),
+            k,
+            detach_reset,
             *(None if g is None else g.numpy() for g in grads_in),
         )
         assert rel_err(c_grads[0], x.grad) < 1e-5
@@ -114,7 +126,9 @@ def test_c_build_of_the_kernels_matches_the_torch_core(c_kernels, case):
 def test_c_build_flushes_the_surrogate_like_the_core(c_kernels):
     params = IIRParams(synapse="none")
     k = Coefficients.of(params)
-    x = torch.tensor([[1.0, 0.5, -2.0, -4.0, -5.0, -6.0, 3.0, 5.0, 7.0]]).requires_grad_()  # V - V_th far from 0
+    x = torch.tensor(
+        [[1.0, 0.5, -2.0, -4.0, -5.0, -6.0, 3.0, 5.0, 7.0]]
+    ).requires_grad_()  # V - V_th far from 0
     spikes, volts, *_ = IIRMultiStep.apply(x, None, None, None, None, None, k, False, False)
     g = torch.ones_like(spikes)
     (gx,) = torch.autograd.grad(spikes, x, g)
@@ -180,8 +194,14 @@ def _ftz_ops(ptx: str) -> set[str]:
 
 def test_nvrtc_options_keep_subnormals_and_forbid_contraction():
     options = nvrtc_options("sm_90")
-    assert options == ("--fmad=false", "--ftz=false", "--prec-div=true", "--prec-sqrt=true", "-std=c++11",
-                       "--gpu-architecture=sm_90")
+    assert options == (
+        "--fmad=false",
+        "--ftz=false",
+        "--prec-div=true",
+        "--prec-sqrt=true",
+        "-std=c++11",
+        "--gpu-architecture=sm_90",
+    )
     assert not [o for o in options if "ftz=true" in o or "fast-math" in o]
 
 
@@ -205,8 +225,9 @@ def test_nvrtc_build_keeps_subnormals_in_every_add_multiply_and_compare():
     assert ".entry iir_forward_f32" in ptx and ".entry iir_backward_f32" in ptx
 
     binding = cupy_kernels.nvrtc_binding()
-    as_cupy_compiles = binding.compile(cupy_kernels.KERNEL_SOURCE, (*nvrtc_options("compute_90"), "-ftz=true"),
-                                       cubin=False).decode()
+    as_cupy_compiles = binding.compile(
+        cupy_kernels.KERNEL_SOURCE, (*nvrtc_options("compute_90"), "-ftz=true"), cubin=False
+    ).decode()
     assert {"add.rn.ftz.f32", "mul.rn.ftz.f32", "setp.ge.ftz.f32"} <= _ftz_ops(as_cupy_compiles)
 
 
@@ -267,7 +288,9 @@ def test_cupy_backward_is_once_differentiable():
     """A double backward must raise rather than silently treat the kernel as linear; on a
     GPU `test_cupy_double_backward_raises` checks it end to end."""
     backward = CupyIIRMultiStep.backward
-    assert backward.__code__.co_filename.endswith("torch/autograd/function.py")  # once_differentiable's wrapper
+    assert backward.__code__.co_filename.endswith(
+        "torch/autograd/function.py"
+    )  # once_differentiable's wrapper
     assert backward.__wrapped__.__qualname__ == "CupyIIRMultiStep.backward"
 
 
@@ -281,6 +304,7 @@ def test_a_state_on_another_device_is_moved_outside_the_function():
 
 
 # ---------------------------------------------------------------- without CUDA or cupy
+
 
 def _expected_hint() -> str:
     if torch.version.cuda is None:
@@ -300,8 +324,10 @@ def test_the_cupy_package_is_named_for_torchs_cuda():
     assert cupy_package(None) is None
 
 
-@pytest.mark.skipif(torch.cuda.is_available() or importlib.util.find_spec("cupy") is not None,
-                    reason="this machine has CUDA or cupy; the message names only what is missing")
+@pytest.mark.skipif(
+    torch.cuda.is_available() or importlib.util.find_spec("cupy") is not None,
+    reason="this machine has CUDA or cupy; the message names only what is missing",
+)
 def test_cupy_backend_without_cuda_and_cupy_names_the_torch_backend():
     with pytest.raises(RuntimeError) as info:
         IIRNode(backend="cupy")
@@ -370,8 +396,13 @@ def test_cupy_node_continues_state_and_propagates_state_gradients():
 @needs_gpu
 def test_cupy_rejects_other_dtypes_and_cpu_tensors():
     node = IIRNode(backend="cupy")
-    with pytest.raises(TypeError, match=re.escape("computes in float32 (float16 and bfloat16 inputs are widened to "
-                                                  "float32 first), got torch.float64")):
+    with pytest.raises(
+        TypeError,
+        match=re.escape(
+            "computes in float32 (float16 and bfloat16 inputs are widened to "
+            "float32 first), got torch.float64"
+        ),
+    ):
         node(torch.zeros(2, 3, device="cuda", dtype=torch.float64))
 
 
@@ -399,8 +430,11 @@ def test_cupy_runs_forward_and_backward_on_the_current_torch_stream(monkeypatch)
     (want_grad,) = torch.autograd.grad((want * g_cpu).sum(), xr)
     used = []
     wrap = cupy_kernels.cupy_stream
-    monkeypatch.setattr(cupy_kernels, "cupy_stream",
-                        lambda cupy, stream: used.append(stream.cuda_stream) or wrap(cupy, stream))
+    monkeypatch.setattr(
+        cupy_kernels,
+        "cupy_stream",
+        lambda cupy, stream: used.append(stream.cuda_stream) or wrap(cupy, stream),
+    )
     x_src, g_src = x_cpu.cuda(), g_cpu.cuda()
     x_buf, g_buf = torch.full_like(x_src, -5.0), torch.zeros_like(g_src)
     torch.cuda.synchronize()
@@ -425,8 +459,11 @@ def test_cupy_keeps_subnormal_values_on_the_gpu():
     """Built without CuPy's ``-ftz=true``: V equals the CPU core's bit for bit where it is
     a float32 subnormal."""
     gen = torch.Generator().manual_seed(11)
-    x = torch.where(torch.rand(25, 4, 64, generator=gen) < 0.5, torch.randn(25, 4, 64, generator=gen) * 3e-39,
-                    torch.randn(25, 4, 64, generator=gen) * 1.5 + 0.4)
+    x = torch.where(
+        torch.rand(25, 4, 64, generator=gen) < 0.5,
+        torch.randn(25, 4, 64, generator=gen) * 3e-39,
+        torch.randn(25, 4, 64, generator=gen) * 1.5 + 0.4,
+    )
     ref = IIRNode(backend="torch", store_v_seq=True, membrane_decay=0.8, tau_s=2.0)
     node = IIRNode(backend="cupy", store_v_seq=True, membrane_decay=0.8, tau_s=2.0)
     spikes_ref, spikes = ref(x), node(x.cuda())
@@ -492,26 +529,39 @@ def test_gpu_check_writes_its_json_after_every_phase_and_stops_at_the_budget(tmp
             seen.append(sorted(json.loads(out.read_text())) if out.exists() else [])
             now[0] += seconds
             return rows
+
         return run
 
     def broken(deadline):
         now[0] += 1.0
         raise ValueError("kernel exploded")
 
-    result = gpu_check.run_phases(out, dict(device="test"), [
-        ("first", phase([dict(passed=True)], 10.0)), ("second", broken), ("third", phase([1], 95.0)),
-        ("fourth", phase([2], 1.0)),
-    ], gpu_check.Deadline(100.0, clock=lambda: now[0]))
+    result = gpu_check.run_phases(
+        out,
+        dict(device="test"),
+        [
+            ("first", phase([dict(passed=True)], 10.0)),
+            ("second", broken),
+            ("third", phase([1], 95.0)),
+            ("fourth", phase([2], 1.0)),
+        ],
+        gpu_check.Deadline(100.0, clock=lambda: now[0]),
+    )
     assert seen == [[], ["device", "first", "phases", "second", "seconds"]]
     on_disk = json.loads(out.read_text())
     assert on_disk == result and not (tmp_path / "r.json.tmp").exists()
     assert on_disk["first"] == [dict(passed=True)] and on_disk["third"] == [1]
     assert "ValueError: kernel exploded" in on_disk["second"]["error"]
     assert on_disk["fourth"] == {"skipped": "budget"}
-    assert on_disk["phases"] == {"first": "done in 10.0 s", "second": "error after 1.0 s",
-                                 "third": "done in 95.0 s", "fourth": "skipped (budget)"}
-    assert gpu_check.cupy_rows(dict(cupy_parity_mlp=[dict(passed=True), dict(skipped="budget")],
-                                    half_parity=dict(error="x"))) == [dict(passed=True), dict(passed=False, error="x")]
+    assert on_disk["phases"] == {
+        "first": "done in 10.0 s",
+        "second": "error after 1.0 s",
+        "third": "done in 95.0 s",
+        "fourth": "skipped (budget)",
+    }
+    assert gpu_check.cupy_rows(
+        dict(cupy_parity_mlp=[dict(passed=True), dict(skipped="budget")], half_parity=dict(error="x"))
+    ) == [dict(passed=True), dict(passed=False, error="x")]
 
 
 def test_pyproject_offers_the_cupy_wheel_for_each_cuda():
@@ -523,10 +573,13 @@ def test_pyproject_offers_the_cupy_wheel_for_each_cuda():
         import tomli as tomllib
 
     extras = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"]
+        "optional-dependencies"
+    ]
     assert extras["gpu"] == ["cupy-cuda13x>=14"] and extras["gpu-cuda12"] == ["cupy-cuda12x>=13"]
     if torch.version.cuda is not None:  # this torch's CUDA is among them
-        assert any(spec[0].startswith(cupy_package(torch.version.cuda) + ">=") for spec in extras.values() if spec)
+        assert any(
+            spec[0].startswith(cupy_package(torch.version.cuda) + ">=") for spec in extras.values() if spec
+        )
 
 
 # ------------------------------------------------------- the prepared check for a lent GPU
@@ -565,13 +618,37 @@ def test_the_wheel_installed_into_a_target_folder_carries_the_gpu_modules(tmp_pa
     for name in ("hnn_bridge", "adapters", "recipes"):
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
-    built = subprocess.run([*pip[:3], "wheel", *pip[3:], "--no-deps", "--no-build-isolation", "-w",
-                            str(tmp_path / "wheels"), str(src)], capture_output=True, text=True)
+    built = subprocess.run(
+        [
+            *pip[:3],
+            "wheel",
+            *pip[3:],
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "wheels"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert built.returncode == 0, built.stderr
     site = tmp_path / "site"
-    installed = subprocess.run([*pip[:3], "install", *pip[3:], "--no-index", "--no-deps", "--no-compile",
-                                "--target", str(site), *map(str, (tmp_path / "wheels").glob("*.whl"))],
-                               capture_output=True, text=True)
+    installed = subprocess.run(
+        [
+            *pip[:3],
+            "install",
+            *pip[3:],
+            "--no-index",
+            "--no-deps",
+            "--no-compile",
+            "--target",
+            str(site),
+            *map(str, (tmp_path / "wheels").glob("*.whl")),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert installed.returncode == 0, installed.stderr
     env = {**__import__("os").environ, "PYTHONPATH": str(site), "PYTHONSAFEPATH": "1"}
     probe = (
@@ -581,13 +658,28 @@ def test_the_wheel_installed_into_a_target_folder_carries_the_gpu_modules(tmp_pa
         "print((files('hnn_bridge.recipes') / 'table1b.toml').is_file())\n"
         "print(' '.join(ck.nvrtc_options('sm_90')))\n"
     )
-    ran = subprocess.run([sys.executable, "-P", "-c", probe], capture_output=True, text=True, env=env, cwd=REPO)
+    ran = subprocess.run(
+        [sys.executable, "-P", "-c", probe], capture_output=True, text=True, env=env, cwd=REPO
+    )
     assert ran.returncode == 0, ran.stderr
     lines = ran.stdout.splitlines()
     assert all(line.startswith(str(site)) for line in lines[:2]), lines
-    assert lines[2:] == ["True", "--fmad=false --ftz=false --prec-div=true --prec-sqrt=true -std=c++11 "
-                                 "--gpu-architecture=sm_90"]
+    assert lines[2:] == [
+        "True",
+        "--fmad=false --ftz=false --prec-div=true --prec-sqrt=true -std=c++11 --gpu-architecture=sm_90",
+    ]
     if not torch.cuda.is_available():
-        check = subprocess.run([sys.executable, "-P", str(REPO / "tools" / "device" / "gpu_check.py"), "--out",
-                                str(tmp_path / "r.json")], capture_output=True, text=True, env=env, cwd=tmp_path)
+        check = subprocess.run(
+            [
+                sys.executable,
+                "-P",
+                str(REPO / "tools" / "device" / "gpu_check.py"),
+                "--out",
+                str(tmp_path / "r.json"),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+        )
         assert check.returncode == 2 and "gpu_check: no CUDA device" in check.stderr

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision.datasets
-from torchvision.io import decode_image, encode_jpeg, encode_png, write_file
 import torchvision.io as torchvision_io  # the decoders read_image_folder calls (patched below)
+from torchvision.io import decode_image, encode_jpeg, encode_png, write_file
 
 from hnn_bridge.data import (
     DATA_ENV,
@@ -35,7 +35,9 @@ from hnn_bridge.data import (
 )
 
 # the tests write and read images with torchvision.io, which warns on every call since 0.29
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:The image decoding and encoding capabilities:DeprecationWarning"
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CANDIDATES = [REPO.parent / "shared" / "datasets", Path("/work/shared/datasets")]
@@ -75,7 +77,9 @@ def write_idx(path: Path, array: np.ndarray) -> Path:
     return path
 
 
-def make_mnist_arrays(seed: int = 0, n_train: int = 12, n_test: int = 5, size: int = 6) -> dict[str, np.ndarray]:
+def make_mnist_arrays(
+    seed: int = 0, n_train: int = 12, n_test: int = 5, size: int = 6
+) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return {
         "train_x": rng.integers(0, 256, (n_train, size, size), dtype=np.uint8),
@@ -99,8 +103,15 @@ def assert_pooled(ds: Dataset, arrays: dict[str, np.ndarray]) -> None:
     assert ds.train_size == arrays["train_x"].shape[0]
 
 
-def write_image_tree(root: Path, per_class: dict[str, int], *, fmt: str = "png", channels: int = 3,
-                     size: int = 5, seed: int = 0) -> list[tuple[Path, torch.Tensor, int]]:
+def write_image_tree(
+    root: Path,
+    per_class: dict[str, int],
+    *,
+    fmt: str = "png",
+    channels: int = 3,
+    size: int = 5,
+    seed: int = 0,
+) -> list[tuple[Path, torch.Tensor, int]]:
     """Write root/<class>/<i>.<fmt>; returns (path, pixels written, label) in ImageFolder order.
 
     PNGs hold random noise (lossless); JPEGs one random colour per image (survives JPEG to a few levels).
@@ -271,7 +282,10 @@ def test_successful_download_is_then_read_from_disk(tmp_path: Path, monkeypatch:
 def test_unknown_name_lists_known_names() -> None:
     with pytest.raises(ValueError) as info:
         load_dataset("imagenet")
-    assert str(info.value) == "unknown dataset 'imagenet'; known datasets: mnist, fashion-mnist, cifar10, mnist-5k"
+    assert (
+        str(info.value)
+        == "unknown dataset 'imagenet'; known datasets: mnist, fashion-mnist, cifar10, mnist-5k"
+    )
     assert DATASET_NAMES == ("mnist", "fashion-mnist", "cifar10", "mnist-5k")
 
 
@@ -355,15 +369,18 @@ def test_image_folder_mixed_sizes_name_the_file(tmp_path: Path) -> None:
     assert str(odd) in str(info.value)
 
 
-def test_image_folder_cache_is_written_reused_and_invalidated(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_image_folder_cache_is_written_reused_and_invalidated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tree, cache = tmp_path / "tree", tmp_path / "cache"
     write_image_tree(tree, {"x": 3, "y": 2}, fmt="png")
     write_image_tree(tree, {"z": 2}, fmt="jpg", seed=1)
     cache_file = image_folder_cache_path(tree, cache)
     assert not cache_file.exists()
     first = read_image_folder(tree, cache_dir=cache)
-    assert cache_file.is_file() and [p.name for p in cache.iterdir()] == [cache_file.name]  # no temp files left
+    assert cache_file.is_file() and [p.name for p in cache.iterdir()] == [
+        cache_file.name
+    ]  # no temp files left
 
     def no_decoding(*_a: object, **_k: object) -> None:
         raise AssertionError("decoder called although the cache is valid")
@@ -412,8 +429,18 @@ def test_load_cifar10_from_image_folder_tree(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- split
 
 
-MNIST_CLASS_COUNTS = [5923 + 980, 6742 + 1135, 5958 + 1032, 6131 + 1010, 5842 + 982,
-                      5421 + 892, 5918 + 958, 6265 + 1028, 5851 + 974, 5949 + 1009]
+MNIST_CLASS_COUNTS = [
+    5923 + 980,
+    6742 + 1135,
+    5958 + 1032,
+    6131 + 1010,
+    5842 + 982,
+    5421 + 892,
+    5918 + 958,
+    6265 + 1028,
+    5851 + 974,
+    5949 + 1009,
+]
 
 
 def _labels(counts: list[int], seed: int = 0) -> torch.Tensor:
@@ -421,14 +448,19 @@ def _labels(counts: list[int], seed: int = 0) -> torch.Tensor:
     return y[torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))]
 
 
-@pytest.mark.parametrize(("counts", "sizes"), [
-    (MNIST_CLASS_COUNTS, (42000, 14000, 14000)),
-    ([6000] * 10, (36000, 12000, 12000)),
-    ([500] * 10, (3000, 1000, 1000)),
-    ([1, 2, 3, 1], (4, 2, 1)),
-    ([97, 3, 13, 1, 1], (69, 23, 23)),
-])
-def test_split_sizes_exact_stratified_disjoint_covering(counts: list[int], sizes: tuple[int, int, int]) -> None:
+@pytest.mark.parametrize(
+    ("counts", "sizes"),
+    [
+        (MNIST_CLASS_COUNTS, (42000, 14000, 14000)),
+        ([6000] * 10, (36000, 12000, 12000)),
+        ([500] * 10, (3000, 1000, 1000)),
+        ([1, 2, 3, 1], (4, 2, 1)),
+        ([97, 3, 13, 1, 1], (69, 23, 23)),
+    ],
+)
+def test_split_sizes_exact_stratified_disjoint_covering(
+    counts: list[int], sizes: tuple[int, int, int]
+) -> None:
     labels = _labels(counts)
     split = split_622(labels, seed=0)
     assert tuple(len(p) for p in split) == sizes == split_sizes(len(labels))
@@ -477,7 +509,11 @@ def test_batches_values_shapes_and_len() -> None:
 def _epoch_rows(loader: TensorBatches, images: torch.Tensor) -> list[int]:
     """Recover the sample index of each row from its first pixel (unique in _toy)."""
     firsts = images[:, 0, 0, 0].tolist()
-    return [firsts.index(round(v * 255)) for x, _ in loader.epoch_batches(loader.epoch) for v in x[:, 0, 0, 0].tolist()]
+    return [
+        firsts.index(round(v * 255))
+        for x, _ in loader.epoch_batches(loader.epoch)
+        for v in x[:, 0, 0, 0].tolist()
+    ]
 
 
 def test_epoch_order_depends_only_on_seed_and_epoch() -> None:
@@ -503,7 +539,9 @@ def test_shards_take_contiguous_rows_of_each_global_batch(n: int) -> None:
     B, world = 4, 3
     full = TensorBatches(images, labels, batch_size=B * world, seed=5)
     global_rows = _epoch_rows(full, images)
-    shards = [TensorBatches(images, labels, batch_size=B, seed=5, rank=r, world_size=world) for r in range(world)]
+    shards = [
+        TensorBatches(images, labels, batch_size=B, seed=5, rank=r, world_size=world) for r in range(world)
+    ]
     per_rank = [_epoch_rows(s, images) for s in shards]
     assert len({len(p) for p in per_rank}) == 1 and len({len(s) for s in shards}) == 1  # equal sizes
     if n % world == 0:
@@ -514,8 +552,10 @@ def test_shards_take_contiguous_rows_of_each_global_batch(n: int) -> None:
         block = global_rows[g * B * world : (g + 1) * B * world]
         for r in range(world):
             assert per_rank[r][g * B : (g + 1) * B] == block[r * B : (r + 1) * B]
-    dropped = [TensorBatches(images, labels, batch_size=B, seed=5, rank=r, world_size=world, drop_last=True)
-               for r in range(world)]
+    dropped = [
+        TensorBatches(images, labels, batch_size=B, seed=5, rank=r, world_size=world, drop_last=True)
+        for r in range(world)
+    ]
     assert all(len(d) == full_batches for d in dropped)
     rows = [_epoch_rows(d, images) for d in dropped]
     assert len(set(sum(rows, []))) == full_batches * B * world  # disjoint
@@ -534,7 +574,9 @@ def test_loader_rejects_bad_arguments() -> None:
 def test_preload_to_device_gives_same_batches() -> None:
     images, labels = _toy()
     a = TensorBatches(images, labels, torch.arange(0, 23, 2), batch_size=4, seed=1)
-    b = TensorBatches(images, labels, torch.arange(0, 23, 2), batch_size=4, seed=1, device="cpu", preload=True)
+    b = TensorBatches(
+        images, labels, torch.arange(0, 23, 2), batch_size=4, seed=1, device="cpu", preload=True
+    )
     for (xa, ya), (xb, yb) in zip(a, b, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
 
@@ -581,7 +623,18 @@ def test_shared_cifar10_jpeg(shared_cache: Path, monkeypatch: pytest.MonkeyPatch
     # shape); a cache from an earlier test decodes none
     assert (decoded["images"] == 0) if cached_before else (decoded["images"] >= 60000), decoded
     assert ds.images.shape == (60000, 3, 32, 32) and ds.train_size == 50000
-    assert ds.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert ds.classes == [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
     assert torch.bincount(ds.labels).tolist() == [6000] * 10
     split = split_622(ds.labels, seed=0)
     assert tuple(len(p) for p in split) == (36000, 12000, 12000)

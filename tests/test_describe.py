@@ -12,7 +12,9 @@ def test_describe_mlp_counts_macs_once_per_image():
     result = CliRunner().invoke(main, ["describe", "A784-A500-S10"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0] == "A784-A500-S10   input 1x28x28   coder duplicate, T=25, input direct, backend reference"
+    assert (
+        lines[0] == "A784-A500-S10   input 1x28x28   coder duplicate, T=25, input direct, backend reference"
+    )
     assert any(l.split()[:4] == ["1", "A500", "AL", "500"] and "392,000" in l for l in lines)
     coder_line = next(i for i, l in enumerate(lines) if "duplicate coder" in l)
     assert "A500" in lines[coder_line - 1] and "S10" in lines[coder_line + 1]
@@ -21,7 +23,9 @@ def test_describe_mlp_counts_macs_once_per_image():
 
 
 def test_describe_counts_accumulates_at_the_given_rate():
-    result = CliRunner().invoke(main, ["describe", "S784-S500-S10", "--coder", "poisson", "--rate", "0.2", "-T", "10"])
+    result = CliRunner().invoke(
+        main, ["describe", "S784-S500-S10", "--coder", "poisson", "--rate", "0.2", "-T", "10"]
+    )
     assert result.exit_code == 0, result.output
     # ACs = rate x (784*500 + 500*10) x T
     assert f"ACs {0.2 * (784 * 500 + 500 * 10) * 10:,.0f}" in result.output

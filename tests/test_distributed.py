@@ -76,8 +76,17 @@ coder = "gaussian"
 training = "simultaneous"
 """
 
-_TORCHRUN_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                 "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
+_TORCHRUN_ENV = (
+    "WORLD_SIZE",
+    "RANK",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "TORCHELASTIC_RUN_ID",
+)
 
 
 def _write(tmp_path: Path, name: str, text: str) -> Path:
@@ -97,7 +106,10 @@ def _listing(folder: Path) -> list[str]:
 
 
 def _weights(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
-    return {p.name: torch.load(p, weights_only=True)["model"] for p in sorted((folder / "checkpoints").glob("*.pt"))}
+    return {
+        p.name: torch.load(p, weights_only=True)["model"]
+        for p in sorted((folder / "checkpoints").glob("*.pt"))
+    }
 
 
 @pytest.fixture
@@ -113,9 +125,29 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path: Path, clean_env) -> 
     ddp_out, one_out = tmp_path / "ddp", tmp_path / "one"
     # the documented launch: torchrun --nproc_per_node 2 -m hnn_bridge recipe ...
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(_free_port()), "-m", "hnn_bridge", "recipe", str(recipe), "--out", str(ddp_out)],
-        capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "hnn_bridge",
+            "recipe",
+            str(recipe),
+            "--out",
+            str(ddp_out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     one = CliRunner().invoke(main, ["recipe", str(recipe), "--out", str(one_out)])
     assert one.exit_code == 0, one.output
@@ -149,15 +181,27 @@ def test_jobs_match_sequential_bit_for_bit(tmp_path: Path, clean_env) -> None:
     finally:
         torch.set_num_threads(threads)
     assert seq.exit_code == 0, seq.output
-    par = CliRunner().invoke(main, ["recipe", str(recipe), "--seeds", "2", "--jobs", "2",
-                                    "--out", str(tmp_path / "j2")])
+    par = CliRunner().invoke(
+        main, ["recipe", str(recipe), "--seeds", "2", "--jobs", "2", "--out", str(tmp_path / "j2")]
+    )
     assert par.exit_code == 0, par.output
     assert "2 worker processes" in par.output
 
     def accs(folder: str) -> list:
         res = json.loads((tmp_path / folder / "results.json").read_text())
-        return [[(s["seed_index"], s["test_acc"], s["best_val_acc"], s["job"], s["pretrain"] and s["pretrain"]["job"])
-                 for s in row["seeds"]] for row in res["rows"]]
+        return [
+            [
+                (
+                    s["seed_index"],
+                    s["test_acc"],
+                    s["best_val_acc"],
+                    s["job"],
+                    s["pretrain"] and s["pretrain"]["job"],
+                )
+                for s in row["seeds"]
+            ]
+            for row in res["rows"]
+        ]
 
     assert accs("j2") == accs("j1")
     assert _listing(tmp_path / "j2") == _listing(tmp_path / "j1")
@@ -181,8 +225,10 @@ def test_batch_not_divisible_by_world_size(tmp_path: Path, clean_env) -> None:
     clean_env.setenv("RANK", "0")
     result = CliRunner().invoke(main, ["recipe", str(recipe), "--out", str(tmp_path / "out")])
     assert result.exit_code == 1
-    assert ("row 1 (A784-S64-S10): batch_size 50 is not divisible by the 3 processes of this torchrun launch "
-            "(WORLD_SIZE=3)") in result.output
+    assert (
+        "row 1 (A784-S64-S10): batch_size 50 is not divisible by the 3 processes of this torchrun launch "
+        "(WORLD_SIZE=3)"
+    ) in result.output
     assert "Use --nproc_per_node in {1, 2, 5, 10} or a batch size divisible by 3" in result.output
     assert not (tmp_path / "out").exists()  # nothing started
     clean_env.setenv("RANK", "2")  # the other processes exit quietly: rank 0 prints the error once
@@ -263,9 +309,24 @@ def _torchrun(tmp_path: Path, target: list[str], timeout: int = 300) -> subproce
     env = {k: v for k, v in os.environ.items() if k not in _TORCHRUN_ENV}
     env["OMP_NUM_THREADS"] = "1"
     return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(_free_port()), *target],
-        capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp_path)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            *target,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=tmp_path,
+    )
 
 
 def _job(folder: Path) -> dict:
@@ -316,7 +377,9 @@ def test_ddp_with_dropout_several_epochs(ddp_dropout, tmp_path: Path, clean_env)
     again = evaluate(model, test.epoch_batches(0)).as_dict()
     for key in ("acc", "acc_argmax", "tie_rate", "silent_rate", "n"):
         assert ddp["test"][key] == again[key], key
-    assert ddp["test"]["loss"] == pytest.approx(again["loss"], rel=1e-6)  # float32 per-batch sums, other split
+    assert ddp["test"]["loss"] == pytest.approx(
+        again["loss"], rel=1e-6
+    )  # float32 per-batch sums, other split
     val_again = evaluate(model, val.epoch_batches(0))
     assert val_again.acc == ddp["best_val"]["acc"] == ddp["log"][ddp["best_epoch"] - 1]["val_acc"]
     # the best epoch is the first with the highest (summed) validation accuracy, here not epoch 1
@@ -331,13 +394,17 @@ def test_ddp_with_dropout_several_epochs(ddp_dropout, tmp_path: Path, clean_env)
     # dropout seed gives: 4 seeds of the one-process run span 71.6-75.6% test accuracy (201 images,
     # 3 epochs), so we allow 6 points. Validation accuracy still rises every epoch in all of those
     # seeds, so both runs pick the same best epoch, the last (not epoch 1).
-    assert abs(ddp["test"]["acc"] - single["test"]["acc"]) <= 0.06, (ddp["test"]["acc"], single["test"]["acc"])
+    assert abs(ddp["test"]["acc"] - single["test"]["acc"]) <= 0.06, (
+        ddp["test"]["acc"],
+        single["test"]["acc"],
+    )
     assert ddp["best_epoch"] == single["best_epoch"] == 3
 
 
 @pytest.mark.slow
-def test_ddp_killed_and_resumed_under_torchrun_equals_uninterrupted(ddp_dropout, tmp_path: Path,
-                                                                    clean_env) -> None:
+def test_ddp_killed_and_resumed_under_torchrun_equals_uninterrupted(
+    ddp_dropout, tmp_path: Path, clean_env
+) -> None:
     recipe, reference = ddp_dropout
     out = tmp_path / "killed"
     script = _write(tmp_path, "kill_rank0.py", KILL_RANK0)
@@ -350,9 +417,11 @@ def test_ddp_killed_and_resumed_under_torchrun_equals_uninterrupted(ddp_dropout,
     # another process count cannot continue the two ranks' random streams: refused, nothing trained
     one = CliRunner().invoke(main, ["recipe", str(recipe), "--out", str(out), "--resume"])
     assert one.exit_code == 1 and "Traceback" not in one.output
-    assert (f"{state} was saved by 2 process(es) but this run has 1: every process continues its own random "
-            "stream, so only the same number resumes exactly; resume with torchrun --nproc_per_node 2, or delete "
-            "that file to restart its row") in one.output
+    assert (
+        f"{state} was saved by 2 process(es) but this run has 1: every process continues its own random "
+        "stream, so only the same number resumes exactly; resume with torchrun --nproc_per_node 2, or delete "
+        "that file to restart its row"
+    ) in one.output
     assert "epoch 3/3" not in one.output and state.is_file()
 
     resumed = _torchrun(tmp_path, ["-m", "hnn_bridge", "recipe", str(recipe), "--out", str(out), "--resume"])
@@ -376,7 +445,9 @@ def test_one_process_state_is_not_resumed_by_another_count(tmp_path: Path, clean
     from hnn_bridge.training import runner as runner_module
     from hnn_bridge.training.checkpoint import CheckpointError, save_state, torch_load
 
-    recipe = load_recipe(_write(tmp_path, "ddp.toml", DDP_RECIPE.replace("epochs = 1", "epochs = 2"))).configure()
+    recipe = load_recipe(
+        _write(tmp_path, "ddp.toml", DDP_RECIPE.replace("epochs = 1", "epochs = 2"))
+    ).configure()
     real = runner_module.save_state
 
     def interrupt(path, state):
@@ -391,6 +462,9 @@ def test_one_process_state_is_not_resumed_by_another_count(tmp_path: Path, clean
     state = torch_load(state_path)
     assert "world_size" not in state  # one process: no per-rank streams
     save_state(state_path, {**{k: v for k, v in state.items() if k != "format"}, "world_size": 3})
-    with pytest.raises(CheckpointError, match=r"was saved by 3 process\(es\) but this run has 1: .* resume with "
-                                              r"torchrun --nproc_per_node 3"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"was saved by 3 process\(es\) but this run has 1: .* resume with "
+        r"torchrun --nproc_per_node 3",
+    ):
         run_recipe(recipe, RunOptions(out=tmp_path / "out", resume=True))

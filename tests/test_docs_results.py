@@ -40,10 +40,15 @@ def test_every_committed_run_is_quoted_and_the_results_page_shows_a_subset():
     by a Markdown page of docs/ (the notebook, or a dated note); the results page quotes
     a subset of the notebook's runs (the current table of each paper table)."""
     runs = {p.parent.resolve() for p in DOCS.glob("*/*/results.json")}
-    quoted = {(doc.parent / m["path"]).resolve() for doc in DOCS.rglob("*.md")
-              for m in BLOCK.finditer(doc.read_text(encoding="utf-8"))}
+    quoted = {
+        (doc.parent / m["path"]).resolve()
+        for doc in DOCS.rglob("*.md")
+        for m in BLOCK.finditer(doc.read_text(encoding="utf-8"))
+    }
     assert runs - quoted == set()
-    in_notebook = {m["path"].removeprefix("../") for m in BLOCK.finditer(NOTEBOOK.read_text(encoding="utf-8"))}
+    in_notebook = {
+        m["path"].removeprefix("../") for m in BLOCK.finditer(NOTEBOOK.read_text(encoding="utf-8"))
+    }
     on_page = {m["path"] for m in BLOCK.finditer(RESULTS.read_text(encoding="utf-8"))}
     assert on_page <= in_notebook
     assert len(on_page) == 13
@@ -70,10 +75,14 @@ def test_no_doc_cites_a_file_outside_the_repository():
 def test_sync_rewrites_a_stale_block_and_only_that(tmp_path: Path):
     shutil.copytree(DOCS / "full-budget" / "table1a", tmp_path / "run")
     good = render_results_block(load_results(tmp_path / "run"))
-    assert "| 1 | S784-S500-S10 (baseline) | duplicate | simultaneous | 97.04 | 97.45 | 0.94% | 98.13 | -0.68 | 68 | 1 |" \
-        in good
+    assert (
+        "| 1 | S784-S500-S10 (baseline) | duplicate | simultaneous | 97.04 | 97.45 | 0.94% | 98.13 | "
+        "-0.68 | 68 | 1 |" in good
+    )
     doc = tmp_path / "doc.md"
-    doc.write_text(f"intro\n<!-- results: run -->\n{good.replace('97.45', '99.99')}<!-- end results -->\noutro\n")
+    doc.write_text(
+        f"intro\n<!-- results: run -->\n{good.replace('97.45', '99.99')}<!-- end results -->\noutro\n"
+    )
     assert stale_blocks(doc) == ["run"]
     assert sync_document(doc) == 1
     assert doc.read_text() == f"intro\n<!-- results: run -->\n{good}<!-- end results -->\noutro\n"
@@ -84,12 +93,23 @@ def test_seeds_show_mean_and_sample_std(tmp_path: Path):
     results = json.loads((DOCS / "full-budget" / "table1a" / "results.json").read_text())
     row = results["rows"][0]
     first = row["seeds"][0]
-    row["seeds"] = [first, {**first, "seed_index": 1, "test_acc": first["test_acc"] - 0.002,
-                            "test_acc_argmax": first["test_acc_argmax"] - 0.002, "best_epoch": 70}]
+    row["seeds"] = [
+        first,
+        {
+            **first,
+            "seed_index": 1,
+            "test_acc": first["test_acc"] - 0.002,
+            "test_acc_argmax": first["test_acc_argmax"] - 0.002,
+            "best_epoch": 70,
+        },
+    ]
     results["rows"] = [row]
     line = render_results_block(results).splitlines()[2]
-    assert line == "| 1 | S784-S500-S10 (baseline) | duplicate | simultaneous | 96.94 ± 0.14 | 97.35 ± 0.14 | 0.94% | " \
+    assert (
+        line == "| 1 | S784-S500-S10 (baseline) | duplicate | simultaneous | 96.94 ± 0.14 | 97.35 ± 0.14 | "
+        "0.94% | "
         "98.13 | -0.78 | 68, 70 | 2 |"
+    )
 
 
 def test_a_run_scored_on_test_every_epoch_adds_the_best_test_epoch_columns(tmp_path: Path):
@@ -100,8 +120,11 @@ def test_a_run_scored_on_test_every_epoch_adds_the_best_test_epoch_columns(tmp_p
     head, rule, line = render_results_block(results).splitlines()
     assert head.endswith("| best epoch | argmax at best test epoch | best test epoch | seeds |")
     assert rule.count("---") == 13
-    assert line == "| 1 | S784-S500-S10 (baseline) | duplicate | simultaneous | 97.04 | 97.45 | 0.94% | 98.13 | -0.68 | " \
+    assert (
+        line == "| 1 | S784-S500-S10 (baseline) | duplicate | simultaneous | 97.04 | 97.45 | 0.94% | 98.13 | "
+        "-0.68 | "
         "68 | 97.71 | 91 | 1 |"
+    )
 
 
 def test_the_command_names_a_missing_run_folder_and_leaves_the_document_alone(tmp_path: Path):
@@ -114,6 +137,8 @@ def test_the_command_names_a_missing_run_folder_and_leaves_the_document_alone(tm
     doc.write_text(text)
     proc = subprocess.run([sys.executable, str(TOOL), str(doc)], capture_output=True, text=True)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == (f"{doc}: nothing rewritten: {tmp_path / 'gone'}: no results.json "
-                                   "(run `hnn-bridge recipe ... --out DIR` first)")
+    assert proc.stderr.strip() == (
+        f"{doc}: nothing rewritten: {tmp_path / 'gone'}: no results.json "
+        "(run `hnn-bridge recipe ... --out DIR` first)"
+    )
     assert doc.read_text() == text  # the good block is not rewritten either

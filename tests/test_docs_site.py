@@ -19,8 +19,13 @@ pytest.importorskip("material")
 
 
 def test_mkdocs_build_strict(tmp_path: Path):
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     api = (tmp_path / "api" / "snntorch" / "index.html").read_text(encoding="utf-8")
     assert 'id="adapters.snntorch.IIRLeaky"' in api

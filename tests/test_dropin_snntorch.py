@@ -16,15 +16,14 @@ import snntorch as snn  # noqa: E402
 import snntorch.functional as SF  # noqa: E402
 import snntorch.spikeplot as splt  # noqa: E402
 import torch  # noqa: E402
+from helpers import currents, rel_err  # noqa: E402
+from hnn_bridge.adapters.snntorch import IIRLeaky, erfc_surrogate  # noqa: E402
 from snntorch import surrogate, utils  # noqa: E402
 from torch import nn  # noqa: E402
 
 from hnn_bridge import IIRNeuron  # noqa: E402
-from hnn_bridge.adapters.snntorch import IIRLeaky, erfc_surrogate  # noqa: E402
 from hnn_bridge.functional import iir_multistep  # noqa: E402
 from hnn_bridge.params import IIRParams  # noqa: E402
-
-from helpers import currents, rel_err  # noqa: E402
 
 NUM_INPUTS, NUM_HIDDEN, NUM_OUTPUTS, NUM_STEPS = 20, 30, 5, 12
 
@@ -128,8 +127,10 @@ def test_mem_continues_when_detached_and_restarts_from_a_new_tensor():
 def test_hidden_state_sequential_with_utils_reset_output_losses_and_plots():
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Linear(NUM_INPUTS, NUM_HIDDEN), IIRLeaky(init_hidden=True),
-        nn.Linear(NUM_HIDDEN, NUM_OUTPUTS), IIRLeaky(init_hidden=True, output=True),
+        nn.Linear(NUM_INPUTS, NUM_HIDDEN),
+        IIRLeaky(init_hidden=True),
+        nn.Linear(NUM_HIDDEN, NUM_OUTPUTS),
+        IIRLeaky(init_hidden=True, output=True),
     )
     for m in net:
         if isinstance(m, nn.Linear):
@@ -152,7 +153,11 @@ def test_hidden_state_sequential_with_utils_reset_output_losses_and_plots():
     assert torch.equal(spk_rec, ref) and torch.equal(mem_rec, volts) and ref.sum() > 0
     assert torch.equal(forward_pass(NUM_STEPS)[0], spk_rec)  # utils.reset cleared all states
 
-    for loss_fn in (SF.ce_rate_loss(), SF.ce_count_loss(), SF.mse_count_loss(correct_rate=0.8, incorrect_rate=0.2)):
+    for loss_fn in (
+        SF.ce_rate_loss(),
+        SF.ce_count_loss(),
+        SF.mse_count_loss(correct_rate=0.8, incorrect_rate=0.2),
+    ):
         loss = loss_fn(spk_rec, y)
         (g,) = torch.autograd.grad(loss, net[0].weight, retain_graph=True)
         assert math.isfinite(loss.item()) and torch.isfinite(g).all() and torch.count_nonzero(g) > 0
@@ -186,8 +191,10 @@ def explicit(lif, x):
         (dict(beta=0.8), dict(membrane_decay=0.8)),
         (dict(beta=torch.tensor(0.6)), dict(membrane_decay=0.6000000238418579)),  # float32 0.6
         (dict(threshold=0.7), dict(v_threshold=0.7)),
-        (dict(beta=0.5, threshold=1.3, spike_grad=erfc_surrogate(0.3)),
-         dict(membrane_decay=0.5, v_threshold=1.3, sigma=0.3)),
+        (
+            dict(beta=0.5, threshold=1.3, spike_grad=erfc_surrogate(0.3)),
+            dict(membrane_decay=0.5, v_threshold=1.3, sigma=0.3),
+        ),
     ],
     ids=["beta", "beta-tensor", "threshold", "beta-threshold-erfc"],
 )
@@ -282,53 +289,92 @@ def _fn(x):
 
 
 REJECTED = [
-    (dict(reset_mechanism="zero"),
-     "IIRLeaky: reset_mechanism='zero' cannot be honoured: the IIR neuron resets by subtraction through its "
-     "reset filter (R[t] = theta*R[t-1] + O[t-1], V[t] -= V_th*R[t], eq. 1c); use reset_mechanism='subtract' "
-     "(the default), with reset_decay=0.0 for snnTorch's one-step subtraction"),
-    (dict(reset_mechanism="none"), "IIRLeaky: reset_mechanism='none' cannot be honoured: the IIR neuron resets"),
-    (dict(inhibition=True),
-     "IIRLeaky: inhibition=True cannot be honoured: the IIR neuron has no lateral inhibition; use "
-     "inhibition=False and apply winner-take-all to the spikes after the layer"),
-    (dict(state_quant=_fn),
-     f"IIRLeaky: state_quant={_fn!r} cannot be honoured: the IIR states are not quantized; use "
-     "state_quant=False, and quantize the layer before the neuron (its weights or output) instead"),
-    (dict(learn_beta=True),
-     "IIRLeaky: learn_beta=True cannot be honoured: the membrane decay is a constant of the IIR filter "
-     "(eq. 1a); use learn_beta=False with beta (or membrane_decay) a fixed number"),
-    (dict(learn_threshold=True),
-     "IIRLeaky: learn_threshold=True cannot be honoured: the threshold V_th is a constant of the IIR neuron "
-     "(eq. 1a, 1e); use learn_threshold=False with threshold (or v_threshold) a fixed number"),
-    (dict(graded_spikes_factor=2.0),
-     "IIRLeaky: graded_spikes_factor=2.0 cannot be honoured: the IIR neuron fires spikes of 1 (eq. 1f); use "
-     "graded_spikes_factor=1.0 and scale the spikes after the layer"),
-    (dict(learn_graded_spikes_factor=True),
-     "IIRLeaky: learn_graded_spikes_factor=True cannot be honoured: the IIR neuron fires spikes of 1 (eq. 1f); "
-     "use learn_graded_spikes_factor=False and scale the spikes after the layer with a parameter"),
-    (dict(reset_delay=False),
-     "IIRLeaky: reset_delay=False cannot be honoured: the IIR reset acts from the next step on "
-     "(R[t] = theta*R[t-1] + O[t-1], eq. 1c); use reset_delay=True (the default)"),
-    (dict(surrogate_disable=True),
-     "IIRLeaky: surrogate_disable=True cannot be honoured: the spike function always carries a surrogate "
-     "gradient; use surrogate_disable=False (choose the gradient with spike_grad; run inference under "
-     "torch.no_grad())"),
+    (
+        dict(reset_mechanism="zero"),
+        "IIRLeaky: reset_mechanism='zero' cannot be honoured: the IIR neuron resets by subtraction "
+        "through its "
+        "reset filter (R[t] = theta*R[t-1] + O[t-1], V[t] -= V_th*R[t], eq. 1c); use "
+        "reset_mechanism='subtract' "
+        "(the default), with reset_decay=0.0 for snnTorch's one-step subtraction",
+    ),
+    (
+        dict(reset_mechanism="none"),
+        "IIRLeaky: reset_mechanism='none' cannot be honoured: the IIR neuron resets",
+    ),
+    (
+        dict(inhibition=True),
+        "IIRLeaky: inhibition=True cannot be honoured: the IIR neuron has no lateral inhibition; use "
+        "inhibition=False and apply winner-take-all to the spikes after the layer",
+    ),
+    (
+        dict(state_quant=_fn),
+        f"IIRLeaky: state_quant={_fn!r} cannot be honoured: the IIR states are not quantized; use "
+        "state_quant=False, and quantize the layer before the neuron (its weights or output) instead",
+    ),
+    (
+        dict(learn_beta=True),
+        "IIRLeaky: learn_beta=True cannot be honoured: the membrane decay is a constant of the IIR filter "
+        "(eq. 1a); use learn_beta=False with beta (or membrane_decay) a fixed number",
+    ),
+    (
+        dict(learn_threshold=True),
+        "IIRLeaky: learn_threshold=True cannot be honoured: the threshold V_th is a constant of the IIR "
+        "neuron "
+        "(eq. 1a, 1e); use learn_threshold=False with threshold (or v_threshold) a fixed number",
+    ),
+    (
+        dict(graded_spikes_factor=2.0),
+        "IIRLeaky: graded_spikes_factor=2.0 cannot be honoured: the IIR neuron fires spikes of 1 (eq. "
+        "1f); use "
+        "graded_spikes_factor=1.0 and scale the spikes after the layer",
+    ),
+    (
+        dict(learn_graded_spikes_factor=True),
+        "IIRLeaky: learn_graded_spikes_factor=True cannot be honoured: the IIR neuron fires spikes of 1 "
+        "(eq. 1f); "
+        "use learn_graded_spikes_factor=False and scale the spikes after the layer with a parameter",
+    ),
+    (
+        dict(reset_delay=False),
+        "IIRLeaky: reset_delay=False cannot be honoured: the IIR reset acts from the next step on "
+        "(R[t] = theta*R[t-1] + O[t-1], eq. 1c); use reset_delay=True (the default)",
+    ),
+    (
+        dict(surrogate_disable=True),
+        "IIRLeaky: surrogate_disable=True cannot be honoured: the spike function always carries a surrogate "
+        "gradient; use surrogate_disable=False (choose the gradient with spike_grad; run inference under "
+        "torch.no_grad())",
+    ),
     (dict(beta=1.5), "IIRLeaky: beta (the membrane decay, eq. 1a) must be in [0, 1], got 1.5"),
-    (dict(beta=torch.full((3,), 0.9)),
-     "IIRLeaky: beta must be one number, got a tensor of shape (3,): the IIR neuron has one beta per layer; "
-     "use a float"),
-    (dict(beta=0.9, membrane_decay=0.8),
-     "IIRLeaky: beta=0.9 and membrane_decay=0.8 name the same setting; pass one of them"),
-    (dict(threshold=0.5, v_threshold=0.8),
-     "IIRLeaky: threshold=0.5 and v_threshold=0.8 name the same setting; pass one of them"),
-    (dict(spike_grad=erfc_surrogate(0.3), sigma=0.4),
-     "IIRLeaky: sigma=0.4 disagrees with spike_grad=erfc_surrogate(0.3); pass one of them"),
-    (dict(spike_grad=surrogate.atan(), sigma=0.4),
-     "IIRLeaky: sigma=0.4 has no effect with spike_grad='inner': sigma is the width of eq. 6, which "
-     "spike_grad replaces; pass one of them (spike_grad=erfc_surrogate(sigma) is eq. 6)"),
+    (
+        dict(beta=torch.full((3,), 0.9)),
+        "IIRLeaky: beta must be one number, got a tensor of shape (3,): the IIR neuron has one beta per "
+        "layer; "
+        "use a float",
+    ),
+    (
+        dict(beta=0.9, membrane_decay=0.8),
+        "IIRLeaky: beta=0.9 and membrane_decay=0.8 name the same setting; pass one of them",
+    ),
+    (
+        dict(threshold=0.5, v_threshold=0.8),
+        "IIRLeaky: threshold=0.5 and v_threshold=0.8 name the same setting; pass one of them",
+    ),
+    (
+        dict(spike_grad=erfc_surrogate(0.3), sigma=0.4),
+        "IIRLeaky: sigma=0.4 disagrees with spike_grad=erfc_surrogate(0.3); pass one of them",
+    ),
+    (
+        dict(spike_grad=surrogate.atan(), sigma=0.4),
+        "IIRLeaky: sigma=0.4 has no effect with spike_grad='inner': sigma is the width of eq. 6, which "
+        "spike_grad replaces; pass one of them (spike_grad=erfc_surrogate(sigma) is eq. 6)",
+    ),
 ]
 
 
-@pytest.mark.parametrize("kwargs, message", REJECTED, ids=[next(iter(k)) + str(i) for i, (k, _) in enumerate(REJECTED)])
+@pytest.mark.parametrize(
+    "kwargs, message", REJECTED, ids=[next(iter(k)) + str(i) for i, (k, _) in enumerate(REJECTED)]
+)
 def test_arguments_it_cannot_honour_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match="^" + re.escape(message)):
         IIRLeaky(**kwargs)
@@ -336,10 +382,22 @@ def test_arguments_it_cannot_honour_are_clear_errors(kwargs, message):
 
 def test_snntorch_defaults_and_agreeing_aliases_are_accepted():
     lif = IIRLeaky(
-        0.9, threshold=1.0, spike_grad=None, surrogate_disable=False, init_hidden=False, inhibition=False,
-        learn_beta=False, learn_threshold=False, reset_mechanism="subtract", state_quant=False, output=False,
-        graded_spikes_factor=torch.tensor(1.0), learn_graded_spikes_factor=False, reset_delay=True,
-        membrane_decay=0.9, v_threshold=1.0,
+        0.9,
+        threshold=1.0,
+        spike_grad=None,
+        surrogate_disable=False,
+        init_hidden=False,
+        inhibition=False,
+        learn_beta=False,
+        learn_threshold=False,
+        reset_mechanism="subtract",
+        state_quant=False,
+        output=False,
+        graded_spikes_factor=torch.tensor(1.0),
+        learn_graded_spikes_factor=False,
+        reset_delay=True,
+        membrane_decay=0.9,
+        v_threshold=1.0,
     )
     assert lif.params == IIRParams(membrane_decay=0.9)
     assert list(lif.state_dict()) == [] and not list(lif.parameters())

@@ -7,13 +7,12 @@ import re
 
 import pytest
 import torch
+from helpers import currents, rel_err
+from hnn_bridge.adapters.spikingjelly import IIRNode, erf_sigma
 from spikingjelly.activation_based import functional, monitor, surrogate
 from spikingjelly.activation_based.model import sew_resnet, spiking_resnet, spiking_vgg
 
 from hnn_bridge import IIRNeuron
-from hnn_bridge.adapters.spikingjelly import IIRNode, erf_sigma
-
-from helpers import currents, rel_err
 
 
 def grad_of(module, x, g):
@@ -25,8 +24,13 @@ def grad_of(module, x, g):
 
 def test_accepts_the_keyword_arguments_spikingjelly_passes_to_every_neuron():
     node = IIRNode(
-        surrogate_function=surrogate.ATan(), detach_reset=True, v_threshold=0.9, v_reset=None,
-        step_mode="s", backend="torch", store_v_seq=True,
+        surrogate_function=surrogate.ATan(),
+        detach_reset=True,
+        v_threshold=0.9,
+        v_reset=None,
+        step_mode="s",
+        backend="torch",
+        store_v_seq=True,
     )
     assert node.params.detach_reset and node.params.v_threshold == 0.9 and node.v_threshold == 0.9
     assert node.step_mode == "s" and node.store_v_seq and node.v_reset is None
@@ -118,20 +122,29 @@ def test_v_reset_other_than_none_is_a_clear_error():
 
 
 def test_surrogate_errors():
-    with pytest.raises(ValueError, match=re.escape(
-        "IIRNode: surrogate_function=ATan(spiking=False) cannot be honoured: the IIR neuron always fires "
-        "Heaviside spikes (eq. 1f); use ATan(spiking=True)"
-    )):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "IIRNode: surrogate_function=ATan(spiking=False) cannot be honoured: the IIR neuron always fires "
+            "Heaviside spikes (eq. 1f); use ATan(spiking=True)"
+        ),
+    ):
         IIRNode(surrogate_function=surrogate.ATan(spiking=False))
-    with pytest.raises(ValueError, match=re.escape(
-        "IIRNode: sigma=0.4 disagrees with surrogate_function=Erf(alpha=2.0), which means "
-        f"sigma = 1 / (sqrt(2) alpha) = {1 / (math.sqrt(2) * 2.0)!r}; pass one of them"
-    )):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "IIRNode: sigma=0.4 disagrees with surrogate_function=Erf(alpha=2.0), which means "
+            f"sigma = 1 / (sqrt(2) alpha) = {1 / (math.sqrt(2) * 2.0)!r}; pass one of them"
+        ),
+    ):
         IIRNode(sigma=0.4, surrogate_function=surrogate.Erf(alpha=2.0))
-    with pytest.raises(ValueError, match=re.escape(
-        "IIRNode: sigma=0.3 has no effect with surrogate_function=ATan: sigma is the width of eq. 6, "
-        "which ATan replaces; pass one of them"
-    )):
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "IIRNode: sigma=0.3 has no effect with surrogate_function=ATan: sigma is the width of eq. 6, "
+            "which ATan replaces; pass one of them"
+        ),
+    ):
         IIRNode(sigma=0.3, surrogate_function=surrogate.ATan())
     with pytest.raises(ValueError, match="surrogate.Erf needs alpha > 0"):
         IIRNode(surrogate_function=surrogate.Erf(alpha=0.0))
@@ -151,7 +164,11 @@ ZOO = {
         spiking_neuron=IIRNode, surrogate_function=surrogate.Erf(), detach_reset=True, num_classes=10
     ),
     "sew_resnet18": lambda: sew_resnet.sew_resnet18(
-        spiking_neuron=IIRNode, surrogate_function=surrogate.Erf(), detach_reset=True, cnf="ADD", num_classes=10
+        spiking_neuron=IIRNode,
+        surrogate_function=surrogate.Erf(),
+        detach_reset=True,
+        cnf="ADD",
+        num_classes=10,
     ),
 }
 

@@ -18,10 +18,25 @@ from torch import nn
 
 from hnn_bridge import build
 from hnn_bridge.cli import main
-from hnn_bridge.energy import (ENERGY_MODELS, EnergyModelError, LEMAIRE_FIFO_MESSAGES, counts_from_record,
-                               energy_model, energy_pj, layer_terms, memory_pj_per_byte)
-from hnn_bridge.ops import (LayerCounts, assumed_counts, count_ops, exact_counts, fanout_map, neuron_cost,
-                            ops_summary)
+from hnn_bridge.energy import (
+    ENERGY_MODELS,
+    LEMAIRE_FIFO_MESSAGES,
+    EnergyModelError,
+    counts_from_record,
+    energy_model,
+    energy_pj,
+    layer_terms,
+    memory_pj_per_byte,
+)
+from hnn_bridge.ops import (
+    LayerCounts,
+    assumed_counts,
+    count_ops,
+    exact_counts,
+    fanout_map,
+    neuron_cost,
+    ops_summary,
+)
 from hnn_bridge.params import IIRParams
 from hnn_bridge.rates import recording_counts
 
@@ -93,7 +108,8 @@ def test_recorded_acs_of_a_spiking_cnn_equal_a_brute_force_count() -> None:
     # the old estimate, mean rate x dense MACs x T, runs high on the padded convolution
     rate = counts[2].input_events / (counts[2].in_size * counts[2].evaluations)
     assert count_ops(model, {0: 0.5, 2: rate, 3: 0.5}).layers[2].acs == pytest.approx(
-        counts[2].acs * (16 / 9), rel=0.35)
+        counts[2].acs * (16 / 9), rel=0.35
+    )
     assert count_ops(model, {0: 0.5, 2: rate, 3: 0.5}).layers[2].acs > counts[2].acs
 
 
@@ -117,8 +133,9 @@ def test_macs_and_acs_equal_spikingjelly_op_counter(arch: str, coder: str, shape
 
 
 @pytest.mark.parametrize("arch,coder,shape", NETS)
-def test_effective_counts_equal_neurobench_synaptic_operations(arch: str, coder: str,
-                                                               shape: tuple[int, ...]) -> None:
+def test_effective_counts_equal_neurobench_synaptic_operations(
+    arch: str, coder: str, shape: tuple[int, ...]
+) -> None:
     """Effective MACs (zero inputs skipped) and ACs against NeuroBench 2.3's
     SynapticOperations. Its 'Dense' counts every input with the real fan-out (padding
     reaches nothing), where our dense MACs count k x k per output as executed: it equals
@@ -157,22 +174,31 @@ def test_effective_macs_skip_relu_zeros() -> None:
 # ------------------------------------------------------------------ neuron updates
 
 
-@pytest.mark.parametrize("settings,expected", [
-    # IF (lambda = 1, theta = 0, no filter): one add per spike (the reset), V read and written
-    (IF_NEURON, (0, 0, 1, 0, 1, 1)),
-    # Fang's MNIST neuron: lambda = 0 saves the membrane product and the add of p
-    (dict(membrane_decay=0.0), (2 + 0 + 1, 1 + 0 + 1, 1, 3, 4, 3)),
-    # the design defaults: dual_exp, lambda = theta = e^(-1/4)
-    ({}, (2 + 1 + 1, 1 + 1 + 1, 1, 3, 4, 3)),
-    # a first-order synapse and V_th != 1 (the reset product V_th R[t] costs a multiply)
-    (dict(synapse="first_order", v_threshold=0.5), (1 + 1 + 2, 0 + 1 + 1, 1, 2, 3, 3)),
-    # no synapse, leaky membrane, theta = 0: the LIF-like case
-    (dict(synapse="none", reset_decay=0.0), (1, 0, 1, 0, 1, 1)),
-])
+@pytest.mark.parametrize(
+    "settings,expected",
+    [
+        # IF (lambda = 1, theta = 0, no filter): one add per spike (the reset), V read and written
+        (IF_NEURON, (0, 0, 1, 0, 1, 1)),
+        # Fang's MNIST neuron: lambda = 0 saves the membrane product and the add of p
+        (dict(membrane_decay=0.0), (2 + 0 + 1, 1 + 0 + 1, 1, 3, 4, 3)),
+        # the design defaults: dual_exp, lambda = theta = e^(-1/4)
+        ({}, (2 + 1 + 1, 1 + 1 + 1, 1, 3, 4, 3)),
+        # a first-order synapse and V_th != 1 (the reset product V_th R[t] costs a multiply)
+        (dict(synapse="first_order", v_threshold=0.5), (1 + 1 + 2, 0 + 1 + 1, 1, 2, 3, 3)),
+        # no synapse, leaky membrane, theta = 0: the LIF-like case
+        (dict(synapse="none", reset_decay=0.0), (1, 0, 1, 0, 1, 1)),
+    ],
+)
 def test_neuron_cost_follows_eq_1(settings: dict, expected: tuple[int, ...]) -> None:
     c = neuron_cost(IIRParams(**settings))
-    assert (c.mul_per_step, c.add_per_step, c.add_per_spike, c.state_words, c.reads_per_step,
-            c.writes_per_step) == expected
+    assert (
+        c.mul_per_step,
+        c.add_per_step,
+        c.add_per_spike,
+        c.state_words,
+        c.reads_per_step,
+        c.writes_per_step,
+    ) == expected
 
 
 def test_first_sl_with_direct_input_has_no_synapse_cost() -> None:
@@ -189,8 +215,12 @@ def test_first_sl_with_direct_input_has_no_synapse_cost() -> None:
 def _sj_if_mlp(model: nn.Module) -> nn.Module:
     from spikingjelly.activation_based import layer, neuron
 
-    sj = nn.Sequential(layer.Linear(64, 32, step_mode="m"), neuron.IFNode(v_reset=None, step_mode="m"),
-                       layer.Linear(32, 10, step_mode="m"), neuron.IFNode(v_reset=None, step_mode="m"))
+    sj = nn.Sequential(
+        layer.Linear(64, 32, step_mode="m"),
+        neuron.IFNode(v_reset=None, step_mode="m"),
+        layer.Linear(32, 10, step_mode="m"),
+        neuron.IFNode(v_reset=None, step_mode="m"),
+    )
     sj[0].load_state_dict(model.weight_ops[1].state_dict())
     sj[2].load_state_dict(model.weight_ops[2].state_dict())
     return sj
@@ -245,8 +275,9 @@ def test_simple_model_equals_spikingjelly_estimate_simple_energy_on_an_if_mlp() 
     assert ours["mac"] == report.counts["mac"] == 0
     synops, neuron_steps = sum(c.acs for c in counts), sum(c.neuron_steps for c in counts)
     assert report.counts["ac"] == synops + 3 * neuron_steps
-    assert ours["ac"] == pytest.approx(0.9 * (synops + sum(c.bias_adds for c in counts)
-                                              + sum(c.out_spikes for c in counts)), rel=1e-12)
+    assert ours["ac"] == pytest.approx(
+        0.9 * (synops + sum(c.bias_adds for c in counts) + sum(c.out_spikes for c in counts)), rel=1e-12
+    )
 
 
 def test_lemaire_model_on_a_spiking_cnn_differs_from_spikingjelly_by_the_border_fanout_only() -> None:
@@ -261,10 +292,15 @@ def test_lemaire_model_on_a_spiking_cnn_differs_from_spikingjelly_by_the_border_
     model.weight_ops[0].register_forward_pre_hook(lambda m, i: seen.setdefault("x", i[0].clone()))
     model.neurons[2].register_forward_hook(lambda m, i, o: seen.setdefault("out", o.clone()))
     counts = _counted(model, torch.rand(1, 1, 6, 6))
-    sj = nn.Sequential(layer.Conv2d(1, 4, 3, padding=1, step_mode="m"), neuron.IFNode(v_reset=None, step_mode="m"),
-                       layer.Conv2d(4, 8, 3, padding=1, step_mode="m"), neuron.IFNode(v_reset=None, step_mode="m"),
-                       layer.Flatten(step_mode="m"), layer.Linear(8 * 36, 10, step_mode="m"),
-                       neuron.IFNode(v_reset=None, step_mode="m"))
+    sj = nn.Sequential(
+        layer.Conv2d(1, 4, 3, padding=1, step_mode="m"),
+        neuron.IFNode(v_reset=None, step_mode="m"),
+        layer.Conv2d(4, 8, 3, padding=1, step_mode="m"),
+        neuron.IFNode(v_reset=None, step_mode="m"),
+        layer.Flatten(step_mode="m"),
+        layer.Linear(8 * 36, 10, step_mode="m"),
+        neuron.IFNode(v_reset=None, step_mode="m"),
+    )
     for j, i in ((0, 0), (2, 1), (5, 2)):
         sj[j].load_state_dict(model.weight_ops[i].state_dict())
     spikes = seen["x"].reshape(8, 1, 1, 6, 6)
@@ -273,8 +309,10 @@ def test_lemaire_model_on_a_spiking_cnn_differs_from_spikingjelly_by_the_border_
     functional.reset_net(sj)
     with pytest.warns(RuntimeWarning, match="Flatten"):  # a reshape: no energy in either model
         report = estimate_lemaire_energy(sj, spikes, config=LemaireEnergyConfig(strict=False))
-    theirs = [dataclasses.replace(c, acs=c.input_events * c.out_channels * c.kernel_area) if c.op == "conv" else c
-              for c in counts]
+    theirs = [
+        dataclasses.replace(c, acs=c.input_events * c.out_channels * c.kernel_area) if c.op == "conv" else c
+        for c in counts
+    ]
     assert report.counts["synop"] == sum(c.acs for c in theirs)
     assert energy_pj("lemaire", theirs) == pytest.approx(report.total_pj, rel=1e-12)
     assert sum(c.acs for c in counts) < sum(c.acs for c in theirs)
@@ -309,7 +347,8 @@ def test_ops_model_is_horowitz_compute_only() -> None:
     model = _net("A8C3-S16C3-P2-S10", "duplicate", (3, 8, 8))
     counts = _counted(model, torch.rand(2, 3, 8, 8))
     assert energy_pj("ops", counts) == pytest.approx(
-        sum(c.macs for c in counts) * 4.6 + sum(c.acs for c in counts) * 0.9, rel=1e-12)
+        sum(c.macs for c in counts) * 4.6 + sum(c.acs for c in counts) * 0.9, rel=1e-12
+    )
 
 
 def test_results_record_round_trips_every_model() -> None:
@@ -324,46 +363,83 @@ def test_results_record_round_trips_every_model() -> None:
     assert record["energy_uj"] == record["energy"]["ops"]
     assert record["acs"] == sum(c.acs for c in layers) > 0
     # the pooled 8 x 4 x 4 spikes of S8C3 at each of the 6 steps feed S16C3
-    assert record["input_rates"]["S16C3#2"] == pytest.approx(layers[2].input_events / (8 * 4 * 4 * 6), rel=1e-12)
+    assert record["input_rates"]["S16C3#2"] == pytest.approx(
+        layers[2].input_events / (8 * 4 * 4 * 6), rel=1e-12
+    )
 
 
 # ------------------------------------------------------------------ errors
 
 
 def test_unknown_energy_model_and_uncountable_layer_are_named() -> None:
-    with pytest.raises(EnergyModelError,
-                       match=r"^unknown energy model 'horowitz'; choose one of ops, lemaire, simple$"):
+    with pytest.raises(
+        EnergyModelError, match=r"^unknown energy model 'horowitz'; choose one of ops, lemaire, simple$"
+    ):
         energy_model("horowitz")
     model = _net("S64-S32-S10", "poisson", (1, 8, 8))
     counts = assumed_counts(model, 0.1)
     odd = [*counts[:2], dataclasses.replace(counts[2], op="recurrent")]
-    with pytest.raises(EnergyModelError,
-                       match=r"^energy model 'lemaire' cannot count layer 3 \('S10', a 'recurrent' layer\)$"):
+    with pytest.raises(
+        EnergyModelError,
+        match=r"^energy model 'lemaire' cannot count layer 3 \('S10', a 'recurrent' layer\)$",
+    ):
         layer_terms("lemaire", odd)
     bad = CliRunner().invoke(main, ["describe", "S64-S10", "--input-shape", "1x8x8", "--energy-model", "x"])
     assert bad.exit_code == 2 and "'x' is not one of 'ops', 'lemaire', 'simple'" in bad.output
 
 
 def _old_results() -> dict:
-    seed = {"seed_index": 0, "status": "ok", "test_acc": 0.9, "macs": 1000.0, "acs": 2000.0,
-            "energy_uj": 1000 * 4.6e-6 + 2000 * 0.9e-6, "epochs_run": 1, "best_epoch": 1}
-    return {"recipe": {"name": "t", "title": "t"}, "seeds": 1,
-            "rows": [{"row": 1, "label": "S64-S10", "arch": "S64-S10", "coder": "poisson", "training": "simultaneous",
-                      "al_share": 0.0, "paper": None, "status": "ok", "seeds": [seed],
-                      "settings": {"dataset": "mnist", "epochs": 1, "steps": 4, "batch_size": 8, "lr": 1e-3,
-                                   "dropout": 0.0}}]}
+    seed = {
+        "seed_index": 0,
+        "status": "ok",
+        "test_acc": 0.9,
+        "macs": 1000.0,
+        "acs": 2000.0,
+        "energy_uj": 1000 * 4.6e-6 + 2000 * 0.9e-6,
+        "epochs_run": 1,
+        "best_epoch": 1,
+    }
+    return {
+        "recipe": {"name": "t", "title": "t"},
+        "seeds": 1,
+        "rows": [
+            {
+                "row": 1,
+                "label": "S64-S10",
+                "arch": "S64-S10",
+                "coder": "poisson",
+                "training": "simultaneous",
+                "al_share": 0.0,
+                "paper": None,
+                "status": "ok",
+                "seeds": [seed],
+                "settings": {
+                    "dataset": "mnist",
+                    "epochs": 1,
+                    "steps": 4,
+                    "batch_size": 8,
+                    "lr": 1e-3,
+                    "dropout": 0.0,
+                },
+            }
+        ],
+    }
 
 
 def test_an_old_results_file_keeps_its_ops_estimate_and_refuses_other_models(tmp_path) -> None:
     (tmp_path / "results.json").write_text(json.dumps(_old_results()))
     ok = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert ok.exit_code == 0, ok.output
-    assert "ACs: rows recorded before exact counts estimate them as measured mean input rate x dense MACs x T" \
+    assert (
+        "ACs: rows recorded before exact counts estimate them as measured mean input rate x dense MACs x T"
         in ok.output
+    )
     bad = CliRunner().invoke(main, ["report", str(tmp_path), "--energy-model", "lemaire"])
     assert bad.exit_code == 1
-    assert ("this results file was written before exact operation counts were recorded, so it holds no energy "
-            "under the 'lemaire' model") in bad.output
+    assert (
+        "this results file was written before exact operation counts were recorded, so it holds no energy "
+        "under the 'lemaire' model"
+    ) in bad.output
     assert "run the recipe again into a new --out with this version" in bad.output
 
 
@@ -382,8 +458,27 @@ def test_report_picks_the_energy_model(tmp_path) -> None:
 
 
 def test_describe_prints_the_per_layer_breakdown() -> None:
-    out = CliRunner().invoke(main, ["describe", "S64-S32-S10", "--coder", "poisson", "--input-shape", "1x8x8",
-                                    "-T", "4", "--rate", "0.25", "--energy-model", "lemaire"]).output
+    out = (
+        CliRunner()
+        .invoke(
+            main,
+            [
+                "describe",
+                "S64-S32-S10",
+                "--coder",
+                "poisson",
+                "--input-shape",
+                "1x8x8",
+                "-T",
+                "4",
+                "--rate",
+                "0.25",
+                "--energy-model",
+                "lemaire",
+            ],
+        )
+        .output
+    )
     model = build("S64-S32-S10", coder="poisson", steps=4, input_shape=(1, 8, 8))
     counts = assumed_counts(model, 0.25)
     assert counts[1].acs == 0.25 * 64 * 4 * 32 and counts[2].out_spikes == 0.25 * 10 * 4
@@ -415,8 +510,13 @@ def test_layer_settings_agree_with_the_built_network(placement: str, input_mode:
     runs, wherever its synapse filter sits (`HybridNet.synapse_params`)."""
     from hnn_bridge.ops import layer_neuron_params
 
-    model = build("A64-S32-S16-S10", input_shape=(1, 8, 8), input_mode=input_mode, bias_placement=placement,
-                  neuron=dict(membrane_decay=0.0, synapse="first_order"))
+    model = build(
+        "A64-S32-S16-S10",
+        input_shape=(1, 8, 8),
+        input_mode=input_mode,
+        bias_placement=placement,
+        neuron=dict(membrane_decay=0.0, synapse="first_order"),
+    )
     for i in model.neurons:
         assert layer_neuron_params(model, i) == model.synapse_params(i)
     assert (layer_neuron_params(model, 1).synapse == "none") == (input_mode == "direct")
@@ -425,8 +525,16 @@ def test_layer_settings_agree_with_the_built_network(placement: str, input_mode:
 def test_pareto_front_keeps_the_rows_nothing_beats() -> None:
     from hnn_bridge.report import pareto_front
 
-    points = [(187.4, 64.5), (65.1, 54.0), (84.8, 57.9), (86.4, 59.2), (180.9, 61.1), (748.3, 57.1), (65.1, 53.0),
-              (180.9, 61.1)]
+    points = [
+        (187.4, 64.5),
+        (65.1, 54.0),
+        (84.8, 57.9),
+        (86.4, 59.2),
+        (180.9, 61.1),
+        (748.3, 57.1),
+        (65.1, 53.0),
+        (180.9, 61.1),
+    ]
     assert pareto_front(points) == [(65.1, 54.0), (84.8, 57.9), (86.4, 59.2), (180.9, 61.1), (187.4, 64.5)]
     assert pareto_front([]) == []
 
@@ -442,8 +550,10 @@ def test_report_prices_a_model_added_after_the_run_from_its_checkpoint_counts(tm
     (tmp_path / "results.json").write_text(json.dumps(results))
     bad = CliRunner().invoke(main, ["report", str(tmp_path), "--energy-model", "lemaire"])
     assert bad.exit_code == 1
-    assert ("recorded before the energy model 'lemaire' existed and its per-layer counts "
-            "(checkpoints/row1-s0.json) are not beside it") in bad.output
+    assert (
+        "recorded before the energy model 'lemaire' existed and its per-layer counts "
+        "(checkpoints/row1-s0.json) are not beside it"
+    ) in bad.output
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "row1-s0.json").write_text(json.dumps({"test": {"ops": record}}))
     ok = CliRunner().invoke(main, ["report", str(tmp_path), "--energy-model", "lemaire"])

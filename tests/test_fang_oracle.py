@@ -23,11 +23,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hnn_bridge.adapters.snntorch import IIRLeaky
+from hnn_bridge.adapters.spikingjelly import IIRNode
 from spikingjelly.activation_based import functional as sj_functional
 
 from hnn_bridge import build
-from hnn_bridge.adapters.snntorch import IIRLeaky
-from hnn_bridge.adapters.spikingjelly import IIRNode
 from hnn_bridge.backends import copy_weights
 from hnn_bridge.neuron import IIRNeuron
 from hnn_bridge.recipe import Settings
@@ -85,12 +85,38 @@ def fang_network(x: torch.Tensor, layers, *, axon_first: bool, membrane_filter: 
 # ------------------------------------------------------------------------ our side
 
 
-def _ours(arch: str, shape, *, input_mode: str, membrane_filter: bool, backend: str = "reference",
-          bias_placement: str = "after_filter"):
-    neuron = dict(tau_m=TAU_M, tau_s=TAU_S, membrane_decay=THETA if membrane_filter else 0.0, reset_decay=THETA,
-                  synapse="dual_exp", v_threshold=1.0, sigma=0.4)
-    return build(arch, coder="duplicate", steps=STEPS, input_shape=shape, input_mode=input_mode, neuron=neuron,
-                 backend=backend, bias_placement=bias_placement).double().eval()
+def _ours(
+    arch: str,
+    shape,
+    *,
+    input_mode: str,
+    membrane_filter: bool,
+    backend: str = "reference",
+    bias_placement: str = "after_filter",
+):
+    neuron = dict(
+        tau_m=TAU_M,
+        tau_s=TAU_S,
+        membrane_decay=THETA if membrane_filter else 0.0,
+        reset_decay=THETA,
+        synapse="dual_exp",
+        v_threshold=1.0,
+        sigma=0.4,
+    )
+    return (
+        build(
+            arch,
+            coder="duplicate",
+            steps=STEPS,
+            input_shape=shape,
+            input_mode=input_mode,
+            neuron=neuron,
+            backend=backend,
+            bias_placement=bias_placement,
+        )
+        .double()
+        .eval()
+    )
 
 
 def _set_weights(model, seed: int, scale: float, bias_scale: float):
@@ -111,8 +137,10 @@ def _set_weights(model, seed: int, scale: float, bias_scale: float):
 
 def _spikes_of(model, x: torch.Tensor) -> list[torch.Tensor]:
     seen = {}
-    hooks = [m.register_forward_hook(lambda _m, _i, out, k=k: seen.__setitem__(k, out.detach()))
-             for k, m in model.neurons.items()]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out, k=k: seen.__setitem__(k, out.detach()))
+        for k, m in model.neurons.items()
+    ]
     try:
         with torch.no_grad():
             model(x)
@@ -122,7 +150,9 @@ def _spikes_of(model, x: torch.Tensor) -> list[torch.Tensor]:
     return [seen[k] for k in sorted(seen)]
 
 
-def _compare(arch, shape, *, input_mode, membrane_filter, seed=0, scale=0.25, bias_scale=1.0, backend="reference"):
+def _compare(
+    arch, shape, *, input_mode, membrane_filter, seed=0, scale=0.25, bias_scale=1.0, backend="reference"
+):
     model = _ours(arch, shape, input_mode=input_mode, membrane_filter=membrane_filter, backend=backend)
     layers = _set_weights(model, seed, scale, bias_scale)
     x = torch.rand(6, *shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
@@ -147,23 +177,35 @@ def _assert_identical(ours, theirs):
 def test_mlp_with_biases_equals_fang_layers_spike_for_spike(input_mode, membrane_filter):
     # their snn_mlp_1 (784-500-500-10, axon input, dual-exponential synapse), at a smaller input
     scale = {("axon", False): 0.3, ("axon", True): 0.3, ("direct", False): 0.4, ("direct", True): 0.15}
-    ours, theirs = _compare("S64-S40-S30-S10", (1, 8, 8), input_mode=input_mode, membrane_filter=membrane_filter,
-                            scale=scale[input_mode, membrane_filter])
+    ours, theirs = _compare(
+        "S64-S40-S30-S10",
+        (1, 8, 8),
+        input_mode=input_mode,
+        membrane_filter=membrane_filter,
+        scale=scale[input_mode, membrane_filter],
+    )
     _assert_identical(ours, theirs)
     assert any(s.sum(0).max() >= 3 for s in theirs)  # neurons fire repeatedly: the reset path is exercised
 
 
 @pytest.mark.parametrize("input_mode", ["axon", "direct"])
 def test_spiking_convolution_with_biases_equals_fang_conv2d_layer(input_mode):
-    ours, theirs = _compare("S6C3-S5C3-S10", (2, 6, 6), input_mode=input_mode, membrane_filter=False,
-                            scale=0.5 if input_mode == "axon" else 0.9, seed=3)
+    ours, theirs = _compare(
+        "S6C3-S5C3-S10",
+        (2, 6, 6),
+        input_mode=input_mode,
+        membrane_filter=False,
+        scale=0.5 if input_mode == "axon" else 0.9,
+        seed=3,
+    )
     _assert_identical(ours, theirs)
 
 
 @pytest.mark.parametrize("backend", ["spikingjelly", "snntorch"])
 def test_every_backend_gives_the_fang_spikes(backend):
-    ours, theirs = _compare("S64-S40-S10", (1, 8, 8), input_mode="axon", membrane_filter=False, scale=0.3,
-                            backend=backend, seed=5)
+    ours, theirs = _compare(
+        "S64-S40-S10", (1, 8, 8), input_mode="axon", membrane_filter=False, scale=0.3, backend=backend, seed=5
+    )
     _assert_identical(ours, theirs)
 
 
@@ -171,7 +213,9 @@ def test_the_bias_before_the_filter_is_another_network():
     """The placement of every run before 2026-12-06: equal to Fang's without biases, not with."""
     shape = (1, 8, 8)
     x = torch.rand(6, *shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
-    old = _ours("S64-S40-S10", shape, input_mode="axon", membrane_filter=False, bias_placement="before_filter")
+    old = _ours(
+        "S64-S40-S10", shape, input_mode="axon", membrane_filter=False, bias_placement="before_filter"
+    )
     assert not old.filters and not old.biases
     layers = _set_weights(_ours("S64-S40-S10", shape, input_mode="axon", membrane_filter=False), 2, 0.3, 1.0)
     for bias_scale, equal in ((0.0, True), (1.0, False)):
@@ -179,8 +223,9 @@ def test_the_bias_before_the_filter_is_another_network():
             for (_, weight, bias), index in zip(layers, sorted(old.neurons)):
                 old.weight_ops[index].weight.copy_(weight)
                 old.weight_ops[index].bias.copy_(bias * bias_scale)
-        theirs = fang_network(x, [(k, w, b * bias_scale) for k, w, b in layers], axon_first=True,
-                              membrane_filter=False)
+        theirs = fang_network(
+            x, [(k, w, b * bias_scale) for k, w, b in layers], axon_first=True, membrane_filter=False
+        )
         assert all(torch.equal(a, b) for a, b in zip(_spikes_of(old, x), theirs)) is equal
 
 
@@ -196,7 +241,9 @@ def test_a_filtered_bias_settles_at_the_filter_gain():
     assert float(filtered[0]) == pytest.approx(0.4109, abs=1e-4)
     assert float(filtered[-1]) == pytest.approx(2.9388, abs=1e-4)
     assert float(filtered[STEPS - 1]) == pytest.approx(2.9320, abs=1e-4)  # at T = 25 not yet settled
-    assert torch.allclose(synapse_filter(c, IIRParams(tau_m=TAU_M, tau_s=TAU_S)), filtered, rtol=1e-15, atol=0)
+    assert torch.allclose(
+        synapse_filter(c, IIRParams(tau_m=TAU_M, tau_s=TAU_S)), filtered, rtol=1e-15, atol=0
+    )
 
 
 @pytest.mark.parametrize("make", ["IIRNeuron", "IIRNode", "IIRLeaky"])
@@ -204,7 +251,7 @@ def test_drop_in_neurons_offer_fang_post_filter_bias(make):
     """``post_filter_bias``: a bias-free weight op then our neuron gives Fang's layer."""
     torch.manual_seed(0)
     weight = (torch.rand(30, 20, dtype=torch.float64) - 0.3) * 0.4
-    bias = (torch.rand(30, dtype=torch.float64) - 0.5)
+    bias = torch.rand(30, dtype=torch.float64) - 0.5
     x_seq = (torch.rand(STEPS, 4, 20, dtype=torch.float64) < 0.4).to(torch.float64)  # presynaptic spikes
     theirs = fang_neurons(torch.stack([F.linear(p, weight, bias) for p in fang_axon(x_seq)]), False)
     current = torch.stack([F.linear(s, weight) for s in x_seq])  # no bias in the weight op
@@ -247,14 +294,18 @@ def test_post_filter_bias_gets_its_gradient():
 
 def test_threshold_boundary_ours_fires_at_equality_fang_does_not():
     """eq. 1f: U(0) = 1, so V = V_th exactly fires here; Fang's max(0, sign(V - 1)) does not."""
-    weighted = torch.full((3, 1, 1), 1.0, dtype=torch.float64)  # V[0] = 1.0 exactly (direct input, lambda = 0)
+    weighted = torch.full(
+        (3, 1, 1), 1.0, dtype=torch.float64
+    )  # V[0] = 1.0 exactly (direct input, lambda = 0)
     theirs = fang_neurons(weighted, membrane_filter=False)
     ours = IIRNeuron(synapse="none", membrane_decay=0.0, reset_decay=THETA).double()(weighted)
     assert theirs.flatten().tolist() == [0.0, 0.0, 0.0]
     assert ours.flatten().tolist() == [1.0, 0.0, 0.0]  # fired at V = 1, then the reset holds V below 1
     above = torch.nextafter(weighted, torch.tensor(2.0, dtype=torch.float64))
-    assert torch.equal(IIRNeuron(synapse="none", membrane_decay=0.0).double()(above)[0],
-                       fang_neurons(above, membrane_filter=False)[0])
+    assert torch.equal(
+        IIRNeuron(synapse="none", membrane_decay=0.0).double()(above)[0],
+        fang_neurons(above, membrane_filter=False)[0],
+    )
 
 
 def test_placement_is_recorded_and_old_runs_keep_their_fingerprint():
@@ -274,21 +325,53 @@ def test_placement_is_recorded_and_old_runs_keep_their_fingerprint():
 _OLD_BUILDER = {
     ("S64-S40-S10", (1, 8, 8), "axon", "none"): (
         ["first_op.0.bias", "first_op.0.weight", "sl.1.module.bias", "sl.1.module.weight"],
-        [[0, 9, 1, 0, 9, 3, 0, 8, 9, 9], [0, 9, 1, 1, 7, 3, 0, 7, 9, 6], [2, 9, 2, 2, 7, 3, 1, 7, 8, 6],
-         [0, 9, 4, 1, 8, 2, 0, 8, 7, 8]]),
+        [
+            [0, 9, 1, 0, 9, 3, 0, 8, 9, 9],
+            [0, 9, 1, 1, 7, 3, 0, 7, 9, 6],
+            [2, 9, 2, 2, 7, 3, 1, 7, 8, 6],
+            [0, 9, 4, 1, 8, 2, 0, 8, 7, 8],
+        ],
+    ),
     ("S64-S40-S10", (1, 8, 8), "direct", "none"): (
         ["first_op.0.bias", "first_op.0.weight", "sl.1.module.bias", "sl.1.module.weight"],
-        [[1, 7, 2, 2, 7, 2, 1, 6, 7, 6], [2, 6, 2, 3, 6, 2, 2, 6, 7, 5], [3, 7, 3, 4, 5, 2, 3, 5, 6, 5],
-         [1, 7, 3, 2, 6, 2, 1, 6, 6, 6]]),
+        [
+            [1, 7, 2, 2, 7, 2, 1, 6, 7, 6],
+            [2, 6, 2, 3, 6, 2, 2, 6, 7, 5],
+            [3, 7, 3, 4, 5, 2, 3, 5, 6, 5],
+            [1, 7, 3, 2, 6, 2, 1, 6, 6, 6],
+        ],
+    ),
     ("S4C3-P2-S6C3-S10", (2, 8, 8), "direct", "batch"): (
-        ["first_op.0.bias", "first_op.0.weight", "first_op.1.bias", "first_op.1.num_batches_tracked",
-         "first_op.1.running_mean", "first_op.1.running_var", "first_op.1.weight", "sl.2.module.bias",
-         "sl.2.module.weight", "sl.3.module.bias", "sl.3.module.num_batches_tracked", "sl.3.module.running_mean",
-         "sl.3.module.running_var", "sl.3.module.weight", "sl.6.module.bias", "sl.6.module.weight",
-         "sl.7.module.bias", "sl.7.module.num_batches_tracked", "sl.7.module.running_mean",
-         "sl.7.module.running_var", "sl.7.module.weight"],
-        [[6, 2, 5, 7, 0, 2, 5, 9, 4, 5], [0, 3, 1, 0, 6, 2, 1, 9, 6, 2], [5, 2, 10, 6, 0, 9, 6, 0, 2, 5],
-         [0, 4, 5, 9, 10, 0, 5, 2, 8, 10]]),
+        [
+            "first_op.0.bias",
+            "first_op.0.weight",
+            "first_op.1.bias",
+            "first_op.1.num_batches_tracked",
+            "first_op.1.running_mean",
+            "first_op.1.running_var",
+            "first_op.1.weight",
+            "sl.2.module.bias",
+            "sl.2.module.weight",
+            "sl.3.module.bias",
+            "sl.3.module.num_batches_tracked",
+            "sl.3.module.running_mean",
+            "sl.3.module.running_var",
+            "sl.3.module.weight",
+            "sl.6.module.bias",
+            "sl.6.module.weight",
+            "sl.7.module.bias",
+            "sl.7.module.num_batches_tracked",
+            "sl.7.module.running_mean",
+            "sl.7.module.running_var",
+            "sl.7.module.weight",
+        ],
+        [
+            [6, 2, 5, 7, 0, 2, 5, 9, 4, 5],
+            [0, 3, 1, 0, 6, 2, 1, 9, 6, 2],
+            [5, 2, 10, 6, 0, 9, 6, 0, 2, 5],
+            [0, 4, 5, 9, 10, 0, 5, 2, 8, 10],
+        ],
+    ),
 }
 
 
@@ -299,8 +382,15 @@ def test_before_filter_rebuilds_the_networks_of_earlier_runs(key):
     result = {}
     for placement in ("before_filter", "after_filter"):
         torch.manual_seed(0)
-        model = build(arch, steps=10, input_shape=shape, input_mode=mode, norm=norm, neuron={"v_threshold": 0.5},
-                      bias_placement=placement)
+        model = build(
+            arch,
+            steps=10,
+            input_shape=shape,
+            input_mode=mode,
+            norm=norm,
+            neuron={"v_threshold": 0.5},
+            bias_placement=placement,
+        )
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if name.endswith("bias"):
@@ -338,9 +428,19 @@ def test_without_biases_both_placements_are_one_network(synapse):
     counts = []
     for placement in ("after_filter", "before_filter"):
         torch.manual_seed(3)
-        model = build("S64-S40-S10", coder="duplicate", steps=STEPS, input_shape=shape, input_mode="axon",
-                      neuron=dict(synapse=synapse, tau_s=2.0, membrane_decay=0.0, v_threshold=0.3),
-                      bias_placement=placement).double().eval()
+        model = (
+            build(
+                "S64-S40-S10",
+                coder="duplicate",
+                steps=STEPS,
+                input_shape=shape,
+                input_mode="axon",
+                neuron=dict(synapse=synapse, tau_s=2.0, membrane_decay=0.0, v_threshold=0.3),
+                bias_placement=placement,
+            )
+            .double()
+            .eval()
+        )
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if name.endswith("bias"):

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-
 from helpers import TINY_RECIPE, one_thread  # noqa: F401  (one_thread: a fixture)
+
 from hnn_bridge import ConfigError, build
 from hnn_bridge.cli import main
 from hnn_bridge.recipe import load_recipe
@@ -53,8 +53,19 @@ def _cli(*args: str, catch: bool = True):
 
 def _comparable(out: Path) -> tuple:
     results = json.loads((out / "results.json").read_text())
-    seeds = [(r["row"], s["status"], s["test_acc"], s["test_acc_argmax"], s["best_epoch"], s["best_val_acc"],
-              s["epochs_run"]) for r in results["rows"] for s in r["seeds"]]
+    seeds = [
+        (
+            r["row"],
+            s["status"],
+            s["test_acc"],
+            s["test_acc_argmax"],
+            s["best_epoch"],
+            s["best_val_acc"],
+            s["epochs_run"],
+        )
+        for r in results["rows"]
+        for s in r["seeds"]
+    ]
     with open(out / "epochs.csv") as f:
         log = [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
     weights = {p.name: torch_load(p)["model"] for p in sorted((out / "checkpoints").glob("*.pt"))}
@@ -128,19 +139,29 @@ main(sys.argv[3:], prog_name="hnn-bridge")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pattern,nth", [
-    (".state.pt", 5),  # row 1's second epoch (after the 3 epochs of its pure ANN)
-    ("-s0.json", 2),  # row 1's result file, after its last state
-])
-def test_sigkill_while_writing_a_checkpoint_then_resume(straight, tmp_path: Path, pattern: str, nth: int) -> None:
+@pytest.mark.parametrize(
+    "pattern,nth",
+    [
+        (".state.pt", 5),  # row 1's second epoch (after the 3 epochs of its pure ANN)
+        ("-s0.json", 2),  # row 1's result file, after its last state
+    ],
+)
+def test_sigkill_while_writing_a_checkpoint_then_resume(
+    straight, tmp_path: Path, pattern: str, nth: int
+) -> None:
     recipe, reference = straight
     out = tmp_path / "killed"
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
     env.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
-    proc = subprocess.run([sys.executable, str(script), pattern, str(nth), "recipe", str(recipe), "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(script), pattern, str(nth), "recipe", str(recipe), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     partial = list((out / "checkpoints").glob(".*.tmp"))
     assert len(partial) == 1 and pattern in partial[0].name  # the torn write is in the temporary file only
@@ -174,8 +195,9 @@ def _one_line_error(output: str) -> str:
 
 
 @pytest.mark.parametrize("damage", [_truncate, _garble])
-def test_unreadable_state_names_the_file_and_how_to_restart(straight, tmp_path: Path, monkeypatch,
-                                                            damage) -> None:
+def test_unreadable_state_names_the_file_and_how_to_restart(
+    straight, tmp_path: Path, monkeypatch, damage
+) -> None:
     recipe, reference = straight
     out = tmp_path / "out"
     seen = _interrupt_after(monkeypatch, 5)  # in row 1, epoch 2
@@ -209,7 +231,9 @@ def test_unreadable_result_or_weights_of_a_finished_job(straight, tmp_path: Path
     assert again.exit_code == 1
     line = _one_line_error(again.output)
     assert f"cannot read {job_json}" in line
-    assert f"delete {job_json} and {out / 'checkpoints' / (row1['job'] + '.pt')} to train that job again" in line
+    assert (
+        f"delete {job_json} and {out / 'checkpoints' / (row1['job'] + '.pt')} to train that job again" in line
+    )
     # the pure ANN's weights are read when its HNN row is trained (also without --resume)
     shutil.rmtree(out)
     shutil.copytree(reference, out)
@@ -230,11 +254,15 @@ def test_state_with_other_settings_restarts_only_that_row(straight, tmp_path: Pa
     _interrupt_after(monkeypatch, 8)  # row 2, epoch 2: row 1 finished
     assert _cli("recipe", str(recipe), "--out", str(out)).exit_code == 130
     monkeypatch.undo()
-    changed = _write_recipe(tmp_path / "changed", RECIPE.replace('label = "gaussian"', 'label = "gaussian"\nlr = 2e-3'))
+    changed = _write_recipe(
+        tmp_path / "changed", RECIPE.replace('label = "gaussian"', 'label = "gaussian"\nlr = 2e-3')
+    )
     again = _cli("recipe", str(changed), "--out", str(out), "--resume", catch=False)
     assert again.exit_code == 0, again.output
-    assert "gaussian seed 0: the saved state in" in again.output and "was made with other settings " \
-        "(lr: 0.001 -> 0.002); starting this row again" in again.output
+    assert (
+        "gaussian seed 0: the saved state in" in again.output
+        and "was made with other settings (lr: 0.001 -> 0.002); starting this row again" in again.output
+    )
     assert "A784-A32-S10 seed 0: reusing the finished row" in again.output  # row 1 untouched
     assert "epoch 1/3" in again.output and "resuming after epoch" not in again.output
     fresh = tmp_path / "fresh"
@@ -262,7 +290,9 @@ def test_finished_row_with_other_settings_is_trained_again(straight, tmp_path: P
     recipe, reference = straight
     out = tmp_path / "out"
     shutil.copytree(reference, out)
-    changed = _write_recipe(tmp_path / "changed", RECIPE.replace('label = "gaussian"', 'label = "gaussian"\nlr = 2e-3'))
+    changed = _write_recipe(
+        tmp_path / "changed", RECIPE.replace('label = "gaussian"', 'label = "gaussian"\nlr = 2e-3')
+    )
     again = _cli("recipe", str(changed), "--out", str(out), "--resume", catch=False)
     assert again.exit_code == 0
     assert "was made with other settings (lr: 0.001 -> 0.002); training this row again" in again.output
@@ -302,7 +332,9 @@ def test_read_only_folder_permissions(straight, tmp_path: Path) -> None:
     parent.mkdir()
     parent.chmod(0o555)
     try:
-        _assert_failed_before_training(_cli("recipe", str(recipe), "--out", str(parent / "out")), parent / "out")
+        _assert_failed_before_training(
+            _cli("recipe", str(recipe), "--out", str(parent / "out")), parent / "out"
+        )
     finally:
         parent.chmod(0o755)
 
@@ -322,7 +354,9 @@ def test_full_disk_fails_before_training(straight, tmp_path: Path, monkeypatch) 
     recipe, _ = straight
     out = tmp_path / "full"
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(checkpoint_module.shutil, "disk_usage", lambda path: usage(10 * 2**30, 10 * 2**30, 2**20))
+    monkeypatch.setattr(
+        checkpoint_module.shutil, "disk_usage", lambda path: usage(10 * 2**30, 10 * 2**30, 2**20)
+    )
     line = _assert_failed_before_training(_cli("recipe", str(recipe), "--out", str(out)), out)
     assert "only 1.0 MiB free" in line
     # the write itself failing with ENOSPC says so too
@@ -383,7 +417,8 @@ if os.environ.get("HNN_TEST_SLOW_SAVES"):  # also runs in the spawned workers, w
 
 if __name__ == "__main__":
     import signal
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if pytest runs in the background
+    # as in a terminal, even if pytest runs in the background
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from hnn_bridge.cli import main
     main(sys.argv[1:], prog_name="hnn-bridge")
 """
@@ -417,9 +452,14 @@ def test_ctrl_c_on_a_parallel_run_stops_every_worker_and_resumes(tmp_path: Path)
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "HNN_TEST_SLOW_SAVES")}
 
     def cli(out: Path, *extra: str, slow: bool = False) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, str(script), "recipe", str(recipe), "--out", str(out), "--jobs", "2",
-                                 *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True, env={**env, **({"HNN_TEST_SLOW_SAVES": "1"} if slow else {})})
+        return subprocess.Popen(
+            [sys.executable, str(script), "recipe", str(recipe), "--out", str(out), "--jobs", "2", *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            env={**env, **({"HNN_TEST_SLOW_SAVES": "1"} if slow else {})},
+        )
 
     reference = cli(tmp_path / "reference")
     assert reference.wait(timeout=300) == 0, reference.communicate()
@@ -432,20 +472,28 @@ def test_ctrl_c_on_a_parallel_run_stops_every_worker_and_resumes(tmp_path: Path)
     workers = _children(proc.pid)
     assert len(workers) >= 2  # two workers (and the resource tracker)
     for pid in workers:  # a worker still importing torch would print a traceback on SIGINT: they ignore it
-        ignored = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                       if line.startswith("SigIgn:"))
+        ignored = next(
+            line
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+            if line.startswith("SigIgn:")
+        )
         assert int(ignored.split()[1], 16) >> (signal.SIGINT - 1) & 1, (pid, ignored)
     os.killpg(proc.pid, signal.SIGINT)
     _stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "Error" not in stderr, stderr
-    assert (f"interrupted: finished epochs and rows are saved in {out}; continue with\n"
-            f"  hnn-bridge recipe {recipe} --jobs 2 --out {out} --resume") in stderr
+    assert (
+        f"interrupted: finished epochs and rows are saved in {out}; continue with\n"
+        f"  hnn-bridge recipe {recipe} --jobs 2 --out {out} --resume"
+    ) in stderr
     deadline = time.monotonic() + 10
     while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [pid for pid in workers if _alive(pid)]
-    assert not (out / "results.json").exists() or json.loads((out / "results.json").read_text())["finished"] is False
+    assert (
+        not (out / "results.json").exists()
+        or json.loads((out / "results.json").read_text())["finished"] is False
+    )
     again = cli(out, "--resume")
     _stdout, stderr = again.communicate(timeout=300)
     assert again.returncode == 0, stderr
@@ -491,9 +539,11 @@ def test_resume_keeps_a_row_that_stopped_on_a_nan_loss(straight, tmp_path: Path,
     ref_row2 = json.loads((reference / "results.json").read_text())["rows"][1]["seeds"][0]
     ours = row2["seeds"][0]
     assert row2["status"] == "ok"
-    assert (ours["test_acc"], ours["best_epoch"], ours["best_val_acc"]) == (ref_row2["test_acc"],
-                                                                           ref_row2["best_epoch"],
-                                                                           ref_row2["best_val_acc"])
+    assert (ours["test_acc"], ours["best_epoch"], ours["best_val_acc"]) == (
+        ref_row2["test_acc"],
+        ref_row2["best_epoch"],
+        ref_row2["best_val_acc"],
+    )
 
 
 # ----------------------------------------------------------------------------- init_rate in the runner
@@ -517,10 +567,10 @@ def test_init_rate_calibrates_the_sls_on_the_first_training_images(tmp_path: Pat
     run.load_data()
     job = row_job(recipe.rows[0], 0)
     model, _ = run.model_and_params(job)
-    (x, target, before, factors, after), = calls
+    ((x, target, before, factors, after),) = calls
     d = next(iter(run.data.values()))
     assert target == 0.1
-    assert torch.equal(x, d.images[d.train[:runner_module.CALIBRATION_IMAGES]].float() / 255)
+    assert torch.equal(x, d.images[d.train[: runner_module.CALIBRATION_IMAGES]].float() / 255)
     assert factors and any(f != 1.0 for f in factors.values())  # the SL weights were scaled
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed and all(not k.startswith("al.") for k in changed)  # ALs untouched
@@ -565,15 +615,22 @@ def test_missing_torchrun_variables(straight, tmp_path: Path, monkeypatch) -> No
     result = _cli("recipe", str(recipe), "--out", str(tmp_path / "out"))
     assert result.exit_code == 1
     line = _one_line_error(result.output)
-    assert "cannot join the torchrun process group: WORLD_SIZE=2 but RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT " \
-        "not set" in line and "torchrun --nproc_per_node N" in line
+    assert (
+        "cannot join the torchrun process group: WORLD_SIZE=2 but RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT "
+        "not set"
+        in line
+        and "torchrun --nproc_per_node N" in line
+    )
     assert not (tmp_path / "out").exists()
 
 
 def test_load_als_from_a_mismatched_network() -> None:
     hnn = build("A784-A32-S10", steps=2, training="separate")
-    with pytest.raises(ConfigError, match=r"cannot copy the AL weights of 'A784-A64-A10' into 'A784-A32-S10': "
-                                          r"no matching tensor for 1\.weight, 1\.bias"):
+    with pytest.raises(
+        ConfigError,
+        match=r"cannot copy the AL weights of 'A784-A64-A10' into 'A784-A32-S10': "
+        r"no matching tensor for 1\.weight, 1\.bias",
+    ):
         hnn.load_als_from(build("A784-A64-A10"))
     with pytest.raises(ConfigError, match="no matching tensor"):
         build("A32C3-P2-S10", input_shape=(1, 8, 8), steps=2).load_als_from(build("A784-A32-A10"))

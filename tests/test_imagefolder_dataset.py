@@ -46,7 +46,7 @@ def test_load_dataset_reads_the_pngs_back_exactly(tmp_path: Path, cache: Path):
     written = write_digits(tmp_path / "digits")
     ds = load_dataset(f"imagefolder:{tmp_path / 'digits'}")
     assert ds.classes == list(CLASSES) and ds.input_shape == (1, 28, 28) and len(ds) == 3 * PER_CLASS
-    for label, name in enumerate(CLASSES):                  # labels are the sorted folder names
+    for label, name in enumerate(CLASSES):  # labels are the sorted folder names
         assert torch.equal(ds.images[ds.labels == label], written[name])
     assert ds.train_size == 0 and ds.name == f"imagefolder:{tmp_path / 'digits'}"
 
@@ -62,10 +62,10 @@ def test_train_and_test_folders_are_pooled_train_first(tmp_path: Path, cache: Pa
 def test_a_recipe_reads_shape_and_classes_from_the_folder(tmp_path: Path):
     write_digits(tmp_path / "digits")
     toml = tmp_path / "mine.toml"
-    toml.write_text(f'''
+    toml.write_text(f"""
 [recipe]
 name = "mine"
-dataset = "imagefolder:{tmp_path / 'digits'}"
+dataset = "imagefolder:{tmp_path / "digits"}"
 
 [[rows]]
 arch = "A784-A32-S3"
@@ -76,7 +76,7 @@ training = "simultaneous"
 arch = "A784-A32-S10"
 coder = "duplicate"
 training = "simultaneous"
-''')
+""")
     recipe = load_recipe(toml)
     s = recipe.rows[0].settings
     assert s.input_shape == (1, 28, 28) and s.num_classes == 3
@@ -88,18 +88,33 @@ training = "simultaneous"
 def test_train_one_epoch_on_a_folder_of_pngs(tmp_path: Path, cache: Path):
     write_digits(tmp_path / "digits")
     out = tmp_path / "run"
-    result = CliRunner().invoke(main, ["train", "A784-A32-S3", "--dataset", f"imagefolder:{tmp_path / 'digits'}",
-                                       "--epochs", "1", "--steps", "4", "--batch-size", "8", "--out", str(out)],
-                                catch_exceptions=False)
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "A784-A32-S3",
+            "--dataset",
+            f"imagefolder:{tmp_path / 'digits'}",
+            "--epochs",
+            "1",
+            "--steps",
+            "4",
+            "--batch-size",
+            "8",
+            "--out",
+            str(out),
+        ],
+        catch_exceptions=False,
+    )
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     (row,) = results["rows"]
     assert row["status"] == "ok" and row["settings"]["dataset"] == f"imagefolder:{tmp_path / 'digits'}"
     seed = row["seeds"][0]
-    assert len((out / "epochs.csv").read_text().splitlines()) == 2      # a header and one epoch
+    assert len((out / "epochs.csv").read_text().splitlines()) == 2  # a header and one epoch
     assert 0.0 <= seed["test_acc"] <= seed["test_acc_argmax"] <= 1.0
-    assert "36/12/12" in result.output                       # 60 images split 6:2:2
-    assert any(cache.rglob("imagefolder-digits-*.pt"))        # decoded once, then cached
+    assert "36/12/12" in result.output  # 60 images split 6:2:2
+    assert any(cache.rglob("imagefolder-digits-*.pt"))  # decoded once, then cached
 
     # the trained network comes back from the run folder (what `hnn-bridge export` reads),
     # shaped by the folder's images, with the weights of its checkpoint
@@ -117,8 +132,9 @@ def test_a_missing_folder_is_named(tmp_path: Path):
     missing = tmp_path / "nowhere"
     with pytest.raises(DatasetNotFound, match=f"{missing} does not exist"):
         load_dataset(f"imagefolder:{missing}")
-    result = CliRunner().invoke(main, ["train", "A784-A32-S3", "--dataset", f"imagefolder:{missing}",
-                                       "--out", str(tmp_path / "run")])
+    result = CliRunner().invoke(
+        main, ["train", "A784-A32-S3", "--dataset", f"imagefolder:{missing}", "--out", str(tmp_path / "run")]
+    )
     assert result.exit_code != 0 and f"{missing} does not exist" in result.output
     assert not (tmp_path / "run").exists()
 
@@ -141,15 +157,30 @@ def test_a_folder_without_images_is_named(tmp_path: Path):
 def test_images_of_different_sizes_are_named(tmp_path: Path, cache: Path):
     write_digits(tmp_path / "digits", per_class=2)
     Image.new("L", (32, 32)).save(tmp_path / "digits" / "7" / "big.png")
-    with pytest.raises(DatasetFormatError, match=r"big.png has shape \(1, 32, 32\).*000.png has \(1, 28, 28\)"):
+    with pytest.raises(
+        DatasetFormatError, match=r"big.png has shape \(1, 32, 32\).*000.png has \(1, 28, 28\)"
+    ):
         load_dataset(f"imagefolder:{tmp_path / 'digits'}")
-    result = CliRunner().invoke(main, ["train", "A784-A32-S3", "--dataset", f"imagefolder:{tmp_path / 'digits'}",
-                                       "--epochs", "1", "--out", str(tmp_path / "run")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "A784-A32-S3",
+            "--dataset",
+            f"imagefolder:{tmp_path / 'digits'}",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     assert result.exit_code != 0 and "big.png has shape (1, 32, 32)" in result.output
 
 
 def load_recipe_text(folder: Path, dataset: str):
     toml = folder / "r.toml"
-    toml.write_text(f'[recipe]\nname = "r"\ndataset = "{dataset}"\n\n'
-                    '[[rows]]\narch = "A784-S3"\ncoder = "duplicate"\ntraining = "simultaneous"\n')
+    toml.write_text(
+        f'[recipe]\nname = "r"\ndataset = "{dataset}"\n\n'
+        '[[rows]]\narch = "A784-S3"\ncoder = "duplicate"\ntraining = "simultaneous"\n'
+    )
     return load_recipe(toml)

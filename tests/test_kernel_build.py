@@ -13,7 +13,6 @@ import stat
 from pathlib import Path
 
 import pytest
-
 from hnn_bridge.adapters.cupy_kernels import compile_c_kernels
 
 
@@ -62,7 +61,8 @@ def test_gcc_is_preferred_to_cc_and_cc_is_the_fallback(path_only: Path, tmp_path
 
 
 def test_cc_variable_comes_before_path_and_an_explicit_compiler_before_both(
-        path_only: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path_only: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _fake_compiler(path_only, "gcc")
     monkeypatch.setenv("CC", str(_fake_compiler(tmp_path / "elsewhere", "my-cc")))
     assert _which_ran(tmp_path) == "my-cc"

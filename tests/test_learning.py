@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import one_thread  # noqa: F401  (a fixture)
+
 from hnn_bridge.recipe import load_recipe
 from hnn_bridge.training import runner as runner_module
 from hnn_bridge.training.checkpoint import torch_load
@@ -121,8 +121,9 @@ def test_every_cpu_backend_learns_the_same(reference, tmp_path: Path, backend: s
         assert next(r for r in results["rows"] if r["label"] == label)["settings"]["backend"] == backend
         assert ours["test_acc"] >= THRESHOLD, (backend, label, ours["test_acc"])
         # identical spikes: the reference backend's first-epoch loss (to float rounding)
-        assert _log(tmp_path / "out", ours)[0]["train_loss"] == pytest.approx(_log(ref_out, ref)[0]["train_loss"],
-                                                                             rel=1e-6)
+        assert _log(tmp_path / "out", ours)[0]["train_loss"] == pytest.approx(
+            _log(ref_out, ref)[0]["train_loss"], rel=1e-6
+        )
 
 
 # ----------------------------------------------------------------------------- LR schedule
@@ -179,8 +180,9 @@ def test_multistep_lr_per_epoch(scheduled) -> None:
 
 
 @pytest.mark.parametrize("stop_after", [1, 2, 3])  # before the first milestone, on it, between the two
-def test_resume_across_a_milestone_is_bit_identical(scheduled, tmp_path: Path, monkeypatch,
-                                                    stop_after: int) -> None:
+def test_resume_across_a_milestone_is_bit_identical(
+    scheduled, tmp_path: Path, monkeypatch, stop_after: int
+) -> None:
     ref_results, scheduled = scheduled
     out = tmp_path / "out"
     recipe = _recipe(tmp_path, SCHEDULE).configure()
@@ -201,7 +203,9 @@ def test_resume_across_a_milestone_is_bit_identical(scheduled, tmp_path: Path, m
     assert state["scheduler"]["last_epoch"] == stop_after
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(LRS[stop_after])
     again: list = []
-    monkeypatch.setattr(runner_module, "save_state", lambda path, st: (again.append(st["epoch"]), real(path, st)))
+    monkeypatch.setattr(
+        runner_module, "save_state", lambda path, st: (again.append(st["epoch"]), real(path, st))
+    )
     resumed = run_recipe(recipe, RunOptions(out=out, resume=True))
     assert again == list(range(stop_after + 1, 5))  # it resumed: only the remaining epochs ran
     assert resumed["rows"][0]["seeds"][0]["epochs_run"] == 4
@@ -212,8 +216,11 @@ def test_resume_across_a_milestone_is_bit_identical(scheduled, tmp_path: Path, m
         assert all(torch.equal(a[name][k], b[name][k]) for k in a[name]), name
     ref = ref_results["rows"][0]["seeds"][0]
     ours = resumed["rows"][0]["seeds"][0]
-    assert (ours["test_acc"], ours["best_epoch"], ours["best_val_acc"]) == (ref["test_acc"], ref["best_epoch"],
-                                                                           ref["best_val_acc"])
+    assert (ours["test_acc"], ours["best_epoch"], ours["best_val_acc"]) == (
+        ref["test_acc"],
+        ref["best_epoch"],
+        ref["best_val_acc"],
+    )
 
 
 @pytest.mark.slow
@@ -221,12 +228,17 @@ def test_resume_across_a_milestone_is_bit_identical(scheduled, tmp_path: Path, m
 def test_a_short_gaussian_run_learns_mnist(tmp_path: Path, dropout: float) -> None:
     """The Gaussian coder (mu through the ReLU, ln sigma linear) in a real short run; at the
     MNIST recipes' dropout 0.3 the dropout after the last AL acts on mu only."""
-    text = LEARN[:LEARN.index("[[rows]]")].replace("dropout = 0.0", f"dropout = {dropout}") + """
+    text = (
+        LEARN[: LEARN.index("[[rows]]")].replace("dropout = 0.0", f"dropout = {dropout}")
+        + """
 [[rows]]
 arch = "A784-A128-S10"
 label = "gaussian"
 coder = "gaussian"
 training = "simultaneous"
 """
-    seed = _seed(run_recipe(_recipe(tmp_path, text).configure(), RunOptions(out=tmp_path / "out")), "gaussian")
+    )
+    seed = _seed(
+        run_recipe(_recipe(tmp_path, text).configure(), RunOptions(out=tmp_path / "out")), "gaussian"
+    )
     assert seed["test_acc"] >= THRESHOLD, seed["test_acc"]

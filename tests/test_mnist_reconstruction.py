@@ -11,12 +11,16 @@ import pytest
 from matplotlib import pyplot as plt
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = next((p for p in (REPO.parent / "shared" / "datasets", Path("/work/shared/datasets")) if p.is_dir()), None)
+SHARED = next(
+    (p for p in (REPO.parent / "shared" / "datasets", Path("/work/shared/datasets")) if p.is_dir()), None
+)
 
 
 @pytest.fixture(scope="module")
 def recon():
-    spec = importlib.util.spec_from_file_location("mnist_reconstruction", REPO / "tools" / "mnist_reconstruction.py")
+    spec = importlib.util.spec_from_file_location(
+        "mnist_reconstruction", REPO / "tools" / "mnist_reconstruction.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -40,7 +44,7 @@ def test_round_trip_of_the_original_test_images_matches_the_readme(recon) -> Non
     from hnn_bridge.data import load_dataset
 
     ds = load_dataset("mnist", SHARED)
-    original = ds.images[ds.train_size:].numpy()
+    original = ds.images[ds.train_size :].numpy()
     diff = np.abs(recon.round_trip(original).astype(int) - original.astype(int))
     # ../shared/datasets/README.md: 97.2% of pixels exact, largest error 1, mean 0.028 levels
     assert round(float((diff == 0).mean()), 3) == 0.972

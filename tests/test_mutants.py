@@ -18,15 +18,14 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
-from hnn_bridge import GaussianCoder, IIRNeuron, IIRParams
+from helpers import SYNAPSES
 from hnn_bridge.adapters.cupy_kernels import compile_c_kernels
 from hnn_bridge.adapters.snntorch import IIRLeaky
+from iir_reference import Neuron, exact_hits, hit_threshold, random_hits, run
+
+from hnn_bridge import GaussianCoder, IIRNeuron, IIRParams
 from hnn_bridge.functional import Coefficients, iir_multistep, iir_spikes
 from hnn_bridge.kernels import native
-
-from helpers import SYNAPSES
-from iir_reference import Neuron, exact_hits, hit_threshold, random_hits, run
 
 pytestmark = pytest.mark.usefixtures("one_thread_here")
 
@@ -63,14 +62,19 @@ def test_the_dyadic_case_puts_v_exactly_on_the_threshold():
 
 def _aten_paths(x: torch.Tensor, params: IIRParams) -> dict[str, torch.Tensor]:
     """Spikes of every entry point of the fused ATen path (and V where it returns it)."""
-    out = {"iir_multistep": iir_multistep(x, params)[0], "iir_spikes": iir_spikes(x, params),
-           "IIRNeuron": IIRNeuron(**_kwargs(params))(x)}
+    out = {
+        "iir_multistep": iir_multistep(x, params)[0],
+        "iir_spikes": iir_spikes(x, params),
+        "IIRNeuron": IIRNeuron(**_kwargs(params))(x),
+    }
     xg = x.clone().requires_grad_()
     out["iir_multistep+grad"] = iir_multistep(xg, params)[0].detach()
     out["iir_spikes+grad"] = iir_spikes(xg, params).detach()
     const = x[0].unsqueeze(0).expand(x.shape)  # duplicate-coded input: its own branch
     out["constant"] = iir_spikes(const, params)
-    out["constant+grad"] = iir_spikes(const.clone().requires_grad_()[0].unsqueeze(0).expand(x.shape), params).detach()
+    out["constant+grad"] = iir_spikes(
+        const.clone().requires_grad_()[0].unsqueeze(0).expand(x.shape), params
+    ).detach()
     return out
 
 
@@ -234,10 +238,18 @@ def test_gaussian_noise_is_independent_per_sample_unit_and_step():
 @pytest.mark.parametrize("lam,theta", [(None, None), (0.0, 0.5), (1.0, 0.0), (0.7, 1.0)])
 @pytest.mark.parametrize("detach_reset", [False, True])
 def test_core_values_and_gradients_equal_the_independent_float64_reference(synapse, lam, theta, detach_reset):
-    n = Neuron(synapse=synapse, lam=lam, theta=theta, v_threshold=1.1, sigma=0.5, tau_m=5.0, tau_s=2.0,
-               detach_reset=detach_reset)
+    n = Neuron(
+        synapse=synapse,
+        lam=lam,
+        theta=theta,
+        v_threshold=1.1,
+        sigma=0.5,
+        tau_m=5.0,
+        tau_s=2.0,
+        detach_reset=detach_reset,
+    )
     gen = torch.Generator().manual_seed(17)
-    x = (torch.randn(12, 3, 8, generator=gen, dtype=torch.float64) * 1.2 + 0.6)
+    x = torch.randn(12, 3, 8, generator=gen, dtype=torch.float64) * 1.2 + 0.6
     x = hit_threshold(x, n, random_hits(x.shape, 0.1, gen))
     init = [torch.randn(3, 8, generator=gen, dtype=torch.float64) for _ in range(4)]
     init.append((torch.rand(3, 8, generator=gen, dtype=torch.float64) < 0.5).double())
@@ -292,16 +304,22 @@ def test_mu_activation_acts_on_mu_only():
 
     a = torch.tensor([[-1.0, 2.0, -0.5, -3.0, -4.0, 0.5], [5.0, -6.0, 0.25, 7.0, -8.0, -0.25]])
     out = MuActivation(torch.nn.ReLU())(a)
-    assert torch.equal(out, torch.tensor([[0.0, 2.0, 0.0, -3.0, -4.0, 0.5], [5.0, 0.0, 0.25, 7.0, -8.0, -0.25]]))
+    assert torch.equal(
+        out, torch.tensor([[0.0, 2.0, 0.0, -3.0, -4.0, 0.5], [5.0, 0.0, 0.25, 7.0, -8.0, -0.25]])
+    )
 
 
 # ------------------------------------------------------------------ survivors of the mutation run
 
 
 @pytest.mark.parametrize("synapse", SYNAPSES)
-@pytest.mark.parametrize("lam,theta,vth", [(1.0, 1.0, 1.0), (0.0, 0.0, 1.0), (0.5, 1.0, 0.75), (1.0, 0.5, 0.0)])
+@pytest.mark.parametrize(
+    "lam,theta,vth", [(1.0, 1.0, 1.0), (0.0, 0.0, 1.0), (0.5, 1.0, 0.75), (1.0, 0.5, 0.0)]
+)
 @pytest.mark.parametrize("native_loop", ["1", "0"])
-def test_every_term_kind_of_the_float32_paths_equals_the_reference(monkeypatch, synapse, lam, theta, vth, native_loop):
+def test_every_term_kind_of_the_float32_paths_equals_the_reference(
+    monkeypatch, synapse, lam, theta, vth, native_loop
+):
     """Each coefficient absent (0), unscaled (1) or scaled: the C loop and the ATen path
     branch on these (native.term_kinds); V_th = 0 drops the reset term altogether."""
     monkeypatch.setenv("HNN_BRIDGE_NATIVE", native_loop)
@@ -325,17 +343,21 @@ def test_surrogate_is_exactly_zero_far_from_threshold_in_every_dtype(dtype):
     v = torch.tensor([1.0, 1.2, 9.0, -40.0], dtype=dtype)
     g = surrogate_grad(v, 1.0, 0.4)
     assert g.dtype == dtype and g[2] == 0 and g[3] == 0
-    expected = torch.exp(-(v.double() - 1.0) ** 2 / 0.32) / (math.sqrt(2 * math.pi) * 0.4)
+    expected = torch.exp(-((v.double() - 1.0) ** 2) / 0.32) / (math.sqrt(2 * math.pi) * 0.4)
     assert torch.allclose(g[:2].double(), expected[:2], rtol=1e-2)
 
 
 def test_evaluate_counts_ties_silence_and_the_mean_loss():
     from hnn_bridge.training.loop import evaluate
 
-    outs = torch.tensor([[3.0, 1.0, 0.0],  # right
-                         [2.0, 2.0, 0.0],  # tie: argmax right (0), strict wrong
-                         [0.0, 0.0, 0.0],  # silent: a tie of three, argmax 0 wrong
-                         [0.0, 1.0, 4.0]])  # wrong
+    outs = torch.tensor(
+        [
+            [3.0, 1.0, 0.0],  # right
+            [2.0, 2.0, 0.0],  # tie: argmax right (0), strict wrong
+            [0.0, 0.0, 0.0],  # silent: a tie of three, argmax 0 wrong
+            [0.0, 1.0, 4.0],
+        ]
+    )  # wrong
     labels = torch.tensor([0, 0, 1, 1])
 
     class Fixed(torch.nn.Module):
@@ -352,7 +374,13 @@ def test_evaluate_counts_ties_silence_and_the_mean_loss():
     assert (m.acc, m.acc_argmax, m.tie_rate, m.silent_rate, m.n) == (0.25, 0.5, 0.5, 0.25, 4)
     assert m.loss == pytest.approx(expected_loss, rel=1e-6)
     empty = evaluate(Fixed(), [])
-    assert (empty.acc, empty.acc_argmax, empty.tie_rate, empty.silent_rate, empty.n) == (0.0, 0.0, 0.0, 0.0, 0)
+    assert (empty.acc, empty.acc_argmax, empty.tie_rate, empty.silent_rate, empty.n) == (
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0,
+    )
     assert math.isnan(empty.loss)
 
 

@@ -13,10 +13,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hnn_bridge.adapters.spikingjelly import IIRNode, erf_sigma
 from torch import nn
 
 from hnn_bridge import build, count_ops
-from hnn_bridge.adapters.spikingjelly import IIRNode, erf_sigma
 from hnn_bridge.coders import make_coder
 from hnn_bridge.functional import IIRState, iir_multistep, iir_multistep_reference
 from hnn_bridge.neuron import IIRNeuron
@@ -65,8 +65,14 @@ def test_final_state_with_a_post_filter_bias_equals_the_reference(steps: int, wi
     gen = torch.Generator().manual_seed(steps)
     x = torch.randn(steps, 2, 7, generator=gen, dtype=torch.float64)
     bias = torch.randn(7, generator=gen, dtype=torch.float64)
-    state = IIRState(*(torch.randn(2, 7, generator=gen, dtype=torch.float64) * 0.3 for _ in range(4)),
-                     (torch.rand(2, 7, generator=gen) > 0.5).double()) if with_state else None
+    state = (
+        IIRState(
+            *(torch.randn(2, 7, generator=gen, dtype=torch.float64) * 0.3 for _ in range(4)),
+            (torch.rand(2, 7, generator=gen) > 0.5).double(),
+        )
+        if with_state
+        else None
+    )
     got = iir_multistep(x, params, state, bias=bias)
     want = iir_multistep_reference(x, params, state, bias=bias)
     assert torch.equal(got[0], want[0])

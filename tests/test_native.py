@@ -7,15 +7,16 @@ import math
 
 import pytest
 import torch
+from helpers import currents
 
 from hnn_bridge.functional import IIRState, iir_multistep, iir_spikes
 from hnn_bridge.kernels import native
 from hnn_bridge.params import IIRParams
 
-from helpers import currents
-
-pytestmark = pytest.mark.skipif(native.native_unavailable_reason() is not None,
-                                reason=f"native neuron unavailable: {native.native_unavailable_reason()}")
+pytestmark = pytest.mark.skipif(
+    native.native_unavailable_reason() is not None,
+    reason=f"native neuron unavailable: {native.native_unavailable_reason()}",
+)
 
 PARAMS = {
     "default": IIRParams(),
@@ -55,7 +56,9 @@ def test_multistep_values_and_gradients_equal_the_aten_path(name, with_state, mo
     x0 = currents(7, 3, 50, seed=11)
     s0 = [currents(1, 3, 50, seed=20 + i, scale=0.5)[0] for i in range(5)]
     s0[4] = (s0[4] > 0).float()  # O[-1] is a spike
-    gens = [currents(7, 3, 50, seed=30 + i) for i in range(2)] + [currents(1, 3, 50, seed=40 + i)[0] for i in range(3)]
+    gens = [currents(7, 3, 50, seed=30 + i) for i in range(2)] + [
+        currents(1, 3, 50, seed=40 + i)[0] for i in range(3)
+    ]
 
     def run():
         x = x0.clone().requires_grad_()
@@ -129,7 +132,9 @@ def test_disabled_or_without_compiler_says_why(monkeypatch):
     try:
         assert native.native_unavailable_reason() == "no C compiler (gcc or cc) on PATH"
         x = currents(3, 10, seed=1)
-        assert torch.equal(iir_spikes(x, PARAMS["default"]), iir_spikes(x.double(), PARAMS["default"]).float())
+        assert torch.equal(
+            iir_spikes(x, PARAMS["default"]), iir_spikes(x.double(), PARAMS["default"]).float()
+        )
     finally:
         native._state.clear()
         native._state.update(saved)
@@ -143,7 +148,11 @@ def test_maxpool2_equals_torch_values_and_gradients(shape, kind):
     from hnn_bridge.pooling import MaxPool2d
 
     gen = torch.Generator().manual_seed(3)
-    x0 = (torch.rand(shape, generator=gen) < 0.1).float() if kind == "spikes" else torch.randn(shape, generator=gen)
+    x0 = (
+        (torch.rand(shape, generator=gen) < 0.1).float()
+        if kind == "spikes"
+        else torch.randn(shape, generator=gen)
+    )
     if kind == "values":
         x0.view(-1)[::17] = float("nan")
         x0.view(-1)[5::23] = x0.view(-1)[4::23][: x0.view(-1)[5::23].numel()]  # ties

@@ -10,19 +10,20 @@ import math
 
 import pytest
 import torch
+from helpers import currents
 
 from hnn_bridge.functional import IIRState, iir_multistep
 from hnn_bridge.params import IIRParams
-
-from helpers import currents
 
 try:  # the native loop's module (moved from hnn_bridge.functional to hnn_bridge.kernels)
     from hnn_bridge.kernels import native
 except ImportError:  # pragma: no cover - older layout
     from hnn_bridge.functional import native  # type: ignore[no-redef]
 
-pytestmark = pytest.mark.skipif(native.native_unavailable_reason() is not None,
-                                reason=f"native neuron unavailable: {native.native_unavailable_reason()}")
+pytestmark = pytest.mark.skipif(
+    native.native_unavailable_reason() is not None,
+    reason=f"native neuron unavailable: {native.native_unavailable_reason()}",
+)
 
 PARAMS = {
     "dual_exp": IIRParams(reset_decay=math.exp(-0.25), v_threshold=0.7),
@@ -40,7 +41,9 @@ def _run(x0: torch.Tensor, s0: list[torch.Tensor], params: IIRParams, seed: int)
     x = x0.clone().requires_grad_()
     state = IIRState(*(s.clone().requires_grad_() for s in s0))
     spikes, volts, final = iir_multistep(x, params, state)
-    weights = [currents(*t.shape, seed=seed + i) for i, t in enumerate((spikes, volts, final.p1, final.p2, final.r))]
+    weights = [
+        currents(*t.shape, seed=seed + i) for i, t in enumerate((spikes, volts, final.p1, final.p2, final.r))
+    ]
     loss = sum((t * w).sum() for t, w in zip((spikes, volts, final.p1, final.p2, final.r), weights))
     loss.backward()
     return [spikes, volts, *final, x.grad, *(s.grad for s in state)]
@@ -65,8 +68,21 @@ def _state(shape: tuple[int, ...], seed: int) -> list[torch.Tensor]:
 
 
 def _assert_bit_equal(got: list[torch.Tensor], want: list[torch.Tensor]) -> None:
-    names = ["spikes", "V", "p1", "p2", "R", "V_T", "O_T", "grad x", "grad p1", "grad p2", "grad R", "grad V",
-             "grad O"]
+    names = [
+        "spikes",
+        "V",
+        "p1",
+        "p2",
+        "R",
+        "V_T",
+        "O_T",
+        "grad x",
+        "grad p1",
+        "grad p2",
+        "grad R",
+        "grad V",
+        "grad O",
+    ]
     assert len(got) == len(want) == len(names)
     for name, a, b in zip(names, got, want):
         assert a is not None and b is not None, name

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import SYNAPSES
 
 from hnn_bridge import IIRNeuron, IIRParams
 from hnn_bridge.functional import (
@@ -15,8 +16,6 @@ from hnn_bridge.functional import (
     iir_multistep_reference,
     iir_step,
 )
-
-from helpers import SYNAPSES
 
 
 def numpy_reference(x, *, synapse, tau_m=4.0, tau_s=1.0, lam=None, theta=None, v_th=1.0):
@@ -125,7 +124,9 @@ def test_gradients_through_initial_state_and_outputs():
     gen = torch.Generator().manual_seed(2)
     params = IIRParams(membrane_decay=0.3)
     x = (torch.randn(7, 3, 5, generator=gen, dtype=torch.float64) + 0.5).requires_grad_()
-    state = IIRState(*(torch.randn(3, 5, generator=gen, dtype=torch.float64).requires_grad_() for _ in range(5)))
+    state = IIRState(
+        *(torch.randn(3, 5, generator=gen, dtype=torch.float64).requires_grad_() for _ in range(5))
+    )
     outs = [iir_multistep(x, params, state), iir_multistep_reference(x, params, state)]
     assert torch.equal(outs[0][0], outs[1][0])
     grads = []
@@ -155,7 +156,10 @@ def test_surrogate_is_eq6():
     out, _ = iir_step(v, IIRState.zeros_like(v), IIRParams(synapse="none", membrane_decay=0.0, sigma=0.4))
     out.sum().backward()
     sigma = 0.4
-    expected = [math.exp(-((1.0 - u) ** 2) / (2 * sigma**2)) / (math.sqrt(2 * math.pi) * sigma) for u in (0.2, 1.0, 1.7)]
+    expected = [
+        math.exp(-((1.0 - u) ** 2) / (2 * sigma**2)) / (math.sqrt(2 * math.pi) * sigma)
+        for u in (0.2, 1.0, 1.7)
+    ]
     assert v.grad.tolist() == pytest.approx(expected, rel=1e-12)
 
 
@@ -169,8 +173,14 @@ def test_zero_state_on_every_call():
     "kwargs, message",
     [
         ({"sigma": 0.0}, "IIR neuron: sigma must be > 0, got 0.0"),
-        ({"synapse": "alpha"}, "IIR neuron: synapse must be one of 'dual_exp', 'first_order', 'none', got 'alpha'"),
-        ({"membrane_decay": 1.5}, "IIR neuron: membrane_decay must be in [0, 1] or None (meaning e^(-1/tau_m)), got 1.5"),
+        (
+            {"synapse": "alpha"},
+            "IIR neuron: synapse must be one of 'dual_exp', 'first_order', 'none', got 'alpha'",
+        ),
+        (
+            {"membrane_decay": 1.5},
+            "IIR neuron: membrane_decay must be in [0, 1] or None (meaning e^(-1/tau_m)), got 1.5",
+        ),
         ({"tau_s": 4.0}, "IIR neuron: the dual_exp synapse needs tau_m != tau_s"),
     ],
 )
@@ -237,7 +247,9 @@ def test_dual_exp_spike_train_is_the_sum_of_kernels() -> None:
     for t, w in spikes.items():
         x[t] = w
     p = _synaptic_current(x, "dual_exp", tau_m, tau_s)[:, 0]
-    expected = [sum(w * _eps(t - tk + 1, tau_m, tau_s) for tk, w in spikes.items() if tk <= t) for t in range(T)]
+    expected = [
+        sum(w * _eps(t - tk + 1, tau_m, tau_s) for tk, w in spikes.items() if tk <= t) for t in range(T)
+    ]
     np.testing.assert_allclose(p.numpy(), expected, rtol=1e-12, atol=1e-15)
 
 
@@ -247,8 +259,9 @@ def test_first_order_and_no_synapse_impulse_responses() -> None:
     x = torch.zeros(T, 1, dtype=torch.float64)
     x[t0] = 1.0
     p = _synaptic_current(x, "first_order", 4.0, tau_s)[:, 0]
-    np.testing.assert_allclose(p.numpy(), [0.0 if t < t0 else math.exp(-(t - t0) / tau_s) for t in range(T)],
-                               rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        p.numpy(), [0.0 if t < t0 else math.exp(-(t - t0) / tau_s) for t in range(T)], rtol=1e-12, atol=1e-15
+    )
     assert torch.equal(_synaptic_current(x, "none", 4.0, tau_s), x)
 
 
@@ -266,8 +279,16 @@ def test_module_applies_the_closed_form_kernel_before_the_threshold() -> None:
 
 
 # A non-default value for every field of IIRParams (dual_exp needs tau_m != tau_s).
-_NON_DEFAULT = {"v_threshold": 0.8, "sigma": 0.3, "tau_m": 5.0, "tau_s": 2.0, "membrane_decay": 0.5,
-                "reset_decay": 0.25, "synapse": "first_order", "detach_reset": True}
+_NON_DEFAULT = {
+    "v_threshold": 0.8,
+    "sigma": 0.3,
+    "tau_m": 5.0,
+    "tau_s": 2.0,
+    "membrane_decay": 0.5,
+    "reset_decay": 0.25,
+    "synapse": "first_order",
+    "detach_reset": True,
+}
 
 
 def _modules():

@@ -52,7 +52,10 @@ def busy(model, dtype, gain: float = 2.5, seed: int = 0):
 def layer_spikes(model, x) -> list[torch.Tensor]:
     """Spikes [T, B, ...] of every neuron layer of a HybridNet, in order."""
     out: dict[int, torch.Tensor] = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o, k=k: out.__setitem__(k, o)) for k, m in model.neurons.items()]
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o, k=k: out.__setitem__(k, o))
+        for k, m in model.neurons.items()
+    ]
     with torch.no_grad():
         model(x)
     for h in hooks:
@@ -102,7 +105,9 @@ NETS = [
 @pytest.mark.parametrize("norm", ["none", "batch"])
 @pytest.mark.parametrize("arch,kw", NETS, ids=[a for a, _ in NETS])
 def test_round_trip_bit_identical(arch, kw, norm, placement, dtype, tmp_path):
-    model = busy(build(arch, input_shape=SHAPE, steps=STEPS, norm=norm, bias_placement=placement, **kw), dtype)
+    model = busy(
+        build(arch, input_shape=SHAPE, steps=STEPS, norm=norm, bias_placement=placement, **kw), dtype
+    )
     net = round_trip(export_nir(model), tmp_path)
     assert_same_spikes(model, net, dtype)
 
@@ -121,8 +126,11 @@ NEURONS = {
 @pytest.mark.parametrize("name", list(NEURONS))
 def test_round_trip_neuron_kinds(name, dtype, tmp_path):
     for arch in ("A64-S30-S10", "S4C3-P2-S10"):
-        model = busy(build(arch, input_shape=SHAPE, steps=STEPS, neuron=NEURONS[name], input_mode="axon"), dtype,
-                     gain=1.5 if name == "lam1" else 2.5)
+        model = busy(
+            build(arch, input_shape=SHAPE, steps=STEPS, neuron=NEURONS[name], input_mode="axon"),
+            dtype,
+            gain=1.5 if name == "lam1" else 2.5,
+        )
         graph = export_nir(model)
         kinds = [type(n).__name__ for k, n in graph.nodes.items() if k.endswith("_membrane")]
         assert kinds == ["I" if name == "lam1" else "LI"] * 2
@@ -135,7 +143,9 @@ def test_other_backends(backend, tmp_path):
     exported and imported on the reference neuron: the same spikes both ways."""
     model = busy(build("S6C3-P2-S10", input_shape=SHAPE, steps=STEPS, norm="batch"), torch.float32)
     assert_same_spikes(model, round_trip(export_nir(model), tmp_path, backend=backend), torch.float32)
-    model = busy(build("S6C3-P2-S10", input_shape=SHAPE, steps=STEPS, norm="batch", backend=backend), torch.float32)
+    model = busy(
+        build("S6C3-P2-S10", input_shape=SHAPE, steps=STEPS, norm="batch", backend=backend), torch.float32
+    )
     assert_same_spikes(model, round_trip(export_nir(model), tmp_path), torch.float32)
 
 
@@ -148,13 +158,26 @@ def test_graph_structure_and_metadata():
     n = g.nodes
     # dual exponential: LI (e_m, gain b) -> LI (e_s, gain 1); forward Euler at dt = 1
     em, es = torch.tensor(-0.25).exp().item(), torch.tensor(-1.0).exp().item()
-    assert n["l1_synapse1"].tau[0] == pytest.approx(1 / (1 - em)) and n["l1_synapse1"].r[0] * (1 - em) == pytest.approx(em - es)
-    assert n["l1_synapse2"].tau[0] == pytest.approx(1 / (1 - es)) and n["l1_synapse2"].r[0] * (1 - es) == pytest.approx(1)
+    assert n["l1_synapse1"].tau[0] == pytest.approx(1 / (1 - em)) and n["l1_synapse1"].r[0] * (
+        1 - em
+    ) == pytest.approx(em - es)
+    assert n["l1_synapse2"].tau[0] == pytest.approx(1 / (1 - es)) and n["l1_synapse2"].r[0] * (
+        1 - es
+    ) == pytest.approx(1)
     assert n["l1_spike"].threshold.dtype.name == "float32"
-    assert float(n["l1_spike"].threshold[0]) < 1.0 and n["l1_spike"].threshold[0] == threshold_below(1.0, torch.float32)
-    assert set(g.edges) >= {("l1_weight", "l1_synapse1"), ("l1_synapse1", "l1_synapse2"), ("l1_synapse2", "l1_membrane"),
-                            ("l1_membrane", "l1_spike"), ("l1_spike", "l1_reset"), ("l1_reset", "l1_reset_scale"),
-                            ("l1_reset_scale", "l1_membrane"), ("l1_spike", "l2_weight")}
+    assert float(n["l1_spike"].threshold[0]) < 1.0 and n["l1_spike"].threshold[0] == threshold_below(
+        1.0, torch.float32
+    )
+    assert set(g.edges) >= {
+        ("l1_weight", "l1_synapse1"),
+        ("l1_synapse1", "l1_synapse2"),
+        ("l1_synapse2", "l1_membrane"),
+        ("l1_membrane", "l1_spike"),
+        ("l1_spike", "l1_reset"),
+        ("l1_reset", "l1_reset_scale"),
+        ("l1_reset_scale", "l1_membrane"),
+        ("l1_spike", "l2_weight"),
+    }
     assert (n["l1_reset_scale"].scale == -1.0).all()
     assert isinstance(n["l1_weight"], nir.Linear)  # after_filter: the bias is the membrane's leak
     c = model.biases[1].bias.detach().numpy()
@@ -213,8 +236,15 @@ def run_graph(graph, train: torch.Tensor) -> dict[str, torch.Tensor]:
             elif isinstance(node, nir.Linear):
                 y = u @ t64(node.weight).T
             elif isinstance(node, nir.Conv2d):
-                y = F.conv2d(u, t64(node.weight), t64(node.bias), tuple(node.stride), tuple(node.padding),
-                             tuple(node.dilation), int(node.groups))
+                y = F.conv2d(
+                    u,
+                    t64(node.weight),
+                    t64(node.bias),
+                    tuple(node.stride),
+                    tuple(node.padding),
+                    tuple(node.dilation),
+                    int(node.groups),
+                )
             elif isinstance(node, nir.Flatten):
                 y = u.flatten(int(node.start_dim) + 1)
             elif isinstance(node, nir.SumPool2d):
@@ -239,14 +269,21 @@ def run_graph(graph, train: torch.Tensor) -> dict[str, torch.Tensor]:
     return {k: torch.stack(v) for k, v in outs.items()}
 
 
-@pytest.mark.parametrize("arch,kw", [
-    ("A64-A40-S30-S10", {"norm": "batch"}),
-    ("S6C3-P2-S8C3-P2-S10", {"input_mode": "axon"}),
-    ("A64-S30-S10", {"neuron": {"membrane_decay": 1.0, "reset_decay": 1.0}, "bias_placement": "before_filter"}),
-])
+@pytest.mark.parametrize(
+    "arch,kw",
+    [
+        ("A64-A40-S30-S10", {"norm": "batch"}),
+        ("S6C3-P2-S8C3-P2-S10", {"input_mode": "axon"}),
+        (
+            "A64-S30-S10",
+            {"neuron": {"membrane_decay": 1.0, "reset_decay": 1.0}, "bias_placement": "before_filter"},
+        ),
+    ],
+)
 def test_independent_interpreter_float64(arch, kw):
-    model = busy(build(arch, input_shape=SHAPE, steps=STEPS, **kw), torch.float64,
-                 gain=1.5 if "neuron" in kw else 2.5)
+    model = busy(
+        build(arch, input_shape=SHAPE, steps=STEPS, **kw), torch.float64, gain=1.5 if "neuron" in kw else 2.5
+    )
     graph = export_nir(model)
     x = torch.rand(6, *SHAPE, dtype=torch.float64) * 2
     ref = layer_spikes(model, x)
@@ -319,7 +356,9 @@ def test_max_pool_of_values_is_refused():
 
     model = build("S4C3-S10", input_shape=SHAPE, steps=STEPS).eval()
     model.first_op.insert(0, MaxPool2d(2))
-    with pytest.raises(ConfigError, match=r"NIR has no max pooling; first_op.0 \(MaxPool2d\) pools real values"):
+    with pytest.raises(
+        ConfigError, match=r"NIR has no max pooling; first_op.0 \(MaxPool2d\) pools real values"
+    ):
         export_nir(model)
 
 
@@ -333,10 +372,13 @@ def test_import_errors(tmp_path):
     with pytest.raises(TypeError, match="needs a nir.NIRGraph or a path"):
         import_nir(3)
     g = nir.NIRGraph(
-        nodes={"input": nir.Input(input_type={"input": torch.tensor([3]).numpy()}),
-               "wait": nir.Delay(delay=torch.ones(3).numpy()),
-               "output": nir.Output(output_type={"output": torch.tensor([3]).numpy()})},
-        edges=[("input", "wait"), ("wait", "output")])
+        nodes={
+            "input": nir.Input(input_type={"input": torch.tensor([3]).numpy()}),
+            "wait": nir.Delay(delay=torch.ones(3).numpy()),
+            "output": nir.Output(output_type={"output": torch.tensor([3]).numpy()}),
+        },
+        edges=[("input", "wait"), ("wait", "output")],
+    )
     with pytest.raises(ValueError, match="cannot import node 'wait' of type Delay"):
         import_nir(g)
 
@@ -346,7 +388,9 @@ def test_edited_graph_is_refused():
     g = export_nir(model)
     reset = g.nodes["l2_reset"]  # theta changed, gain kept at 1
     reset.tau, reset.r = reset.tau * 2, reset.r * 2
-    with pytest.raises(ValueError, match="nodes of neuron 'l2_membrane' disagree with its hnn_bridge_neuron metadata"):
+    with pytest.raises(
+        ValueError, match="nodes of neuron 'l2_membrane' disagree with its hnn_bridge_neuron metadata"
+    ):
         import_nir(g)
 
 
@@ -362,7 +406,9 @@ def test_import_without_our_metadata(tmp_path):
     """A graph that carries none of hnn-bridge's metadata (as another tool would write the
     same subgraph): the constants come from the nodes, a = 1 - dt/tau, equal up to
     rounding; in float64 the spikes are still the original's."""
-    model = busy(build("S6C3-P2-S10", input_shape=SHAPE, steps=STEPS, norm="batch", input_mode="axon"), torch.float64)
+    model = busy(
+        build("S6C3-P2-S10", input_shape=SHAPE, steps=STEPS, norm="batch", input_mode="axon"), torch.float64
+    )
     graph = export_nir(model)
     for node in graph.nodes.values():
         node.metadata = {}
@@ -458,14 +504,19 @@ NIRTORCH_MAP = {
     nir.Affine: lambda n: _dense(n, True),
     nir.Linear: lambda n: _dense(n, False),
     # NIR's dims exclude the batch (nir.Flatten's own shape rule); nirtorch's default does not
-    nir.Flatten: lambda n: torch.nn.Flatten(int(n.start_dim) + 1, int(n.end_dim) + (1 if n.end_dim >= 0 else 0)),
+    nir.Flatten: lambda n: torch.nn.Flatten(
+        int(n.start_dim) + 1, int(n.end_dim) + (1 if n.end_dim >= 0 else 0)
+    ),
 }
 
 
-@pytest.mark.parametrize("arch,kw", [
-    ("A64-A40-S30-S10", {"norm": "batch"}),
-    ("S6C3-P2-S8C3-P2-S10", {"input_mode": "axon"}),
-])
+@pytest.mark.parametrize(
+    "arch,kw",
+    [
+        ("A64-A40-S30-S10", {"norm": "batch"}),
+        ("S6C3-P2-S8C3-P2-S10", {"input_mode": "axon"}),
+    ],
+)
 def test_nirtorch_interpreter_with_plain_cells(arch, kw):
     """nirtorch 2.6 runs the exact graph (its cycle handling, its Conv2d and SumPool2d)
     with the plain torch cells above: the output spikes are the original's, float64."""
@@ -484,11 +535,14 @@ def test_nirtorch_interpreter_with_plain_cells(arch, kw):
     assert float(ref.mean()) > 0.02
 
 
-@pytest.mark.parametrize("arch,coder,training", [
-    ("A64-A40-S30-S10", "gaussian", "simultaneous"),
-    ("S6C3-P2-S10", "poisson", "simultaneous"),  # the coded input is binary
-    ("A64-A40-S30-S10", "poisson", "separate"),
-])
+@pytest.mark.parametrize(
+    "arch,coder,training",
+    [
+        ("A64-A40-S30-S10", "gaussian", "simultaneous"),
+        ("S6C3-P2-S10", "poisson", "simultaneous"),  # the coded input is binary
+        ("A64-A40-S30-S10", "poisson", "separate"),
+    ],
+)
 def test_round_trip_random_coders(arch, coder, training, tmp_path):
     """The coders stay in PyTorch; with the same draws (same seed) the imported graph
     gives the original's spikes."""
@@ -514,7 +568,9 @@ def test_cli_export_of_a_trained_run(tmp_path):
     from hnn_bridge.training.trained import load_trained
 
     run = tmp_path / "run"
-    trained = CliRunner().invoke(main, ["train", "S784-S40-S10", "--quick", "--epochs", "1", "--out", str(run)])
+    trained = CliRunner().invoke(
+        main, ["train", "S784-S40-S10", "--quick", "--epochs", "1", "--out", str(run)]
+    )
     assert trained.exit_code == 0, trained.output
     out = tmp_path / "row1.nir"
     result = CliRunner().invoke(main, ["export", str(run), "--row", "1", "--nir", str(out)])

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import one_thread  # noqa: F401  (a fixture)
 from torch import nn
 
 import hnn_bridge as hb
-from helpers import one_thread  # noqa: F401  (a fixture)
 
 CNN = "A8C3-P2-S8C3-P2-S16-S10"
 
@@ -21,11 +21,14 @@ def test_none_adds_no_module():
     assert _bn_count(hb.build(CNN, input_shape=(3, 16, 16), norm="none")) == 0
 
 
-@pytest.mark.parametrize("arch, expected", [
-    (CNN, 4),                              # AL conv, SL conv, SL dense, output SL
-    ("A8C3-P2-A16-A10", 2),                # the logits of an artificial output get none
-    ("A784-A50-S10", 2),
-])
+@pytest.mark.parametrize(
+    "arch, expected",
+    [
+        (CNN, 4),  # AL conv, SL conv, SL dense, output SL
+        ("A8C3-P2-A16-A10", 2),  # the logits of an artificial output get none
+        ("A784-A50-S10", 2),
+    ],
+)
 def test_batch_after_every_weight_op(arch, expected):
     shape = (1, 28, 28) if arch.startswith("A784") else (3, 16, 16)
     model = hb.build(arch, input_shape=shape, norm="batch", coder=None if "S" not in arch else "duplicate")
@@ -49,8 +52,13 @@ def test_same_spikes_and_grads_on_every_cpu_backend(coder):
         torch.manual_seed(1)
         out = model(x)  # training mode: batch statistics over T x B rows
         out.sum().backward()
-        outs.append((out.detach(), [p.grad.clone() for p in model.parameters()],
-                     [b.clone() for n, b in model.named_buffers() if "running" in n]))
+        outs.append(
+            (
+                out.detach(),
+                [p.grad.clone() for p in model.parameters()],
+                [b.clone() for n, b in model.named_buffers() if "running" in n],
+            )
+        )
     for out, grads, bufs in outs[1:]:
         assert torch.equal(out, outs[0][0])
         assert all(torch.allclose(g, g0, rtol=1e-5, atol=1e-7) for g, g0 in zip(grads, outs[0][1]))
@@ -69,8 +77,14 @@ def test_threshold_dependent_bn_is_batch_norm_with_v_th_one(backend):
     x = torch.rand(4, 3, 16, 16)
     runs = []
     for scale in (1.0, k):
-        model = hb.build(arch, steps=6, input_shape=(3, 16, 16), norm="batch", backend=backend,
-                         neuron={"v_threshold": scale, "sigma": 0.4 * scale})
+        model = hb.build(
+            arch,
+            steps=6,
+            input_shape=(3, 16, 16),
+            norm="batch",
+            backend=backend,
+            neuron={"v_threshold": scale, "sigma": 0.4 * scale},
+        )
         if runs:
             hb.copy_weights(runs[0][0], model)
         with torch.no_grad():
@@ -82,8 +96,9 @@ def test_threshold_dependent_bn_is_batch_norm_with_v_th_one(backend):
         runs.append((model, out.detach()))
     (a, out_a), (b, out_b) = runs
     assert out_a.sum() > 0 and torch.equal(out_a, out_b)
-    bn_params = {id(p) for m in b.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                 for p in m.parameters()}
+    bn_params = {
+        id(p) for m in b.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for p in m.parameters()
+    }
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
         expected = pa.grad / k if id(pb) in bn_params else pa.grad
         assert torch.equal(pb.grad, expected), name
@@ -91,7 +106,9 @@ def test_threshold_dependent_bn_is_batch_norm_with_v_th_one(backend):
 
 def test_frozen_als_keep_their_statistics():
     ann = hb.build("A8C3-P2-A8C3-P2-A16-A10", coder=None, input_shape=(3, 16, 16), norm="batch")
-    hnn = hb.build("A8C3-P2-A8C3-P2-S16-S10", steps=3, input_shape=(3, 16, 16), norm="batch", training="separate")
+    hnn = hb.build(
+        "A8C3-P2-A8C3-P2-S16-S10", steps=3, input_shape=(3, 16, 16), norm="batch", training="separate"
+    )
     hnn.load_als_from(ann)
     hnn.freeze_als()
     before = {k: v.clone() for k, v in hnn.al.state_dict().items()}
@@ -116,8 +133,10 @@ def _cifar_subset(split: str, per_class: int):
     return torch.stack(xs).float() / 255, torch.tensor(ys)
 
 
-CIFAR_CANDIDATES = [Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg",
-                    Path("/work/shared/datasets/cifar10-jpeg")]
+CIFAR_CANDIDATES = [
+    Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpeg",
+    Path("/work/shared/datasets/cifar10-jpeg"),
+]
 
 
 @pytest.mark.slow
@@ -130,8 +149,13 @@ def test_batch_norm_spiking_cnn_learns_real_cifar():
     x, y = _cifar_subset("train", 200)
     x_test, y_test = _cifar_subset("test", 50)
     torch.manual_seed(0)
-    model = hb.build("S16C3-P2-S32C3-P2-S10", steps=4, input_shape=(3, 32, 32), norm="batch",
-                     neuron=dict(membrane_decay=0.0, reset_decay=math.exp(-0.25)))
+    model = hb.build(
+        "S16C3-P2-S32C3-P2-S10",
+        steps=4,
+        input_shape=(3, 32, 32),
+        norm="batch",
+        neuron=dict(membrane_decay=0.0, reset_decay=math.exp(-0.25)),
+    )
     losses, counts = _train_then_count(model, x, y, x_test, lr=1e-3, batch_size=32)
     assert sum(losses[-20:]) / 20 < math.log(10) - 0.5
     assert (counts.argmax(1) == y_test).float().mean().item() >= 0.30
@@ -191,8 +215,9 @@ def test_the_cifar_full_profile_settings_learn_with_few_ties():
     x_test, y_test = _cifar_subset("test", 50)
     torch.manual_seed(0)
     model = build_row(replace(row, arch="S16C3-P2-S32C3-P2-S10"))
-    losses, counts = _train_then_count(model, x, y, x_test, lr=s.lr, batch_size=s.batch_size,
-                                       logit_scale=s.logit_scale)
+    losses, counts = _train_then_count(
+        model, x, y, x_test, lr=s.lr, batch_size=s.batch_size, logit_scale=s.logit_scale
+    )
     _, argmax, ties, _ = score_batch(counts, y_test)
     assert sum(losses[-20:]) / 20 < math.log(10) - 0.4
     assert argmax / len(y_test) >= 0.30
@@ -201,8 +226,9 @@ def test_the_cifar_full_profile_settings_learn_with_few_ties():
     assert 0.02 < rate < 0.9
 
 
-def _train_then_count(model, x, y, x_test, *, lr: float, batch_size: int, epochs: int = 3,
-                      logit_scale: float = 1.0):
+def _train_then_count(
+    model, x, y, x_test, *, lr: float, batch_size: int, epochs: int = 3, logit_scale: float = 1.0
+):
     """Adam on cross entropy over ``logit_scale`` x the spike counts for ``epochs`` seeded
     passes; returns the batch losses and the eval-mode counts on ``x_test``."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -211,7 +237,7 @@ def _train_then_count(model, x, y, x_test, *, lr: float, batch_size: int, epochs
     for _ in range(epochs):
         perm = torch.randperm(len(y), generator=gen)
         for i in range(0, len(y), batch_size):
-            idx = perm[i:i + batch_size]
+            idx = perm[i : i + batch_size]
             loss = nn.functional.cross_entropy(logit_scale * model(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()

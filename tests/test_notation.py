@@ -17,7 +17,11 @@ CIFAR_ARCHS = [
 
 def test_mlp_first_token_is_the_weightless_input_layer():
     specs = parse_arch("A784-A500-S10", input_shape=(1, 28, 28))
-    assert [(s.kind, s.op, s.width) for s in specs] == [("A", "input", 784), ("A", "dense", 500), ("S", "dense", 10)]
+    assert [(s.kind, s.op, s.width) for s in specs] == [
+        ("A", "input", 784),
+        ("A", "dense", 500),
+        ("S", "dense", 10),
+    ]
     assert not specs[0].has_weights and specs[1].has_weights
 
 
@@ -26,7 +30,9 @@ def test_every_table_mlp_parses(arch):
     specs = parse_arch(arch, input_shape=(1, 28, 28))
     assert "-".join(s.token for s in specs) == arch
     assert [s.width for s in specs] == [784, 500, 10]
-    assert [s.kind for s in specs] == list(arch.replace("784", "").replace("500", "").replace("10", "").replace("-", ""))
+    assert [s.kind for s in specs] == list(
+        arch.replace("784", "").replace("500", "").replace("10", "").replace("-", "")
+    )
 
 
 @pytest.mark.parametrize("arch", CIFAR_ARCHS)
@@ -45,10 +51,18 @@ def test_every_table_cnn_parses(arch):
     "arch, message",
     [
         ("A784--S10", "empty layer token in 'A784--S10': two '-' in a row, or a '-' at an end"),
-        ("X10", "unknown layer token 'X10': expected An or Sn (dense), AnCk or SnCk (convolution) or Pk (pooling)"),
+        (
+            "X10",
+            "unknown layer token 'X10': expected An or Sn (dense), AnCk or SnCk (convolution) or Pk "
+            "(pooling)",
+        ),
         ("S32C-S10", "layer token 'S32C' has no kernel size after 'C' (write e.g. 'S32C3')"),
         ("A0-S10", "layer token 'A0' has width 0; widths must be at least 1"),
-        ("A784-S500-A10", "'A10' follows a spiking layer: artificial layers must all come before the spiking layers (ALs, then the coder, then SLs)"),
+        (
+            "A784-S500-A10",
+            "'A10' follows a spiking layer: artificial layers must all come before the spiking layers "
+            "(ALs, then the coder, then SLs)",
+        ),
         ("A32C4-S10", "layer token 'A32C4': the kernel size must be odd (padding k//2 keeps the image size)"),
         ("P2-S32C3-S10", "pooling token 'P2' cannot come first: it needs a convolution before it"),
         ("S32C3-S64-S32C3-S10", "convolution 'S32C3' follows a dense layer: convolutions must come first"),
@@ -66,7 +80,10 @@ def test_malformed_strings_quote_the_bad_token(arch, message):
 def test_mlp_input_width_must_match_the_data():
     with pytest.raises(ArchError) as err:
         parse_arch("A784-A500-S10", input_shape=(3, 32, 32))
-    assert str(err.value) == "input layer 'A784' has 784 units but the input 3x32x32 has 3072 values; write A3072"
+    assert (
+        str(err.value)
+        == "input layer 'A784' has 784 units but the input 3x32x32 has 3072 values; write A3072"
+    )
 
 
 def test_ann_twin_turns_every_layer_artificial():

@@ -16,19 +16,18 @@ import re
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import currents, one_thread  # noqa: F401  (a fixture)
+from hnn_bridge.adapters.snntorch import IIRLeaky
+from hnn_bridge.adapters.spikingjelly import IIRNode
 
 import hnn_bridge as hb
 from hnn_bridge import precision as prec
-from hnn_bridge.adapters.snntorch import IIRLeaky
-from hnn_bridge.adapters.spikingjelly import IIRNode
 from hnn_bridge.cli import main
 from hnn_bridge.errors import ConfigError
 from hnn_bridge.functional import iir_multistep, iir_multistep_reference, iir_spikes, iir_step
 from hnn_bridge.functional.iir import Coefficients, IIRState
 from hnn_bridge.params import IIRParams
-from hnn_bridge.recipe import RecipeError, Recipe, load_recipe
-
-from helpers import currents, one_thread  # noqa: F401  (a fixture)
+from hnn_bridge.recipe import Recipe, RecipeError, load_recipe
 
 HALF = [torch.bfloat16, torch.float16]
 PARAMS = IIRParams(membrane_decay=0.8, tau_s=2.0, reset_decay=0.7)
@@ -136,8 +135,13 @@ def test_adapters_keep_float32_state_under_half_input():
 @pytest.mark.usefixtures("one_thread")
 def test_first_spiking_layer_of_a_bf16_cnn_flips_at_most_half_a_percent():
     torch.manual_seed(0)
-    model = hb.build("S16C3-S16C3-P2-S32C3-P2-S64-S10", steps=8, input_shape=(3, 32, 32), norm="batch",
-                     neuron=dict(membrane_decay=0.0, reset_decay=math.exp(-0.25)))
+    model = hb.build(
+        "S16C3-S16C3-P2-S32C3-P2-S64-S10",
+        steps=8,
+        input_shape=(3, 32, 32),
+        norm="batch",
+        neuron=dict(membrane_decay=0.0, reset_decay=math.exp(-0.25)),
+    )
     x = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     first = model.sl[0]
     seen = []
@@ -158,15 +162,23 @@ def test_first_spiking_layer_of_a_bf16_cnn_flips_at_most_half_a_percent():
 
 def test_check_precision_names_what_works(monkeypatch):
     prec.check_precision("32", "cpu")
-    with pytest.raises(ConfigError, match=re.escape(
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
             "precision 16 (float16 with a GradScaler) is for CUDA devices; on the CPU use --precision bf16 "
-            "(where the processor supports it) or 32")):
+            "(where the processor supports it) or 32"
+        ),
+    ):
         prec.check_precision("16", "cpu")
     with pytest.raises(ConfigError, match=re.escape("unknown precision '64'; choose one of 32, bf16, 16")):
         prec.check_precision("64", "cpu")
     monkeypatch.setattr(prec, "cpu_has_bf16", lambda: False)
-    with pytest.raises(ConfigError, match=re.escape(
-            "precision bf16 needs a CPU with AVX-512 BF16 or AMX instructions, which this one lacks")):
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "precision bf16 needs a CPU with AVX-512 BF16 or AMX instructions, which this one lacks"
+        ),
+    ):
         prec.check_precision("bf16", "cpu")
 
 
@@ -179,7 +191,9 @@ def test_autocast_and_scaler_per_precision():
 
 
 def test_recipe_precision_setting():
-    single = Recipe.single("A784-S500-S10", coder="duplicate", training="simultaneous", base=load_recipe("table1a"))
+    single = Recipe.single(
+        "A784-S500-S10", coder="duplicate", training="simultaneous", base=load_recipe("table1a")
+    )
     row = single.configure(quick=True, overrides={"precision": "bf16"}).rows[0]
     assert row.settings.precision == "bf16"
     # a fingerprint holds it only when it is not 32, so runs saved before it existed resume
@@ -191,8 +205,9 @@ def test_recipe_precision_setting():
 
 
 def test_cli_rejects_a_precision_the_device_cannot_do(tmp_path):
-    result = CliRunner().invoke(main, ["train", "A784-S20-S10", "--quick", "--precision", "16",
-                                       "--out", str(tmp_path / "run")])
+    result = CliRunner().invoke(
+        main, ["train", "A784-S20-S10", "--quick", "--precision", "16", "--out", str(tmp_path / "run")]
+    )
     assert result.exit_code != 0
     assert "precision 16 (float16 with a GradScaler) is for CUDA devices" in result.output
     assert not (tmp_path / "run").exists()
@@ -208,8 +223,9 @@ def test_bf16_training_run_learns_and_records_its_precision(tmp_path):
     accs = {}
     for p in ("32", "bf16"):
         out = tmp_path / p
-        result = CliRunner().invoke(main, ["train", "A784-S100-S10", "--quick", "--epochs", "2", "--precision", p,
-                                           "--out", str(out)])
+        result = CliRunner().invoke(
+            main, ["train", "A784-S100-S10", "--quick", "--epochs", "2", "--precision", p, "--out", str(out)]
+        )
         assert result.exit_code == 0, result.output
         row = json.loads((out / "results.json").read_text())["rows"][0]
         assert row["settings"]["precision"] == p
@@ -217,22 +233,26 @@ def test_bf16_training_run_learns_and_records_its_precision(tmp_path):
     assert min(accs.values()) > 0.8 and abs(accs["32"] - accs["bf16"]) < 0.03
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or __import__("importlib.util").util.find_spec("cupy") is None,
-                    reason="needs a CUDA device and cupy: float16 with a GradScaler is CUDA only")
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or __import__("importlib.util").util.find_spec("cupy") is None,
+    reason="needs a CUDA device and cupy: float16 with a GradScaler is CUDA only",
+)
 def test_cuda_float16_autocast_with_grad_scaler_on_the_cupy_backend():
     """``--precision 16`` on CUDA: under float16 autocast the cupy network gives the torch
     backend's spike counts bit for bit (both neurons widen the half currents to float32),
     its GradScaler makes the same decisions (a step skipped on overflow halves the scale
     and leaves the weights alone) and the step it takes moves the weights alike."""
-    from hnn_bridge.backends import copy_weights
-
     from helpers import rel_err
+
+    from hnn_bridge.backends import copy_weights
 
     gen = torch.Generator().manual_seed(0)
     x = (torch.rand(32, 1, 8, 8, generator=gen) * 3.0).cuda()
     y = torch.randint(0, 10, (32,), generator=gen).cuda()
-    models = {b: hb.build("A64-S48-S10", backend=b, input_shape=(1, 8, 8), steps=8).cuda()
-              for b in ("spikingjelly", "spikingjelly-cupy")}
+    models = {
+        b: hb.build("A64-S48-S10", backend=b, input_shape=(1, 8, 8), steps=8).cuda()
+        for b in ("spikingjelly", "spikingjelly-cupy")
+    }
     copy_weights(models["spikingjelly"], models["spikingjelly-cupy"])
     before = [p.detach().clone() for p in models["spikingjelly"].parameters()]
     results = []

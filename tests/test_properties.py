@@ -22,22 +22,25 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-from hnn_bridge import IIRNeuron, IIRParams
 from hnn_bridge.adapters.cupy_kernels import compile_c_kernels
 from hnn_bridge.adapters.snntorch import IIRLeaky
 from hnn_bridge.adapters.spikingjelly import IIRNode
-from hnn_bridge.functional import Coefficients, IIRState, iir_multistep, iir_multistep_reference, iir_spikes
-
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from iir_reference import Neuron, exact_hits, hit_threshold, random_hits, run
 
-settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("mutation", max_examples=25, deadline=None, derandomize=True,
-                          suppress_health_check=[HealthCheck.too_slow])  # tools/mutate.py
-settings.register_profile("thorough", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+from hnn_bridge import IIRNeuron, IIRParams
+from hnn_bridge.functional import Coefficients, IIRState, iir_multistep, iir_multistep_reference, iir_spikes
+
+settings.register_profile(
+    "ci", max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "mutation", max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)  # tools/mutate.py
+settings.register_profile(
+    "thorough", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 BELOW_ONE = math.nextafter(1.0, 0.0)
@@ -51,9 +54,16 @@ def neurons(draw) -> Neuron:
     tau_m, tau_s = draw(taus), draw(taus)
     if synapse == "dual_exp" and tau_m == tau_s:
         tau_s = tau_m * 2.0
-    return Neuron(synapse=synapse, tau_m=tau_m, tau_s=tau_s, lam=draw(decays), theta=draw(decays),
-                  v_threshold=draw(st.one_of(st.sampled_from([1.0, 0.9, 0.25]), st.floats(0.05, 4.0))),
-                  sigma=draw(st.floats(0.05, 2.0)), detach_reset=draw(st.booleans()))
+    return Neuron(
+        synapse=synapse,
+        tau_m=tau_m,
+        tau_s=tau_s,
+        lam=draw(decays),
+        theta=draw(decays),
+        v_threshold=draw(st.one_of(st.sampled_from([1.0, 0.9, 0.25]), st.floats(0.05, 4.0))),
+        sigma=draw(st.floats(0.05, 2.0)),
+        detach_reset=draw(st.booleans()),
+    )
 
 
 @st.composite
@@ -65,8 +75,10 @@ def inputs(draw, dtype: torch.dtype):
     seed = draw(st.integers(0, 2**31 - 1))
     scale, shift = draw(st.sampled_from([(1.0, 0.3), (3.0, 0.5), (0.5, 0.9)]))
     gen = torch.Generator().manual_seed(seed)
-    x = (torch.randn(steps, *shape, generator=gen, dtype=torch.float64) * scale * n.v_threshold
-         + shift * n.v_threshold).to(dtype)
+    x = (
+        torch.randn(steps, *shape, generator=gen, dtype=torch.float64) * scale * n.v_threshold
+        + shift * n.v_threshold
+    ).to(dtype)
     x = hit_threshold(x, n, random_hits(x.shape, draw(st.sampled_from([0.0, 0.2, 0.5])), gen))
     return n, x, seed
 
@@ -167,8 +179,11 @@ def test_c_build_of_the_cuda_kernel_equals_the_reference(c_kernels, case):
     k = Coefficients.of(IIRParams(**n.kwargs))
     for start in (None, state):
         spikes, volts, final = run(x, n, start)
-        c_out = c_kernels.forward(np.ascontiguousarray(x.numpy()), k,
-                                  (None,) * 5 if start is None else tuple(s.numpy() for s in start))
+        c_out = c_kernels.forward(
+            np.ascontiguousarray(x.numpy()),
+            k,
+            (None,) * 5 if start is None else tuple(s.numpy() for s in start),
+        )
         np.testing.assert_array_equal(c_out[0], spikes.numpy())
         np.testing.assert_array_equal(c_out[1], volts.numpy())
         for c, r in zip(c_out[2:], final[:3]):
@@ -188,7 +203,9 @@ def test_float64_gradients_equal_the_reference(case, with_state):
     sr = None if init is None else [s.clone().requires_grad_() for s in init]
     sc = None if init is None else [s.clone().requires_grad_() for s in init]
     spikes, volts, final = run(xr, n, sr)
-    c_spikes, c_volts, c_final = iir_multistep(xc, IIRParams(**n.kwargs), None if sc is None else IIRState(*sc))
+    c_spikes, c_volts, c_final = iir_multistep(
+        xc, IIRParams(**n.kwargs), None if sc is None else IIRState(*sc)
+    )
     assert torch.equal(c_spikes, spikes.detach()) and torch.equal(c_volts, volts.detach())
     outs_r, outs_c = (spikes, volts, *final[:3]), (c_spikes, c_volts, *c_final[:3])
     weights = [torch.randn(o.shape, generator=gen, dtype=torch.float64) for o in outs_r]

@@ -33,7 +33,12 @@ def test_readme_is_short_and_has_no_python_to_rot():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     assert len(text.splitlines()) <= 80
     assert readme_blocks("python") == []
-    assert [h for h in re.findall(r"^## (.*)$", text, flags=re.M)] == ["Install", "Run", "Test", "Documentation"]
+    assert [h for h in re.findall(r"^## (.*)$", text, flags=re.M)] == [
+        "Install",
+        "Run",
+        "Test",
+        "Documentation",
+    ]
 
 
 def test_readme_commands_are_the_ones_ci_runs():
@@ -41,13 +46,17 @@ def test_readme_commands_are_the_ones_ci_runs():
     README's test command, word for word."""
     install, run, test = readme_blocks()
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
-    assert install == ("python3 -m venv .venv && .venv/bin/pip install torch==2.14.1 torchvision==0.29.1 "
-                       "-e '.[test]'")
+    assert install == (
+        "python3 -m venv .venv && .venv/bin/pip install torch==2.14.1 torchvision==0.29.1 -e '.[test]'"
+    )
     venv, pip = install.split(" && ")
     assert venv in ci
     pip_words = shlex.split(pip)
-    (ci_pip,) = [shlex.split(line.removeprefix("if ! "))[:len(pip_words) + 1] for line in ci
-                 if ".venv/bin/pip install" in line and "torch==" in line]
+    (ci_pip,) = [
+        shlex.split(line.removeprefix("if ! "))[: len(pip_words) + 1]
+        for line in ci
+        if ".venv/bin/pip install" in line and "torch==" in line
+    ]
     assert [w for w in ci_pip if not w.startswith("--disable")] == [*pip_words[:-1], ".[test,docs]"]
     assert ci[-1] == test == ".venv/bin/python -m pytest -q"
     assert run == ".venv/bin/hnn-bridge recipe table3a --quick"
@@ -59,7 +68,7 @@ def test_readme_run_command_names_a_shipped_recipe_with_a_quick_profile():
     argv = shlex.split(readme_blocks()[1])
     assert argv[1:3] == ["recipe", "table3a"] and "table3a" in list_recipes()
     quick = load_recipe("table3a").configure(quick=True)
-    assert quick.rows[0].settings.dataset == "mnist-5k"      # offline: the embedded digits
+    assert quick.rows[0].settings.dataset == "mnist-5k"  # offline: the embedded digits
 
 
 def test_readme_links_lead_to_files_of_the_repository():
@@ -100,9 +109,10 @@ def _binary(t) -> bool:
 def _core_pass(net, x_seq):
     """`net` (multi-step, SpikingJelly or time-first layers) with every IIR neuron replaced
     by `hb.IIRNeuron` of the same settings, in float64."""
-    from hnn_bridge import IIRNeuron
     from hnn_bridge.adapters.snntorch import IIRLeaky
     from hnn_bridge.adapters.spikingjelly import IIRNode
+
+    from hnn_bridge import IIRNeuron
 
     h = x_seq
     for module in net:

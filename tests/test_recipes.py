@@ -103,8 +103,9 @@ def test_table_rows_match_the_paper() -> None:
 
 
 def test_precedence_defaults_row_quick_cli(tmp_path: Path) -> None:
-    path = write(tmp_path, TINY.replace('paper = 90.0', 'paper = 90.0\nsteps = 6\nlr = 0.5')
-                 + '\n[quick]\nsteps = 2\n')
+    path = write(
+        tmp_path, TINY.replace("paper = 90.0", "paper = 90.0\nsteps = 6\nlr = 0.5") + "\n[quick]\nsteps = 2\n"
+    )
     recipe = load_recipe(path)
     assert recipe.rows[0].settings.steps == 6 and recipe.rows[0].settings.lr == 0.5
     assert recipe.configure(quick=True).rows[0].settings.steps == 2
@@ -114,9 +115,11 @@ def test_precedence_defaults_row_quick_cli(tmp_path: Path) -> None:
 def test_a_row_key_that_the_profile_replaces_is_named(tmp_path: Path) -> None:
     """The profile takes precedence over a row (above), so a row's own value is not used
     there; `shadowed` names it (an ablation row once ran its control again this way)."""
-    path = write(tmp_path, TINY.replace('paper = 90.0', 'paper = 90.0\nsteps = 6\nlr = 0.5\n'
-                                        'neuron = { v_threshold = 0.5 }')
-                 + '\n[quick]\nsteps = 2\nlr = 0.5\nneuron = { v_threshold = 0.8 }\n')
+    path = write(
+        tmp_path,
+        TINY.replace("paper = 90.0", "paper = 90.0\nsteps = 6\nlr = 0.5\nneuron = { v_threshold = 0.5 }")
+        + "\n[quick]\nsteps = 2\nlr = 0.5\nneuron = { v_threshold = 0.8 }\n",
+    )
     recipe = load_recipe(path)
     assert recipe.configure().shadowed() == []
     assert recipe.configure(quick=True).shadowed() == [
@@ -125,7 +128,8 @@ def test_a_row_key_that_the_profile_replaces_is_named(tmp_path: Path) -> None:
     ]
     # the same value (lr) is no conflict; a key of the command line overrides both
     assert recipe.configure(quick=True, overrides={"steps": 3}).shadowed() == [
-        "row 1 (A784-A32-S10): neuron.v_threshold = 0.5 of the row is replaced by the [quick] profile's 0.8"]
+        "row 1 (A784-A32-S10): neuron.v_threshold = 0.5 of the row is replaced by the [quick] profile's 0.8"
+    ]
 
 
 def test_al_share() -> None:
@@ -134,12 +138,14 @@ def test_al_share() -> None:
 
 
 def test_unknown_recipe_name() -> None:
-    with pytest.raises(RecipeError, match=r"unknown recipe 'table9'; shipped recipes: sec4_2, table1a.*--list"):
+    with pytest.raises(
+        RecipeError, match=r"unknown recipe 'table9'; shipped recipes: sec4_2, table1a.*--list"
+    ):
         load_recipe("table9")
 
 
 def test_bad_toml_names_the_file(tmp_path: Path) -> None:
-    path = write(tmp_path, TINY.replace('coder = "duplicate"', 'coder = duplicate'))
+    path = write(tmp_path, TINY.replace('coder = "duplicate"', "coder = duplicate"))
     with pytest.raises(RecipeError, match=rf"^{path}: invalid TOML: Invalid value \(at line 12, column 9\)"):
         load_recipe(path)
 
@@ -147,25 +153,63 @@ def test_bad_toml_names_the_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "old, new, message",
     [
-        ("epochs = 1", "epochs = 1\nepohcs = 2", r": \[defaults\]: key 'epohcs': unknown key; known keys: dataset"),
-        ('paper = 90.0', 'paper = 90.0\nbogus = 1', r": row 1 \(A784-A32-S10\): key 'bogus': unknown key"),
-        ('paper = 90.0', 'paper = 90.0\nneuron = { tau = 2.0 }',
-         r": row 1 \(A784-A32-S10\): key 'neuron.tau': unknown neuron setting; known: detach_reset"),
+        (
+            "epochs = 1",
+            "epochs = 1\nepohcs = 2",
+            r": \[defaults\]: key 'epohcs': unknown key; known keys: dataset",
+        ),
+        ("paper = 90.0", "paper = 90.0\nbogus = 1", r": row 1 \(A784-A32-S10\): key 'bogus': unknown key"),
+        (
+            "paper = 90.0",
+            "paper = 90.0\nneuron = { tau = 2.0 }",
+            r": row 1 \(A784-A32-S10\): key 'neuron.tau': unknown neuron setting; known: detach_reset",
+        ),
         ("epochs = 1", "epochs = 0", r": \[defaults\]: key 'epochs': must be >= 1, got 0"),
         ("epochs = 1", 'epochs = "ten"', r": \[defaults\]: key 'epochs': expected an integer, got 'ten'"),
         ('coder = "duplicate"', 'coder = "morse"', r": row 1 \(A784-A32-S10\): key 'coder': expected one of"),
-        ('training = "separate"', 'training = "both"', r"row 1 \(A784-A32-S10\): key 'training': expected one of"),
-        ('arch = "A784-A32-S10"', 'arch = "A784-X32-S10"', r"row 1 \(A784-X32-S10\): key 'arch': unknown layer token 'X32'"),
-        ('arch = "A784-A32-S10"\n', '', r"row 1: key 'arch': missing"),
+        (
+            'training = "separate"',
+            'training = "both"',
+            r"row 1 \(A784-A32-S10\): key 'training': expected one of",
+        ),
+        (
+            'arch = "A784-A32-S10"',
+            'arch = "A784-X32-S10"',
+            r"row 1 \(A784-X32-S10\): key 'arch': unknown layer token 'X32'",
+        ),
+        ('arch = "A784-A32-S10"\n', "", r"row 1: key 'arch': missing"),
         ('name = "tiny"', 'name = "tiny"\nauthor = "me"', r": \[recipe\]: key 'author': unknown key"),
-        ('dataset = "mnist"', 'dataset = "imagenet"', r": \[recipe\]: key 'dataset': expected one of 'mnist'"),
-        ("steps = 4", "steps = 4\n[defaults.neuron]\nsigma = -1.0", r": \[defaults\]: key 'neuron': IIR neuron: sigma"),
+        (
+            'dataset = "mnist"',
+            'dataset = "imagenet"',
+            r": \[recipe\]: key 'dataset': expected one of 'mnist'",
+        ),
+        (
+            "steps = 4",
+            "steps = 4\n[defaults.neuron]\nsigma = -1.0",
+            r": \[defaults\]: key 'neuron': IIR neuron: sigma",
+        ),
         ("paper = 90.0", "paper = 190.0", r"key 'paper': must be in \[0, 100\]"),
-        ("epochs = 1", "epochs = 1\ninit_rate = 1.0", r": \[defaults\]: key 'init_rate': must be in \[0, 1\)"),
-        ("epochs = 1", "epochs = 1\nlogit_scale = 0", r": \[defaults\]: key 'logit_scale': must be in \(0, 100\], got 0"),
-        ("epochs = 1", "epochs = 1\ngaussian_sigma0 = -0.1", r": \[defaults\]: key 'gaussian_sigma0': must be in \[0, 100\]"),
-        ("epochs = 1", 'epochs = 1\naugment = "flip"',
-         r": \[defaults\]: key 'augment': expected one of 'none', 'crop-rotate', got 'flip'"),
+        (
+            "epochs = 1",
+            "epochs = 1\ninit_rate = 1.0",
+            r": \[defaults\]: key 'init_rate': must be in \[0, 1\)",
+        ),
+        (
+            "epochs = 1",
+            "epochs = 1\nlogit_scale = 0",
+            r": \[defaults\]: key 'logit_scale': must be in \(0, 100\], got 0",
+        ),
+        (
+            "epochs = 1",
+            "epochs = 1\ngaussian_sigma0 = -0.1",
+            r": \[defaults\]: key 'gaussian_sigma0': must be in \[0, 100\]",
+        ),
+        (
+            "epochs = 1",
+            'epochs = 1\naugment = "flip"',
+            r": \[defaults\]: key 'augment': expected one of 'none', 'crop-rotate', got 'flip'",
+        ),
     ],
 )
 def test_bad_keys_name_file_row_and_key(tmp_path: Path, old: str, new: str, message: str) -> None:
@@ -183,24 +227,47 @@ def test_a_recipe_takes_every_augmentation(tmp_path: Path, name: str) -> None:
 
 
 def test_duplicate_labels(tmp_path: Path) -> None:
-    path = write(tmp_path, TINY + TINY[TINY.index("[[rows]]"):])
-    with pytest.raises(RecipeError, match=r"row 2 \(A784-A32-S10\): key 'label': label 'A784-A32-S10' is already used"):
+    path = write(tmp_path, TINY + TINY[TINY.index("[[rows]]") :])
+    with pytest.raises(
+        RecipeError, match=r"row 2 \(A784-A32-S10\): key 'label': label 'A784-A32-S10' is already used"
+    ):
         load_recipe(path)
 
 
 @pytest.mark.parametrize(
     "arch, coder, training, message",
     [
-        ("A784-A32-S10", "gaussian", "separate",
-         r"row 2 \(A784-A32-S10\): keys 'coder' = 'gaussian', 'training' = 'separate': impossible row: gaussian"),
-        ("A784-A32-S10", "poisson", "simultaneous", r"row 2 .*'training' = 'simultaneous': impossible row: poisson"),
+        (
+            "A784-A32-S10",
+            "gaussian",
+            "separate",
+            r"row 2 \(A784-A32-S10\): keys 'coder' = 'gaussian', 'training' = 'separate': "
+            r"impossible row: gaussian",
+        ),
+        (
+            "A784-A32-S10",
+            "poisson",
+            "simultaneous",
+            r"row 2 .*'training' = 'simultaneous': impossible row: poisson",
+        ),
         ("A784-A32-A10", "duplicate", "simultaneous", r"row 2 .*impossible row: .*all artificial"),
-        ("A784-A32-S7", "duplicate", "simultaneous", r"row 2 \(A784-A32-S7\): key 'arch': the output layer 'S7' has 7"),
-        ("A100-S10", "duplicate", "simultaneous", r"row 2 \(A100-S10\): key 'arch': input layer 'A100' has 100 units"),
+        (
+            "A784-A32-S7",
+            "duplicate",
+            "simultaneous",
+            r"row 2 \(A784-A32-S7\): key 'arch': the output layer 'S7' has 7",
+        ),
+        (
+            "A100-S10",
+            "duplicate",
+            "simultaneous",
+            r"row 2 \(A100-S10\): key 'arch': input layer 'A100' has 100 units",
+        ),
     ],
 )
-def test_impossible_rows_fail_before_training(tmp_path: Path, arch: str, coder: str, training: str,
-                                              message: str) -> None:
+def test_impossible_rows_fail_before_training(
+    tmp_path: Path, arch: str, coder: str, training: str, message: str
+) -> None:
     bad = f'\n[[rows]]\narch = "{arch}"\ncoder = "{coder}"\ntraining = "{training}"\nlabel = "bad"\n'
     path = write(tmp_path, TINY + bad)
     recipe = load_recipe(path)  # parses: the keys are all known
@@ -242,9 +309,15 @@ def test_cli_list() -> None:
     "args, message",
     [
         (["recipe", "table9"], "Error: unknown recipe 'table9'; shipped recipes:"),
-        (["recipe", "table1a", "--rows", "9"], "Error: --rows: row 9 does not exist; the recipe has rows 1..6"),
+        (
+            ["recipe", "table1a", "--rows", "9"],
+            "Error: --rows: row 9 does not exist; the recipe has rows 1..6",
+        ),
         (["recipe"], "give a recipe NAME or PATH"),
-        (["recipe", "table1a", "--backend", "nope"], "command-line overrides: key 'backend': expected one of"),
+        (
+            ["recipe", "table1a", "--backend", "nope"],
+            "command-line overrides: key 'backend': expected one of",
+        ),
         (["recipe", "table1a", "--device", "tpu"], "'tpu'"),
     ],
 )
@@ -269,13 +342,25 @@ def test_profile_cpu_on_the_command_line() -> None:
     runner = CliRunner()
     mnist = runner.invoke(main, ["recipe", "table1a", "--profile", "cpu"])
     assert mnist.exit_code == 1
-    assert ("recipe 'table1a' has no [cpu] profile (only the CIFAR-10 tables need one: the MNIST tables run at "
-            "the paper's budget on a CPU); use the full budget or --quick") in mnist.output
+    assert (
+        "recipe 'table1a' has no [cpu] profile (only the CIFAR-10 tables need one: the MNIST tables run at "
+        "the paper's budget on a CPU); use the full budget or --quick"
+    ) in mnist.output
     both = runner.invoke(main, ["recipe", "table1b", "--quick", "--profile", "cpu"])
-    assert both.exit_code == 2 and "--quick is --profile quick; it cannot be combined with --profile cpu" in both.output
+    assert (
+        both.exit_code == 2
+        and "--quick is --profile quick; it cannot be combined with --profile cpu" in both.output
+    )
     cpu = load_recipe("table1b").configure(profile="cpu")
     s = cpu.rows[0].settings
-    assert (cpu.profile, s.subset, s.epochs, s.steps, s.batch_size, s.lr_milestones) == ("cpu", 10000, 4, 16, 32, (3,))
+    assert (cpu.profile, s.subset, s.epochs, s.steps, s.batch_size, s.lr_milestones) == (
+        "cpu",
+        10000,
+        4,
+        16,
+        32,
+        (3,),
+    )
     assert s.logit_scale == 0.125
     for table in ("table1b", "table2b", "table3b"):  # docs/notes/lab-notebook.md, "The loss scale at T = 25"
         for profile, scale in (("full", 0.125), ("cpu", 0.125), ("quick", 0.5)):

@@ -23,34 +23,107 @@ from hnn_bridge.training.loop import TIE_RULE
 
 
 def seed(acc: float, **kw) -> dict:
-    base = {"seed_index": 0, "seed": 1, "status": "ok", "error": None, "test_acc": acc, "test_acc_argmax": acc + 0.01,
-            "test_tie_rate": 0.02, "test_silent_rate": 0.01, "best_epoch": 4, "best_val_acc": acc, "epochs": 5,
-            "epochs_run": 5, "wall_s": 30.0, "pretrain": None, "checkpoint": None, "job": "j", "reused": False,
-            "macs": 397_000.0, "acs": 1_000_000.0, "energy_uj": 397_000 * 4.6e-6 + 1_000_000 * 0.9e-6}
+    base = {
+        "seed_index": 0,
+        "seed": 1,
+        "status": "ok",
+        "error": None,
+        "test_acc": acc,
+        "test_acc_argmax": acc + 0.01,
+        "test_tie_rate": 0.02,
+        "test_silent_rate": 0.01,
+        "best_epoch": 4,
+        "best_val_acc": acc,
+        "epochs": 5,
+        "epochs_run": 5,
+        "wall_s": 30.0,
+        "pretrain": None,
+        "checkpoint": None,
+        "job": "j",
+        "reused": False,
+        "macs": 397_000.0,
+        "acs": 1_000_000.0,
+        "energy_uj": 397_000 * 4.6e-6 + 1_000_000 * 0.9e-6,
+    }
     return {**base, **kw}
 
 
-def row(index: int, arch: str, coder: str | None, training: str, paper: float | None, seeds: list, share: float,
-        status: str = "ok") -> dict:
-    return {"row": index, "label": arch, "arch": arch, "coder": coder, "training": training, "paper": paper,
-            "al_share": share, "note": "", "seeds": seeds, "status": status,
-            "settings": {"dataset": "mnist", "epochs": 5, "steps": 10, "batch_size": 64, "lr": 1e-4,
-                         "lr_milestones": [50], "lr_gamma": 0.1, "dropout": 0.3, "input_mode": "direct"}}
+def row(
+    index: int,
+    arch: str,
+    coder: str | None,
+    training: str,
+    paper: float | None,
+    seeds: list,
+    share: float,
+    status: str = "ok",
+) -> dict:
+    return {
+        "row": index,
+        "label": arch,
+        "arch": arch,
+        "coder": coder,
+        "training": training,
+        "paper": paper,
+        "al_share": share,
+        "note": "",
+        "seeds": seeds,
+        "status": status,
+        "settings": {
+            "dataset": "mnist",
+            "epochs": 5,
+            "steps": 10,
+            "batch_size": 64,
+            "lr": 1e-4,
+            "lr_milestones": [50],
+            "lr_gamma": 0.1,
+            "dropout": 0.3,
+            "input_mode": "direct",
+        },
+    }
 
 
 @pytest.fixture
 def results() -> dict:
     return {
         "format": "hnn-bridge-results/1",
-        "recipe": {"name": "table1a", "title": "MLPs with duplicate coding on MNIST", "paper_table": "Table 1(a)",
-                   "dataset": "mnist", "source": "recipes/table1a.toml"},
-        "profile": "full", "overrides": {"epochs": 5}, "seeds": 2, "device": "cpu", "data": ["mnist (70000 images)"],
-        "tie_rule": TIE_RULE, "finished": True, "rows": [
-            row(1, "S784-S500-S10", "duplicate", "simultaneous", 98.13,
-                [seed(0.97), seed(0.98, seed_index=1)], 0.0),
-            row(2, "A784-A500-S10", "duplicate", "separate", 99.17,
-                [seed(0.5, status="failed", error="non-finite training loss (nan) in epoch 2, batch 3"),
-                 seed(0.98, seed_index=1)], 2 / 3, status="failed"),
+        "recipe": {
+            "name": "table1a",
+            "title": "MLPs with duplicate coding on MNIST",
+            "paper_table": "Table 1(a)",
+            "dataset": "mnist",
+            "source": "recipes/table1a.toml",
+        },
+        "profile": "full",
+        "overrides": {"epochs": 5},
+        "seeds": 2,
+        "device": "cpu",
+        "data": ["mnist (70000 images)"],
+        "tie_rule": TIE_RULE,
+        "finished": True,
+        "rows": [
+            row(
+                1,
+                "S784-S500-S10",
+                "duplicate",
+                "simultaneous",
+                98.13,
+                [seed(0.97), seed(0.98, seed_index=1)],
+                0.0,
+            ),
+            row(
+                2,
+                "A784-A500-S10",
+                "duplicate",
+                "separate",
+                99.17,
+                [
+                    seed(0.5, status="failed", error="non-finite training loss (nan) in epoch 2, batch 3"),
+                    seed(0.98, seed_index=1),
+                ],
+                2 / 3,
+                status="failed",
+            ),
             row(3, "A784-A500-A10", None, "simultaneous", 98.23, [seed(0.981)], 1.0, status="pending"),
             row(4, "A784-S500-S10", "duplicate", "simultaneous", None, [], 1 / 3, status="pending"),
         ],
@@ -71,14 +144,24 @@ def test_render_table(results: dict) -> None:
     assert text.startswith("## Table 1(a): MLPs with duplicate coding on MNIST\n")
     assert "profile full, overrides epochs=5" in text
     assert "Budget: dataset mnist, 5 epochs, T = 10, batch 64, Adam lr 0.0001, x0.1 at epochs 50" in text
-    assert ("| 1 | S784-S500-S10 | duplicate | simultaneous | 97.50 ± 0.71 | 98.13 | -0.63 | 98.50 | 2.00% | "
-            "0.397 | 1 | 2.726 | 5 (4,4) | 1m00s |") in text
-    assert "| 2 | A784-A500-S10 | duplicate | separate | failed: non-finite training loss (nan) in epoch 2" in text
+    assert (
+        "| 1 | S784-S500-S10 | duplicate | simultaneous | 97.50 ± 0.71 | 98.13 | -0.63 | 98.50 | 2.00% | "
+        "0.397 | 1 | 2.726 | 5 (4,4) | 1m00s |"
+    ) in text
+    assert (
+        "| 2 | A784-A500-S10 | duplicate | separate | failed: non-finite training loss (nan) in epoch 2"
+        in text
+    )
     assert "| 3 | A784-A500-A10 | none | simultaneous | 98.10 ± 0.00 (1/2 seeds) | 98.23 | -0.13 |" in text
-    assert "| 4 | A784-S500-S10 | duplicate | simultaneous | pending | – | – | – | – | – | – | – | – |" in text
+    assert (
+        "| 4 | A784-S500-S10 | duplicate | simultaneous | pending | – | – | – | – | – | – | – | – |" in text
+    )
     assert "energy at 45 nm, float32: 4.6 pJ per MAC, 0.9 pJ per AC" in text
     assert "mean ± sample standard deviation over 2 seed(s)" in text
-    assert "Tie rule: Accuracy counts a prediction as correct only when the true class has the unique highest" in text
+    assert (
+        "Tie rule: Accuracy counts a prediction as correct only when the true class has the unique highest"
+        in text
+    )
 
 
 def test_csv(results: dict) -> None:
@@ -95,7 +178,14 @@ def test_plots_are_pngs(results: dict) -> None:
 
 def test_write_report_and_load(results: dict, tmp_path: Path) -> None:
     paths = write_report(tmp_path, results)
-    assert sorted(p.name for p in paths.values()) == ["accuracy.png", "energy.png", "rates.png", "results.csv", "results.json", "table.md"]
+    assert sorted(p.name for p in paths.values()) == [
+        "accuracy.png",
+        "energy.png",
+        "rates.png",
+        "results.csv",
+        "results.json",
+        "table.md",
+    ]
     assert load_results(tmp_path) == json.loads(json.dumps(results))
     assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in paths.values())  # no temporary files left
     with pytest.raises(FileNotFoundError, match="no results.json"):
@@ -124,10 +214,22 @@ def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path: Path, monkey
 
 def test_render_table_names_the_best_test_epoch_when_every_epoch_was_scored(results: dict) -> None:
     seed = results["rows"][0]["seeds"][0]
-    text = render_table({**results, "rows": [{**results["rows"][0], "seeds": [
-        {**seed, "best_test_epoch": 3, "best_test_acc_argmax": 0.9912}]}]})
-    assert (f"- row 1 seed {seed.get('seed_index', 0)}: best *test* epoch 3 (99.12% argmax; every epoch was scored on "
-            "test, as Fang et al.'s code reports; the table shows the best-validation epoch).") in text
+    text = render_table(
+        {
+            **results,
+            "rows": [
+                {
+                    **results["rows"][0],
+                    "seeds": [{**seed, "best_test_epoch": 3, "best_test_acc_argmax": 0.9912}],
+                }
+            ],
+        }
+    )
+    assert (
+        f"- row 1 seed {seed.get('seed_index', 0)}: best *test* epoch 3 (99.12% argmax; every epoch was "
+        "scored on "
+        "test, as Fang et al.'s code reports; the table shows the best-validation epoch)."
+    ) in text
 
 
 def test_render_table_says_which_rows_were_read_back_not_trained(results: dict) -> None:
@@ -136,6 +238,8 @@ def test_render_table_says_which_rows_were_read_back_not_trained(results: dict) 
     results["rows"][0]["seeds"][1]["reused"] = True
     results["rows"][0]["seeds"][1]["job"] = "r01-S784-S500-S10-duplicate-simultaneous-s1"
     text = render_table(results)
-    assert ("- row 1 seed 1 was read back finished from r01-S784-S500-S10-duplicate-simultaneous-s1.json in the "
-            "checkpoints folder, not trained by this invocation (same settings; wall is that training's).") in text
+    assert (
+        "- row 1 seed 1 was read back finished from r01-S784-S500-S10-duplicate-simultaneous-s1.json in the "
+        "checkpoints folder, not trained by this invocation (same settings; wall is that training's)."
+    ) in text
     assert "row 1 seed 0 was read back" not in text

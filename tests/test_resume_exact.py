@@ -36,10 +36,17 @@ def _train(model: nn.Module, train: Any, val: Any, *, epochs: int, lr: float, **
     try:
         from hnn_bridge.training.loop import TrainOptions  # type: ignore[attr-defined]
     except ImportError:
-        return train_model(model, list(model.parameters()), train, val, epochs=epochs, lr=lr,
-                           lr_milestones=milestones, **kw)
-    return train_model(model, list(model.parameters()), train, val,
-                       TrainOptions(epochs=epochs, lr=lr, lr_milestones=milestones), **kw)
+        return train_model(
+            model, list(model.parameters()), train, val, epochs=epochs, lr=lr, lr_milestones=milestones, **kw
+        )
+    return train_model(
+        model,
+        list(model.parameters()),
+        train,
+        val,
+        TrainOptions(epochs=epochs, lr=lr, lr_milestones=milestones),
+        **kw,
+    )
 
 
 # ----------------------------------------------------------------------------- bookkeeping
@@ -73,14 +80,21 @@ class Rows:
     def epoch_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(len(self.y), generator=torch.Generator().manual_seed(100 + epoch))
         for i in range(0, len(order), self.batch):
-            yield self.x[order[i:i + self.batch]], self.y[order[i:i + self.batch]]
+            yield self.x[order[i : i + self.batch]], self.y[order[i : i + self.batch]]
 
 
 # (counts of 5 classes over T = 4 steps, label): right, wrong, tied, silent, saturated
 ROWS = [
-    ([3, 1, 0, 0, 0], 0), ([0, 0, 4, 1, 0], 2), ([1, 2, 0, 0, 0], 1), ([2, 0, 0, 1, 0], 3),
-    ([2, 2, 0, 0, 0], 0), ([0, 0, 0, 0, 0], 0), ([0, 0, 0, 0, 0], 3), ([0, 3, 3, 0, 0], 2),
-    ([0, 0, 1, 4, 0], 3), ([1, 0, 0, 0, 0], 0),
+    ([3, 1, 0, 0, 0], 0),
+    ([0, 0, 4, 1, 0], 2),
+    ([1, 2, 0, 0, 0], 1),
+    ([2, 0, 0, 1, 0], 3),
+    ([2, 2, 0, 0, 0], 0),
+    ([0, 0, 0, 0, 0], 0),
+    ([0, 0, 0, 0, 0], 3),
+    ([0, 3, 3, 0, 0], 2),
+    ([0, 0, 1, 4, 0], 3),
+    ([1, 0, 0, 0, 0], 0),
 ]
 SATURATED = ([4, 4, 4, 4, 4], 1)
 
@@ -145,13 +159,26 @@ def test_a_resumed_run_continues_the_epoch_numbers_and_the_wall_time() -> None:
     x = torch.tensor([r for r, _ in ROWS], dtype=torch.float32)
     y = torch.tensor([label for _, label in ROWS])
     saved: list[dict[str, Any]] = []
-    _train(CountsAreTheInput(), Rows(x, y, 3), Rows(x, y, 5), epochs=3, lr=0.0,
-           on_epoch=lambda s: saved.append(copy.deepcopy(s)))
+    _train(
+        CountsAreTheInput(),
+        Rows(x, y, 3),
+        Rows(x, y, 5),
+        epochs=3,
+        lr=0.0,
+        on_epoch=lambda s: saved.append(copy.deepcopy(s)),
+    )
     first = saved[0]
     assert first["wall_s"] == pytest.approx(first["log"][0]["seconds"], rel=0, abs=1e-9)
     progress = Recorder()
-    state = _train(CountsAreTheInput(), Rows(x, y, 3), Rows(x, y, 5), epochs=3, lr=0.0, progress=progress,
-                   state=copy.deepcopy(first))
+    state = _train(
+        CountsAreTheInput(),
+        Rows(x, y, 3),
+        Rows(x, y, 5),
+        epochs=3,
+        lr=0.0,
+        progress=progress,
+        state=copy.deepcopy(first),
+    )
     assert progress.epochs == [(2, 3, 4), (3, 3, 4)]
     assert [r["epoch"] for r in state["log"]] == [1, 2, 3]
     assert state["log"][0] == first["log"][0]
@@ -167,9 +194,11 @@ def digits() -> tuple[TensorBatches, TensorBatches, TensorBatches]:
     pick = split_622(ds.labels, seed=0, ratios=(300, len(ds) - 300, 0)).train
     images, labels = ds.images[pick], ds.labels[pick]
     split = split_622(labels, seed=0)
-    return (TensorBatches(images, labels, split.train, batch_size=32, seed=4),
-            TensorBatches(images, labels, split.val, batch_size=64, shuffle=False),
-            TensorBatches(images, labels, split.test, batch_size=64, shuffle=False))
+    return (
+        TensorBatches(images, labels, split.train, batch_size=32, seed=4),
+        TensorBatches(images, labels, split.val, batch_size=64, shuffle=False),
+        TensorBatches(images, labels, split.test, batch_size=64, shuffle=False),
+    )
 
 
 def _hybrid() -> nn.Module:
@@ -206,7 +235,10 @@ def test_resuming_after_every_epoch_equals_the_uninterrupted_run(digits) -> None
         resumed = _train(resumed_model, train, val, state=copy.deepcopy(saved[k - 1]), **kw)
         assert _without_seconds(resumed["log"]) == _without_seconds(log), k
         assert resumed["log"][:k] == saved[k - 1]["log"], k  # earlier epochs kept as they were logged
-        assert (resumed["epoch"], resumed["best_epoch"], resumed["best_val"]) == \
-            (straight["epoch"], straight["best_epoch"], straight["best_val"]), k
+        assert (resumed["epoch"], resumed["best_epoch"], resumed["best_val"]) == (
+            straight["epoch"],
+            straight["best_epoch"],
+            straight["best_val"],
+        ), k
         assert _same_weights(resumed["best_model"], straight["best_model"]), k
         assert _same_weights(resumed_model.state_dict(), final), k

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import TINY_RECIPE, one_thread  # noqa: F401  (one_thread: a fixture)
 from torch import nn
 
-from helpers import TINY_RECIPE, one_thread  # noqa: F401  (one_thread: a fixture)
 from hnn_bridge import build
 from hnn_bridge.builder import NORMS
 from hnn_bridge.cli import main
@@ -58,7 +58,11 @@ def test_norm_is_a_recipe_setting(tmp_path: Path):
     assert duplicate.settings.norm == gaussian.settings.norm == "batch"
 
     def norms(row):
-        return [type(m).__name__ for m in build_row(row).modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        return [
+            type(m).__name__
+            for m in build_row(row).modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        ]
 
     assert norms(duplicate) == ["BatchNorm1d", "BatchNorm1d"]  # after the A32 and the S10 weights
     assert norms(gaussian) == ["BatchNorm1d"]  # not on (mu, ln sigma), the Gaussian coder's input
@@ -75,7 +79,10 @@ def test_norm_none_keeps_the_fingerprints_of_older_runs(tmp_path: Path):
     assert "norm" not in job.fingerprint["settings"] and "norm" not in job.twin.fingerprint["settings"]
     batch = load_recipe(_recipe(tmp_path, TINY_RECIPE)).configure(overrides={"norm": "batch"}).rows[0]
     other = row_job(batch, 0)
-    assert other.fingerprint["settings"]["norm"] == "batch" and other.twin.fingerprint["settings"]["norm"] == "batch"
+    assert (
+        other.fingerprint["settings"]["norm"] == "batch"
+        and other.twin.fingerprint["settings"]["norm"] == "batch"
+    )
     assert other.twin.name != job.twin.name  # the pre-trained ANN with BN is another checkpoint
 
 
@@ -85,7 +92,15 @@ def test_gaussian_runs_made_when_dropout_also_hit_ln_sigma_retrain(tmp_path: Pat
     assert "gaussian_dropout" not in row_job(rows[0], 0).fingerprint  # duplicate rows keep theirs
     no_dropout = load_recipe(_recipe(tmp_path, TINY_RECIPE)).configure(overrides={"dropout": 0.0}).rows[1]
     assert "gaussian_dropout" not in row_job(no_dropout, 0).fingerprint  # nothing changed without dropout
-    head = load_recipe(_recipe(tmp_path, TINY_RECIPE.replace('arch = "A784-A32-S10"\nlabel', 'arch = "A784-S32-S10"\nlabel'))).configure().rows[1]
+    head = (
+        load_recipe(
+            _recipe(
+                tmp_path, TINY_RECIPE.replace('arch = "A784-A32-S10"\nlabel', 'arch = "A784-S32-S10"\nlabel')
+            )
+        )
+        .configure()
+        .rows[1]
+    )
     # no dropout after a head
     assert head.arch == "A784-S32-S10" and "gaussian_dropout" not in row_job(head, 0).fingerprint
 
@@ -114,31 +129,49 @@ def test_rates_in_epochs_csv_results_and_rates_png(tmp_path: Path):
     val = split_622(ds.labels[pick], seed=0).val
     with torch.no_grad():
         counts = model(images[val].float() / 255)
-    assert rates["3:S10"] == pytest.approx(float(counts.sum(dtype=torch.float64)) / (4 * 10 * len(val)), rel=1e-12)
+    assert rates["3:S10"] == pytest.approx(
+        float(counts.sum(dtype=torch.float64)) / (4 * 10 * len(val)), rel=1e-12
+    )
     png = (out / "rates.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
 
 
 def test_epoch_warnings_name_the_layer():
-    quiet = {"epoch": 3, "train_out_silent": 1.0, "train_out_saturated": 0.0,
-             "val_rates": {"2:S500": 0.0, "3:S10": 0.0}}
+    quiet = {
+        "epoch": 3,
+        "train_out_silent": 1.0,
+        "train_out_saturated": 0.0,
+        "val_rates": {"2:S500": 0.0, "3:S10": 0.0},
+    }
     assert epoch_warnings(quiet) == [
         "epoch 3: output layer 3:S10 was silent for the whole epoch (no spike for any training image, so no "
-        "gradient reaches the weights); try norm = \"batch\", a larger init_rate or lr",
+        'gradient reaches the weights); try norm = "batch", a larger init_rate or lr',
         "epoch 3: spiking layer 2:S500 did not fire on the validation set",
     ]
     loud = {"epoch": 1, "train_out_silent": 0.0, "train_out_saturated": 1.0, "val_rates": {"3:S10": 1.0}}
     assert epoch_warnings(loud) == [
-        "epoch 1: output layer 3:S10 fired at every step for every class on every training image of the epoch "
-        "(every prediction is a tie); try norm = \"batch\" or a smaller lr"]
-    assert epoch_warnings({"epoch": 1, "train_out_silent": 0.99, "train_out_saturated": 0.5,
-                           "val_rates": {"3:S10": 0.2}}) == []
+        "epoch 1: output layer 3:S10 fired at every step for every class on every training image of the "
+        "epoch "
+        '(every prediction is a tie); try norm = "batch" or a smaller lr'
+    ]
+    assert (
+        epoch_warnings(
+            {"epoch": 1, "train_out_silent": 0.99, "train_out_saturated": 0.5, "val_rates": {"3:S10": 0.2}}
+        )
+        == []
+    )
     assert epoch_warnings({"epoch": 1, "train_out_silent": None, "train_out_saturated": None}) == []  # an ANN
-    dead = {"epoch": 2, "train_out_silent": 0.104, "train_out_saturated": 0.0, "train_out_dead": [3, 7],
-            "val_rates": {"4:S10": 0.09}}
+    dead = {
+        "epoch": 2,
+        "train_out_silent": 0.104,
+        "train_out_saturated": 0.0,
+        "train_out_dead": [3, 7],
+        "val_rates": {"4:S10": 0.09},
+    }
     assert epoch_warnings(dead) == [
         "epoch 2: output layer 4:S10: the neuron of class(es) 3, 7 fired on no training image of the epoch "
-        "(never predicted, almost no surrogate gradient); try norm = \"batch\" or a larger init_rate"]
+        '(never predicted, almost no surrogate gradient); try norm = "batch" or a larger init_rate'
+    ]
     assert epoch_warnings({**quiet, "train_out_dead": list(range(10))}) == epoch_warnings(quiet)  # said once
 
 
@@ -147,8 +180,10 @@ def test_a_silent_output_is_reported_while_training_and_in_the_table(tmp_path: P
     out = tmp_path / "out"
     result = _cli("recipe", str(_recipe(tmp_path, text)), "--rows", "2", "--out", str(out))
     assert result.exit_code == 0, result.output
-    assert ("warning: row 2 gaussian seed 0: epoch 1: output layer 3:S10 was silent for the whole epoch"
-            in result.output)
+    assert (
+        "warning: row 2 gaussian seed 0: epoch 1: output layer 3:S10 was silent for the whole epoch"
+        in result.output
+    )
     assert "- row 2 seed 0: warning: epoch 1: output layer 3:S10 was silent" in (out / "table.md").read_text()
 
 
@@ -171,6 +206,9 @@ def test_weights_without_norm_do_not_load_into_a_network_with_norm():
     with pytest.raises(ValueError) as err:
         hb.copy_weights(plain, normed)
     assert str(err.value) == (
-        "copy_weights: the models do not match (only in the target: al.2.weight, al.2.bias, al.2.running_mean, "
-        "al.2.running_var, al.2.num_batches_tracked, first_op.1.weight, first_op.1.bias, first_op.1.running_mean, "
-        "first_op.1.running_var, first_op.1.num_batches_tracked)")
+        "copy_weights: the models do not match (only in the target: al.2.weight, al.2.bias, "
+        "al.2.running_mean, "
+        "al.2.running_var, al.2.num_batches_tracked, first_op.1.weight, first_op.1.bias, "
+        "first_op.1.running_mean, "
+        "first_op.1.running_var, first_op.1.num_batches_tracked)"
+    )

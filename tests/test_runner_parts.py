@@ -9,8 +9,8 @@ import io
 from pathlib import Path
 
 import pytest
-
 from helpers import TINY_RECIPE
+
 from hnn_bridge.recipe import load_recipe
 from hnn_bridge.training.jobs import SNN_ONLY, derive_seed, row_job
 from hnn_bridge.training.output_lock import OutputBusy, exclusive

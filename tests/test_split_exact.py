@@ -45,11 +45,16 @@ def _valid_allocations(counts: list[int], ratios: tuple[str, str, str]) -> list[
     targets = _largest_remainder(sum(counts), shares)
     rows = []
     for c in counts:
-        options = [sorted({(c * s).numerator // (c * s).denominator, -(-(c * s).numerator // (c * s).denominator)})
-                   for s in shares]
+        options = [
+            sorted({(c * s).numerator // (c * s).denominator, -(-(c * s).numerator // (c * s).denominator)})
+            for s in shares
+        ]
         rows.append([list(r) for r in itertools.product(*options) if sum(r) == c])
-    return [list(table) for table in itertools.product(*rows)
-            if all(sum(row[k] for row in table) == targets[k] for k in range(3))]
+    return [
+        list(table)
+        for table in itertools.product(*rows)
+        if all(sum(row[k] for row in table) == targets[k] for k in range(3))
+    ]
 
 
 def _labels(counts: list[int], seed: int = 0) -> torch.Tensor:
@@ -85,7 +90,8 @@ CASES = [
 
 @pytest.mark.parametrize(("ratios", "counts", "picked"), CASES, ids=lambda v: str(v))
 def test_awkward_class_counts_get_a_valid_allocation_and_the_pinned_one(
-        ratios: tuple[str, str, str], counts: list[int], picked: Allocation) -> None:
+    ratios: tuple[str, str, str], counts: list[int], picked: Allocation
+) -> None:
     valid = _valid_allocations(counts, ratios)
     assert picked in valid  # the pin itself obeys the rules
     labels = _labels(counts)
@@ -97,7 +103,8 @@ def test_awkward_class_counts_get_a_valid_allocation_and_the_pinned_one(
 @pytest.mark.parametrize(("ratios", "counts", "picked"), CASES[:2] + CASES[4:6], ids=lambda v: str(v))
 @pytest.mark.parametrize("seed", [0, 5])
 def test_parts_are_each_class_permuted_by_one_seeded_generator(
-        ratios: tuple[str, str, str], counts: list[int], picked: Allocation, seed: int) -> None:
+    ratios: tuple[str, str, str], counts: list[int], picked: Allocation, seed: int
+) -> None:
     """The indices themselves: classes in ascending label order, each class's indices
     (ascending) permuted by ``torch.randperm`` of one generator seeded with ``seed``, then
     cut into train, val, test of the allocated sizes."""
@@ -109,7 +116,7 @@ def test_parts_are_each_class_permuted_by_one_seeded_generator(
         shuffled = members[torch.randperm(len(members), generator=generator)].tolist()
         start = 0
         for k, size in enumerate(sizes):
-            parts[k] += shuffled[start:start + size]
+            parts[k] += shuffled[start : start + size]
             start += size
     split = split_622(labels, seed=seed, ratios=tuple(float(r) for r in ratios))
     for got, want in zip(split, parts):
@@ -125,8 +132,14 @@ def test_global_sizes_are_the_largest_remainder_rounding(ratios: tuple[str, str,
 
 def test_ratios_need_not_sum_to_one() -> None:
     """Ratios are normalised: 6:2:2 written as (6, 2, 2) or (3, 1, 1) is the same split."""
-    assert split_sizes(10, (3, 1, 1)) == (6, 2, 2) and split_sizes(7, (5, 3, 2)) == split_sizes(7, (0.5, 0.3, 0.2))
+    assert split_sizes(10, (3, 1, 1)) == (6, 2, 2) and split_sizes(7, (5, 3, 2)) == split_sizes(
+        7, (0.5, 0.3, 0.2)
+    )
     labels = _labels([8, 9, 4])
-    for scaled, unit in (((6, 2, 2), (0.6, 0.2, 0.2)), ((5, 3, 2), (0.5, 0.3, 0.2)), ((1, 1, 1), (0.5, 0.5, 0.5))):
+    for scaled, unit in (
+        ((6, 2, 2), (0.6, 0.2, 0.2)),
+        ((5, 3, 2), (0.5, 0.3, 0.2)),
+        ((1, 1, 1), (0.5, 0.5, 0.5)),
+    ):
         a, b = split_622(labels, seed=1, ratios=scaled), split_622(labels, seed=1, ratios=unit)
         assert all(torch.equal(x, y) for x, y in zip(a, b)), scaled

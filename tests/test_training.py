@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import TINY_RECIPE
+
 from hnn_bridge import build
 from hnn_bridge.data import TensorBatches, load_dataset, split_622
 from hnn_bridge.recipe import load_recipe
@@ -95,8 +95,14 @@ def test_best_validation_ignores_later_worse_epochs(data, monkeypatch) -> None:
     torch.manual_seed(0)
     model = build("A784-A16-S10", steps=2)
     snapshots = []
-    state = train_model(model, list(model.parameters()), train, val, TrainOptions(epochs=3, lr=1e-3),
-                        on_epoch=lambda s: snapshots.append({k: v.clone() for k, v in s["model"].items()}))
+    state = train_model(
+        model,
+        list(model.parameters()),
+        train,
+        val,
+        TrainOptions(epochs=3, lr=1e-3),
+        on_epoch=lambda s: snapshots.append({k: v.clone() for k, v in s["model"].items()}),
+    )
     assert state["best_epoch"] == 2 and state["best_val"]["acc"] == 0.7
     assert [r["best"] for r in state["log"]] == [True, True, False]
     for key, value in state["best_model"].items():
@@ -148,7 +154,9 @@ def test_separate_learning_copies_and_freezes_the_als(tmp_path: Path) -> None:
     hnn = torch_load(out / seed["checkpoint"])["model"]
     ann = torch_load(out / "checkpoints" / f"{seed['pretrain']['job']}.pt")["model"]
     # the HNN's ALs are the best-validation weights of the pure ANN, unchanged by training
-    assert torch.equal(hnn["al.1.weight"], ann["al.1.weight"]) and torch.equal(hnn["al.1.bias"], ann["al.1.bias"])
+    assert torch.equal(hnn["al.1.weight"], ann["al.1.weight"]) and torch.equal(
+        hnn["al.1.bias"], ann["al.1.bias"]
+    )
     # the SLs were trained: they differ from their initial values
     torch.manual_seed(seed["seed"])
     init = build("A784-A32-S10", steps=4, dropout=0.2, neuron=recipe.rows[0].settings.neuron)
@@ -178,7 +186,10 @@ def test_cpu_runs_repeat_bit_for_bit(tmp_path: Path) -> None:
     b = run_recipe(recipe, RunOptions(out=tmp_path / "b"))
     sa, sb = a["rows"][0]["seeds"][0], b["rows"][0]["seeds"][0]
     assert sa["test_acc"] == sb["test_acc"] and sa["best_val_acc"] == sb["best_val_acc"]
-    wa, wb = torch_load(tmp_path / "a" / sa["checkpoint"])["model"], torch_load(tmp_path / "b" / sb["checkpoint"])["model"]
+    wa, wb = (
+        torch_load(tmp_path / "a" / sa["checkpoint"])["model"],
+        torch_load(tmp_path / "b" / sb["checkpoint"])["model"],
+    )
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
@@ -210,13 +221,18 @@ def test_test_every_epoch_scores_each_epoch_and_changes_no_training(tmp_path: Pa
     for p_row, t_row in zip(plain["rows"], tracked["rows"]):
         sp, st = p_row["seeds"][0], t_row["seeds"][0]
         # the Gaussian row draws coder noise in the test passes: restoring the RNG keeps training identical
-        assert (st["test_acc"], st["best_val_acc"], st["best_epoch"]) == (sp["test_acc"], sp["best_val_acc"],
-                                                                         sp["best_epoch"])
+        assert (st["test_acc"], st["best_val_acc"], st["best_epoch"]) == (
+            sp["test_acc"],
+            sp["best_val_acc"],
+            sp["best_epoch"],
+        )
         wp = torch_load(tmp_path / "plain" / sp["checkpoint"])["model"]
         wt = torch_load(tmp_path / "tracked" / st["checkpoint"])["model"]
         assert all(torch.equal(wp[k], wt[k]) for k in wp)
         assert "best_test_epoch" not in sp
-    job = json.loads((tmp_path / "tracked" / "checkpoints" / f"{tracked['rows'][0]['seeds'][0]['job']}.json").read_text())
+    job = json.loads(
+        (tmp_path / "tracked" / "checkpoints" / f"{tracked['rows'][0]['seeds'][0]['job']}.json").read_text()
+    )
     log = job["log"]
     tests = [r["test_acc_argmax"] for r in log]
     assert len(tests) == 3 and all(0.0 < t <= 1.0 for t in tests)
@@ -229,7 +245,9 @@ def test_test_every_epoch_scores_each_epoch_and_changes_no_training(tmp_path: Pa
     assert header[-3:] == ["test_acc", "test_acc_argmax", "test_tie_rate"]
 
 
-def test_logit_scale_multiplies_the_counts_in_the_loss_and_is_left_out_of_old_fingerprints(data, monkeypatch) -> None:
+def test_logit_scale_multiplies_the_counts_in_the_loss_and_is_left_out_of_old_fingerprints(
+    data, monkeypatch
+) -> None:
     from hnn_bridge.recipe import Settings
 
     assert "logit_scale" not in Settings().identity()  # runs before the setting still resume

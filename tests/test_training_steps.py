@@ -158,7 +158,8 @@ def test_a_non_finite_loss_stops_the_epoch_before_any_step():
         return NonFiniteLoss(1, batch, value, {})
 
     with pytest.raises(NonFiniteLoss, match="batch 1"):
-        train_epoch(model, _batches(), 0, opts, options, steps=None, dist=SINGLE, progress=Progress(),
-                    stop=stop)
+        train_epoch(
+            model, _batches(), 0, opts, options, steps=None, dist=SINGLE, progress=Progress(), stop=stop
+        )
     assert len(seen) == 1 and seen[0][0] == 1 and math.isnan(seen[0][1])
     assert not opts.optimizer.state  # no Adam step was taken

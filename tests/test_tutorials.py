@@ -16,13 +16,18 @@ ROOT = Path(__file__).resolve().parent.parent
 TUTORIALS = ROOT / "docs" / "tutorials"
 BLOCK = re.compile(r"^```(?P<lang>\w+)\n(?P<code>.*?)^```", re.M | re.S)
 SNIPPET = re.compile(r'^--8<-- "(?P<path>examples/[\w.]+\.py):(?P<section>[\w-]+)"\n$')
-SECTION = re.compile(r"^# --8<-- \[start:(?P<name>[\w-]+)\]\n(?P<code>.*?)^# --8<-- \[end:(?P=name)\]\n",
-                     re.M | re.S)
+SECTION = re.compile(
+    r"^# --8<-- \[start:(?P<name>[\w-]+)\]\n(?P<code>.*?)^# --8<-- \[end:(?P=name)\]\n", re.M | re.S
+)
 PAGES = sorted(p.stem for p in TUTORIALS.glob("*.md"))
 #: The script of each page.
 SCRIPTS = {
-    "hybrid-network": "hybrid_network", "reproduce-a-table": "reproduce_a_table", "snntorch": "snntorch_swap",
-    "spikingjelly": "spikingjelly_swap", "where-to-split": "where_to_split", "your-images": "your_images",
+    "hybrid-network": "hybrid_network",
+    "reproduce-a-table": "reproduce_a_table",
+    "snntorch": "snntorch_swap",
+    "spikingjelly": "spikingjelly_swap",
+    "where-to-split": "where_to_split",
+    "your-images": "your_images",
 }
 
 
@@ -90,8 +95,8 @@ def test_hybrid_network(workdir: Path):
     ns = run_script("hybrid-network")
     assert "duplicate" in ns["describe"] and "A100" in ns["describe"]
     assert (workdir / "runs" / "first" / "table.md").is_file()
-    assert ns["seed"]["test_acc_argmax"] > 0.5            # one epoch at T = 4 learns
-    assert ns["accuracy"] > 0.8 and ns["ties"] < 0.15            # "88% here"
+    assert ns["seed"]["test_acc_argmax"] > 0.5  # one epoch at T = 4 learns
+    assert ns["accuracy"] > 0.8 and ns["ties"] < 0.15  # "88% here"
     assert ns["ann_accuracy"] > 0.85 and 0.6 < ns["separate_accuracy"] < ns["accuracy"]  # "about 70%", lags
     frozen = [p for p in ns["hybrid"].parameters() if not p.requires_grad]
     assert frozen and all(any(torch.equal(p, q) for q in ns["ann"].parameters()) for p in frozen)
@@ -103,7 +108,7 @@ def test_snntorch(workdir: Path):
     from hnn_bridge.functional import IIRState
 
     ns = run_script("snntorch")
-    assert ns["accuracy"] > 0.7                                 # two epochs of 3,000 digits learn
+    assert ns["accuracy"] > 0.7  # two epochs of 3,000 digits learn
     assert ns["same_spikes"] is True and torch.stack(ns["ours"]).sum() > 0
     assert "reset_mechanism" in ns["message"]
     assert ns["counts"].shape == (8, 10) and ns["counts"].sum() > 0
@@ -128,7 +133,7 @@ def test_spikingjelly(workdir: Path):
     ns = run_script("spikingjelly")
     assert ns["counts"].shape == (32, 10) and ns["counts"].sum() > 0
     losses = ns["losses"]
-    assert losses[-1] < 0.25 * losses[0]                         # "the loss falls"
+    assert losses[-1] < 0.25 * losses[0]  # "the loss falls"
     assert ns["paths"] == {"default": "fused", "Erf": "fused", "ATan": "per-step"}
     assert ns["out"].shape == (2, 2, 10)
     nodes = [m for m in ns["resnet"].modules() if isinstance(m, IIRNode)]
@@ -146,10 +151,13 @@ def test_reproduce_a_table(workdir: Path):
     assert len(ns["gaps"]) == 6 and len(ns["within"]) == 5
     assert round(ns["gaps"]["A784-A500-S10 (separate)"], 2) == -1.06
     assert [(row.arch, row.settings.epochs) for row in ns["mine"].rows] == [
-        ("S784-S100-S10", 1), ("A784-A100-S10", 1), ("A784-A100-A10", 1)]
+        ("S784-S100-S10", 1),
+        ("A784-A100-S10", 1),
+        ("A784-A100-A10", 1),
+    ]
     rows = load_results_of(workdir / "runs" / "my-table")
     assert [r["arch"] for r in rows] == ["S784-S100-S10", "A784-A100-S10", "A784-A100-A10"]
-    assert all(r["seeds"][0]["test_acc_argmax"] > 0.3 for r in rows)     # one epoch learns something
+    assert all(r["seeds"][0]["test_acc_argmax"] > 0.3 for r in rows)  # one epoch learns something
     assert (workdir / "runs" / "my-table" / "accuracy.png").is_file()
 
 
@@ -166,9 +174,11 @@ def test_your_images(workdir: Path):
     rows = load_results_of(workdir / "runs" / "my-images")
     assert [r["arch"] for r in rows] == ["A784-A100-A3", "A784-A100-S3"]
     assert all(r["settings"]["dataset"] == "imagefolder:my-images" for r in rows)
-    assert all(r["seeds"][0]["test_acc_argmax"] > 0.8 for r in rows)     # three digits: learnt
+    assert all(r["seeds"][0]["test_acc_argmax"] > 0.8 for r in rows)  # three digits: learnt
     assert (workdir / "runs" / "my-images" / "energy.png").is_file()
-    assert "imagefolder:my-images" in ns["one_network"] and (workdir / "runs" / "one" / "results.json").is_file()
+    assert (
+        "imagefolder:my-images" in ns["one_network"] and (workdir / "runs" / "one" / "results.json").is_file()
+    )
     assert any((workdir / "cache").rglob("imagefolder-my-images-*.pt"))  # decoded once, then cached
 
 
@@ -185,15 +195,16 @@ def test_where_to_split(workdir: Path):
         assert pure_snn[name] > 1.5 * pure_ann[name]
     assert "A32C3-A32C3-A64C3-P2-A64C3-P2-A512-A10" in ns["committed"]
     assert {p.name for p in (workdir / "plots").glob("*.png")} == {
-        f"table1b-t16-{name}.png" for name in ("ops", "lemaire", "simple")}
+        f"table1b-t16-{name}.png" for name in ("ops", "lemaire", "simple")
+    }
     rows = load_results_of(workdir / "runs" / "my-splits")
     assert [r["arch"] for r in rows] == ["S784-S500-S10", "A784-S500-S10", "A784-A500-S10", "A784-A500-A10"]
-    assert all(r["seeds"][0]["test_acc_argmax"] > 0.5 for r in rows)          # two epochs learn
+    assert all(r["seeds"][0]["test_acc_argmax"] > 0.5 for r in rows)  # two epochs learn
     assert all(set(r["seeds"][0]["energy"]) == {"ops", "lemaire", "simple"} for r in rows)
     assert (workdir / "runs" / "my-splits" / "energy.png").is_file()
     points = {r["arch"]: (r["seeds"][0]["energy"]["lemaire"], r["seeds"][0]["test_acc_argmax"]) for r in rows}
     front = ns["fronts"]["lemaire"]
     assert front and set(front) <= set(points)
-    for arch in front:   # no row beats a row of the printed front on both axes
+    for arch in front:  # no row beats a row of the printed front on both axes
         e, a = points[arch]
         assert not any(e2 <= e and a2 > a for e2, a2 in points.values())

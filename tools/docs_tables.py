@@ -63,13 +63,17 @@ def render_results_block(results: Mapping[str, Any]) -> str:
         best = ", ".join(str(s["best_epoch"]) for s in seeds) or "–"
         failed = [s for s in row.get("seeds", []) if s.get("status") != "ok"]
         count = f"{len(seeds)}" + (f" ({len(failed)} failed)" if failed else "")
-        line = (f"| {row['row']} | {row['label']} | {row['coder'] or 'none'} | {row['training']} | "
-                f"{_stat(strict)} | {_stat(argmax)} | {tie} | {'–' if paper is None else f'{paper:.2f}'} | "
-                f"{diff} | {best} |")
+        line = (
+            f"| {row['row']} | {row['label']} | {row['coder'] or 'none'} | {row['training']} | "
+            f"{_stat(strict)} | {_stat(argmax)} | {tie} | {'–' if paper is None else f'{paper:.2f}'} | "
+            f"{diff} | {best} |"
+        )
         if with_test:
             tested = [s for s in seeds if s.get("best_test_epoch") is not None]
-            line += (f" {_stat([100 * s['best_test_acc_argmax'] for s in tested])} | "
-                     f"{', '.join(str(s['best_test_epoch']) for s in tested) or '–'} |")
+            line += (
+                f" {_stat([100 * s['best_test_acc_argmax'] for s in tested])} | "
+                f"{', '.join(str(s['best_test_epoch']) for s in tested) or '–'} |"
+            )
         lines.append(f"{line} {count} |")
     return "\n".join(lines) + "\n"
 

@@ -62,7 +62,7 @@ def round_trip(images: np.ndarray) -> np.ndarray:
 def counts(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The model's output spike counts [N, classes] in eval mode, 500 images at a time."""
     model.eval()
-    return torch.cat([model(x[i:i + 500].float() / 255) for i in range(0, len(x), 500)])
+    return torch.cat([model(x[i : i + 500].float() / 255) for i in range(0, len(x), 500)])
 
 
 def main() -> None:
@@ -78,29 +78,50 @@ def main() -> None:
     original = images.numpy()
     rebuilt = round_trip(original)
     diff = np.abs(rebuilt.astype(int) - original.astype(int))
-    print(json.dumps({"images": len(original), "exact_pixels": round(float((diff == 0).mean()), 4),
-                      "max_error": int(diff.max()), "mean_abs_error": round(float(diff.mean()), 4)}))
+    print(
+        json.dumps(
+            {
+                "images": len(original),
+                "exact_pixels": round(float((diff == 0).mean()), 4),
+                "max_error": int(diff.max()),
+                "mean_abs_error": round(float(diff.mean()), 4),
+            }
+        )
+    )
     rebuilt_t = torch.from_numpy(rebuilt)
     for path in a.checkpoints:
         saved = torch_load(path)
         name = Path(path).name
         row = load_recipe(a.recipe).rows[int(name[1:3]) - 1]
         if (saved["arch"], saved["settings"]["input_mode"]) != (row.arch, row.settings.input_mode):
-            raise SystemExit(f"{path} holds {saved['arch']} ({saved['settings']['input_mode']} input), "
-                             f"not row {row.index} of {a.recipe}")
+            raise SystemExit(
+                f"{path} holds {saved['arch']} ({saved['settings']['input_mode']} input), "
+                f"not row {row.index} of {a.recipe}"
+            )
         model = build_row(row)
         model.load_state_dict(saved["model"])
         in_split = torch.isin(test_file, split_622(ds.labels, seed=row.settings.split_seed).test)
         out0, out1 = counts(model, images), counts(model, rebuilt_t)
-        for part, pick in (("split test, from the test file", in_split), ("all of the test file", slice(None))):
+        for part, pick in (
+            ("split test, from the test file", in_split),
+            ("all of the test file", slice(None)),
+        ):
             y = labels[pick]
             (s0, a0, _, _), (s1, a1, _, _) = score_batch(out0[pick], y), score_batch(out1[pick], y)
             n = len(y)
-            print(json.dumps({"checkpoint": name, "images": part, "n": n,
-                              "strict": [round(100 * s0 / n, 2), round(100 * s1 / n, 2)],
-                              "argmax": [round(100 * a0 / n, 2), round(100 * a1 / n, 2)],
-                              "changed_predictions": int((out0[pick].argmax(1) != out1[pick].argmax(1)).sum())}),
-                  flush=True)
+            print(
+                json.dumps(
+                    {
+                        "checkpoint": name,
+                        "images": part,
+                        "n": n,
+                        "strict": [round(100 * s0 / n, 2), round(100 * s1 / n, 2)],
+                        "argmax": [round(100 * a0 / n, 2), round(100 * a1 / n, 2)],
+                        "changed_predictions": int((out0[pick].argmax(1) != out1[pick].argmax(1)).sum()),
+                    }
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

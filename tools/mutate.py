@@ -5,7 +5,8 @@ Each mutant changes one operator, constant or keyword at one place in a source f
 in Python code (found with ``tokenize``: comparisons, arithmetic, ``and``/``or``,
 ``not``, ``True``/``False``, ``is``/``in``, small numeric constants) and in the C and
 CUDA kernel sources (``hnn_bridge/kernels/iir_native.c`` and ``iir_kernels.cu``, or C in a
-raw triple-quoted Python string: comparisons, ``+ - * /``, ``&&``/``||``, ``IIR_ADD``/``IIR_SUB``, ``0.0f``/``1.0f``, which
+raw triple-quoted Python string: comparisons, ``+ - * /``, ``&&``/``||``,
+``IIR_ADD``/``IIR_SUB``, ``0.0f``/``1.0f``, which
 a Python mutation tool does not see), and method names in Python (``.ge(`` to ``.gt(``,
 ``.add_`` to ``.sub_``, ``.detach()`` to ``.clone()``, ...). For every mutant the target's tests run (pytest,
 ``-x``, fastest killers first); a failing or timed-out run kills the mutant.
@@ -22,7 +23,8 @@ Usage (from the repository root; about 35 minutes on 2 busy cores for every targ
     nice -n 19 .venv/bin/python tools/mutate.py                  # all targets, 2 workers
     nice -n 19 .venv/bin/python tools/mutate.py core kernels     # some targets
     .venv/bin/python tools/mutate.py --list                      # the mutants, no tests run
-    .venv/bin/python tools/mutate.py core --only fused.py:227     # mutants on one line (FILE:LINE:COL, a,b: ...)
+    .venv/bin/python tools/mutate.py core --only fused.py:227     # mutants on one line
+    (--only takes FILE:LINE or FILE:LINE:COL, comma-separated)
 
 It prints each mutant's fate as it is known and at the end the score per target and overall
 and the list of survivors (``--json FILE`` writes them too). Exit status 0 when the
@@ -66,102 +68,314 @@ class Target:
     skip_functions: tuple[str, ...] = ()
 
 
-NEURON_TESTS = ("tests/test_mutants.py", "tests/test_neuron.py", "tests/test_properties.py",
-                "tests/test_native.py", "tests/test_backend_parity.py", "tests/test_fang_oracle.py")
+NEURON_TESTS = (
+    "tests/test_mutants.py",
+    "tests/test_neuron.py",
+    "tests/test_properties.py",
+    "tests/test_native.py",
+    "tests/test_backend_parity.py",
+    "tests/test_fang_oracle.py",
+)
 
 TARGETS = (
-    Target("coders", ("hnn_bridge/coders.py",),
-           ("tests/test_coders.py", "tests/test_mutants.py", "tests/test_mutation_gaps.py")),
-    Target("core", ("hnn_bridge/functional/iir.py", "hnn_bridge/functional/surrogate.py", "hnn_bridge/params.py",
-                    "hnn_bridge/neuron.py", "hnn_bridge/kernels/fused.py", "hnn_bridge/kernels/denormals.py"),
-           NEURON_TESTS + ("tests/test_mutation_gaps.py",),
-           # thread-count tuning: no effect on any value by design (see the note)
-           skip_functions=("one_thread", "_openmp", "one_thread_per_step")),
-    Target("native", ("hnn_bridge/kernels/native.py", "hnn_bridge/kernels/iir_native.c"),
-           ("tests/test_native_chunks.py", *NEURON_TESTS),
-           # compiler discovery, cache folders and thread chunking: no effect on values; the
-           # 2x2 max pooling (Python and C) is the P2 layer's, tested by tests/test_norm.py etc.
-           skip_functions=("_library", "native_unavailable_reason", "_run",
-                           "native_maxpool2_forward", "native_maxpool2_backward",
-                           "iir_native_maxpool2_forward", "iir_native_maxpool2_backward")),
-    Target("kernels", ("hnn_bridge/kernels/iir_kernels.cu", "adapters/cupy_kernels.py",
-                       "hnn_bridge/kernels/build.py"),
-           ("tests/test_kernel_build.py", "tests/test_mutants.py", "tests/test_cupy.py", "tests/test_properties.py"),
-           # the CUDA launch path runs only on a GPU (tests/test_cupy.py there); a .cu file is all in scope
-           functions=("_forward_scalars", "_backward_scalars", "_check_b", "CKernels",
-                      "compile_c_kernels", "c_compiler", "build_library")),
-    Target("snntorch", ("adapters/snntorch.py",),
-           ("tests/test_mutants.py", "tests/test_adapters_snntorch.py", "tests/test_dropin_snntorch.py",
-            "tests/test_properties.py", "tests/test_fang_oracle.py", "tests/test_tutorials.py")),
-    Target("spikingjelly", ("adapters/spikingjelly.py",),
-           ("tests/test_adapters_spikingjelly.py", "tests/test_dropin_spikingjelly.py", "tests/test_properties.py",
-            "tests/test_fang_oracle.py", "tests/test_mutation_gaps.py")),
-    Target("ops", ("hnn_bridge/ops.py",),
-           ("tests/test_energy.py", "tests/test_describe.py", "tests/test_mutation_gaps.py")),
+    Target(
+        "coders",
+        ("hnn_bridge/coders.py",),
+        ("tests/test_coders.py", "tests/test_mutants.py", "tests/test_mutation_gaps.py"),
+    ),
+    Target(
+        "core",
+        (
+            "hnn_bridge/functional/iir.py",
+            "hnn_bridge/functional/surrogate.py",
+            "hnn_bridge/params.py",
+            "hnn_bridge/neuron.py",
+            "hnn_bridge/kernels/fused.py",
+            "hnn_bridge/kernels/denormals.py",
+        ),
+        NEURON_TESTS + ("tests/test_mutation_gaps.py",),
+        # thread-count tuning: no effect on any value by design (see the note)
+        skip_functions=("one_thread", "_openmp", "one_thread_per_step"),
+    ),
+    Target(
+        "native",
+        ("hnn_bridge/kernels/native.py", "hnn_bridge/kernels/iir_native.c"),
+        ("tests/test_native_chunks.py", *NEURON_TESTS),
+        # compiler discovery, cache folders and thread chunking: no effect on values; the
+        # 2x2 max pooling (Python and C) is the P2 layer's, tested by tests/test_norm.py etc.
+        skip_functions=(
+            "_library",
+            "native_unavailable_reason",
+            "_run",
+            "native_maxpool2_forward",
+            "native_maxpool2_backward",
+            "iir_native_maxpool2_forward",
+            "iir_native_maxpool2_backward",
+        ),
+    ),
+    Target(
+        "kernels",
+        ("hnn_bridge/kernels/iir_kernels.cu", "adapters/cupy_kernels.py", "hnn_bridge/kernels/build.py"),
+        (
+            "tests/test_kernel_build.py",
+            "tests/test_mutants.py",
+            "tests/test_cupy.py",
+            "tests/test_properties.py",
+        ),
+        # the CUDA launch path runs only on a GPU (tests/test_cupy.py there); a .cu file is all in scope
+        functions=(
+            "_forward_scalars",
+            "_backward_scalars",
+            "_check_b",
+            "CKernels",
+            "compile_c_kernels",
+            "c_compiler",
+            "build_library",
+        ),
+    ),
+    Target(
+        "snntorch",
+        ("adapters/snntorch.py",),
+        (
+            "tests/test_mutants.py",
+            "tests/test_adapters_snntorch.py",
+            "tests/test_dropin_snntorch.py",
+            "tests/test_properties.py",
+            "tests/test_fang_oracle.py",
+            "tests/test_tutorials.py",
+        ),
+    ),
+    Target(
+        "spikingjelly",
+        ("adapters/spikingjelly.py",),
+        (
+            "tests/test_adapters_spikingjelly.py",
+            "tests/test_dropin_spikingjelly.py",
+            "tests/test_properties.py",
+            "tests/test_fang_oracle.py",
+            "tests/test_mutation_gaps.py",
+        ),
+    ),
+    Target(
+        "ops",
+        ("hnn_bridge/ops.py",),
+        ("tests/test_energy.py", "tests/test_describe.py", "tests/test_mutation_gaps.py"),
+    ),
     Target("split", ("hnn_bridge/data/split.py",), ("tests/test_split_exact.py", "tests/test_data.py")),
-    Target("tie-rule", ("hnn_bridge/training/loop.py",),
-           ("tests/test_mutants.py", "tests/test_mutation_gaps.py", "tests/test_training.py"),
-           functions=("score_batch", "evaluate")),
-    Target("resume", ("hnn_bridge/training/loop.py", "hnn_bridge/training/checkpoint.py"),
-           ("tests/test_resume_exact.py", "tests/test_training.py", "tests/test_faults.py"),
-           # train_model and its steps (loop.py since issue 34), the checkpoint functions
-           functions=("train_model", "Optimizers", "TrainingRecord", "EpochTally", "data_parallel", "resume",
-                      "snapshot", "train_epoch", "validate", "score_on_test", "epoch_record", "_clone", "_cpu",
-                      "save_checkpoint", "load_checkpoint", "torch_load", "atomic_save", "checkpoint_state")),
+    Target(
+        "tie-rule",
+        ("hnn_bridge/training/loop.py",),
+        ("tests/test_mutants.py", "tests/test_mutation_gaps.py", "tests/test_training.py"),
+        functions=("score_batch", "evaluate"),
+    ),
+    Target(
+        "resume",
+        ("hnn_bridge/training/loop.py", "hnn_bridge/training/checkpoint.py"),
+        ("tests/test_resume_exact.py", "tests/test_training.py", "tests/test_faults.py"),
+        # train_model and its steps (loop.py since issue 34), the checkpoint functions
+        functions=(
+            "train_model",
+            "Optimizers",
+            "TrainingRecord",
+            "EpochTally",
+            "data_parallel",
+            "resume",
+            "snapshot",
+            "train_epoch",
+            "validate",
+            "score_on_test",
+            "epoch_record",
+            "_clone",
+            "_cpu",
+            "save_checkpoint",
+            "load_checkpoint",
+            "torch_load",
+            "atomic_save",
+            "checkpoint_state",
+        ),
+    ),
 )
 
 # Planted mutants: realistic single bugs written by hand (the five survivors of issue 32
 # first), each a unique snippet of a file and its replacement; ``--planted`` runs them.
 PLANTED = (
-    ("core", "hnn_bridge/kernels/fused.py", "torch.ge(v, vth, out=s_out[t])", "torch.gt(v, vth, out=s_out[t])"),
-    ("kernels", "hnn_bridge/kernels/iir_kernels.cu", "o = (v_new >= vth) ? 1.0f : 0.0f;", "o = (v_new > vth) ? 1.0f : 0.0f;"),
+    (
+        "core",
+        "hnn_bridge/kernels/fused.py",
+        "torch.ge(v, vth, out=s_out[t])",
+        "torch.gt(v, vth, out=s_out[t])",
+    ),
+    (
+        "kernels",
+        "hnn_bridge/kernels/iir_kernels.cu",
+        "o = (v_new >= vth) ? 1.0f : 0.0f;",
+        "o = (v_new > vth) ? 1.0f : 0.0f;",
+    ),
     ("snntorch", "adapters/snntorch.py", "beta=params.lam,", "beta=params.theta,"),
-    ("snntorch", "adapters/snntorch.py", "        return self.reset_mem()\n",
-     "        return torch.zeros_like(self._buffers['mem'])\n"),
-    ("coders", "hnn_bridge/coders.py", "eps = torch.randn((self.steps, *mu.shape),",
-     "eps = torch.randn((self.steps, 1, *mu.shape[1:]),"),
-    ("native", "hnn_bridge/kernels/iir_native.c", "EACH O[j] = V[j] >= vth ? 1.0f : 0.0f;",
-     "EACH O[j] = V[j] > vth ? 1.0f : 0.0f;"),
-    ("native", "hnn_bridge/kernels/iir_native.c", "if (detach_reset) EACH CO[j] = 0.0f;", "if (0) EACH CO[j] = 0.0f;"),
+    (
+        "snntorch",
+        "adapters/snntorch.py",
+        "        return self.reset_mem()\n",
+        "        return torch.zeros_like(self._buffers['mem'])\n",
+    ),
+    (
+        "coders",
+        "hnn_bridge/coders.py",
+        "eps = torch.randn((self.steps, *mu.shape),",
+        "eps = torch.randn((self.steps, 1, *mu.shape[1:]),",
+    ),
+    (
+        "native",
+        "hnn_bridge/kernels/iir_native.c",
+        "EACH O[j] = V[j] >= vth ? 1.0f : 0.0f;",
+        "EACH O[j] = V[j] > vth ? 1.0f : 0.0f;",
+    ),
+    (
+        "native",
+        "hnn_bridge/kernels/iir_native.c",
+        "if (detach_reset) EACH CO[j] = 0.0f;",
+        "if (0) EACH CO[j] = 0.0f;",
+    ),
     ("kernels", "hnn_bridge/kernels/iir_kernels.cu", "c_o = detach_reset ? 0.0f : g_r_t;", "c_o = g_r_t;"),
     ("core", "hnn_bridge/kernels/fused.py", "[(k.theta, r), (1.0, o)]", "[(k.lam, r), (1.0, o)]"),
-    ("core", "hnn_bridge/kernels/fused.py", "out.mul_(-0.5 / (k.sigma * k.sigma))", "out.mul_(-1.0 / (k.sigma * k.sigma))"),
+    (
+        "core",
+        "hnn_bridge/kernels/fused.py",
+        "out.mul_(-0.5 / (k.sigma * k.sigma))",
+        "out.mul_(-1.0 / (k.sigma * k.sigma))",
+    ),
     ("core", "hnn_bridge/kernels/fused.py", "c_o = zero if detach_reset else g_r_t", "c_o = g_r_t"),
-    ("core", "hnn_bridge/params.py", "if self.reset_decay is None else float(self.reset_decay)",
-     "if self.membrane_decay is None else float(self.reset_decay)"),
+    (
+        "core",
+        "hnn_bridge/params.py",
+        "if self.reset_decay is None else float(self.reset_decay)",
+        "if self.membrane_decay is None else float(self.reset_decay)",
+    ),
     ("core", "hnn_bridge/params.py", "em + es, -math.exp(", "em + es, math.exp("),
-    ("spikingjelly", "adapters/spikingjelly.py", 'm["v"], m["p1"], m["p2"], m["r"], m["o"] = st.v, st.p1, st.p2, st.r, st.o',
-     'm["v"], m["p1"], m["p2"], m["r"], m["o"] = st.v, st.p2, st.p1, st.r, st.o'),
-    ("tie-rule", "hnn_bridge/training/loop.py", "tied = at_top.sum(dim=1) > 1", "tied = at_top.sum(dim=1) >= 1"),
-    ("tie-rule", "hnn_bridge/training/loop.py", "silent = (out == 0).all(dim=1)", "silent = (out == 0).any(dim=1)"),
+    (
+        "spikingjelly",
+        "adapters/spikingjelly.py",
+        'm["v"], m["p1"], m["p2"], m["r"], m["o"] = st.v, st.p1, st.p2, st.r, st.o',
+        'm["v"], m["p1"], m["p2"], m["r"], m["o"] = st.v, st.p2, st.p1, st.r, st.o',
+    ),
+    (
+        "tie-rule",
+        "hnn_bridge/training/loop.py",
+        "tied = at_top.sum(dim=1) > 1",
+        "tied = at_top.sum(dim=1) >= 1",
+    ),
+    (
+        "tie-rule",
+        "hnn_bridge/training/loop.py",
+        "silent = (out == 0).all(dim=1)",
+        "silent = (out == 0).any(dim=1)",
+    ),
 )
 
 # -- mutants ------------------------------------------------------------------------------
 
 PY_SWAPS = {
-    ">=": [">"], ">": [">="], "<=": ["<"], "<": ["<="], "==": ["!="], "!=": ["=="],
-    "+": ["-"], "-": ["+"], "*": ["/"], "/": ["*"], "//": ["/"], "%": ["*"],
-    "+=": ["-="], "-=": ["+="], "*=": ["/="],
-    "and": ["or"], "or": ["and"], "True": ["False"], "False": ["True"],
-    "is": ["is not"], "in": ["not in"],
+    ">=": [">"],
+    ">": [">="],
+    "<=": ["<"],
+    "<": ["<="],
+    "==": ["!="],
+    "!=": ["=="],
+    "+": ["-"],
+    "-": ["+"],
+    "*": ["/"],
+    "/": ["*"],
+    "//": ["/"],
+    "%": ["*"],
+    "+=": ["-="],
+    "-=": ["+="],
+    "*=": ["/="],
+    "and": ["or"],
+    "or": ["and"],
+    "True": ["False"],
+    "False": ["True"],
+    "is": ["is not"],
+    "in": ["not in"],
 }
 # method and function names, as `.name(`: comparisons, arithmetic, detaching
 CALL_SWAPS = {
-    "ge": "gt", "gt": "ge", "le": "lt", "lt": "le", "eq": "ne", "ne": "eq",
-    "add": "sub", "sub": "add", "add_": "sub_", "sub_": "add_", "mul": "div", "mul_": "div_",
-    "clamp_min": "clamp_max", "clamp_max": "clamp_min", "maximum": "minimum", "minimum": "maximum",
-    "exp": "expm1", "exp_": "expm1_", "detach": "clone", "zeros_like": "ones_like", "zeros": "ones",
+    "ge": "gt",
+    "gt": "ge",
+    "le": "lt",
+    "lt": "le",
+    "eq": "ne",
+    "ne": "eq",
+    "add": "sub",
+    "sub": "add",
+    "add_": "sub_",
+    "sub_": "add_",
+    "mul": "div",
+    "mul_": "div_",
+    "clamp_min": "clamp_max",
+    "clamp_max": "clamp_min",
+    "maximum": "minimum",
+    "minimum": "maximum",
+    "exp": "expm1",
+    "exp_": "expm1_",
+    "detach": "clone",
+    "zeros_like": "ones_like",
+    "zeros": "ones",
 }
 # C, inside the kernel strings; patterns keep clear of pointers, -> and #include <...>
 C_SWAPS = [
-    (r"(?<=\s)>=(?=\s)", ">"), (r"(?<=\s)<=(?=\s)", "<"), (r"(?<=\s)>(?=\s)", ">="), (r"(?<=\s)<(?=\s)", "<="),
-    (r"(?<=\s)==(?=\s)", "!="), (r"(?<=\s)!=(?=\s)", "=="), (r"(?<=\s)\+(?=\s)", "-"), (r"(?<=\s)-(?=\s)", "+"),
-    (r"(?<=\s)\*(?=\s)", "/"), (r"&&", "||"), (r"\|\|", "&&"), (r"\bIIR_ADD\(", "IIR_SUB("),
-    (r"\bIIR_SUB\(", "IIR_ADD("), (r"\b1\.0f\b", "0.0f"), (r"\b0\.0f\b", "1.0f"), (r"\+\+t\b", "--t"),
-    (r"--t\b", "++t"), (r"(?<=[\s(])!(?=\w)", ""), (r"\bt > 0\b", "t >= 0"),
+    (r"(?<=\s)>=(?=\s)", ">"),
+    (r"(?<=\s)<=(?=\s)", "<"),
+    (r"(?<=\s)>(?=\s)", ">="),
+    (r"(?<=\s)<(?=\s)", "<="),
+    (r"(?<=\s)==(?=\s)", "!="),
+    (r"(?<=\s)!=(?=\s)", "=="),
+    (r"(?<=\s)\+(?=\s)", "-"),
+    (r"(?<=\s)-(?=\s)", "+"),
+    (r"(?<=\s)\*(?=\s)", "/"),
+    (r"&&", "||"),
+    (r"\|\|", "&&"),
+    (r"\bIIR_ADD\(", "IIR_SUB("),
+    (r"\bIIR_SUB\(", "IIR_ADD("),
+    (r"\b1\.0f\b", "0.0f"),
+    (r"\b0\.0f\b", "1.0f"),
+    (r"\+\+t\b", "--t"),
+    (r"--t\b", "++t"),
+    (r"(?<=[\s(])!(?=\w)", ""),
+    (r"\bt > 0\b", "t >= 0"),
 ]
-_UNARY_BEFORE = {"(", "[", "{", ",", "=", ":", "return", "lambda", "**", "*", "/", "+", "-", "<", ">", "<=", ">=",
-                 "==", "!=", "and", "or", "not", "in", "if", "else", "->", "yield", "+=", "-=", "*=", "/="}
+_UNARY_BEFORE = {
+    "(",
+    "[",
+    "{",
+    ",",
+    "=",
+    ":",
+    "return",
+    "lambda",
+    "**",
+    "*",
+    "/",
+    "+",
+    "-",
+    "<",
+    ">",
+    "<=",
+    ">=",
+    "==",
+    "!=",
+    "and",
+    "or",
+    "not",
+    "in",
+    "if",
+    "else",
+    "->",
+    "yield",
+    "+=",
+    "-=",
+    "*=",
+    "/=",
+}
 
 
 @dataclass
@@ -212,8 +426,12 @@ def _docstring_lines(source: str) -> set[int]:
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             body = getattr(node, "body", [])
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                    and isinstance(body[0].value.value, str):
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 lines.update(range(body[0].lineno, (body[0].end_lineno or body[0].lineno) + 1))
     return lines
 
@@ -256,8 +474,15 @@ def _c_mutants(target: Target, rel: str, tok: tokenize.TokenInfo, lines: list[st
     return _c_text_mutants(target, rel, tok.string, body_start, len(tok.string) - 3, tok.start, lines)
 
 
-def _c_text_mutants(target: Target, rel: str, text: str, body_start: int, body_end: int, start: tuple[int, int],
-                    lines: list[str]) -> list[Mutant]:
+def _c_text_mutants(
+    target: Target,
+    rel: str,
+    text: str,
+    body_start: int,
+    body_end: int,
+    start: tuple[int, int],
+    lines: list[str],
+) -> list[Mutant]:
     """Mutants in ``text[body_start:body_end]``, C code; ``text`` begins at (line, column)
     ``start`` of the file whose lines are ``lines``."""
     out = []
@@ -275,7 +500,9 @@ def _c_text_mutants(target: Target, rel: str, text: str, body_start: int, body_e
     # blank out comments and preprocessor lines of the CUDA-only branch: never compiled here
     masked = re.sub(r"/\*.*?\*/", lambda m: " " * len(m.group()), body, flags=re.S)
     masked = re.sub(r"//[^\n]*", lambda m: " " * len(m.group()), masked)
-    masked = re.sub(r"^[ \t]*#[^\n]*(\\\n[^\n]*)*", lambda m: re.sub(r"[^\n]", " ", m.group()), masked, flags=re.M)
+    masked = re.sub(
+        r"^[ \t]*#[^\n]*(\\\n[^\n]*)*", lambda m: re.sub(r"[^\n]", " ", m.group()), masked, flags=re.M
+    )
     for name in target.skip_functions:  # a C function to leave alone: blank its body
         head = re.search(r"\b" + re.escape(name) + r"\(", masked)
         if head:
@@ -285,7 +512,11 @@ def _c_text_mutants(target: Target, rel: str, text: str, body_start: int, body_e
                 depth += {"{": 1, "}": -1}.get(masked[end], 0)
                 if depth == 0:
                     break
-            masked = masked[:head.start()] + re.sub(r"[^\n]", " ", masked[head.start():end + 1]) + masked[end + 1:]
+            masked = (
+                masked[: head.start()]
+                + re.sub(r"[^\n]", " ", masked[head.start() : end + 1])
+                + masked[end + 1 :]
+            )
     for pattern, repl in C_SWAPS:
         for m in re.finditer(pattern, masked):
             offset = body_start + m.start()
@@ -306,14 +537,22 @@ def mutants_of(target: Target, tree: Path = ROOT) -> list[Mutant]:
         spans = _function_spans(source)
         docs = _docstring_lines(source)
         tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
-        significant = [t for t in tokens if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT,
-                                                           tokenize.INDENT, tokenize.DEDENT)]
+        significant = [
+            t
+            for t in tokens
+            if t.type
+            not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT)
+        ]
         for i, tok in enumerate(significant):
             line = tok.start[0]
             if line > len(lines) or not _in_scope(line, spans, target):
                 continue
             if tok.type == tokenize.STRING:
-                if _C_STRING.match(tok.string) and "\n" in tok.string and ("#include" in tok.string or "IIR_" in tok.string):
+                if (
+                    _C_STRING.match(tok.string)
+                    and "\n" in tok.string
+                    and ("#include" in tok.string or "IIR_" in tok.string)
+                ):
                     found.extend(_c_mutants(target, rel, tok, lines))
                 continue
             if line in docs or lines[line - 1].lstrip().startswith("@"):
@@ -326,7 +565,9 @@ def mutants_of(target: Target, tree: Path = ROOT) -> list[Mutant]:
                     found.append(Mutant(target.name, rel, line, tok.start[1], s, new, "py", lines[line - 1]))
                 continue
             if tok.type == tokenize.NAME and s in CALL_SWAPS and nxt == "(" and prev == ".":
-                found.append(Mutant(target.name, rel, line, tok.start[1], s, CALL_SWAPS[s], "call", lines[line - 1]))
+                found.append(
+                    Mutant(target.name, rel, line, tok.start[1], s, CALL_SWAPS[s], "call", lines[line - 1])
+                )
                 continue
             if tok.type == tokenize.NAME and s == "not" and nxt != "in" and prev != "is":
                 found.append(Mutant(target.name, rel, line, tok.start[1], "not ", "", "py", lines[line - 1]))
@@ -336,7 +577,9 @@ def mutants_of(target: Target, tree: Path = ROOT) -> list[Mutant]:
             if s in ("-", "+", "*") and (prev in _UNARY_BEFORE or i == 0):
                 continue  # unary minus/plus, *args and keyword-only markers
             if s == "is" and nxt == "not":
-                found.append(Mutant(target.name, rel, line, tok.start[1], "is not", "is", "py", lines[line - 1]))
+                found.append(
+                    Mutant(target.name, rel, line, tok.start[1], "is not", "is", "py", lines[line - 1])
+                )
                 continue
             if s == "in" and prev == "not":
                 continue
@@ -377,7 +620,7 @@ def planted(tree: Path, targets: Iterable[Target]) -> list[Mutant]:
         source = (tree / rel).read_text()
         if source.count(old) != 1:
             raise ValueError(f"planted mutant {old!r} occurs {source.count(old)} times in {rel}")
-        line = source[:source.index(old)].count("\n") + 1
+        line = source[: source.index(old)].count("\n") + 1
         found.append(Mutant(target, rel, line, 0, old, new, "planted", source.splitlines()[line - 1]))
     return found
 
@@ -387,9 +630,9 @@ def apply(source: str, m: Mutant) -> str:
         return source.replace(m.old, m.new, 1)
     lines = source.splitlines(keepends=True)
     line = lines[m.line - 1]
-    if line[m.col:m.col + len(m.old)] != m.old:
+    if line[m.col : m.col + len(m.old)] != m.old:
         raise ValueError(f"mutant {m.where} does not match {m.old!r}: {line!r}")
-    lines[m.line - 1] = line[:m.col] + m.new + line[m.col + len(m.old):]
+    lines[m.line - 1] = line[: m.col] + m.new + line[m.col + len(m.old) :]
     return "".join(lines)
 
 
@@ -407,8 +650,9 @@ def export_tree(dest: Path, worktree: bool) -> None:
                 (dest / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src, dest / rel)
     else:
-        archive = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=ROOT, check=True,
-                                 capture_output=True).stdout
+        archive = subprocess.run(
+            ["git", "archive", "--format=tar", "HEAD"], cwd=ROOT, check=True, capture_output=True
+        ).stdout
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     for sub in ("adapters", "recipes"):
         link = dest / "hnn_bridge" / sub
@@ -417,8 +661,14 @@ def export_tree(dest: Path, worktree: bool) -> None:
 
 
 def run_tests(tree: Path, tests: tuple[str, ...], timeout: float, python: str) -> tuple[str, float]:
-    env = dict(os.environ, PYTHONPATH=str(tree), XDG_CACHE_HOME=str(tree / ".cache"), OMP_NUM_THREADS="1",
-               PYTHONDONTWRITEBYTECODE="1", HYPOTHESIS_PROFILE="mutation")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(tree),
+        XDG_CACHE_HOME=str(tree / ".cache"),
+        OMP_NUM_THREADS="1",
+        PYTHONDONTWRITEBYTECODE="1",
+        HYPOTHESIS_PROFILE="mutation",
+    )
     env.pop("HNN_BRIDGE_NATIVE", None)
     cmd = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", *tests]
     start = time.monotonic()
@@ -452,21 +702,32 @@ def _place(where: str) -> tuple[str, int, Optional[int]]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("targets", nargs="*", help=f"targets (default all): {', '.join(t.name for t in TARGETS)}")
+    parser.add_argument(
+        "targets", nargs="*", help=f"targets (default all): {', '.join(t.name for t in TARGETS)}"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default 2)")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
-    parser.add_argument("--only", help="only mutants at FILE:LINE or FILE:LINE:COL (FILE may be a suffix; "
-                                       "several: comma-separated)")
+    parser.add_argument(
+        "--only",
+        help="only mutants at FILE:LINE or FILE:LINE:COL (FILE may be a suffix; several: comma-separated)",
+    )
     parser.add_argument("--worktree", action="store_true", help="mutate the working tree's files, not HEAD")
-    parser.add_argument("--skip-baseline", action="store_true",
-                        help="do not run each target's tests unmutated first (then every run gets --timeout; "
-                             "use only when those tests are known to pass on HEAD, else every mutant counts as killed)")
+    parser.add_argument(
+        "--skip-baseline",
+        action="store_true",
+        help="do not run each target's tests unmutated first (then every run gets --timeout; "
+        "use only when those tests are known to pass on HEAD, else every mutant counts as killed)",
+    )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per mutant with --skip-baseline")
-    parser.add_argument("--timeout-factor", type=float, default=3.0, help="timeout = factor x baseline + 30 s")
+    parser.add_argument(
+        "--timeout-factor", type=float, default=3.0, help="timeout = factor x baseline + 30 s"
+    )
     parser.add_argument("--sample", type=int, default=0, help="at most this many random mutants per target")
     parser.add_argument("--planted", action="store_true", help="run the hand-written PLANTED mutants only")
     parser.add_argument("--kinds", help="only these kinds of mutants: py, call, c (comma-separated)")
-    parser.add_argument("--always", help="with --sample: also every mutant whose source line matches this regex")
+    parser.add_argument(
+        "--always", help="with --sample: also every mutant whose source line matches this regex"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
     parser.add_argument("--json", help="write every mutant and its status to this file")
     parser.add_argument("--fail-under", type=float, default=0.0, help="exit 1 below this score (percent)")
@@ -500,8 +761,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             mutants = [m for m in mutants if m.kind in args.kinds.split(",")]
         if args.only:
             places = [_place(w) for w in args.only.split(",")]
-            mutants = [m for m in mutants if any(m.file.endswith(f) and m.line == n and c in (None, m.col)
-                                                 for f, n, c in places)]
+            mutants = [
+                m
+                for m in mutants
+                if any(m.file.endswith(f) and m.line == n and c in (None, m.col) for f, n, c in places)
+            ]
         if args.sample:
             rng = random.Random(args.seed)
             always = re.compile(args.always) if args.always else None
@@ -510,8 +774,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                 mine = [m for m in mutants if m.target == t.name]
                 must = [m for m in mine if always is not None and always.search(m.text)]
                 rest = [m for m in mine if m not in must]
-                chosen += sorted(must + rng.sample(rest, min(args.sample, len(rest))),
-                                 key=lambda m: (m.file, m.line, m.col))
+                chosen += sorted(
+                    must + rng.sample(rest, min(args.sample, len(rest))),
+                    key=lambda m: (m.file, m.line, m.col),
+                )
             mutants = chosen
         if args.list:
             for m in mutants:
@@ -529,10 +795,16 @@ def main(argv: Optional[list[str]] = None) -> int:
             status, seconds = run_tests(tree, t.tests, 3600, python)
             trees.put(tree)
             if status != "survived":
-                print(f"baseline of target {t.name} fails ({' '.join(t.tests)}); fix the tests first", flush=True)
+                print(
+                    f"baseline of target {t.name} fails ({' '.join(t.tests)}); fix the tests first",
+                    flush=True,
+                )
                 return 2
             baseline[t.name] = seconds
-            print(f"baseline {t.name}: {seconds:.0f} s, {sum(m.target == t.name for m in mutants)} mutants", flush=True)
+            print(
+                f"baseline {t.name}: {seconds:.0f} s, {sum(m.target == t.name for m in mutants)} mutants",
+                flush=True,
+            )
 
         def one(m: Mutant) -> Mutant:
             tree = trees.get()
@@ -540,7 +812,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             original = path.read_text()
             try:
                 path.write_text(apply(original, m))
-                timeout = args.timeout_factor * baseline[m.target] + 30 if m.target in baseline else args.timeout
+                timeout = (
+                    args.timeout_factor * baseline[m.target] + 30 if m.target in baseline else args.timeout
+                )
                 m.status, m.seconds = run_tests(tree, names[m.target].tests, timeout, python)
                 if _STOPPING[0]:  # stopped by the interrupt, not failed: not run
                     m.status = "pending"

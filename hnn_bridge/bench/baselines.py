@@ -72,7 +72,9 @@ class SJLIFLayer(nn.Module):
         super().__init__()
         from spikingjelly.activation_based import neuron
 
-        self.node = neuron.LIFNode(tau=float(params.tau_m), v_threshold=float(params.v_threshold), step_mode="m")
+        self.node = neuron.LIFNode(
+            tau=float(params.tau_m), v_threshold=float(params.v_threshold), step_mode="m"
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         self.node.reset()
@@ -110,8 +112,9 @@ def with_neurons(model: HybridNet, make: Callable[[IIRParams], nn.Module]) -> Hy
     and its `SynapseFilter` modules dropped (a stock neuron has no synapse filter; the
     bias after it stays, as the bias of the weight op would be)."""
     model = copy.deepcopy(model)
-    model.sl = nn.Sequential(*(make(m.params) if is_neuron(m) else m for m in model.sl
-                               if not isinstance(m, SynapseFilter)))
+    model.sl = nn.Sequential(
+        *(make(m.params) if is_neuron(m) else m for m in model.sl if not isinstance(m, SynapseFilter))
+    )
     return model
 
 

@@ -35,8 +35,7 @@ from ..backends import make_neuron
 from ..params import IIRParams
 from ..precision import autocast
 from . import baselines
-from .contenders import (FUSED, SJ, SNNTORCH, add_ratios, contender_names, result_row, seed_all,
-                         train_step)
+from .contenders import FUSED, SJ, SNNTORCH, add_ratios, contender_names, result_row, seed_all, train_step
 from .markdown import measured_on, ratio, table
 from .timing import interleave, machine_info, summarize
 
@@ -62,8 +61,24 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("batch norm", ("batch_norm",)),
     ("pooling", ("pool", "_MaxPool2x2")),
     ("optimizer", ("_foreach", "addcdiv", "addcmul", "lerp", "Optimizer", "aten::sqrt")),
-    ("copies and reshapes", ("copy_", "contiguous", "clone", "aten::cat", "aten::stack", "aten::to",
-                             "_to_copy", "expand", "reshape", "view", "permute", "fill_", "zero_")),
+    (
+        "copies and reshapes",
+        (
+            "copy_",
+            "contiguous",
+            "clone",
+            "aten::cat",
+            "aten::stack",
+            "aten::to",
+            "_to_copy",
+            "expand",
+            "reshape",
+            "view",
+            "permute",
+            "fill_",
+            "zero_",
+        ),
+    ),
 )
 
 
@@ -94,8 +109,11 @@ def floor_ops(model: nn.Module, x: Tensor) -> list[dict[str, Any]]:
     hooks = []
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
-            hooks.append(module.register_forward_hook(
-                lambda m, inputs, _out: seen.append({"module": m, "shape": tuple(inputs[0].shape)})))
+            hooks.append(
+                module.register_forward_hook(
+                    lambda m, inputs, _out: seen.append({"module": m, "shape": tuple(inputs[0].shape)})
+                )
+            )
     try:
         model.train()
         with torch.no_grad():
@@ -114,11 +132,14 @@ def _floor_call(op: dict[str, Any], device: torch.device, precision: str) -> Cal
     b = None if m.bias is None else m.bias.detach().clone().requires_grad_()
     x = torch.rand(op["shape"], device=device).requires_grad_(not op["first"])
     if isinstance(m, nn.Conv2d):
+
         def fwd() -> Tensor:
             return F.conv2d(x, w, b, m.stride, m.padding, m.dilation, m.groups)
     else:
+
         def fwd() -> Tensor:
             return F.linear(x, w, b)
+
     with autocast(precision, device):
         g = torch.ones_like(fwd())
     inputs = [t for t in (x, w, b) if t is not None and t.requires_grad]
@@ -139,7 +160,9 @@ def _adam_call(model: nn.Module) -> Callable[[], object]:
     return opt.step
 
 
-def _step_call(model: nn.Module, x: Tensor, y: Tensor, precision: str, device: torch.device) -> Callable[[], object]:
+def _step_call(
+    model: nn.Module, x: Tensor, y: Tensor, precision: str, device: torch.device
+) -> Callable[[], object]:
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
 
     def call() -> object:
@@ -210,23 +233,42 @@ def cnn_suite(
     for label, arch in chosen:
         seed_all(seed)
         spiking = any(spec.spiking for spec in parse_arch(arch))
-        ref = build(arch, coder="duplicate" if spiking else None, steps=steps, input_shape=(3, 32, 32),
-                    neuron=params, norm="batch").to(dev)
+        ref = build(
+            arch,
+            coder="duplicate" if spiking else None,
+            steps=steps,
+            input_shape=(3, 32, 32),
+            neuron=params,
+            norm="batch",
+        ).to(dev)
         gen = torch.Generator().manual_seed(seed)
         x = torch.rand(batch, 3, 32, 32, generator=gen).to(dev)
         y = torch.randint(0, 10, (batch,), generator=gen).to(dev)
         models: dict[str, tuple[nn.Module, str, Optional[str], Optional[str], str]] = {}
-        for b in (names if spiking else names[:1]):
-            m = copy.deepcopy(ref) if b == "reference" or not spiking else \
-                baselines.with_neurons(ref, lambda p, b=b: make_neuron(b, p))
+        for b in names if spiking else names[:1]:
+            m = (
+                copy.deepcopy(ref)
+                if b == "reference" or not spiking
+                else baselines.with_neurons(ref, lambda p, b=b: make_neuron(b, p))
+            )
             for prec in precisions:
                 name = f"ours: {b}" + ("" if prec == "32" else f", {prec}")
                 models[name] = (m if prec == "32" else copy.deepcopy(m), "ours", None, b, prec)
         if spiking:
-            models["SpikingJelly LIFNode net"] = (_stock_model(ref, baselines.SJMultiStepNet), "baseline", SJ,
-                                                  None, "32")
-            models["snnTorch Leaky loop net"] = (_stock_model(ref, baselines.SNNTorchLoopNet), "baseline",
-                                                 SNNTORCH, None, "32")
+            models["SpikingJelly LIFNode net"] = (
+                _stock_model(ref, baselines.SJMultiStepNet),
+                "baseline",
+                SJ,
+                None,
+                "32",
+            )
+            models["snnTorch Leaky loop net"] = (
+                _stock_model(ref, baselines.SNNTorchLoopNet),
+                "baseline",
+                SNNTORCH,
+                None,
+                "32",
+            )
         calls = {n: _step_call(m.to(dev), x, y, prec, dev) for n, (m, _, _, _, prec) in models.items()}
         ops = floor_ops(copy.deepcopy(ref), x)
         floor_calls: dict[str, Callable[[], object]] = {}
@@ -237,34 +279,71 @@ def cnn_suite(
         times = interleave(calls, repeats=repeats, warmup=warmup, device=dev)
         floor_times = interleave(floor_calls, repeats=repeats, warmup=warmup, device=dev)
         adam = summarize(floor_times["adam"]).median
-        floors = {prec: sum(summarize(floor_times[f"{prec}/op{i}"]).median for i in range(len(ops))) + adam
-                  for prec in precisions}
+        floors = {
+            prec: sum(summarize(floor_times[f"{prec}/op{i}"]).median for i in range(len(ops))) + adam
+            for prec in precisions
+        }
         rows = []
         for name, (_, group, tag, backend, prec) in models.items():
             stats = summarize(times[name]).as_dict()
-            rows.append(result_row(name, group, baseline=tag, backend=backend, precision=prec, step=stats,
-                             images_per_s=batch / stats["median"], floor_share=floors[prec] / stats["median"]))
+            rows.append(
+                result_row(
+                    name,
+                    group,
+                    baseline=tag,
+                    backend=backend,
+                    precision=prec,
+                    step=stats,
+                    images_per_s=batch / stats["median"],
+                    floor_share=floors[prec] / stats["median"],
+                )
+            )
         add_ratios(rows, "step.median")
         breakdown = None
         if profile:
             first = next(n for n, v in models.items() if v[1] == "ours")
             breakdown = _profile(calls[first], profile_steps, dev)
-        networks.append({
-            "label": label, "arch": arch, "rows": rows, "breakdown": breakdown,
-            "floor": {prec: {"seconds": floors[prec], "images_per_s": batch / floors[prec]} for prec in precisions},
-            "floor_ops": [{"op": type(op["module"]).__name__, "input": list(op["shape"]),
-                           "input_grad": not op["first"],
-                           "ms": {prec: summarize(floor_times[f"{prec}/op{i}"]).median * 1e3 for prec in precisions}}
-                          for i, op in enumerate(ops)],
-            "adam_ms": adam * 1e3,
-        })
+        networks.append(
+            {
+                "label": label,
+                "arch": arch,
+                "rows": rows,
+                "breakdown": breakdown,
+                "floor": {
+                    prec: {"seconds": floors[prec], "images_per_s": batch / floors[prec]}
+                    for prec in precisions
+                },
+                "floor_ops": [
+                    {
+                        "op": type(op["module"]).__name__,
+                        "input": list(op["shape"]),
+                        "input_grad": not op["first"],
+                        "ms": {
+                            prec: summarize(floor_times[f"{prec}/op{i}"]).median * 1e3 for prec in precisions
+                        },
+                    }
+                    for i, op in enumerate(ops)
+                ],
+                "adam_ms": adam * 1e3,
+            }
+        )
         del models, calls, floor_calls
         gc.collect()
     return {
         "suite": "cnn",
-        "config": {"archs": [a for _, a in chosen], "steps": steps, "batch": batch, "repeats": repeats,
-                   "warmup": warmup, "device": str(dev), "precisions": list(precisions), "norm": "batch",
-                   "coder": "duplicate", "params": params.as_dict(), "skipped": skipped},
+        "config": {
+            "archs": [a for _, a in chosen],
+            "steps": steps,
+            "batch": batch,
+            "repeats": repeats,
+            "warmup": warmup,
+            "device": str(dev),
+            "precisions": list(precisions),
+            "norm": "batch",
+            "coder": "duplicate",
+            "params": params.as_dict(),
+            "skipped": skipped,
+        },
         "machine": machine_info(dev),
         "networks": networks,
         "rows": [dict(r, arch=n["arch"]) for n in networks for r in n["rows"]],
@@ -277,47 +356,109 @@ def _cnn_targets(networks: list[dict[str, Any]], steps: int) -> list[dict[str, A
     for net in networks:
         if net["label"] not in TARGET_ROWS:
             continue
-        ours = [r for r in net["rows"] if r["group"] == "ours" and r["precision"] == "32" and r["backend"] in FUSED]
+        ours = [
+            r
+            for r in net["rows"]
+            if r["group"] == "ours" and r["precision"] == "32" and r["backend"] in FUSED
+        ]
         if not ours:
             continue
         best = min(ours, key=lambda r: r["step"]["median"])
-        at = f"{net['label']}, T={steps}" + ("" if steps == TARGET_STEPS else f" (the target is set at T={TARGET_STEPS})")
-        out.append({"contender": best["name"], "what": "floor share", "value": best["floor_share"],
-                    "limit": FLOOR_TARGET, "met": best["floor_share"] >= FLOOR_TARGET, "at": at})
+        at = f"{net['label']}, T={steps}" + (
+            "" if steps == TARGET_STEPS else f" (the target is set at T={TARGET_STEPS})"
+        )
+        out.append(
+            {
+                "contender": best["name"],
+                "what": "floor share",
+                "value": best["floor_share"],
+                "limit": FLOOR_TARGET,
+                "met": best["floor_share"] >= FLOOR_TARGET,
+                "at": at,
+            }
+        )
         if best.get("ratio_sj") is not None:
-            out.append({"contender": best["name"], "what": "ours / SpikingJelly", "value": best["ratio_sj"],
-                        "limit": SJ_TARGET, "met": best["ratio_sj"] <= SJ_TARGET, "at": at})
+            out.append(
+                {
+                    "contender": best["name"],
+                    "what": "ours / SpikingJelly",
+                    "value": best["ratio_sj"],
+                    "limit": SJ_TARGET,
+                    "met": best["ratio_sj"] <= SJ_TARGET,
+                    "at": at,
+                }
+            )
     return out
 
 
 def render_cnn(result: dict[str, Any]) -> str:
     """Markdown: per network, the step table, the floor and (if profiled) the breakdown."""
     c, m = result["config"], result["machine"]
-    parts = [f"### CNN training step (forward, backward, Adam), batch norm, duplicate coding, T = {c['steps']}, "
-             f"batch {c['batch']}, {c['device']}: {c['repeats']} repeats after {c['warmup']} warm-up, interleaved"]
+    parts = [
+        f"### CNN training step (forward, backward, Adam), batch norm, duplicate coding, T = {c['steps']}, "
+        f"batch {c['batch']}, {c['device']}: {c['repeats']} repeats after {c['warmup']} warm-up, interleaved"
+    ]
     for net in result["networks"]:
         parts.append(f"**{net['label']}: {net['arch']}**\n")
-        header = ["contender", "step ms (median)", "IQR ms", "images/s", "floor share", "ours/SJ", "ours/snnTorch"]
-        lines = [[r["name"], f"{r['step']['median'] * 1e3:.1f}", f"{r['step']['iqr'] * 1e3:.1f}",
-                  f"{r['images_per_s']:.1f}", f"{r['floor_share']:.2f}", ratio(r.get("ratio_sj")),
-                  ratio(r.get("ratio_snntorch"))] for r in net["rows"]]
+        header = [
+            "contender",
+            "step ms (median)",
+            "IQR ms",
+            "images/s",
+            "floor share",
+            "ours/SJ",
+            "ours/snnTorch",
+        ]
+        lines = [
+            [
+                r["name"],
+                f"{r['step']['median'] * 1e3:.1f}",
+                f"{r['step']['iqr'] * 1e3:.1f}",
+                f"{r['images_per_s']:.1f}",
+                f"{r['floor_share']:.2f}",
+                ratio(r.get("ratio_sj")),
+                ratio(r.get("ratio_snntorch")),
+            ]
+            for r in net["rows"]
+        ]
         for prec, f in net["floor"].items():
-            lines.append([f"floor ({prec}): weight ops + Adam alone", f"{f['seconds'] * 1e3:.1f}", "",
-                          f"{f['images_per_s']:.1f}", "1.00", "", ""])
+            lines.append(
+                [
+                    f"floor ({prec}): weight ops + Adam alone",
+                    f"{f['seconds'] * 1e3:.1f}",
+                    "",
+                    f"{f['images_per_s']:.1f}",
+                    "1.00",
+                    "",
+                    "",
+                ]
+            )
         parts.append(table(header, lines))
         if net.get("breakdown"):
             total = sum(net["breakdown"].values()) or math.nan
-            rows = [[k, f"{v * 1e3:.1f}", f"{v / total:.0%}"] for k, v in
-                    sorted(net["breakdown"].items(), key=lambda kv: -kv[1])]
-            parts.append("Profile of ours (self CPU time per step):\n\n" + table(["category", "ms", "share"], rows))
+            rows = [
+                [k, f"{v * 1e3:.1f}", f"{v / total:.0%}"]
+                for k, v in sorted(net["breakdown"].items(), key=lambda kv: -kv[1])
+            ]
+            parts.append(
+                "Profile of ours (self CPU time per step):\n\n" + table(["category", "ms", "share"], rows)
+            )
     if c.get("skipped"):
         parts.append("Skipped: " + "; ".join(f"{s['backend']} ({s['reason']})" for s in c["skipped"]))
     if result["targets"]:
-        parts.append("Targets:\n" + "\n".join(
-            f"- {t['contender']}, {t['what']}: {t['value']:.2f} (target {'>=' if t['what'] == 'floor share' else '<='} "
-            f"{t['limit']:.2f} at {t['at']}): {'met' if t['met'] else 'NOT met'}" for t in result["targets"]))
-    parts.append("The stock nets normalise with the same BatchNorm modules (snnTorch's loop: per step, on B rows) "
-                 "and pool with torch's MaxPool2d; their neurons do less work per step than the IIR neuron "
-                 "(no synapse or reset filter).")
+        parts.append(
+            "Targets:\n"
+            + "\n".join(
+                f"- {t['contender']}, {t['what']}: {t['value']:.2f} (target "
+                f"{'>=' if t['what'] == 'floor share' else '<='} "
+                f"{t['limit']:.2f} at {t['at']}): {'met' if t['met'] else 'NOT met'}"
+                for t in result["targets"]
+            )
+        )
+    parts.append(
+        "The stock nets normalise with the same BatchNorm modules (snnTorch's loop: per step, on B rows) "
+        "and pool with torch's MaxPool2d; their neurons do less work per step than the IIR neuron "
+        "(no synapse or reset filter)."
+    )
     parts.append(measured_on(m))
     return "\n\n".join(parts)

@@ -12,8 +12,19 @@ from torch import Tensor, nn
 
 from ..backends import BACKENDS
 
-__all__ = ["FUSED", "SJ", "SNNTORCH", "TARGETS", "add_ratios", "available", "contender_names",
-           "ratio_targets", "result_row", "seed_all", "train_step"]
+__all__ = [
+    "FUSED",
+    "SJ",
+    "SNNTORCH",
+    "TARGETS",
+    "add_ratios",
+    "available",
+    "contender_names",
+    "ratio_targets",
+    "result_row",
+    "seed_all",
+    "train_step",
+]
 
 #: The baseline tags: SpikingJelly's stock ``LIFNode`` and snnTorch's stock ``Leaky``.
 SJ = "sj"
@@ -41,8 +52,7 @@ def available(backend: str, device: torch.device) -> Optional[str]:
     return None
 
 
-def contender_names(backends: Sequence[str],
-                    device: torch.device) -> tuple[list[str], list[dict[str, Any]]]:
+def contender_names(backends: Sequence[str], device: torch.device) -> tuple[list[str], list[dict[str, Any]]]:
     """The backends that can run on ``device``, and ``{"backend", "reason"}`` for the others.
 
     Raises:
@@ -113,8 +123,14 @@ def ratio_targets(suite: str, rows: list[dict[str, Any]], shape_note: str) -> li
         for r in rows:
             if r["group"] != "ours" or r.get("backend") not in FUSED or r.get(f"ratio_{tag}") is None:
                 continue
-            out.append({
-                "contender": r["name"], "versus": tag, "ratio": r[f"ratio_{tag}"], "limit": limit,
-                "met": r[f"ratio_{tag}"] <= limit, "at": shape_note,
-            })
+            out.append(
+                {
+                    "contender": r["name"],
+                    "versus": tag,
+                    "ratio": r[f"ratio_{tag}"],
+                    "limit": limit,
+                    "met": r[f"ratio_{tag}"] <= limit,
+                    "at": shape_note,
+                }
+            )
     return out

@@ -20,12 +20,29 @@ from torch import Tensor, nn
 
 from ..backends import make_neuron
 from . import baselines
-from .contenders import (SJ, SNNTORCH, add_ratios, contender_names, ratio_targets, result_row, seed_all,
-                         train_step)
+from .contenders import (
+    SJ,
+    SNNTORCH,
+    add_ratios,
+    contender_names,
+    ratio_targets,
+    result_row,
+    seed_all,
+    train_step,
+)
 from .timing import machine_info, peak_memory, saved_tensor_bytes, summarize
 
-__all__ = ["Contender", "EpochTimes", "LimitedBatches", "add_total_ratios", "epoch_contenders", "epoch_rows",
-           "epoch_suite", "load_recipe_row", "time_epoch"]
+__all__ = [
+    "Contender",
+    "EpochTimes",
+    "LimitedBatches",
+    "add_total_ratios",
+    "epoch_contenders",
+    "epoch_rows",
+    "epoch_suite",
+    "load_recipe_row",
+    "time_epoch",
+]
 
 
 class LimitedBatches:
@@ -109,9 +126,16 @@ def _timer(device: torch.device) -> Callable[[Callable[[], Any]], tuple[float, A
     return timed
 
 
-def time_epoch(models: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer], batches: Any, *,
-               warmup: int, device: torch.device, progress: Optional[Callable[[str], None]] = None,
-               timed: Optional[Callable[[Callable[[], Any]], tuple[float, Any]]] = None) -> EpochTimes:
+def time_epoch(
+    models: dict[str, nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    batches: Any,
+    *,
+    warmup: int,
+    device: torch.device,
+    progress: Optional[Callable[[str], None]] = None,
+    timed: Optional[Callable[[Callable[[], Any]], tuple[float, Any]]] = None,
+) -> EpochTimes:
     """Run epoch 0 of ``batches``: every model takes `train_step` on each batch, the first
     of them rotating from batch to batch (batch i starts with model i mod n), so load from
     other processes hits all alike. Before the first timed step each model's deep copy
@@ -153,9 +177,14 @@ def time_epoch(models: dict[str, nn.Module], optimizers: dict[str, torch.optim.O
     return times
 
 
-def epoch_rows(contenders: dict[str, Contender], optimizers: dict[str, torch.optim.Optimizer],
-               times: EpochTimes, full_batches: int, device: torch.device,
-               memory_steps: int) -> list[dict[str, Any]]:
+def epoch_rows(
+    contenders: dict[str, Contender],
+    optimizers: dict[str, torch.optim.Optimizer],
+    times: EpochTimes,
+    full_batches: int,
+    device: torch.device,
+    memory_steps: int,
+) -> list[dict[str, Any]]:
     """One row per contender: the epoch time as median step x ``full_batches`` + data time,
     and as the sum of the measured steps + data time, both scaled by ``full_batches`` /
     batches run; the step statistics; peak memory (the largest of ``memory_steps`` more
@@ -170,17 +199,29 @@ def epoch_rows(contenders: dict[str, Contender], optimizers: dict[str, torch.opt
         step_stats = summarize(times.step_times[name])
         epoch_median_s = step_stats.median * full_batches + times.data_time * scale
         weights = list(model.parameters())
-        peaks = [peak_memory(lambda: train_step(model, optimizers[name], x, y), device)
-                 for _ in range(memory_steps)]
+        peaks = [
+            peak_memory(lambda: train_step(model, optimizers[name], x, y), device)
+            for _ in range(memory_steps)
+        ]
         saved = saved_tensor_bytes(lambda: F.cross_entropy(model(x), y), exclude=weights)
         peak = None if any(p is None for p in peaks) else max(peaks)
-        rows.append(result_row(
-            name, group, baseline=tag, backend=backend, epoch_s=epoch_s, epoch_median_s=epoch_median_s,
-            steps_s=steps_s * scale, data_s=times.data_time * scale, step=step_stats.as_dict(),
-            saved_bytes=saved, peak_bytes=peak,
-            mean_loss=sum(times.losses[name]) / len(times.losses[name]),
-            train_acc=times.correct[name] / max(times.seen, 1),
-        ))
+        rows.append(
+            result_row(
+                name,
+                group,
+                baseline=tag,
+                backend=backend,
+                epoch_s=epoch_s,
+                epoch_median_s=epoch_median_s,
+                steps_s=steps_s * scale,
+                data_s=times.data_time * scale,
+                step=step_stats.as_dict(),
+                saved_bytes=saved,
+                peak_bytes=peak,
+                mean_loss=sum(times.losses[name]) / len(times.losses[name]),
+                train_acc=times.correct[name] / max(times.seen, 1),
+            )
+        )
     return rows
 
 
@@ -241,8 +282,16 @@ def epoch_suite(
 
     ds = load_dataset(s.dataset, data_dir)
     split = split_622(ds.labels, seed=s.split_seed)
-    loader = TensorBatches(ds.images, ds.labels, split.train, batch_size=s.batch_size, shuffle=True,
-                           seed=seed, device=dev, preload=dev.type == "cuda")
+    loader = TensorBatches(
+        ds.images,
+        ds.labels,
+        split.train,
+        batch_size=s.batch_size,
+        shuffle=True,
+        seed=seed,
+        device=dev,
+        preload=dev.type == "cuda",
+    )
     full_batches = len(loader)
 
     seed_all(seed)
@@ -256,25 +305,45 @@ def epoch_suite(
         optimizers[name] = torch.optim.Adam([p for p in c.model.parameters() if p.requires_grad], lr=s.lr)
 
     models = {name: c.model for name, c in contenders.items()}
-    times = time_epoch(models, optimizers, LimitedBatches(loader, limit_batches), warmup=warmup,
-                       device=dev, progress=progress)
+    times = time_epoch(
+        models,
+        optimizers,
+        LimitedBatches(loader, limit_batches),
+        warmup=warmup,
+        device=dev,
+        progress=progress,
+    )
     rows = epoch_rows(contenders, optimizers, times, full_batches, dev, memory_steps)
     add_ratios(rows, "step.median")
     add_total_ratios(rows)
     measured = times.batches
     estimated = measured < full_batches
     scale = full_batches / measured
-    note = (f"{s.dataset}: {measured} of {full_batches} batches measured, epoch time scaled x{scale:.2f}"
-            if estimated else f"{s.dataset}: full epoch, {full_batches} batches")
+    note = (
+        f"{s.dataset}: {measured} of {full_batches} batches measured, epoch time scaled x{scale:.2f}"
+        if estimated
+        else f"{s.dataset}: full epoch, {full_batches} batches"
+    )
     return {
         "suite": "epoch",
         "config": {
-            "recipe": recipe, "row": row, "label": spec.label, "arch": spec.arch, "coder": spec.coder,
-            "training": spec.training, "settings": s.as_dict(), "train_images": int(split.train.numel()),
-            "batches_per_epoch": full_batches, "batches_measured": measured, "estimated": estimated,
-            "note": note, "warmup_steps": warmup, "device": str(dev), "skipped": skipped,
+            "recipe": recipe,
+            "row": row,
+            "label": spec.label,
+            "arch": spec.arch,
+            "coder": spec.coder,
+            "training": spec.training,
+            "settings": s.as_dict(),
+            "train_images": int(split.train.numel()),
+            "batches_per_epoch": full_batches,
+            "batches_measured": measured,
+            "estimated": estimated,
+            "note": note,
+            "warmup_steps": warmup,
+            "device": str(dev),
+            "skipped": skipped,
             "loop": "hnn_bridge.training.loop.train_model's step: forward, cross entropy, zero_grad, "
-                    "backward, Adam step, score_batch",
+            "backward, Adam step, score_batch",
         },
         "machine": machine_info(dev),
         "rows": rows,

@@ -24,8 +24,10 @@ def ratio(value: Optional[float]) -> str:
 
 def table(header: list[str], lines: list[list[str]]) -> str:
     """A Markdown table: the first column left-aligned, the others right-aligned."""
-    out = ["| " + " | ".join(header) + " |",
-           "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    out = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|",
+    ]
     out += ["| " + " | ".join(line) + " |" for line in lines]
     return "\n".join(out)
 

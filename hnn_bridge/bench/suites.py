@@ -93,8 +93,12 @@ def neuron_suite(
 
         return call
 
-    train = interleave({n: train_call(m) for n, m in layers.items()}, repeats=repeats, warmup=warmup, device=dev)
-    evals = interleave({n: eval_call(m) for n, m in layers.items()}, repeats=repeats, warmup=warmup, device=dev)
+    train = interleave(
+        {n: train_call(m) for n, m in layers.items()}, repeats=repeats, warmup=warmup, device=dev
+    )
+    evals = interleave(
+        {n: eval_call(m) for n, m in layers.items()}, repeats=repeats, warmup=warmup, device=dev
+    )
     rows = []
     for name, layer in layers.items():
         group, tag = groups[name]
@@ -102,17 +106,35 @@ def neuron_suite(
             rate = float(layer(x0).float().mean())
         peak = peak_memory(train_call(layer), dev)
         saved = saved_tensor_bytes(lambda: layer(x0.detach().requires_grad_()))
-        rows.append(result_row(
-            name, group, baseline=tag, backend=backend_of.get(name), fwd_bwd=summarize(train[name]).as_dict(),
-            fwd_eval=summarize(evals[name]).as_dict(), saved_bytes=saved, peak_bytes=peak,
-            saved_bytes_per_neuron_step=saved / (steps * batch * neurons), rate=rate,
-        ))
+        rows.append(
+            result_row(
+                name,
+                group,
+                baseline=tag,
+                backend=backend_of.get(name),
+                fwd_bwd=summarize(train[name]).as_dict(),
+                fwd_eval=summarize(evals[name]).as_dict(),
+                saved_bytes=saved,
+                peak_bytes=peak,
+                saved_bytes_per_neuron_step=saved / (steps * batch * neurons),
+                rate=rate,
+            )
+        )
     add_ratios(rows, "fwd_bwd.median")
     shape = f"[{steps}, {batch}, {neurons}]"
     return {
         "suite": "neuron",
-        "config": {"steps": steps, "batch": batch, "neurons": neurons, "repeats": repeats, "warmup": warmup,
-                   "device": str(dev), "params": params.as_dict(), "skipped": skipped, "dtype": "float32"},
+        "config": {
+            "steps": steps,
+            "batch": batch,
+            "neurons": neurons,
+            "repeats": repeats,
+            "warmup": warmup,
+            "device": str(dev),
+            "params": params.as_dict(),
+            "skipped": skipped,
+            "dtype": "float32",
+        },
         "machine": machine_info(dev),
         "rows": rows,
         "targets": ratio_targets("neuron", rows, shape),
@@ -164,7 +186,11 @@ def network_suite(
         backend_of = {f"ours: {b}": b for b in names}
         if ablations:
             if ref.first_op is not None:
-                models["ours: reference, first SL weighed T times"] = (baselines.unhoisted(ref), "ablation", None)
+                models["ours: reference, first SL weighed T times"] = (
+                    baselines.unhoisted(ref),
+                    "ablation",
+                    None,
+                )
             models["ours: reference, per-step weight ops"] = (baselines.per_step_ops(ref), "ablation", None)
         models["SpikingJelly LIFNode net"] = (baselines.SJMultiStepNet(ref), "baseline", SJ)
         models["snnTorch Leaky loop net"] = (baselines.SNNTorchLoopNet(ref), "baseline", SNNTORCH)
@@ -191,27 +217,47 @@ def network_suite(
 
             return call
 
-        train = interleave({n: train_call(m) for n, (m, _, _) in models.items()}, repeats=repeats, warmup=warmup,
-                           device=dev)
-        evals = interleave({n: eval_call(m) for n, (m, _, _) in models.items()}, repeats=repeats, warmup=warmup,
-                           device=dev)
+        train = interleave(
+            {n: train_call(m) for n, (m, _, _) in models.items()}, repeats=repeats, warmup=warmup, device=dev
+        )
+        evals = interleave(
+            {n: eval_call(m) for n, (m, _, _) in models.items()}, repeats=repeats, warmup=warmup, device=dev
+        )
         rows = []
         for name, (model, group, tag) in models.items():
             weights = list(model.parameters())
             model.train()
             peak = peak_memory(train_call(model), dev)
             saved = saved_tensor_bytes(lambda: model(x), exclude=weights)
-            rows.append(result_row(name, group, baseline=tag, backend=backend_of.get(name),
-                             fwd_bwd=summarize(train[name]).as_dict(),
-                             fwd_eval=summarize(evals[name]).as_dict(), saved_bytes=saved, peak_bytes=peak))
+            rows.append(
+                result_row(
+                    name,
+                    group,
+                    baseline=tag,
+                    backend=backend_of.get(name),
+                    fwd_bwd=summarize(train[name]).as_dict(),
+                    fwd_eval=summarize(evals[name]).as_dict(),
+                    saved_bytes=saved,
+                    peak_bytes=peak,
+                )
+            )
         add_ratios(rows, "fwd_bwd.median")
         results.append({"arch": arch, "input_shape": list(shape), "rows": rows})
         del models
         gc.collect()
     return {
         "suite": "network",
-        "config": {"archs": list(archs), "steps": steps, "batch": batch, "repeats": repeats, "warmup": warmup,
-                   "device": str(dev), "params": params.as_dict(), "coder": "duplicate", "skipped": skipped},
+        "config": {
+            "archs": list(archs),
+            "steps": steps,
+            "batch": batch,
+            "repeats": repeats,
+            "warmup": warmup,
+            "device": str(dev),
+            "params": params.as_dict(),
+            "coder": "duplicate",
+            "skipped": skipped,
+        },
         "machine": machine_info(dev),
         "networks": results,
         "rows": [dict(r, arch=n["arch"]) for n in results for r in n["rows"]],
@@ -223,15 +269,30 @@ def network_suite(
 
 
 def _timing_table(rows: list[dict[str, Any]], extra: bool) -> str:
-    header = ["contender", "fwd+bwd ms (median)", "IQR ms", "eval fwd ms", "ours/SJ", "ours/snnTorch",
-              "saved MiB", "peak MiB"]
+    header = [
+        "contender",
+        "fwd+bwd ms (median)",
+        "IQR ms",
+        "eval fwd ms",
+        "ours/SJ",
+        "ours/snnTorch",
+        "saved MiB",
+        "peak MiB",
+    ]
     if extra:
         header += ["saved B/neuron-step", "firing rate"]
     lines = []
     for r in rows:
-        line = [r["name"], ms(r["fwd_bwd"]), f"{r['fwd_bwd']['iqr'] * 1e3:.2f}", ms(r["fwd_eval"]),
-                ratio(r.get("ratio_sj")), ratio(r.get("ratio_snntorch")), mib(r["saved_bytes"]),
-                mib(r["peak_bytes"])]
+        line = [
+            r["name"],
+            ms(r["fwd_bwd"]),
+            f"{r['fwd_bwd']['iqr'] * 1e3:.2f}",
+            ms(r["fwd_eval"]),
+            ratio(r.get("ratio_sj")),
+            ratio(r.get("ratio_snntorch")),
+            mib(r["saved_bytes"]),
+            mib(r["peak_bytes"]),
+        ]
         if extra:
             line += [f"{r['saved_bytes_per_neuron_step']:.1f}", f"{r['rate']:.3f}"]
         lines.append(line)
@@ -242,8 +303,10 @@ def _targets_text(targets: list[dict[str, Any]]) -> str:
     lines = []
     for t in targets:
         verdict = "met" if t["met"] else "NOT met"
-        lines.append(f"- {t['contender']} / {'SpikingJelly LIFNode' if t['versus'] == SJ else 'snnTorch Leaky'}: "
-                     f"{t['ratio']:.2f}x (target <= {t['limit']:.2f}x at {t['at']}): {verdict}")
+        lines.append(
+            f"- {t['contender']} / {'SpikingJelly LIFNode' if t['versus'] == SJ else 'snnTorch Leaky'}: "
+            f"{t['ratio']:.2f}x (target <= {t['limit']:.2f}x at {t['at']}): {verdict}"
+        )
     return "\n".join(lines)
 
 
@@ -252,25 +315,54 @@ def render(result: dict[str, Any]) -> str:
     suite, c = result["suite"], result["config"]
     parts = []
     if suite == "neuron":
-        parts.append(f"### Neuron alone, [T, B, N] = [{c['steps']}, {c['batch']}, {c['neurons']}], float32, "
-                     f"{c['device']}: {c['repeats']} repeats after {c['warmup']} warm-up, interleaved")
+        parts.append(
+            f"### Neuron alone, [T, B, N] = [{c['steps']}, {c['batch']}, {c['neurons']}], float32, "
+            f"{c['device']}: {c['repeats']} repeats after {c['warmup']} warm-up, interleaved"
+        )
         parts.append(_timing_table(result["rows"], extra=True))
     elif suite == "network":
-        parts.append(f"### Networks, duplicate coding, T = {c['steps']}, batch {c['batch']}, {c['device']}: "
-                     f"{c['repeats']} repeats after {c['warmup']} warm-up, interleaved")
+        parts.append(
+            f"### Networks, duplicate coding, T = {c['steps']}, batch {c['batch']}, {c['device']}: "
+            f"{c['repeats']} repeats after {c['warmup']} warm-up, interleaved"
+        )
         for net in result["networks"]:
             parts.append(f"**{net['arch']}** (input {'x'.join(map(str, net['input_shape']))})\n")
             parts.append(_timing_table(net["rows"], extra=False))
     else:
-        parts.append(f"### One training epoch: {c['recipe']} row {c['row']} ({c['label']}), T = "
-                     f"{c['settings']['steps']}, batch {c['settings']['batch_size']}, {c['train_images']:,} "
-                     f"training images; {c['note']}; {c['device']}")
-        header = ["contender", "epoch s (median step x batches)", "epoch s (sum)", "step ms (median)", "IQR ms",
-                  "ours/SJ", "ours/snnTorch", "peak MiB", "saved MiB", "mean loss", "train acc"]
-        lines = [[r["name"], f"{r['epoch_median_s']:.1f}", f"{r['epoch_s']:.1f}", ms(r["step"]),
-                  f"{r['step']['iqr'] * 1e3:.2f}",
-                  ratio(r.get("ratio_sj")), ratio(r.get("ratio_snntorch")), mib(r["peak_bytes"]),
-                  mib(r["saved_bytes"]), f"{r['mean_loss']:.4f}", f"{r['train_acc']:.4f}"] for r in result["rows"]]
+        parts.append(
+            f"### One training epoch: {c['recipe']} row {c['row']} ({c['label']}), T = "
+            f"{c['settings']['steps']}, batch {c['settings']['batch_size']}, {c['train_images']:,} "
+            f"training images; {c['note']}; {c['device']}"
+        )
+        header = [
+            "contender",
+            "epoch s (median step x batches)",
+            "epoch s (sum)",
+            "step ms (median)",
+            "IQR ms",
+            "ours/SJ",
+            "ours/snnTorch",
+            "peak MiB",
+            "saved MiB",
+            "mean loss",
+            "train acc",
+        ]
+        lines = [
+            [
+                r["name"],
+                f"{r['epoch_median_s']:.1f}",
+                f"{r['epoch_s']:.1f}",
+                ms(r["step"]),
+                f"{r['step']['iqr'] * 1e3:.2f}",
+                ratio(r.get("ratio_sj")),
+                ratio(r.get("ratio_snntorch")),
+                mib(r["peak_bytes"]),
+                mib(r["saved_bytes"]),
+                f"{r['mean_loss']:.4f}",
+                f"{r['train_acc']:.4f}",
+            ]
+            for r in result["rows"]
+        ]
         parts.append(table(header, lines))
     if c.get("skipped"):
         parts.append("Skipped: " + "; ".join(f"{s['backend']} ({s['reason']})" for s in c["skipped"]))

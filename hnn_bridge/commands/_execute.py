@@ -31,17 +31,31 @@ def check_device(device: str) -> str:
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError):
-        raise click.BadParameter(f"{device!r} is not a torch device (cpu, cuda, cuda:1)", param_hint="--device")
+        raise click.BadParameter(
+            f"{device!r} is not a torch device (cpu, cuda, cuda:1)", param_hint="--device"
+        )
     if parsed.type not in ("cpu", "cuda"):
-        raise click.BadParameter(f"{device!r}: only cpu and cuda devices are supported", param_hint="--device")
+        raise click.BadParameter(
+            f"{device!r}: only cpu and cuda devices are supported", param_hint="--device"
+        )
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise click.BadParameter(f"{device!r}: no CUDA device is available here", param_hint="--device")
     return str(parsed)
 
 
-def execute(recipe: Recipe, *, out: Path, seeds: int, device: str, data_dir: Path | None, resume: bool,
-            resume_hint: str, jobs: int = 1, test_every_epoch: bool = False,
-            energy_model: str = DEFAULT_ENERGY_MODEL) -> dict[str, Any]:
+def execute(
+    recipe: Recipe,
+    *,
+    out: Path,
+    seeds: int,
+    device: str,
+    data_dir: Path | None,
+    resume: bool,
+    resume_hint: str,
+    jobs: int = 1,
+    test_every_epoch: bool = False,
+    energy_model: str = DEFAULT_ENERGY_MODEL,
+) -> dict[str, Any]:
     """Check every row, train, write the report files after every row, print the table.
 
     ``resume_hint`` is the command line to print when the run is interrupted. Under
@@ -69,32 +83,56 @@ def execute(recipe: Recipe, *, out: Path, seeds: int, device: str, data_dir: Pat
         raise _fail(f"cannot join the torchrun process group: {err}")
     try:
         reporter = ConsoleReporter() if main else Reporter()
-        options = RunOptions(out=out, seeds=seeds, device=device, data_dir=str(data_dir) if data_dir else None,
-                             resume=resume, reporter=reporter, dist=dist, jobs=jobs,
-                             test_every_epoch=test_every_epoch)
+        options = RunOptions(
+            out=out,
+            seeds=seeds,
+            device=device,
+            data_dir=str(data_dir) if data_dir else None,
+            resume=resume,
+            reporter=reporter,
+            dist=dist,
+            jobs=jobs,
+            test_every_epoch=test_every_epoch,
+        )
         if main:
-            how = (f", {world} processes (DDP)" if world > 1 else f", {jobs} worker processes" if jobs > 1 else "")
-            click.echo(f"{recipe.name}: {len(recipe.rows)} row(s) x {seeds} seed(s), profile {recipe.profile}"
-                       f"{how}, writing to {out}", err=True)
+            how = (
+                f", {world} processes (DDP)"
+                if world > 1
+                else f", {jobs} worker processes"
+                if jobs > 1
+                else ""
+            )
+            click.echo(
+                f"{recipe.name}: {len(recipe.rows)} row(s) x {seeds} seed(s), profile {recipe.profile}"
+                f"{how}, writing to {out}",
+                err=True,
+            )
             for line in recipe.shadowed():
                 click.echo(f"note: {line}", err=True)
         try:
-            results = run_recipe(recipe, options, on_results=lambda r: write_report(out, r, energy_model=energy_model))
+            results = run_recipe(
+                recipe, options, on_results=lambda r: write_report(out, r, energy_model=energy_model)
+            )
         except (DatasetNotFound, DatasetFormatError, OutputBusy, OutputNotWritable, CheckpointError) as err:
             raise _fail(str(err))
         except KeyboardInterrupt:
             if main:
                 hint = resume_hint
                 if world > 1 and hint.startswith("hnn-bridge "):
-                    hint = f"torchrun --nproc_per_node {world} -m hnn_bridge " + hint[len("hnn-bridge "):]
-                click.echo(f"\ninterrupted: finished epochs and rows are saved in {out}; continue with\n  {hint}",
-                           err=True)
+                    hint = f"torchrun --nproc_per_node {world} -m hnn_bridge " + hint[len("hnn-bridge ") :]
+                click.echo(
+                    f"\ninterrupted: finished epochs and rows are saved in {out}; continue with\n  {hint}",
+                    err=True,
+                )
             raise SystemExit(130)
     finally:
         teardown(dist)
     if main:
         click.echo(render_table(results, energy_model))
-        click.echo(f"wrote {out}/results.json, results.csv, table.md, epochs.csv, accuracy.png, energy.png, rates.png, "
-                   "checkpoints/",
-                   err=True)
+        click.echo(
+            f"wrote {out}/results.json, results.csv, table.md, epochs.csv, accuracy.png, energy.png, "
+            "rates.png, "
+            "checkpoints/",
+            err=True,
+        )
     return results

@@ -17,49 +17,132 @@ def _backends(text: str) -> list[str]:
     names = [b.strip() for b in text.split(",") if b.strip()]
     bad = [b for b in names if b not in BACKENDS]
     if bad or not names:
-        raise click.BadParameter(f"{', '.join(bad) or '(none)'}: choose from {', '.join(BACKENDS)}",
-                                 param_hint="--backends")
+        raise click.BadParameter(
+            f"{', '.join(bad) or '(none)'}: choose from {', '.join(BACKENDS)}", param_hint="--backends"
+        )
     return names
 
 
 @click.command()
-@click.option("--suite", type=click.Choice(SUITES), default="neuron", show_default=True,
-              help="neuron: one layer on [T, B, N]; network: the paper's MLP and a CNN; epoch: one training "
-                   "epoch of a recipe row; cnn: a training step of the paper's five CIFAR-10 CNN rows against "
-                   "the floor of their weight ops; all: neuron, network and epoch.")
-@click.option("--steps", "-T", type=click.IntRange(min=1), default=None, help="Time steps T [default: 25; cnn: 8].")
-@click.option("--batch", "-B", type=click.IntRange(min=1), default=None, help="Batch size [default: 64; cnn: 32].")
-@click.option("--neurons", "-N", type=click.IntRange(min=1), default=500, show_default=True,
-              help="Neurons of the layer (neuron suite).")
-@click.option("--repeats", type=click.IntRange(min=1), default=None,
-              help="Timed repeats per contender [default: 20 neuron, 10 network].")
-@click.option("--warmup", type=click.IntRange(min=0), default=None,
-              help="Untimed warm-up calls per contender [default: 3 neuron, 2 network, 2 epoch steps].")
+@click.option(
+    "--suite",
+    type=click.Choice(SUITES),
+    default="neuron",
+    show_default=True,
+    help="neuron: one layer on [T, B, N]; network: the paper's MLP and a CNN; epoch: one training "
+    "epoch of a recipe row; cnn: a training step of the paper's five CIFAR-10 CNN rows against "
+    "the floor of their weight ops; all: neuron, network and epoch.",
+)
+@click.option(
+    "--steps", "-T", type=click.IntRange(min=1), default=None, help="Time steps T [default: 25; cnn: 8]."
+)
+@click.option(
+    "--batch", "-B", type=click.IntRange(min=1), default=None, help="Batch size [default: 64; cnn: 32]."
+)
+@click.option(
+    "--neurons",
+    "-N",
+    type=click.IntRange(min=1),
+    default=500,
+    show_default=True,
+    help="Neurons of the layer (neuron suite).",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Timed repeats per contender [default: 20 neuron, 10 network].",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Untimed warm-up calls per contender [default: 3 neuron, 2 network, 2 epoch steps].",
+)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--backends", default="reference,spikingjelly,snntorch", show_default=True,
-              help=f"Our backends to time, comma separated ({', '.join(BACKENDS)}).")
-@click.option("--archs", default=None,
-              help="Networks of the network suite, comma separated [default: A784-S500-S10 and "
-                   "A32C3-A32C3-A64C3-P2-S64C3-P2-S512-S10]; cnn suite: row labels ('pure SNN', '1 AL', '3 ALs', "
-                   "'5 ALs', 'pure ANN') or architectures [default: all five].")
-@click.option("--precision", "precisions", default="32", show_default=True,
-              help="cnn suite: comma-separated precisions of ours and the floor (32, bf16, 16).")
-@click.option("--profile", is_flag=True, help="cnn suite: add a torch.profiler breakdown of our step by category.")
+@click.option(
+    "--backends",
+    default="reference,spikingjelly,snntorch",
+    show_default=True,
+    help=f"Our backends to time, comma separated ({', '.join(BACKENDS)}).",
+)
+@click.option(
+    "--archs",
+    default=None,
+    help="Networks of the network suite, comma separated [default: A784-S500-S10 and "
+    "A32C3-A32C3-A64C3-P2-S64C3-P2-S512-S10]; cnn suite: row labels ('pure SNN', '1 AL', '3 ALs', "
+    "'5 ALs', 'pure ANN') or architectures [default: all five].",
+)
+@click.option(
+    "--precision",
+    "precisions",
+    default="32",
+    show_default=True,
+    help="cnn suite: comma-separated precisions of ours and the floor (32, bf16, 16).",
+)
+@click.option(
+    "--profile", is_flag=True, help="cnn suite: add a torch.profiler breakdown of our step by category."
+)
 @click.option("--no-ablations", is_flag=True, help="Network/epoch suites: skip the ablations of ours.")
-@click.option("--recipe", "recipe_name", default="table1a", show_default=True, help="Epoch suite: recipe name or file.")
-@click.option("--row", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Epoch suite: 1-based row of the recipe (table1a row 3: A784-S500-S10, duplicate, simultaneous).")
-@click.option("--dataset", type=click.Choice(["mnist", "mnist-5k"]), default=None,
-              help="Epoch suite: dataset [default: the recipe's, mnist].")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="Folder with the datasets (e.g. ../shared/datasets).")
-@click.option("--limit-batches", type=click.IntRange(min=1), default=None,
-              help="Epoch suite: time only the first N batches and scale to the whole epoch (flagged as an estimate).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch.set_num_threads before measuring.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Write the results (all samples' summaries, memory, machine) as JSON here.")
-def bench(suite, steps, batch, neurons, repeats, warmup, device, backends, archs, precisions, profile, no_ablations,
-          recipe_name, row, dataset, data_dir, limit_batches, threads, json_path) -> None:
+@click.option(
+    "--recipe", "recipe_name", default="table1a", show_default=True, help="Epoch suite: recipe name or file."
+)
+@click.option(
+    "--row",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Epoch suite: 1-based row of the recipe (table1a row 3: A784-S500-S10, duplicate, simultaneous).",
+)
+@click.option(
+    "--dataset",
+    type=click.Choice(["mnist", "mnist-5k"]),
+    default=None,
+    help="Epoch suite: dataset [default: the recipe's, mnist].",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder with the datasets (e.g. ../shared/datasets).",
+)
+@click.option(
+    "--limit-batches",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Epoch suite: time only the first N batches and scale to the whole epoch (flagged as an estimate).",
+)
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=None, help="torch.set_num_threads before measuring."
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the results (all samples' summaries, memory, machine) as JSON here.",
+)
+def bench(
+    suite,
+    steps,
+    batch,
+    neurons,
+    repeats,
+    warmup,
+    device,
+    backends,
+    archs,
+    precisions,
+    profile,
+    no_ablations,
+    recipe_name,
+    row,
+    dataset,
+    data_dir,
+    limit_batches,
+    threads,
+    json_path,
+) -> None:
     """Time forward+backward and measure memory of our neuron, networks and a training epoch
     next to SpikingJelly's stock LIFNode and snnTorch's stock Leaky, in one interleaved run.
 
@@ -81,7 +164,9 @@ def bench(suite, steps, batch, neurons, repeats, warmup, device, backends, archs
             raise click.BadParameter(f"{p!r}: choose from {', '.join(PRECISIONS)}", param_hint="--precision")
     # the wrong suite first: that message holds on every machine, the hardware one below not
     if suite != "cnn" and (precision_list != ["32"] or profile):
-        raise click.UsageError("--precision and --profile are measured by the cnn suite only; add --suite cnn")
+        raise click.UsageError(
+            "--precision and --profile are measured by the cnn suite only; add --suite cnn"
+        )
     for p in precision_list:
         try:
             check_precision(p, device)
@@ -103,28 +188,62 @@ def bench(suite, steps, batch, neurons, repeats, warmup, device, backends, archs
             from ..bench.cnn import cnn_suite, render_cnn
 
             arch_list = [a.strip() for a in archs.split(",") if a.strip()] if archs else None
-            result = cnn_suite(archs=arch_list, steps=steps or 8, batch=batch or 32, backends=names,
-                               precisions=precision_list, repeats=repeats or 7, warmup=2 if warmup is None else warmup,
-                               device=device, profile=profile)
+            result = cnn_suite(
+                archs=arch_list,
+                steps=steps or 8,
+                batch=batch or 32,
+                backends=names,
+                precisions=precision_list,
+                repeats=repeats or 7,
+                warmup=2 if warmup is None else warmup,
+                device=device,
+                profile=profile,
+            )
             results.append(result)
             click.echo(render_cnn(result))
             click.echo("")
             continue
         steps, batch = steps or 25, batch or 64
         if name == "neuron":
-            result = suites.neuron_suite(steps=steps, batch=batch, neurons=neurons, backends=names,
-                                         repeats=repeats or 20, warmup=3 if warmup is None else warmup, device=device)
+            result = suites.neuron_suite(
+                steps=steps,
+                batch=batch,
+                neurons=neurons,
+                backends=names,
+                repeats=repeats or 20,
+                warmup=3 if warmup is None else warmup,
+                device=device,
+            )
         elif name == "network":
-            arch_list = [a.strip() for a in archs.split(",") if a.strip()] if archs else list(suites.DEFAULT_ARCHS)
-            result = suites.network_suite(archs=arch_list, steps=steps, batch=batch, backends=names,
-                                          repeats=repeats or 10, warmup=2 if warmup is None else warmup,
-                                          device=device, ablations=not no_ablations)
+            arch_list = (
+                [a.strip() for a in archs.split(",") if a.strip()] if archs else list(suites.DEFAULT_ARCHS)
+            )
+            result = suites.network_suite(
+                archs=arch_list,
+                steps=steps,
+                batch=batch,
+                backends=names,
+                repeats=repeats or 10,
+                warmup=2 if warmup is None else warmup,
+                device=device,
+                ablations=not no_ablations,
+            )
         else:
             try:
-                result = epoch_suite(recipe=recipe_name, row=row, steps=steps, batch=batch, backends=names,
-                                     dataset=dataset, data_dir=data_dir, limit_batches=limit_batches,
-                                     warmup=2 if warmup is None else warmup, device=device,
-                                     ablations=not no_ablations, progress=echo)
+                result = epoch_suite(
+                    recipe=recipe_name,
+                    row=row,
+                    steps=steps,
+                    batch=batch,
+                    backends=names,
+                    dataset=dataset,
+                    data_dir=data_dir,
+                    limit_batches=limit_batches,
+                    warmup=2 if warmup is None else warmup,
+                    device=device,
+                    ablations=not no_ablations,
+                    progress=echo,
+                )
             except (FileNotFoundError, ValueError) as err:
                 raise click.ClickException(f"epoch suite: {err}")
         results.append(result)

@@ -12,13 +12,29 @@ from ..training.trained import TrainedRunError, load_trained
 @click.command("export")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--row", type=click.IntRange(min=1), required=True, help="Row of the run's table (1-based).")
-@click.option("--seed", "seed_index", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed index of the row.")
-@click.option("--nir", "nir_file", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="The NIR file to write (HDF5, read by nir.read).")
-@click.option("--mode", type=click.Choice(["exact", "lif"]), default="exact", show_default=True,
-              help="exact: the IIR neuron as an exact NIR subgraph (import_nir gives the same spikes); lif: the "
-              "nearest standard neurons (CubaLIF), lossy, for simulators that cannot run the exact graph.")
+@click.option(
+    "--seed",
+    "seed_index",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seed index of the row.",
+)
+@click.option(
+    "--nir",
+    "nir_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The NIR file to write (HDF5, read by nir.read).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["exact", "lif"]),
+    default="exact",
+    show_default=True,
+    help="exact: the IIR neuron as an exact NIR subgraph (import_nir gives the same spikes); lif: the "
+    "nearest standard neurons (CubaLIF), lossy, for simulators that cannot run the exact graph.",
+)
 def export(run_dir: Path, row: int, seed_index: int, nir_file: Path, mode: str) -> None:
     """Write the spiking part (from the coder on) of a trained network in RUN_DIR as NIR.
 
@@ -38,5 +54,6 @@ def export(run_dir: Path, row: int, seed_index: int, nir_file: Path, mode: str) 
         raise click.ClickException("NIR export needs the optional extra: pip install 'hnn-bridge[nir]'")
     except (TrainedRunError, ValueError, OSError) as err:
         raise click.ClickException(str(err))
-    click.echo(f"wrote {nir_file}: row {row} ({model.arch}) seed {seed_index}, mode {mode}, "
-               f"{len(graph.nodes)} nodes")
+    click.echo(
+        f"wrote {nir_file}: row {row} ({model.arch}) seed {seed_index}, mode {mode}, {len(graph.nodes)} nodes"
+    )

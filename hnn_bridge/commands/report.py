@@ -13,10 +13,15 @@ from ..report import load_results, render_table, write_report
 def energy_model_option(func):
     """``--energy-model``: which model of `hnn_bridge.energy` the table and energy.png show."""
     return click.option(
-        "--energy-model", type=click.Choice(list(ENERGY_MODELS)), default=DEFAULT_ENERGY_MODEL, show_default=True,
+        "--energy-model",
+        type=click.Choice(list(ENERGY_MODELS)),
+        default=DEFAULT_ENERGY_MODEL,
+        show_default=True,
         help="Energy model of the table and energy.png: ops (compute only, Horowitz 2014, paper-comparable), "
-        "lemaire (memory-aware, Lemaire et al. 2022) or simple (SpikingJelly's: compute and 24.96 pJ per byte of "
-        "weights and neuron state); results.json records every model.")(func)
+        "lemaire (memory-aware, Lemaire et al. 2022) or simple (SpikingJelly's: compute and 24.96 pJ "
+        "per byte of "
+        "weights and neuron state); results.json records every model.",
+    )(func)
 
 
 @click.command("report")

@@ -15,12 +15,24 @@ from .cifar import CIFAR10_CLASSES, read_cifar_batches
 from .embedded import MNIST_CLASSES, read_mnist_5k
 from .errors import DatasetFormatError, DatasetNotFound
 from .idx import read_idx, read_idx_dataset
-from .imagefolder import (ImageFolderInfo, describe_image_folder, image_folder_cache_path, list_image_folder,
-                          read_image_folder)
+from .imagefolder import (
+    ImageFolderInfo,
+    describe_image_folder,
+    image_folder_cache_path,
+    list_image_folder,
+    read_image_folder,
+)
 from .loader import TensorBatches, epoch_generator
 from .paths import DATA_ENV, default_cache_dir, default_data_dir, resolve_data_dir, user_cache_dir
-from .registry import (DATASET_NAMES, FASHION_MNIST_CLASSES, IMAGE_FOLDER_PREFIX, Dataset, describe_dataset,
-                       image_folder_path, load_dataset)
+from .registry import (
+    DATASET_NAMES,
+    FASHION_MNIST_CLASSES,
+    IMAGE_FOLDER_PREFIX,
+    Dataset,
+    describe_dataset,
+    image_folder_path,
+    load_dataset,
+)
 from .split import Split, split_622, split_sizes
 
 __all__ = [

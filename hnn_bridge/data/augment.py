@@ -63,7 +63,9 @@ class CropRotate:
         if not 0.0 < self.ratio[0] <= self.ratio[1]:
             raise ValueError(f"CropRotate: ratio must satisfy 0 < low <= high, got {self.ratio!r}")
         if self.degrees < 0 or self.passes < 1:
-            raise ValueError(f"CropRotate: need degrees >= 0 and passes >= 1, got {self.degrees!r}, {self.passes!r}")
+            raise ValueError(
+                f"CropRotate: need degrees >= 0 and passes >= 1, got {self.degrees!r}, {self.passes!r}"
+            )
 
     @property
     def width(self) -> int:
@@ -105,12 +107,20 @@ class CropRotate:
         first = fits.float().argmax(1)
         found = fits.any(1)
         fallback_w, fallback_h = self._fallback_box(height, width)
-        box_w = torch.where(found, w.gather(1, first[:, None])[:, 0], torch.tensor(fallback_w, dtype=torch.float64))
-        box_h = torch.where(found, h.gather(1, first[:, None])[:, 0], torch.tensor(fallback_h, dtype=torch.float64))
+        box_w = torch.where(
+            found, w.gather(1, first[:, None])[:, 0], torch.tensor(fallback_w, dtype=torch.float64)
+        )
+        box_h = torch.where(
+            found, h.gather(1, first[:, None])[:, 0], torch.tensor(fallback_h, dtype=torch.float64)
+        )
         # top-left corner: an integer in 0 .. size - box (torch.randint's range in
         # torchvision); the fallback box is centred, as there
-        top = torch.where(found, torch.floor(u[:, -2] * (height - box_h + 1)), torch.floor((height - box_h) / 2))
-        left = torch.where(found, torch.floor(u[:, -1] * (width - box_w + 1)), torch.floor((width - box_w) / 2))
+        top = torch.where(
+            found, torch.floor(u[:, -2] * (height - box_h + 1)), torch.floor((height - box_h) / 2)
+        )
+        left = torch.where(
+            found, torch.floor(u[:, -1] * (width - box_w + 1)), torch.floor((width - box_w) / 2)
+        )
         m = torch.zeros(n, 3, 3, dtype=torch.float64)
         m[:, 0, 0] = box_w / width
         m[:, 0, 2] = (2 * left + box_w) / width - 1

@@ -12,11 +12,26 @@ import torch
 
 from .errors import DatasetFormatError
 
-__all__ = ["CIFAR10_CLASSES", "CIFAR_TRAIN_BATCHES", "CIFAR_TEST_BATCH", "is_cifar_batches_dir", "read_cifar_batches"]
+__all__ = [
+    "CIFAR10_CLASSES",
+    "CIFAR_TRAIN_BATCHES",
+    "CIFAR_TEST_BATCH",
+    "is_cifar_batches_dir",
+    "read_cifar_batches",
+]
 
 #: CIFAR-10 class names in label order.
 CIFAR10_CLASSES: list[str] = [
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 ]
 CIFAR_TRAIN_BATCHES: list[str] = [f"data_batch_{i}" for i in range(1, 6)]
 CIFAR_TEST_BATCH = "test_batch"
@@ -32,7 +47,9 @@ def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         with open(path, "rb") as fh:
             entry: Any = pickle.load(fh, encoding="latin1")
     except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
-        raise DatasetFormatError(f"CIFAR batch {path} cannot be unpickled ({exc}); the file is corrupt") from exc
+        raise DatasetFormatError(
+            f"CIFAR batch {path} cannot be unpickled ({exc}); the file is corrupt"
+        ) from exc
     if not isinstance(entry, dict) or "data" not in entry or not ({"labels", "fine_labels"} & entry.keys()):
         raise DatasetFormatError(f"CIFAR batch {path} is not a dict with 'data' and 'labels'")
     data = np.asarray(entry["data"], dtype=np.uint8)

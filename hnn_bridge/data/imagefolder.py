@@ -1,7 +1,8 @@
 """Reader for ``torchvision.datasets.ImageFolder`` trees (``root/<class>/**/<image>``).
 
 All images are decoded once with :func:`torchvision.io.decode_image` (JPEGs in batches
-through :func:`torchvision.io.decode_jpeg`; a thread pool spreads the work over the cores) into one uint8 tensor ``[N, C, H, W]``. The result is
+through :func:`torchvision.io.decode_jpeg`; a thread pool spreads the work over the cores)
+into one uint8 tensor ``[N, C, H, W]``. The result is
 cached on disk as a single ``.pt`` file, written atomically, whose name is keyed by the
 tree's resolved path and the relative path, size and mtime of every image file, so a
 changed tree is decoded again and an unchanged one is loaded in a fraction of a second.
@@ -29,8 +30,15 @@ if TYPE_CHECKING:
 from .errors import DatasetFormatError
 from .paths import default_cache_dir
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolderInfo", "describe_image_folder", "image_folder_parts",
-           "list_image_folder", "image_folder_cache_path", "read_image_folder"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageFolderInfo",
+    "describe_image_folder",
+    "image_folder_parts",
+    "list_image_folder",
+    "image_folder_cache_path",
+    "read_image_folder",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +62,9 @@ def list_image_folder(root: str | os.PathLike[str]) -> tuple[list[str], list[int
         raise FileNotFoundError(f"image folder {root} does not exist")
     classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
     if not classes:
-        raise FileNotFoundError(f"image folder {root} has no class sub-folders (expected {root}/<class>/<image>)")
+        raise FileNotFoundError(
+            f"image folder {root} has no class sub-folders (expected {root}/<class>/<image>)"
+        )
     files: list[str] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
@@ -76,9 +86,11 @@ def _tree_key(root: Path, files: list[str]) -> tuple[str, str]:
     content = hashlib.sha256(f"v{_CACHE_FORMAT}\0{resolved}\0{len(files)}\0".encode())
     skip = len(os.path.join(str(root), ""))
     stat = os.stat
-    content.update("".join(
-        f"{path[skip:]}\0{st.st_size}\0{st.st_mtime_ns}\n" for path in files for st in (stat(path),)
-    ).encode())
+    content.update(
+        "".join(
+            f"{path[skip:]}\0{st.st_size}\0{st.st_mtime_ns}\n" for path in files for st in (stat(path),)
+        ).encode()
+    )
     return root_digest, content.hexdigest()[:16]
 
 
@@ -163,7 +175,9 @@ def _load_cache(path: Path, count: int) -> tuple[torch.Tensor, torch.Tensor, lis
             raise ValueError("unexpected labels")
         return images, labels, classes
     except Exception as exc:  # a damaged cache is never fatal: decode again
-        warnings.warn(f"ignoring unreadable image cache {path} ({exc}); decoding the images again", stacklevel=3)
+        warnings.warn(
+            f"ignoring unreadable image cache {path} ({exc}); decoding the images again", stacklevel=3
+        )
         return None
 
 
@@ -179,8 +193,10 @@ def _save_cache(path: Path, entry: dict[str, object]) -> None:
         os.replace(tmp_name, path)
         tmp_name = None
     except OSError as exc:
-        warnings.warn(f"could not write the image cache {path} ({exc}); images will be decoded again next time",
-                      stacklevel=3)
+        warnings.warn(
+            f"could not write the image cache {path} ({exc}); images will be decoded again next time",
+            stacklevel=3,
+        )
     finally:
         if tmp_name is not None:
             try:
@@ -232,8 +248,14 @@ def read_image_folder(
     images = _decode_all(files, workers)
     labels = torch.tensor(labels_list, dtype=torch.int64)
     if cache_path is not None:
-        entry = {"format": _CACHE_FORMAT, "root": str(root.resolve()), "count": len(files),
-                 "images": images, "labels": labels, "classes": classes}
+        entry = {
+            "format": _CACHE_FORMAT,
+            "root": str(root.resolve()),
+            "count": len(files),
+            "images": images,
+            "labels": labels,
+            "classes": classes,
+        }
         _save_cache(cache_path, entry)
         if cache_path.is_file():
             _remove_stale(cache_path, prefix)
@@ -294,8 +316,10 @@ def describe_image_folder(root: str | os.PathLike[str]) -> ImageFolderInfo:
     classes = listed[0][2]
     for part, (_, _, other) in zip(parts[1:], listed[1:]):
         if other != classes:
-            raise DatasetFormatError(f"the class folders of {parts[0]} ({classes}) and {part} ({other}) "
-                                     "differ; both must hold the same classes")
+            raise DatasetFormatError(
+                f"the class folders of {parts[0]} ({classes}) and {part} ({other}) "
+                "differ; both must hold the same classes"
+            )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_TV_DEPRECATION, category=DeprecationWarning)
         _, shape = _first_image(listed[0][0])

@@ -72,7 +72,11 @@ class TensorBatches:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         self.device = torch.device(device) if device is not None else images.device
-        idx = torch.arange(images.shape[0]) if indices is None else torch.as_tensor(indices).reshape(-1).long().cpu()
+        idx = (
+            torch.arange(images.shape[0])
+            if indices is None
+            else torch.as_tensor(indices).reshape(-1).long().cpu()
+        )
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= images.shape[0]):
             raise IndexError(f"indices must lie in 0..{images.shape[0] - 1}")
         if preload:
@@ -110,7 +114,11 @@ class TensorBatches:
     def _rank_order(self, epoch: int) -> torch.Tensor:
         """Positions into ``indices`` that this rank visits in ``epoch``, in order."""
         n, b, w = self.num_samples, self.batch_size, self.world_size
-        order = torch.randperm(n, generator=epoch_generator(self.seed, epoch)) if self.shuffle else torch.arange(n)
+        order = (
+            torch.randperm(n, generator=epoch_generator(self.seed, epoch))
+            if self.shuffle
+            else torch.arange(n)
+        )
         if n == 0:
             return order
         if w == 1:

@@ -17,14 +17,30 @@ from .idx import idx_split_files, read_idx_dataset
 from .imagefolder import describe_image_folder, image_folder_parts, read_image_folder
 from .paths import resolve_data_dir
 
-__all__ = ["Dataset", "DATASET_NAMES", "FASHION_MNIST_CLASSES", "IMAGE_FOLDER_PREFIX", "describe_dataset",
-           "image_folder_path", "load_dataset"]
+__all__ = [
+    "Dataset",
+    "DATASET_NAMES",
+    "FASHION_MNIST_CLASSES",
+    "IMAGE_FOLDER_PREFIX",
+    "describe_dataset",
+    "image_folder_path",
+    "load_dataset",
+]
 
 log = logging.getLogger(__name__)
 
 #: Fashion-MNIST class names in label order.
 FASHION_MNIST_CLASSES: list[str] = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ]
 
 #: The names :func:`load_dataset` accepts.
@@ -43,7 +59,7 @@ _LAYOUT_HINT: dict[str, str] = {
     "mnist": "MNIST/raw/*-ubyte.gz (torchvision layout)",
     "fashion-mnist": "FashionMNIST/raw/*-ubyte.gz (torchvision layout)",
     "cifar10": "cifar-10-batches-py/ (CIFAR-10 python version) or an ImageFolder tree "
-               "cifar10-jpeg/{train,test}/<class>/*.jpg",
+    "cifar10-jpeg/{train,test}/<class>/*.jpg",
 }
 
 
@@ -66,11 +82,15 @@ class Dataset:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise ValueError(f"Dataset.images must be uint8 [N, C, H, W], got {self.images.dtype} "
-                             f"{tuple(self.images.shape)}")
+            raise ValueError(
+                f"Dataset.images must be uint8 [N, C, H, W], got {self.images.dtype} "
+                f"{tuple(self.images.shape)}"
+            )
         if self.labels.dtype != torch.int64 or self.labels.shape != (self.images.shape[0],):
-            raise ValueError(f"Dataset.labels must be int64 [{self.images.shape[0]}], got {self.labels.dtype} "
-                             f"{tuple(self.labels.shape)}")
+            raise ValueError(
+                f"Dataset.labels must be int64 [{self.images.shape[0]}], got {self.labels.dtype} "
+                f"{tuple(self.labels.shape)}"
+            )
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -87,8 +107,10 @@ class Dataset:
         return int(self.images.shape[0])
 
     def __repr__(self) -> str:
-        return (f"Dataset(name={self.name!r}, n={len(self)}, input_shape={self.input_shape}, "
-                f"num_classes={self.num_classes}, source={self.source!r})")
+        return (
+            f"Dataset(name={self.name!r}, n={len(self)}, input_shape={self.input_shape}, "
+            f"num_classes={self.num_classes}, source={self.source!r})"
+        )
 
 
 Loaded = tuple[torch.Tensor, torch.Tensor, list[str], int, str]
@@ -132,13 +154,22 @@ def _read_train_test(train_dir: Path, test_dir: Path, source: Path, cache_dir: P
     train_x, train_y, classes = read_image_folder(train_dir, cache_dir=cache_dir)
     test_x, test_y, test_classes = read_image_folder(test_dir, cache_dir=cache_dir)
     if test_classes != classes:
-        raise ValueError(f"the class folders of {train_dir} ({classes}) and {test_dir} "
-                         f"({test_classes}) differ; both must hold the same classes")
+        raise ValueError(
+            f"the class folders of {train_dir} ({classes}) and {test_dir} "
+            f"({test_classes}) differ; both must hold the same classes"
+        )
     if train_x.shape[1:] != test_x.shape[1:]:
-        raise ValueError(f"images under {train_dir} are {tuple(train_x.shape[1:])} but under {test_dir} "
-                         f"they are {tuple(test_x.shape[1:])} (C, H, W)")
-    return (torch.cat([train_x, test_x]), torch.cat([train_y, test_y]), classes,
-            int(train_x.shape[0]), str(source))
+        raise ValueError(
+            f"images under {train_dir} are {tuple(train_x.shape[1:])} but under {test_dir} "
+            f"they are {tuple(test_x.shape[1:])} (C, H, W)"
+        )
+    return (
+        torch.cat([train_x, test_x]),
+        torch.cat([train_y, test_y]),
+        classes,
+        int(train_x.shape[0]),
+        str(source),
+    )
 
 
 def image_folder_path(name: str) -> Path | None:
@@ -146,10 +177,12 @@ def image_folder_path(name: str) -> Path | None:
     name. Raises ``ValueError`` when PATH is empty."""
     if not name.startswith(IMAGE_FOLDER_PREFIX):
         return None
-    path = name[len(IMAGE_FOLDER_PREFIX):]
+    path = name[len(IMAGE_FOLDER_PREFIX) :]
     if not path.strip():
-        raise ValueError(f"dataset {name!r} names no folder; write imagefolder:PATH, PATH holding one "
-                         "folder of images per class")
+        raise ValueError(
+            f"dataset {name!r} names no folder; write imagefolder:PATH, PATH holding one "
+            "folder of images per class"
+        )
     return Path(path).expanduser()
 
 
@@ -165,8 +198,10 @@ def describe_dataset(name: str) -> tuple[tuple[int, int, int], int]:
     except DatasetNotFound:
         raise
     except FileNotFoundError as err:
-        raise DatasetNotFound(f"dataset {name!r}: {err}; expected {path}/<class>/<image> "
-                              f"(.png, .jpg, .jpeg or .webp), one folder per class") from None
+        raise DatasetNotFound(
+            f"dataset {name!r}: {err}; expected {path}/<class>/<image> "
+            f"(.png, .jpg, .jpeg or .webp), one folder per class"
+        ) from None
     return info.input_shape, len(info.classes)
 
 
@@ -190,11 +225,17 @@ def _find_local(name: str, root: Path, cache_dir: Path | None) -> tuple[Loaded |
 
 
 def _torchvision_download(name: str, root: Path) -> None:
-    """Download ``name`` with torchvision into ``root`` (``root/MNIST/raw``, ``root/cifar-10-batches-py``...)."""
+    """Download ``name`` with torchvision into ``root``.
+
+    It writes ``root/MNIST/raw``, ``root/cifar-10-batches-py``, ...
+    """
     import torchvision.datasets as tvd
 
-    factory: Callable[..., object] = {"mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST,
-                                      "cifar10": tvd.CIFAR10}[name]
+    factory: Callable[..., object] = {
+        "mnist": tvd.MNIST,
+        "fashion-mnist": tvd.FashionMNIST,
+        "cifar10": tvd.CIFAR10,
+    }[name]
     root.mkdir(parents=True, exist_ok=True)
     factory(root=str(root), train=True, download=True)
     factory(root=str(root), train=False, download=True)
@@ -211,7 +252,7 @@ def _first_missing_ancestor(path: Path) -> Path | None:
 
 
 def _remove_empty_dirs(top: Path) -> None:
-    """Remove ``top`` and folders below it, bottom-up, as long as they are empty (a failed download's debris)."""
+    """Remove ``top`` and folders below it, bottom-up, while they are empty (a failed download's debris)."""
     for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda entry: len(entry[0]), reverse=True):
         try:
             os.rmdir(dirpath)
@@ -226,8 +267,9 @@ def load_dataset(
     *,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> Dataset:
-    """Load dataset ``name`` (``mnist``, ``fashion-mnist``, ``cifar10``, ``mnist-5k`` or ``imagefolder:PATH``),
-    train then test pooled.
+    """Load dataset ``name``, train then test pooled.
+
+    ``name`` is ``mnist``, ``fashion-mnist``, ``cifar10``, ``mnist-5k`` or ``imagefolder:PATH``.
 
     The folder searched is ``data_dir``, else ``$HNN_BRIDGE_DATA``, else
     ``$XDG_CACHE_HOME/hnn-bridge/datasets``. Looked for, in order:
@@ -279,8 +321,10 @@ def load_dataset(
     if loaded is None:
         why = "it could not be downloaded (no network?)" if download else "downloading is disabled"
         extra = "".join(f" Note: {n}." for n in notes)
-        message = (f"dataset {key!r} not found under {root} and {why}. Pass --data-dir DIR pointing at a folder "
-                   f"with {_LAYOUT_HINT[key]}, or use the embedded dataset 'mnist-5k'.{extra}")
+        message = (
+            f"dataset {key!r} not found under {root} and {why}. Pass --data-dir DIR pointing at a folder "
+            f"with {_LAYOUT_HINT[key]}, or use the embedded dataset 'mnist-5k'.{extra}"
+        )
         raise DatasetNotFound(message) from download_error
     images, labels, classes, train_size, source = loaded
     return Dataset(key, images, labels, classes, train_size=train_size, source=source)

@@ -31,7 +31,10 @@ def _fractions(ratios: Sequence[float]) -> list[Fraction]:
 
 
 def _largest_remainder(n: int, shares: Sequence[Fraction]) -> list[int]:
-    """Integers summing to ``n``, each ``floor`` or ``ceil`` of ``n * share`` (largest remainders round up)."""
+    """Integers summing to ``n``, each ``floor`` or ``ceil`` of ``n * share``.
+
+    The largest remainders round up.
+    """
     exact = [n * s for s in shares]
     sizes = [int(e) for e in exact]  # floor: all non-negative
     order = sorted(range(len(shares)), key=lambda k: (-(exact[k] - sizes[k]), k))
@@ -55,8 +58,10 @@ def _allocate(counts: list[int], shares: list[Fraction], targets: list[int]) -> 
     col_need = [t - sum(alloc[r][k] for r in range(len(counts))) for k, t in enumerate(targets)]
     bumped = [[False] * len(shares) for _ in counts]
     # greedy: largest fractional parts first
-    cells = sorted(((r, k) for r in range(len(counts)) for k in range(len(shares)) if exact[r][k] != alloc[r][k]),
-                   key=lambda rk: (-(exact[rk[0]][rk[1]] - alloc[rk[0]][rk[1]]), rk))
+    cells = sorted(
+        ((r, k) for r in range(len(counts)) for k in range(len(shares)) if exact[r][k] != alloc[r][k]),
+        key=lambda rk: (-(exact[rk[0]][rk[1]] - alloc[rk[0]][rk[1]]), rk),
+    )
     for r, k in cells:
         if row_need[r] > 0 and col_need[k] > 0:
             bumped[r][k] = True
@@ -68,7 +73,9 @@ def _allocate(counts: list[int], shares: list[Fraction], targets: list[int]) -> 
     for start in range(len(counts)):
         while row_need[start] > 0:
             end, parent = _augmenting_path(start, fractional, bumped, col_need)
-            if end is None:  # no path through fractional cells: allow a ceil on an integral cell (still within 1)
+            if (
+                end is None
+            ):  # no path through fractional cells: allow a ceil on an integral cell (still within 1)
                 end, parent = _augmenting_path(start, anywhere, bumped, col_need)
             if end is None:
                 raise RuntimeError(f"cannot allocate class counts {counts} to split sizes {targets}")

@@ -162,7 +162,13 @@ def _charge(x, p1, p2, r, v, o, k: Coefficients, bias: Optional[Tensor], scaled)
 
 
 def charge(
-    x: Tensor, p1: Tensor, p2: Tensor, r: Tensor, v: Tensor, o: Tensor, k: Coefficients,
+    x: Tensor,
+    p1: Tensor,
+    p2: Tensor,
+    r: Tensor,
+    v: Tensor,
+    o: Tensor,
+    k: Coefficients,
     bias: Optional[Tensor] = None,
 ):
     """One step of eq. 1d, 1c, 1a: returns (p[t], R[t], V[t]) before firing.
@@ -176,7 +182,13 @@ def charge(
 
 
 def traceable_charge(
-    x: Tensor, p1: Tensor, p2: Tensor, r: Tensor, v: Tensor, o: Tensor, k: Coefficients,
+    x: Tensor,
+    p1: Tensor,
+    p2: Tensor,
+    r: Tensor,
+    v: Tensor,
+    o: Tensor,
+    k: Coefficients,
     bias: Optional[Tensor] = None,
 ):
     """`charge`, bit for bit, with the coefficients as Python floats instead of cached
@@ -204,8 +216,11 @@ def synapse_filter(
     out = []
     for x in x_seq:
         # a zero initial state (None) contributes no term: a*0 + y == y
-        p = _sum(None if p1 is None else _scaled(k.a1, p1), None if p2 is None else _scaled(k.a2, p2),
-                 _scaled(k.b, x))
+        p = _sum(
+            None if p1 is None else _scaled(k.a1, p1),
+            None if p2 is None else _scaled(k.a2, p2),
+            _scaled(k.b, x),
+        )
         out.append(p)
         p1, p2 = p, p1
     return torch.stack(out)
@@ -259,7 +274,9 @@ def iir_multistep_reference(
 
 def _check_seq(x_seq: Tensor) -> None:
     if x_seq.dim() < 1 or x_seq.shape[0] < 1:
-        raise ValueError(f"IIR neuron: expected a time-first tensor [T, ...] with T >= 1, got shape {tuple(x_seq.shape)}")
+        raise ValueError(
+            f"IIR neuron: expected a time-first tensor [T, ...] with T >= 1, got shape {tuple(x_seq.shape)}"
+        )
 
 
 def iir_multistep(

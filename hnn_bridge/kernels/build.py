@@ -45,8 +45,15 @@ def _cache_folders() -> list[Path]:
     return [Path(root) / "hnn_bridge", Path(tempfile.gettempdir()) / f"hnn_bridge-{os.getuid()}"]
 
 
-def build_library(source: str, flags: Sequence[str], name: str, *, libs: Sequence[str] = (),
-                  folder: Optional[str | os.PathLike[str]] = None, compiler: Optional[str] = None) -> Path:
+def build_library(
+    source: str,
+    flags: Sequence[str],
+    name: str,
+    *,
+    libs: Sequence[str] = (),
+    folder: Optional[str | os.PathLike[str]] = None,
+    compiler: Optional[str] = None,
+) -> Path:
     """``source`` (C) compiled with ``compiler`` (`c_compiler`) and ``flags`` into
     ``lib{name}-{hash}.so``, linked with ``libs`` (e.g. ``-lm``); returns its path.
 

@@ -142,8 +142,9 @@ def fused_forward(
     for gradcheck (ATen only).
     """
     if not smooth and native_enabled(x_seq):
-        return native_forward(x_seq, k, state, keep_spikes=keep_spikes, keep_volts=keep_volts,
-                              volts_out=volts_out)
+        return native_forward(
+            x_seq, k, state, keep_spikes=keep_spikes, keep_volts=keep_volts, volts_out=volts_out
+        )
     steps = x_seq.shape[0]
     shape, opts = x_seq.shape[1:], dict(dtype=x_seq.dtype, device=x_seq.device)
     scalar = _scalar_maker(x_seq)
@@ -272,8 +273,16 @@ def bptt(
     # grad_x holds dO/dV of every step until step t overwrites it with g_p[t].
     if native_enabled(grad_x):
         native_surrogate_exp(volts, grad_x, k)
-        adjoints = native_backward(grad_x, k, detach_reset=detach_reset, g_spikes=g_spikes, g_volts=g_volts,
-                                   g_p1=g_p1, g_p2=g_p2, g_r=g_r)
+        adjoints = native_backward(
+            grad_x,
+            k,
+            detach_reset=detach_reset,
+            g_spikes=g_spikes,
+            g_volts=g_volts,
+            g_p1=g_p1,
+            g_p2=g_p2,
+            g_r=g_r,
+        )
         return (grad_x, *adjoints)
     surrogate_into(grad_x, volts, k)
     gx_steps = grad_x.unbind(0)
@@ -336,8 +345,16 @@ def _owned(t: Tensor, inputs: tuple[Tensor, ...]) -> Tensor:
     return t.clone() if t._base is not None or any(t is i for i in inputs) else t
 
 
-def _save_for_backward(ctx, x_seq: Tensor, volts: Optional[Tensor], state: State, k: Coefficients, *,
-                       detach_reset: bool, smooth: bool) -> None:
+def _save_for_backward(
+    ctx,
+    x_seq: Tensor,
+    volts: Optional[Tensor],
+    state: State,
+    k: Coefficients,
+    *,
+    detach_reset: bool,
+    smooth: bool,
+) -> None:
     """Save what backward needs: V, or, for an input constant over time, the input (one
     step's memory) and the initial state, from which backward recomputes V."""
     ctx.k, ctx.detach_reset, ctx.smooth = k, detach_reset, smooth
@@ -384,8 +401,15 @@ class IIRMultiStep(torch.autograd.Function):
         given = tuple(s for s in state if s is not None)
         with one_thread_per_step(x_seq):
             spikes, volts, p1, p2, r, _, _ = fused_forward(x_seq, k, state, smooth=smooth)
-        _save_for_backward(ctx, x_seq, None if constant_over_time(x_seq) else volts, state, k,
-                           detach_reset=detach_reset, smooth=smooth)
+        _save_for_backward(
+            ctx,
+            x_seq,
+            None if constant_over_time(x_seq) else volts,
+            state,
+            k,
+            detach_reset=detach_reset,
+            smooth=smooth,
+        )
         # p[T-1], p[T-2] and R[T-1] can be an input or a view of x_seq or of the spikes
         # (T = 1, synapse "none", theta = 0); an output of a Function must own its memory.
         p_last, p_prev, r = (_owned(t, (x_seq, *given)) for t in (p1, p2, r))

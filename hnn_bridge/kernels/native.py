@@ -42,6 +42,7 @@ __all__ = [
     "term_kinds",
 ]
 
+
 def _kind(c: float) -> int:
     return 0 if c == 0.0 else 1 if c == 1.0 else 2
 
@@ -129,8 +130,9 @@ def _flat(t: Optional[Tensor]) -> Optional[Tensor]:
     return None if t is None else t.contiguous()
 
 
-def native_forward(x_seq: Tensor, k, state=None, *, keep_spikes: bool, keep_volts: bool,
-                   volts_out: Optional[Tensor] = None):
+def native_forward(
+    x_seq: Tensor, k, state=None, *, keep_spikes: bool, keep_volts: bool, volts_out: Optional[Tensor] = None
+):
     """`fused.fused_forward` (Heaviside firing) in C: (spikes|None, volts|None, p1, p2, r,
     v, o) for x_seq [T, ...], the neuron's `Coefficients` ``k`` and the initial state
     (p1, p2, r, v, o; None, or None entries, are zeros)."""
@@ -150,8 +152,19 @@ def native_forward(x_seq: Tensor, k, state=None, *, keep_spikes: bool, keep_volt
     finals = [torch.empty(shape, **opts) for _ in range(5)]
 
     def call(i: int, m: int) -> None:
-        lib.iir_native_forward(_ptr(x, i), x_step, *(_ptr(s, i) for s in init), _ptr(spikes, i), _ptr(volts, i),
-                               *(_ptr(f, i) for f in finals), n, m, steps, kinds, *scalars)
+        lib.iir_native_forward(
+            _ptr(x, i),
+            x_step,
+            *(_ptr(s, i) for s in init),
+            _ptr(spikes, i),
+            _ptr(volts, i),
+            *(_ptr(f, i) for f in finals),
+            n,
+            m,
+            steps,
+            kinds,
+            *scalars,
+        )
 
     if n > 0:
         _run(call, n)
@@ -175,9 +188,17 @@ def native_surrogate_exp(volts: Tensor, out: Tensor, k) -> Tensor:
     return out.exp_()
 
 
-def native_backward(g: Tensor, k, *, detach_reset: bool, g_spikes: Optional[Tensor] = None,
-                    g_volts: Optional[Tensor] = None, g_p1: Optional[Tensor] = None,
-                    g_p2: Optional[Tensor] = None, g_r: Optional[Tensor] = None):
+def native_backward(
+    g: Tensor,
+    k,
+    *,
+    detach_reset: bool,
+    g_spikes: Optional[Tensor] = None,
+    g_volts: Optional[Tensor] = None,
+    g_p1: Optional[Tensor] = None,
+    g_p2: Optional[Tensor] = None,
+    g_r: Optional[Tensor] = None,
+):
     """`fused.bptt`'s recurrence in C, in place on ``g`` (`native_surrogate_exp` of V in,
     grad_x out); returns the adjoints (cp0, cp1, c_r, c_v, c_o) of the initial state."""
     lib = _library()
@@ -191,8 +212,19 @@ def native_backward(g: Tensor, k, *, detach_reset: bool, g_spikes: Optional[Tens
     outs = [torch.empty(shape, dtype=g.dtype, device=g.device) for _ in range(5)]
 
     def call(i: int, m: int) -> None:
-        lib.iir_native_backward(_ptr(g, i), _ptr(gs, i), _ptr(gv, i), *(_ptr(t, i) for t in init),
-                                *(_ptr(o, i) for o in outs), n, m, steps, kinds, int(detach_reset), *scalars)
+        lib.iir_native_backward(
+            _ptr(g, i),
+            _ptr(gs, i),
+            _ptr(gv, i),
+            *(_ptr(t, i) for t in init),
+            *(_ptr(o, i) for o in outs),
+            n,
+            m,
+            steps,
+            kinds,
+            int(detach_reset),
+            *scalars,
+        )
 
     if n > 0:
         _run(call, n)
@@ -209,7 +241,9 @@ def native_maxpool2_forward(x: Tensor) -> tuple[Tensor, Tensor]:
     po = (h // 2) * (w // 2)
 
     def call(p: int, m: int) -> None:
-        lib.iir_native_maxpool2_forward(_ptr(x, p * h * w), _ptr(out, p * po), idx.data_ptr() + p * po, m, h, w)
+        lib.iir_native_maxpool2_forward(
+            _ptr(x, p * h * w), _ptr(out, p * po), idx.data_ptr() + p * po, m, h, w
+        )
 
     _run(call, planes, item_size=h * w, align=1)
     return out, idx
@@ -225,7 +259,9 @@ def native_maxpool2_backward(g: Tensor, idx: Tensor, shape: torch.Size) -> Tenso
     po = (h // 2) * (w // 2)
 
     def call(p: int, m: int) -> None:
-        lib.iir_native_maxpool2_backward(_ptr(g, p * po), idx.data_ptr() + p * po, _ptr(gx, p * h * w), m, h, w)
+        lib.iir_native_maxpool2_backward(
+            _ptr(g, p * po), idx.data_ptr() + p * po, _ptr(gx, p * h * w), m, h, w
+        )
 
     _run(call, planes, item_size=h * w, align=1)
     return gx

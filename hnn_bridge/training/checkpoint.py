@@ -141,10 +141,15 @@ def save_state(path: str | os.PathLike[str], state: Mapping[str, Any]) -> Path:
 
 def _unreadable(path: Path, err: BaseException, restart: str) -> CheckpointError:
     reason = " ".join(str(err).split())[:160] or type(err).__name__
-    return CheckpointError(f"cannot read {path} (truncated or corrupt: {type(err).__name__}: {reason}); {restart}")
+    return CheckpointError(
+        f"cannot read {path} (truncated or corrupt: {type(err).__name__}: {reason}); {restart}"
+    )
 
 
-RESTART_ROW = "delete that file to restart its row (the other rows are kept), or run without --resume to restart every row"
+RESTART_ROW = (
+    "delete that file to restart its row (the other rows are kept), "
+    "or run without --resume to restart every row"
+)
 
 
 def load_state(path: str | os.PathLike[str], restart: str = RESTART_ROW) -> dict[str, Any] | None:
@@ -229,11 +234,14 @@ def ensure_writable(folder: str | os.PathLike[str], min_free: int = MIN_FREE_BYT
             why += " (a read-only or foreign folder)"
         elif err.errno in (errno.ENOSPC, errno.EDQUOT):
             why += " (the disk is full)"
-        raise OutputNotWritable(f"cannot write to the output folder {where}: {why}; free it or choose another --out") \
-            from None
+        raise OutputNotWritable(
+            f"cannot write to the output folder {where}: {why}; free it or choose another --out"
+        ) from None
     free = shutil.disk_usage(folder).free
     if free < min_free:
-        raise OutputNotWritable(f"the output folder {folder} has only {free / 2**20:.1f} MiB free (at least "
-                                f"{min_free / 2**20:.0f} MiB needed for checkpoints); free some space or choose "
-                                "another --out")
+        raise OutputNotWritable(
+            f"the output folder {folder} has only {free / 2**20:.1f} MiB free (at least "
+            f"{min_free / 2**20:.0f} MiB needed for checkpoints); free some space or choose "
+            "another --out"
+        )
     return folder

@@ -94,8 +94,10 @@ def from_env(device: str | torch.device = "cpu") -> DistContext:
         return SINGLE
     missing = [k for k in _ENV if k not in os.environ]
     if missing:
-        raise RuntimeError(f"WORLD_SIZE={world} but {', '.join(missing)} not set; launch with "
-                           "`torchrun --nproc_per_node N -m hnn_bridge ...`")
+        raise RuntimeError(
+            f"WORLD_SIZE={world} but {', '.join(missing)} not set; launch with "
+            "`torchrun --nproc_per_node N -m hnn_bridge ...`"
+        )
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     import torch.distributed as dist
 

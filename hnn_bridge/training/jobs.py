@@ -20,8 +20,16 @@ from ..recipe import RowSpec, Settings
 __all__ = ["SNN_ONLY", "Job", "activation_for", "ann_job", "derive_seed", "row_job"]
 
 #: Settings that do not change a pure ANN (it has no coder and no spiking layer).
-SNN_ONLY = ("steps", "input_mode", "backend", "neuron", "init_rate", "logit_scale", "gaussian_sigma0",
-            "bias_placement")
+SNN_ONLY = (
+    "steps",
+    "input_mode",
+    "backend",
+    "neuron",
+    "init_rate",
+    "logit_scale",
+    "gaussian_sigma0",
+    "bias_placement",
+)
 
 
 def derive_seed(base: int, index: int, *parts: str) -> int:
@@ -84,13 +92,32 @@ def row_job(row: RowSpec, seed_index: int) -> Job:
     twin = None
     if row.training == "separate":
         twin = ann_job(row, ann_twin(parse_arch(row.arch)), seed_index)
-    fingerprint = {"kind": "hnn", "arch": row.arch, "coder": row.coder, "training": row.training,
-                   "settings": {**s.identity(), "activation": activation}, "seed_index": seed_index,
-                   "seed": seed, "twin": twin.fingerprint if twin else None}
+    fingerprint = {
+        "kind": "hnn",
+        "arch": row.arch,
+        "coder": row.coder,
+        "training": row.training,
+        "settings": {**s.identity(), "activation": activation},
+        "seed_index": seed_index,
+        "seed": seed,
+        "twin": twin.fingerprint if twin else None,
+    }
     if row.coder == "gaussian":  # mu passes the AL activation (coders.MuActivation); before, linear
         fingerprint["gaussian_mu"] = "activation"
         specs = parse_arch(row.arch)
         if s.dropout > 0 and specs[last_al(specs)].op != "input":  # dropout acts on mu only; before, also on
             fingerprint["gaussian_dropout"] = "mu"  # ln sigma (an input token's head never had dropout)
-    return Job("hnn", f"{row.slug}-s{seed_index}", row.arch, row.coder, row.training, activation, s,
-               seed_index, seed, fingerprint, row, twin)
+    return Job(
+        "hnn",
+        f"{row.slug}-s{seed_index}",
+        row.arch,
+        row.coder,
+        row.training,
+        activation,
+        s,
+        seed_index,
+        seed,
+        fingerprint,
+        row,
+        twin,
+    )

@@ -111,8 +111,10 @@ class NonFiniteLoss(RuntimeError):
     records, the best-validation weights and metrics so far."""
 
     def __init__(self, epoch: int, batch: int, value: float, finished: Mapping[str, Any]) -> None:
-        super().__init__(f"non-finite training loss ({value}) in epoch {epoch}, batch {batch}; "
-                         f"stopped, keeping the {epoch - 1} finished epoch(s)")
+        super().__init__(
+            f"non-finite training loss ({value}) in epoch {epoch}, batch {batch}; "
+            f"stopped, keeping the {epoch - 1} finished epoch(s)"
+        )
         self.epoch = epoch
         self.batch = batch
         self.value = value
@@ -143,8 +145,13 @@ def score_batch(out: Tensor, y: Tensor) -> tuple[int, int, int, int]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], dist: DistContext | None = None,
-             precision: str = "32", logit_scale: float = 1.0) -> Metrics:
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    dist: DistContext | None = None,
+    precision: str = "32",
+    logit_scale: float = 1.0,
+) -> Metrics:
     """Accuracy (strict tie rule and argmax), tie rate and loss over ``batches``.
 
     ``precision`` (`hnn_bridge.precision.PRECISIONS`): the forward runs under that autocast,
@@ -234,8 +241,11 @@ class Optimizers:
         optimizer = torch.optim.Adam(params, lr=options.lr)
         scaler = grad_scaler(options.precision, options.device)
         milestones = list(options.lr_milestones)
-        scheduler = (torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, options.lr_gamma)
-                     if milestones else None)
+        scheduler = (
+            torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, options.lr_gamma)
+            if milestones
+            else None
+        )
         return cls(optimizer, scheduler, scaler)
 
     def step(self, loss: Tensor) -> None:
@@ -266,9 +276,14 @@ class TrainingRecord:
     def from_state(cls, state: Mapping[str, Any]) -> "TrainingRecord":
         """The record a saved state holds (copies: the state stays as it was)."""
         best_val = dict(state["best_val"]) if state.get("best_val") else None
-        return cls(best_model=_clone(state["best_model"]), best_epoch=int(state["best_epoch"]),
-                   best_acc=best_val["acc"] if best_val else -1.0, best_val=best_val,
-                   log=[dict(r) for r in state["log"]], wall=float(state.get("wall_s", 0.0)))
+        return cls(
+            best_model=_clone(state["best_model"]),
+            best_epoch=int(state["best_epoch"]),
+            best_acc=best_val["acc"] if best_val else -1.0,
+            best_val=best_val,
+            log=[dict(r) for r in state["log"]],
+            wall=float(state.get("wall_s", 0.0)),
+        )
 
     def update(self, epoch: int, val: Metrics, model: nn.Module) -> bool:
         """Keep ``model``'s weights when epoch ``epoch``'s validation accuracy beats the best
@@ -281,8 +296,14 @@ class TrainingRecord:
 
     def finished(self, epoch: int, wall: float) -> dict[str, Any]:
         """What `NonFiniteLoss` carries when epoch ``epoch`` + 1 stops after ``wall`` seconds."""
-        return {"epoch": epoch, "best_epoch": self.best_epoch, "best_val": self.best_val,
-                "best_model": self.best_model, "log": self.log, "wall_s": wall}
+        return {
+            "epoch": epoch,
+            "best_epoch": self.best_epoch,
+            "best_val": self.best_val,
+            "best_model": self.best_model,
+            "log": self.log,
+            "wall_s": wall,
+        }
 
 
 @dataclass
@@ -313,7 +334,8 @@ class EpochTally:
     def all_reduce(self, dist: DistContext) -> None:
         """Sum every process's tally (DDP): sum of (global batch mean) x rows over all rows."""
         self.correct, self.seen, self.loss_sum, self.silent, self.saturated = all_reduce_sum(
-            [self.correct, self.seen, self.loss_sum, self.silent, self.saturated], dist)
+            [self.correct, self.seen, self.loss_sum, self.silent, self.saturated], dist
+        )
         self.correct, self.seen = int(round(self.correct)), int(round(self.seen))
         if self.fired is not None:
             self.fired = torch.tensor(all_reduce_sum(self.fired.tolist(), dist))
@@ -363,15 +385,27 @@ def resume(state: Mapping[str, Any], model: nn.Module, opts: Optimizers, dist: D
     return record
 
 
-def snapshot(epoch: int, model: nn.Module, opts: Optimizers, record: TrainingRecord,
-             device: torch.device | str, dist: DistContext) -> dict[str, Any]:
+def snapshot(
+    epoch: int,
+    model: nn.Module,
+    opts: Optimizers,
+    record: TrainingRecord,
+    device: torch.device | str,
+    dist: DistContext,
+) -> dict[str, Any]:
     """The training state after ``epoch`` finished epochs, as saved and resumed (under DDP
     a collective: every process calls it, and it holds every process's RNG state)."""
     snap = {
-        "epoch": epoch, "model": model.state_dict(), "optimizer": opts.optimizer.state_dict(),
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": opts.optimizer.state_dict(),
         "scheduler": opts.scheduler.state_dict() if opts.scheduler is not None else None,
-        "rng": rng_state(device), "best_epoch": record.best_epoch, "best_val": record.best_val,
-        "best_model": record.best_model, "log": record.log, "wall_s": record.wall,
+        "rng": rng_state(device),
+        "best_epoch": record.best_epoch,
+        "best_val": record.best_val,
+        "best_model": record.best_model,
+        "log": record.log,
+        "wall_s": record.wall,
         "scaler": opts.scaler.state_dict() if opts.scaler is not None else None,
     }
     if dist.distributed:  # every process's RNG state (collective: all processes call snapshot)
@@ -380,9 +414,18 @@ def snapshot(epoch: int, model: nn.Module, opts: Optimizers, record: TrainingRec
     return snap
 
 
-def train_epoch(net: nn.Module, train_batches: Any, epoch: int, opts: Optimizers, options: TrainOptions, *,
-                steps: int | None, dist: DistContext, progress: Progress,
-                stop: Callable[[int, float], NonFiniteLoss]) -> EpochTally:
+def train_epoch(
+    net: nn.Module,
+    train_batches: Any,
+    epoch: int,
+    opts: Optimizers,
+    options: TrainOptions,
+    *,
+    steps: int | None,
+    dist: DistContext,
+    progress: Progress,
+    stop: Callable[[int, float], NonFiniteLoss],
+) -> EpochTally:
     """One pass over epoch ``epoch``'s (0-based) training batches: forward and loss under
     autocast, the optimizer step, the tally. Under DDP the loss is the global batch's
     mean (all-reduced), so that a non-finite loss on any process stops all of them:
@@ -405,16 +448,22 @@ def train_epoch(net: nn.Module, train_batches: Any, epoch: int, opts: Optimizers
     return tally
 
 
-def validate(model: nn.Module, val_batches: Any, epoch: int, options: TrainOptions,
-             dist: DistContext) -> tuple[Metrics, dict[str, Any]]:
+def validate(
+    model: nn.Module, val_batches: Any, epoch: int, options: TrainOptions, dist: DistContext
+) -> tuple[Metrics, dict[str, Any]]:
     """`evaluate` on epoch ``epoch``'s validation batches, with every SL's spikes and
     neuron-steps (`rates.recording_spike_rates`), summed over the processes under DDP."""
     with recording_spike_rates(model) as totals:
-        val = evaluate(model, val_batches.epoch_batches(epoch), dist if dist.distributed else None,
-                       options.precision, options.logit_scale)
+        val = evaluate(
+            model,
+            val_batches.epoch_batches(epoch),
+            dist if dist.distributed else None,
+            options.precision,
+            options.logit_scale,
+        )
     if dist.distributed and totals:  # every process's spikes and neuron-steps
         summed = all_reduce_sum([v for pair in totals.values() for v in pair], dist)
-        totals = {k: summed[2 * j:2 * j + 2] for j, k in enumerate(totals)}
+        totals = {k: summed[2 * j : 2 * j + 2] for j, k in enumerate(totals)}
     return val, totals
 
 
@@ -422,20 +471,44 @@ def score_on_test(model: nn.Module, test_batches: Any, options: TrainOptions, di
     """`evaluate` on the test set, leaving the global RNG (coder noise) as it found it, so
     that training goes on bit for bit as without this pass."""
     saved_rng = rng_state(options.device)
-    test = evaluate(model, test_batches.epoch_batches(0), dist if dist.distributed else None,
-                    options.precision, options.logit_scale)
+    test = evaluate(
+        model,
+        test_batches.epoch_batches(0),
+        dist if dist.distributed else None,
+        options.precision,
+        options.logit_scale,
+    )
     set_rng_state(saved_rng)
     return test
 
 
-def epoch_record(epoch: int, tally: EpochTally, val: Metrics, test: Metrics | None, lr: float, seconds: float,
-                 best: bool, totals: Mapping[str, Any]) -> EpochRecord:
+def epoch_record(
+    epoch: int,
+    tally: EpochTally,
+    val: Metrics,
+    test: Metrics | None,
+    lr: float,
+    seconds: float,
+    best: bool,
+    totals: Mapping[str, Any],
+) -> EpochRecord:
     """The log line of epoch ``epoch`` (1-based) from its tally, validation and test scores."""
     seen = max(tally.seen, 1)
-    return EpochRecord(epoch, tally.loss_sum / seen, tally.correct / seen, val.acc, val.acc_argmax,
-                       val.tie_rate, lr, seconds, best, *tally.output_shares(), spike_rates(totals) or None,
-                       *((test.acc, test.acc_argmax, test.tie_rate) if test is not None else ()),
-                       train_out_dead=tally.dead_classes())
+    return EpochRecord(
+        epoch,
+        tally.loss_sum / seen,
+        tally.correct / seen,
+        val.acc,
+        val.acc_argmax,
+        val.tie_rate,
+        lr,
+        seconds,
+        best,
+        *tally.output_shares(),
+        spike_rates(totals) or None,
+        *((test.acc, test.acc_argmax, test.tie_rate) if test is not None else ()),
+        train_out_dead=tally.dead_classes(),
+    )
 
 
 def train_model(
@@ -504,8 +577,9 @@ def train_model(
             finished = record.finished(epoch, record.wall + time.perf_counter() - t0)
             return NonFiniteLoss(epoch + 1, batch, value, finished)
 
-        tally = train_epoch(net, train_batches, epoch, opts, options, steps=steps, dist=dist,
-                            progress=progress, stop=stop)
+        tally = train_epoch(
+            net, train_batches, epoch, opts, options, steps=steps, dist=dist, progress=progress, stop=stop
+        )
         if dist.distributed:
             tally.all_reduce(dist)
         if opts.scheduler is not None:

@@ -30,8 +30,9 @@ def exclusive(out: Path) -> Iterator[None]:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise OutputBusy(f"another hnn-bridge run is writing to {out}; wait for it or choose another "
-                             "--out") from None
+            raise OutputBusy(
+                f"another hnn-bridge run is writing to {out}; wait for it or choose another --out"
+            ) from None
         try:
             yield
         finally:

@@ -66,8 +66,12 @@ def schedule(recipe: Recipe, seeds: int, needs_twin: Callable[[Job], bool]) -> S
     return plan
 
 
-def run_parallel(run: "RecipeRun", recipe: Recipe, options: "RunOptions",
-                 on_results: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+def run_parallel(
+    run: "RecipeRun",
+    recipe: Recipe,
+    options: "RunOptions",
+    on_results: Callable[[dict[str, Any]], None] | None,
+) -> dict[str, Any]:
     """`runner.run_recipe`'s jobs in ``options.jobs`` worker processes (see `schedule`)."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -78,9 +82,14 @@ def run_parallel(run: "RecipeRun", recipe: Recipe, options: "RunOptions",
     threads = max(1, (os.cpu_count() or 1) // workers)
     worker_options = replace(options, reporter=Reporter())
     console = isinstance(options.reporter, ConsoleReporter)
-    run.reporter.note(f"running {len(order)} job(s) in {workers} worker processes ({threads} thread(s) each)"
-                      + (f"; {len(twins)} pure ANN(s) for separate learning first, the rows that need them "
-                         "after" if twins else ""))
+    run.reporter.note(
+        f"running {len(order)} job(s) in {workers} worker processes ({threads} thread(s) each)"
+        + (
+            f"; {len(twins)} pure ANN(s) for separate learning first, the rows that need them after"
+            if twins
+            else ""
+        )
+    )
     finished: dict[tuple[int, int], dict[str, Any]] = {}
 
     def done_so_far() -> dict[int, list[dict[str, Any]]]:
@@ -168,9 +177,14 @@ def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def job_worker(recipe: Recipe, options: "RunOptions", job: Job, row: RowSpec,
-               known: dict[str, dict[str, Any]],
-               console: bool) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
+def job_worker(
+    recipe: Recipe,
+    options: "RunOptions",
+    job: Job,
+    row: RowSpec,
+    known: dict[str, dict[str, Any]],
+    console: bool,
+) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
     """Run one job in a ``--jobs`` worker; return its result and epoch-log rows. Progress:
     one line per finished epoch (no live bar), prefixed with the job's title."""
     from .runner import RecipeRun

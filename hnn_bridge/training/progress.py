@@ -54,8 +54,11 @@ class _Line(Progress):
 
     def _eta(self, done: int) -> float:
         elapsed = time.perf_counter() - self.epoch_start
-        per_epoch = (sum(self.epoch_times) / len(self.epoch_times) if self.epoch_times
-                     else elapsed / max(done, 1) * max(self.batches, 1))
+        per_epoch = (
+            sum(self.epoch_times) / len(self.epoch_times)
+            if self.epoch_times
+            else elapsed / max(done, 1) * max(self.batches, 1)
+        )
         rest_of_epoch = elapsed / max(done, 1) * (self.batches - done)
         return rest_of_epoch + (self.epochs - self.epoch) * per_epoch
 
@@ -74,15 +77,19 @@ class _Line(Progress):
         share = index / max(self.batches, 1)
         bar = "#" * int(20 * share) + "." * (20 - int(20 * share))
         val = "" if self.val is None else f"  val {100 * self.val:.2f}%"
-        self._draw(f"{self.title} | epoch {self.epoch}/{self.epochs} [{bar}] {100 * share:3.0f}% "
-                   f"loss {self.loss_sum / index:.4f}{val}  left {format_seconds(self._eta(index))}")
+        self._draw(
+            f"{self.title} | epoch {self.epoch}/{self.epochs} [{bar}] {100 * share:3.0f}% "
+            f"loss {self.loss_sum / index:.4f}{val}  left {format_seconds(self._eta(index))}"
+        )
 
     def end_epoch(self, record: EpochRecord, eta_s: float) -> None:
         self.epoch_times.append(record.seconds)
         self.val = record.val_acc
-        text = (f"{self.title} | epoch {record.epoch}/{self.epochs} loss {record.train_loss:.4f} "
-                f"val {100 * record.val_acc:.2f}% (ties {100 * record.val_tie_rate:.1f}%)"
-                f"{' *' if record.best else ''}  {format_seconds(record.seconds)}, left {format_seconds(eta_s)}")
+        text = (
+            f"{self.title} | epoch {record.epoch}/{self.epochs} loss {record.train_loss:.4f} "
+            f"val {100 * record.val_acc:.2f}% (ties {100 * record.val_tie_rate:.1f}%)"
+            f"{' *' if record.best else ''}  {format_seconds(record.seconds)}, left {format_seconds(eta_s)}"
+        )
         if self.live:
             self._draw(text)
             self.stream.write("\n")

@@ -55,19 +55,45 @@ from ..calibration import calibrate_firing
 from ..ops import ops_summary
 from ..rates import recording_counts
 from ..recipe import Recipe, RecipeError, RowSpec, build_row
-from .checkpoint import (CheckpointError, atomic_write_json, atomic_write_text, ensure_writable, load_state,
-                         load_weights, read_checkpoint_json, remove_partial_writes, save_state, torch_save)
+from .checkpoint import (
+    CheckpointError,
+    atomic_write_json,
+    atomic_write_text,
+    ensure_writable,
+    load_state,
+    load_weights,
+    read_checkpoint_json,
+    remove_partial_writes,
+    save_state,
+    torch_save,
+)
 from .distributed import SINGLE, DistContext, barrier
 from .jobs import Job, derive_seed, row_job
 from .loop import NonFiniteLoss, TrainOptions, evaluate, train_model
 from .output_lock import OutputBusy, exclusive
 from .pool import run_parallel
 from .progress import Reporter
-from .results import (EPOCH_FIELDS, RESULTS_FORMAT, epoch_log_rows, epoch_warnings, epochs_csv,
-                      fingerprint_changes, retrain_hint, run_results)
+from .results import (
+    EPOCH_FIELDS,
+    RESULTS_FORMAT,
+    epoch_log_rows,
+    epoch_warnings,
+    epochs_csv,
+    fingerprint_changes,
+    retrain_hint,
+    run_results,
+)
 
-__all__ = ["EPOCH_FIELDS", "OutputBusy", "RESULTS_FORMAT", "RunOptions", "check_parallel", "derive_seed",
-           "epoch_warnings", "run_recipe"]
+__all__ = [
+    "EPOCH_FIELDS",
+    "OutputBusy",
+    "RESULTS_FORMAT",
+    "RunOptions",
+    "check_parallel",
+    "derive_seed",
+    "epoch_warnings",
+    "run_recipe",
+]
 
 # the first training images (in split order) on which SL weights are calibrated (init_rate)
 CALIBRATION_IMAGES = 64
@@ -103,8 +129,10 @@ def check_parallel(recipe: Recipe, world_size: int, jobs: int = 1) -> None:
     if jobs < 1:
         raise RecipeError(f"--jobs must be at least 1, got {jobs}")
     if world_size > 1 and jobs > 1:
-        raise RecipeError(f"--jobs {jobs} cannot be combined with a torchrun launch (WORLD_SIZE={world_size}): "
-                          "run the rows either data-parallel under torchrun or in --jobs processes, not both")
+        raise RecipeError(
+            f"--jobs {jobs} cannot be combined with a torchrun launch (WORLD_SIZE={world_size}): "
+            "run the rows either data-parallel under torchrun or in --jobs processes, not both"
+        )
     if world_size == 1:
         return
     for row in recipe.rows:
@@ -113,9 +141,11 @@ def check_parallel(recipe: Recipe, world_size: int, jobs: int = 1) -> None:
             fits = [w for w in range(1, min(b, 16) + 1) if b % w == 0]
             raise RecipeError(
                 f"{recipe.source}: row {row.index} ({row.arch}): batch_size {b} is not divisible by the "
-                f"{world_size} processes of this torchrun launch (WORLD_SIZE={world_size}); every process takes "
+                f"{world_size} processes of this torchrun launch (WORLD_SIZE={world_size}); every "
+                "process takes "
                 f"batch_size / WORLD_SIZE rows of each global batch. Use --nproc_per_node in "
-                f"{{{', '.join(map(str, fits))}}} or a batch size divisible by {world_size}")
+                f"{{{', '.join(map(str, fits))}}} or a batch size divisible by {world_size}"
+            )
 
 
 @dataclass
@@ -182,7 +212,8 @@ class RecipeRun:
                 images, labels = images[pick], labels[pick]
                 what += f", stratified subset of {s.subset}"
             split = split_622(labels, seed=s.split_seed)
-            what += f"; split 6:2:2 with seed {s.split_seed}: {len(split.train)}/{len(split.val)}/{len(split.test)})"
+            sizes = f"{len(split.train)}/{len(split.val)}/{len(split.test)}"
+            what += f"; split 6:2:2 with seed {s.split_seed}: {sizes})"
             self.data[key] = _Data(images, labels, split.train, split.val, split.test, what)
 
     def batches(self, job: Job) -> tuple[Any, Any, Any]:
@@ -195,11 +226,25 @@ class RecipeRun:
         common = dict(device=self.device, preload=preload)
         rank, world = self.dist.rank, self.dist.world_size
         # DDP: this rank's shard of every global batch; every world-th validation/test image
-        train = TensorBatches(d.images, d.labels, d.train, batch_size=s.batch_size // world, shuffle=True,
-                              seed=job.seed, rank=rank, world_size=world, augment=augmentation(s.augment), **common)
+        train = TensorBatches(
+            d.images,
+            d.labels,
+            d.train,
+            batch_size=s.batch_size // world,
+            shuffle=True,
+            seed=job.seed,
+            rank=rank,
+            world_size=world,
+            augment=augmentation(s.augment),
+            **common,
+        )
         val_idx, test_idx = (d.val, d.test) if world == 1 else (d.val[rank::world], d.test[rank::world])
-        val = TensorBatches(d.images, d.labels, val_idx, batch_size=s.eval_batch_size, shuffle=False, **common)
-        test = TensorBatches(d.images, d.labels, test_idx, batch_size=s.eval_batch_size, shuffle=False, **common)
+        val = TensorBatches(
+            d.images, d.labels, val_idx, batch_size=s.eval_batch_size, shuffle=False, **common
+        )
+        test = TensorBatches(
+            d.images, d.labels, test_idx, batch_size=s.eval_batch_size, shuffle=False, **common
+        )
         return train, val, test
 
     # -------------------------------------------------------------------- epoch log
@@ -212,8 +257,13 @@ class RecipeRun:
     # -------------------------------------------------------------------- models
 
     def _build(self, job: Job) -> nn.Module:
-        row = replace(job.row, arch=job.arch, coder=job.coder, training=job.training,
-                      settings=replace(job.settings, activation=job.activation))
+        row = replace(
+            job.row,
+            arch=job.arch,
+            coder=job.coder,
+            training=job.training,
+            settings=replace(job.settings, activation=job.activation),
+        )
         return build_row(row).to(self.device)
 
     def model_and_params(self, job: Job) -> tuple[nn.Module, list[nn.Parameter]]:
@@ -259,23 +309,43 @@ class RecipeRun:
         state, resumes = self._saved_state(job, row, files)
         model, params = self.model_and_params(job)
         train, val, test = self.batches(job)
-        final, status, error, warnings = self._train(job, row, files, model, params, (train, val, test),
-                                                     state, resumes)
+        final, status, error, warnings = self._train(
+            job, row, files, model, params, (train, val, test), state, resumes
+        )
         test_metrics = self._score_best(job, files, model, final, test)
         result = {
-            "job": job.name, "kind": job.kind, "arch": job.arch, "coder": job.coder, "training": job.training,
-            "activation": job.activation, "seed_index": job.seed_index, "seed": job.seed, "status": status,
-            "error": error, "epochs": job.settings.epochs, "epochs_run": len(final["log"]),
-            "best_epoch": final["best_epoch"], "best_val": final["best_val"], "test": test_metrics,
+            "job": job.name,
+            "kind": job.kind,
+            "arch": job.arch,
+            "coder": job.coder,
+            "training": job.training,
+            "activation": job.activation,
+            "seed_index": job.seed_index,
+            "seed": job.seed,
+            "status": status,
+            "error": error,
+            "epochs": job.settings.epochs,
+            "epochs_run": len(final["log"]),
+            "best_epoch": final["best_epoch"],
+            "best_val": final["best_val"],
+            "test": test_metrics,
             "wall_s": final["wall_s"],
-            "pretrain": None if pretrain is None else {
-                "job": pretrain["job"], "arch": pretrain["arch"],
+            "pretrain": None
+            if pretrain is None
+            else {
+                "job": pretrain["job"],
+                "arch": pretrain["arch"],
                 "test_acc": (pretrain["test"] or {}).get("acc"),
-                "best_epoch": pretrain["best_epoch"], "wall_s": pretrain["wall_s"],
-                "reused": bool(pretrain.get("reused"))},
+                "best_epoch": pretrain["best_epoch"],
+                "wall_s": pretrain["wall_s"],
+                "reused": bool(pretrain.get("reused")),
+            },
             "checkpoint": str(files.weights.relative_to(self.out)) if test_metrics else None,
-            "processes": self.dist.world_size, "resumed_after": resumes, "warnings": warnings,
-            "fingerprint": _plain(job.fingerprint), "log": final["log"],
+            "processes": self.dist.world_size,
+            "resumed_after": resumes,
+            "warnings": warnings,
+            "fingerprint": _plain(job.fingerprint),
+            "log": final["log"],
         }
         if self.dist.is_main:
             atomic_write_json(files.result, result)
@@ -293,8 +363,10 @@ class RecipeRun:
         done = read_checkpoint_json(files.result, retrain_hint(files.result, files.weights))
         if done.get("fingerprint") != _plain(job.fingerprint):
             changes = fingerprint_changes(done.get("fingerprint"), job.fingerprint)
-            self.reporter.note(f"{row.label} seed {job.seed_index}: {files.result} was made with other "
-                               f"settings ({changes}); training this row again")
+            self.reporter.note(
+                f"{row.label} seed {job.seed_index}: {files.result} was made with other "
+                f"settings ({changes}); training this row again"
+            )
             return None
         what = "pre-trained ANN" if job.kind == "ann" else "finished row"
         if done.get("status") != "ok":
@@ -322,8 +394,9 @@ class RecipeRun:
             job = replace(job, twin=None)
         return job, None
 
-    def _saved_state(self, job: Job, row: RowSpec,
-                     files: JobFiles) -> tuple[dict[str, Any] | None, list[int]]:
+    def _saved_state(
+        self, job: Job, row: RowSpec, files: JobFiles
+    ) -> tuple[dict[str, Any] | None, list[int]]:
         """With ``resume``, the job's saved training state when it was made with the same
         fingerprint and number of processes, and the epochs after which the job was
         interrupted so far (this resume's included).
@@ -334,8 +407,10 @@ class RecipeRun:
         state = load_state(files.state) if self.options.resume else None
         if state is not None and state.get("fingerprint") != _plain(job.fingerprint):
             changes = fingerprint_changes(state.get("fingerprint"), job.fingerprint)
-            self.reporter.note(f"{row.label} seed {job.seed_index}: the saved state in {files.state} was "
-                               f"made with other settings ({changes}); starting this row again")
+            self.reporter.note(
+                f"{row.label} seed {job.seed_index}: the saved state in {files.state} was "
+                f"made with other settings ({changes}); starting this row again"
+            )
             state = None
         if state is not None and int(state.get("world_size", 1)) != self.dist.world_size:
             n = int(state.get("world_size", 1))
@@ -343,22 +418,34 @@ class RecipeRun:
             raise CheckpointError(
                 f"{files.state} was saved by {n} process(es) but this run has {self.dist.world_size}: every "
                 "process continues its own random stream, so only the same number resumes exactly; resume "
-                f"with {how}, or delete that file to restart its row")
+                f"with {how}, or delete that file to restart its row"
+            )
         if state is None:
             return None, []
         self.reporter.note(f"{row.label} seed {job.seed_index}: resuming after epoch {state['epoch']}")
         return state, [*state.get("resumes", []), int(state["epoch"])]
 
-    def _train(self, job: Job, row: RowSpec, files: JobFiles, model: nn.Module, params: list[nn.Parameter],
-               batches: tuple[Any, Any, Any], state: dict[str, Any] | None,
-               resumes: list[int]) -> tuple[dict[str, Any], str, str | None, list[str]]:
+    def _train(
+        self,
+        job: Job,
+        row: RowSpec,
+        files: JobFiles,
+        model: nn.Module,
+        params: list[nn.Parameter],
+        batches: tuple[Any, Any, Any],
+        state: dict[str, Any] | None,
+        resumes: list[int],
+    ) -> tuple[dict[str, Any], str, str | None, list[str]]:
         """`loop.train_model` with the row's settings, saving the state and the epoch log
         after every epoch; returns the final state, the status (``ok``, or ``failed`` on a
         non-finite loss, keeping the epochs before it), the error and the warnings."""
         train, val, test = batches
         s = job.settings
-        title = (f"pre-training {job.arch} ({job.activation}) for row {row.index}" if job.kind == "ann"
-                 and row.coder is not None else f"row {row.index} {row.label}")
+        title = (
+            f"pre-training {job.arch} ({job.activation}) for row {row.index}"
+            if job.kind == "ann" and row.coder is not None
+            else f"row {row.index} {row.label}"
+        )
         progress = self.reporter.job(f"{title}, seed {job.seed_index}")
         fingerprint = _plain(job.fingerprint)
         warnings: list[str] = list(state.get("warnings", [])) if state is not None else []
@@ -368,20 +455,37 @@ class RecipeRun:
                 warnings.append(text)
                 self.reporter.note(f"warning: row {row.index} {row.label} seed {job.seed_index}: {text}")
             if self.dist.is_main:
-                save_state(files.state, {**snapshot, "fingerprint": fingerprint, "resumes": resumes,
-                                         "warnings": warnings})
+                save_state(
+                    files.state,
+                    {**snapshot, "fingerprint": fingerprint, "resumes": resumes, "warnings": warnings},
+                )
             self.logs[job.name] = epoch_log_rows(job, row, snapshot["log"])
             if self.write_epochs:
                 self.write_epoch_log()
 
         status, error = "ok", None
         try:
-            options = TrainOptions(epochs=s.epochs, lr=s.lr, lr_milestones=s.lr_milestones,
-                                   lr_gamma=s.lr_gamma, device=self.device, precision=s.precision,
-                                   logit_scale=s.logit_scale)
-            final = train_model(model, params, train, val, options, state=state, on_epoch=on_epoch,
-                                progress=progress, dist=self.dist,
-                                test_batches=test if self.options.test_every_epoch else None)
+            options = TrainOptions(
+                epochs=s.epochs,
+                lr=s.lr,
+                lr_milestones=s.lr_milestones,
+                lr_gamma=s.lr_gamma,
+                device=self.device,
+                precision=s.precision,
+                logit_scale=s.logit_scale,
+            )
+            final = train_model(
+                model,
+                params,
+                train,
+                val,
+                options,
+                state=state,
+                on_epoch=on_epoch,
+                progress=progress,
+                dist=self.dist,
+                test_batches=test if self.options.test_every_epoch else None,
+            )
         except NonFiniteLoss as err:
             final, status, error = dict(err.finished), "failed", str(err)
             self.reporter.note(f"row {row.index} {row.label} seed {job.seed_index}: {error}")
@@ -392,8 +496,9 @@ class RecipeRun:
             self.write_epoch_log()
         return final, status, error, warnings
 
-    def _score_best(self, job: Job, files: JobFiles, model: nn.Module, final: Mapping[str, Any],
-                    test: Any) -> dict[str, Any] | None:
+    def _score_best(
+        self, job: Job, files: JobFiles, model: nn.Module, final: Mapping[str, Any], test: Any
+    ) -> dict[str, Any] | None:
         """The best-validation weights on test, with their operation counts and energy, and
         those weights saved (rank 0); None when no epoch finished."""
         if final["best_epoch"] <= 0:
@@ -403,22 +508,38 @@ class RecipeRun:
         # the spikes and values fed to every layer in the test pass give the exact operation
         # counts and the energy under every model (rank 0's shard under DDP)
         with recording_counts(model) as tally:
-            test_metrics = evaluate(model, test.epoch_batches(0), self.dist, s.precision,
-                                    s.logit_scale).as_dict()
+            test_metrics = evaluate(
+                model, test.epoch_batches(0), self.dist, s.precision, s.logit_scale
+            ).as_dict()
         test_metrics["ops"] = ops_summary(model, tally)
         if self.dist.is_main:
-            torch_save({"model": final["best_model"], "arch": job.arch, "coder": job.coder,
-                        "training": job.training, "settings": s.as_dict(),
-                        "best_epoch": final["best_epoch"], "fingerprint": _plain(job.fingerprint)},
-                       files.weights)
+            torch_save(
+                {
+                    "model": final["best_model"],
+                    "arch": job.arch,
+                    "coder": job.coder,
+                    "training": job.training,
+                    "settings": s.as_dict(),
+                    "best_epoch": final["best_epoch"],
+                    "fingerprint": _plain(job.fingerprint),
+                },
+                files.weights,
+            )
         return test_metrics
 
     # -------------------------------------------------------------------- results
 
     def results(self, seeds_done: Mapping[int, list[dict[str, Any]]], finished: bool) -> dict[str, Any]:
-        return run_results(self.recipe, seeds_done, seeds=self.options.seeds, device=str(self.device),
-                           processes=self.dist.world_size, data=[d.description for d in self.data.values()],
-                           finished=finished, wall_s=time.perf_counter() - self.started)
+        return run_results(
+            self.recipe,
+            seeds_done,
+            seeds=self.options.seeds,
+            device=str(self.device),
+            processes=self.dist.world_size,
+            data=[d.description for d in self.data.values()],
+            finished=finished,
+            wall_s=time.perf_counter() - self.started,
+        )
 
 
 def _plain(fingerprint: Mapping[str, Any]) -> Any:
@@ -426,8 +547,9 @@ def _plain(fingerprint: Mapping[str, Any]) -> Any:
     return json.loads(json.dumps(fingerprint))
 
 
-def run_recipe(recipe: Recipe, options: RunOptions,
-               on_results: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def run_recipe(
+    recipe: Recipe, options: RunOptions, on_results: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
     """Train every row of a configured recipe for ``options.seeds`` seeds.
 
     ``on_results(results)`` is called after every finished (row, seed) with the results so
@@ -452,8 +574,9 @@ def run_recipe(recipe: Recipe, options: RunOptions,
         return _run(run, recipe, options, on_results)
 
 
-def _run(run: RecipeRun, recipe: Recipe, options: RunOptions,
-         on_results: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+def _run(
+    run: RecipeRun, recipe: Recipe, options: RunOptions, on_results: Callable[[dict[str, Any]], None] | None
+) -> dict[str, Any]:
     dist = run.dist
     if dist.is_main:  # rank 0 first: a dataset missing from the cache is downloaded once
         run.load_data()
@@ -463,8 +586,10 @@ def _run(run: RecipeRun, recipe: Recipe, options: RunOptions,
     for d in run.data.values():
         run.reporter.note(f"data: {d.description}")
     if dist.distributed:
-        run.reporter.note(f"data parallel: {dist.world_size} processes, each takes batch_size / {dist.world_size} "
-                          "rows of every global batch")
+        run.reporter.note(
+            f"data parallel: {dist.world_size} processes, each takes batch_size / {dist.world_size} "
+            "rows of every global batch"
+        )
     if dist.is_main:  # a process killed while writing leaves a temporary file; the old file is intact
         remove_partial_writes(run.out)
         remove_partial_writes(run.ckpt)

@@ -40,17 +40,22 @@ def load_trained(run_dir: str | Path, row: int, seed_index: int = 0) -> HybridNe
     run_dir = Path(run_dir)
     results_path = run_dir / "results.json"
     if not results_path.is_file():
-        raise TrainedRunError(f"{run_dir}: no results.json; give the --out folder of a `hnn-bridge recipe` or "
-                              "`train` run")
+        raise TrainedRunError(
+            f"{run_dir}: no results.json; give the --out folder of a `hnn-bridge recipe` or `train` run"
+        )
     rows = json.loads(results_path.read_text(encoding="utf-8")).get("rows", [])
     match = [r for r in rows if r.get("row") == row]
     if not match:
-        raise TrainedRunError(f"{run_dir}: no row {row}; the run has rows "
-                              f"{', '.join(str(r.get('row')) for r in rows) or 'none'}")
+        raise TrainedRunError(
+            f"{run_dir}: no row {row}; the run has rows "
+            f"{', '.join(str(r.get('row')) for r in rows) or 'none'}"
+        )
     seeds = [s for s in match[0].get("seeds", []) if s.get("seed_index", 0) == seed_index]
     if not seeds or not seeds[0].get("checkpoint"):
-        raise TrainedRunError(f"{run_dir}: row {row} seed {seed_index} has no trained weights "
-                              "(not finished; continue the run with --resume)")
+        raise TrainedRunError(
+            f"{run_dir}: row {row} seed {seed_index} has no trained weights "
+            "(not finished; continue the run with --resume)"
+        )
     weights = run_dir / seeds[0]["checkpoint"]
     if not weights.is_file():
         raise TrainedRunError(f"{weights}: the weights file named in results.json is missing")

@@ -125,7 +125,9 @@ def parity(shape_name: str, deadline: Deadline) -> list[dict]:
         kw = dict(synapse=synapse, detach_reset=detach_reset)
         x, g = currents(T, shape, seed=T, device="cuda")
         ref_s, ref_v, ref_g = run_node(lambda: IIRNode(**kw, backend="torch", store_v_seq=True), x, g)
-        cpu_s, cpu_v, cpu_g = run_node(lambda: IIRNode(**kw, backend="torch", store_v_seq=True), x.cpu(), g.cpu())
+        cpu_s, cpu_v, cpu_g = run_node(
+            lambda: IIRNode(**kw, backend="torch", store_v_seq=True), x.cpu(), g.cpu()
+        )
         row.update(spike_rate=ref_s.mean().item(), torch_gpu_equals_cpu=bool(torch.equal(ref_s.cpu(), cpu_s)))
         try:
             s, v, gr = run_node(lambda: IIRNode(**kw, backend="cupy", store_v_seq=True), x, g)
@@ -140,9 +142,11 @@ def parity(shape_name: str, deadline: Deadline) -> list[dict]:
         except Exception as error:  # report, do not stop the check
             row.update(passed=False, error=f"{type(error).__name__}: {error}")
         rows.append(row)
-        print(f"parity {shape_name:3s} T={T:2d} {synapse:11s} detach_reset={detach_reset!s:5s} "
-              f"cupy {'ok' if row['passed'] else 'FAIL'} (grad {row.get('grad_rel_err', float('nan')):.2e})",
-              flush=True)
+        print(
+            f"parity {shape_name:3s} T={T:2d} {synapse:11s} detach_reset={detach_reset!s:5s} "
+            f"cupy {'ok' if row['passed'] else 'FAIL'} (grad {row.get('grad_rel_err', float('nan')):.2e})",
+            flush=True,
+        )
     return rows
 
 
@@ -171,9 +175,10 @@ def half_parity(deadline: Deadline) -> list[dict]:
 def flexsn(deadline: Deadline, repeats: int) -> dict:
     """The FlexSN/Triton node against the CPU reference (dual_exp, MLP shape, T = 8 and 25),
     then its timing: reported, not gated."""
-    from hnn_bridge import IIRParams
     from hnn_bridge.adapters.spikingjelly import IIRNode
     from hnn_bridge.adapters.triton_flexsn import flexsn_iir_node
+
+    from hnn_bridge import IIRParams
 
     rows = []
     for T in (8, 25):
@@ -185,15 +190,20 @@ def flexsn(deadline: Deadline, repeats: int) -> dict:
         cpu_s, _, cpu_g = run_node(lambda: IIRNode(backend="torch"), x.cpu(), g.cpu())
         try:
             s, _, gr = run_node(lambda: flexsn_iir_node(IIRParams()).cuda(), x, g)
-            row.update(spikes_equal=bool(torch.equal(s.cpu(), cpu_s)),
-                       spikes_differing=int((s.cpu() != cpu_s).sum()), grad_rel_err=rel_err(gr.cpu(), cpu_g))
+            row.update(
+                spikes_equal=bool(torch.equal(s.cpu(), cpu_s)),
+                spikes_differing=int((s.cpu() != cpu_s).sum()),
+                grad_rel_err=rel_err(gr.cpu(), cpu_g),
+            )
             row["passed"] = row["spikes_equal"] and row["grad_rel_err"] <= GRAD_TOL
         except Exception as error:  # report, do not stop the check
             row.update(passed=False, error=f"{type(error).__name__}: {error}")
         print(f"flexsn parity T={T:2d}: {row}", flush=True)
         rows.append(row)
     timings = timing(deadline, repeats, shapes=("mlp",), impls=("IIR FlexSN (triton)",))
-    return dict(parity=rows, timing=timings, reproduces_reference=bool(rows) and all(r.get("passed") for r in rows))
+    return dict(
+        parity=rows, timing=timings, reproduces_reference=bool(rows) and all(r.get("passed") for r in rows)
+    )
 
 
 def time_cuda(fn, repeats: int, warmup: int = 3) -> dict:
@@ -214,12 +224,12 @@ def time_cuda(fn, repeats: int, warmup: int = 3) -> dict:
 def implementations():
     """name -> factory() returning a callable x -> spikes [T, ...] from zero state."""
     import snntorch
-    from spikingjelly.activation_based import functional, neuron
-
-    from hnn_bridge import IIRParams
     from hnn_bridge.adapters.snntorch import IIRLeaky
     from hnn_bridge.adapters.spikingjelly import IIRNode
     from hnn_bridge.adapters.triton_flexsn import flexsn_iir_node
+    from spikingjelly.activation_based import functional, neuron
+
+    from hnn_bridge import IIRParams
 
     def sj_module(module):
         module = module.cuda()
@@ -256,8 +266,13 @@ def implementations():
     }
 
 
-MAIN_IMPLS = ("IIRNode cupy", "IIRNode torch", "IIRLeaky snntorch loop", "SJ LIFNode (stock)",
-              "snntorch Leaky (stock) loop")
+MAIN_IMPLS = (
+    "IIRNode cupy",
+    "IIRNode torch",
+    "IIRLeaky snntorch loop",
+    "SJ LIFNode (stock)",
+    "snntorch Leaky (stock) loop",
+)
 
 
 def timing(deadline: Deadline, repeats: int, shapes=tuple(SHAPES), impls=MAIN_IMPLS) -> list[dict]:
@@ -284,8 +299,11 @@ def timing(deadline: Deadline, repeats: int, shapes=tuple(SHAPES), impls=MAIN_IM
                 except Exception as error:
                     row["error"] = f"{type(error).__name__}: {error}"
                 rows.append(row)
-                print(f"timing {name:3s} T={T:2d} {impl:28s} "
-                      + (f"{row['median_ms']:9.3f} ms" if "median_ms" in row else row["error"][:90]), flush=True)
+                print(
+                    f"timing {name:3s} T={T:2d} {impl:28s} "
+                    + (f"{row['median_ms']:9.3f} ms" if "median_ms" in row else row["error"][:90]),
+                    flush=True,
+                )
     return rows
 
 
@@ -330,8 +348,9 @@ def cupy_rows(result: dict) -> list[dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="path of the JSON results (rewritten after every phase)")
-    parser.add_argument("--budget", type=float, default=150.0,
-                        help="seconds: no phase or row starts after this (default 150)")
+    parser.add_argument(
+        "--budget", type=float, default=150.0, help="seconds: no phase or row starts after this (default 150)"
+    )
     parser.add_argument("--repeats", type=int, default=20, help="timed repeats per case (median reported)")
     parser.add_argument("--quick", action="store_true", help="MLP shape only (a fast smoke run)")
     parser.add_argument("--skip-timing", action="store_true", help="parity only")
@@ -339,16 +358,23 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     if not torch.cuda.is_available():
-        print("gpu_check: no CUDA device (torch.cuda.is_available() is False); this check needs a GPU. "
-              "The CPU test suite checks the kernel source through its C build (tests/test_cupy.py).",
-              file=sys.stderr)
+        print(
+            "gpu_check: no CUDA device (torch.cuda.is_available() is False); this check needs a GPU. "
+            "The CPU test suite checks the kernel source through its C build (tests/test_cupy.py).",
+            file=sys.stderr,
+        )
         return 2
     from hnn_bridge.adapters.cupy_kernels import cupy_unavailable_reason
 
     deadline = Deadline(args.budget)
     out = Path(args.out)
-    result = dict(device=torch.cuda.get_device_name(), versions=versions(), budget_s=args.budget,
-                  cupy_unavailable=cupy_unavailable_reason(), grad_tolerance=GRAD_TOL)
+    result = dict(
+        device=torch.cuda.get_device_name(),
+        versions=versions(),
+        budget_s=args.budget,
+        cupy_unavailable=cupy_unavailable_reason(),
+        grad_tolerance=GRAD_TOL,
+    )
     shapes = ("mlp",) if args.quick else tuple(SHAPES)
     phases = [("cupy_parity_mlp", lambda d: parity("mlp", d)), ("half_parity", half_parity)]
     if not args.skip_timing:
@@ -366,10 +392,12 @@ def main(argv=None) -> int:
     result["passed"] = bool(rows) and all(r["passed"] for r in rows)
     write_json(out, result)
     skipped = [name for name, state in result["phases"].items() if state.startswith("skipped")]
-    print(f"\ncupy parity: {'PASSED' if result['passed'] else 'FAILED'} "
-          f"({sum(bool(r['passed']) for r in rows)}/{len(rows)} rows that ran)"
-          + (f"; phases skipped for the budget: {', '.join(skipped)}" if skipped else "")
-          + f"; results in {out} ({result['seconds']} s)")
+    print(
+        f"\ncupy parity: {'PASSED' if result['passed'] else 'FAILED'} "
+        f"({sum(bool(r['passed']) for r in rows)}/{len(rows)} rows that ran)"
+        + (f"; phases skipped for the budget: {', '.join(skipped)}" if skipped else "")
+        + f"; results in {out} ({result['seconds']} s)"
+    )
     return 0 if result["passed"] else 1
 
 
