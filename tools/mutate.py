@@ -137,6 +137,7 @@ TARGETS = (
         "snntorch",
         ("adapters/snntorch.py",),
         (
+            "tests/test_adapter_state.py",
             "tests/test_mutants.py",
             "tests/test_adapters_snntorch.py",
             "tests/test_dropin_snntorch.py",
@@ -149,6 +150,7 @@ TARGETS = (
         "spikingjelly",
         ("adapters/spikingjelly.py",),
         (
+            "tests/test_adapter_state.py",
             "tests/test_adapters_spikingjelly.py",
             "tests/test_dropin_spikingjelly.py",
             "tests/test_properties.py",
