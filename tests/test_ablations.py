@@ -25,7 +25,7 @@ ABLATIONS = Path(__file__).resolve().parents[1] / "docs" / "ablations"
 CONTROLS: dict[str, tuple[str, str, frozenset[str]]] = {
     "mnist-ann-lr": ("table1a", "full", frozenset({"lr", "lr_milestones", "activation"})),
     # The neuron key is the slip the docstring names: the run is committed as made, and
-    # docs/notes/lab-notebook.md and mnist-membrane-decay.toml measure what lambda alone does.
+    # docs/notes/2026-12-04-augmentation.md and mnist-membrane-decay.toml measure what lambda alone does.
     "mnist-augment": ("table1a", "full", frozenset({"augment", "neuron.membrane_decay"})),
     "mnist-membrane-decay": ("table1a", "full", frozenset({"neuron.membrane_decay"})),
     # Its control was the cpu profile at T = 8 (steps differs once the profile moves on).

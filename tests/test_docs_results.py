@@ -1,6 +1,7 @@
-"""docs/results.md (the answer) and docs/notes/lab-notebook.md (the record) quote their
-tables from committed results.json files, so the documents cannot drift from the runs
-(`tools/docs_tables.py`); the results page's prose quotes no number that its tables lack."""
+"""docs/results.md (the answer) and the dated notes under docs/notes/ (the record, one note
+per investigation, indexed by docs/notes/lab-notebook.md) quote their tables from committed
+results.json files, so the documents cannot drift from the runs (`tools/docs_tables.py`);
+the results page's prose quotes no number that its tables lack."""
 
 from __future__ import annotations
 
@@ -23,34 +24,67 @@ BLOCK, render_results_block = docs_tables.BLOCK, docs_tables.render_results_bloc
 stale_blocks, sync_document = docs_tables.stale_blocks, docs_tables.sync_document
 DOCS = REPO / "docs"
 RESULTS = DOCS / "results.md"
-NOTEBOOK = DOCS / "notes" / "lab-notebook.md"
+NOTES = sorted((DOCS / "notes").glob("*.md"))
+INDEX = DOCS / "notes" / "lab-notebook.md"
+# How many results blocks each dated note holds: the 39 tables of the lab notebook as it
+# was until 2026-12-06, now one dated note per investigation. A table moved out of its
+# note, lost, or added without updating this count fails the tests below.
+NOTE_BLOCKS = {
+    "2026-12-02-cifar-cpu-t8.md": 4,
+    "2026-12-02-mnist-full-budget.md": 11,
+    "2026-12-02-mnist-quick.md": 4,
+    "2026-12-03-cifar-quick.md": 3,
+    "2026-12-03-cifar-ties.md": 2,
+    "2026-12-03-learning-rate.md": 1,
+    "2026-12-04-augmentation.md": 2,
+    "2026-12-05-cifar-cpu-t16.md": 6,
+    "2026-12-05-input-token.md": 2,
+    "2026-12-06-fang-bias.md": 4,
+}
 
 
-@pytest.mark.parametrize("doc", [RESULTS, NOTEBOOK], ids=["results", "notebook"])
+def _blocks(doc: Path) -> list[str]:
+    return [m["path"] for m in BLOCK.finditer(doc.read_text(encoding="utf-8"))]
+
+
+@pytest.mark.parametrize("doc", [RESULTS, *NOTES], ids=lambda doc: doc.name)
 def test_every_table_matches_its_results_json(doc: Path):
-    blocks = [m["path"] for m in BLOCK.finditer(doc.read_text(encoding="utf-8"))]
-    prefix = "" if doc.parent == DOCS else "../"
-    assert f"{prefix}full-budget/table1a-lr1e-3" in blocks and f"{prefix}cpu/table1b-t16" in blocks
+    blocks = _blocks(doc)
+    if doc == RESULTS:
+        assert "full-budget/table1a-lr1e-3" in blocks and "cpu/table1b-t16" in blocks
+    assert len(blocks) == NOTE_BLOCKS.get(doc.name, 13 if doc == RESULTS else 0)
     assert all((doc.parent / p / "results.json").is_file() for p in blocks)
     assert stale_blocks(doc) == []
 
 
+def test_each_run_is_quoted_by_one_dated_note_and_every_note_is_dated_and_in_the_site():
+    """The notes that quote runs are named and headed by their date (`# 2026-12-05: ...`),
+    no run is quoted by two notes, and every note is a page of the site and listed by the
+    notebook's index."""
+    assert {doc.name for doc in NOTES if _blocks(doc)} == set(NOTE_BLOCKS)
+    quoted = [(doc.parent / p).resolve() for doc in NOTES for p in _blocks(doc)]
+    assert len(quoted) == len(set(quoted)) == sum(NOTE_BLOCKS.values()) == 39
+    index = INDEX.read_text(encoding="utf-8")
+    nav = (REPO / "mkdocs.yml").read_text(encoding="utf-8")
+    for doc in NOTES:
+        assert f"notes/{doc.name}" in nav, doc.name
+        if doc.name in NOTE_BLOCKS:
+            date = doc.name[:10]
+            assert re.fullmatch(r"2026-12-\d\d", date), doc.name
+            assert doc.read_text(encoding="utf-8").startswith(f"# {date}: "), doc.name
+            assert f"]({doc.name})" in index, doc.name
+
+
 def test_every_committed_run_is_quoted_and_the_results_page_shows_a_subset():
     """Nothing measured is lost: every run folder under docs/ with a results.json is quoted
-    by a Markdown page of docs/ (the notebook, or a dated note); the results page quotes
-    a subset of the notebook's runs (the current table of each paper table)."""
+    by a Markdown page of docs/ (a dated note); the results page quotes a subset of the
+    notes' runs (the current table of each paper table)."""
     runs = {p.parent.resolve() for p in DOCS.glob("*/*/results.json")}
-    quoted = {
-        (doc.parent / m["path"]).resolve()
-        for doc in DOCS.rglob("*.md")
-        for m in BLOCK.finditer(doc.read_text(encoding="utf-8"))
-    }
+    quoted = {(doc.parent / p).resolve() for doc in DOCS.rglob("*.md") for p in _blocks(doc)}
     assert runs - quoted == set()
-    in_notebook = {
-        m["path"].removeprefix("../") for m in BLOCK.finditer(NOTEBOOK.read_text(encoding="utf-8"))
-    }
-    on_page = {m["path"] for m in BLOCK.finditer(RESULTS.read_text(encoding="utf-8"))}
-    assert on_page <= in_notebook
+    in_notes = {(doc.parent / p).resolve() for doc in NOTES for p in _blocks(doc)}
+    on_page = {(RESULTS.parent / p).resolve() for p in _blocks(RESULTS)}
+    assert on_page <= in_notes
     assert len(on_page) == 13
 
 

@@ -170,8 +170,9 @@ def test_the_cifar_recipes_settings_learn_in_eval_mode():
     """The settings table1b --quick trains with (norm, dropout, T, lr, batch, neuron), built
     through the recipe path (`build_row`) on a small CNN, learn when scored in eval mode
     with the BN running statistics: held-out argmax 41% when written. (With dropout 0.3
-    this small CNN still reaches 33%; the dropout finding of docs/notes/lab-notebook.md was made on
-    the paper's seven-layer CNN, which this test does not train.)"""
+    this small CNN still reaches 33%; the dropout finding of
+    docs/notes/2026-12-02-cifar-normalisation.md was made on the paper's seven-layer CNN,
+    which this test does not train.)"""
     from dataclasses import replace
 
     from hnn_bridge.recipe import build_row, load_recipe
@@ -194,7 +195,7 @@ def test_the_cifar_recipes_settings_learn_in_eval_mode():
 @pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
 def test_the_cifar_full_profile_settings_learn_with_few_ties():
     """The settings of the CIFAR recipes' full (GPU) profile: T = 25, batch 64, norm, and
-    cross entropy on 0.125 x the counts (docs/notes/lab-notebook.md, "The loss scale at T = 25"),
+    cross entropy on 0.125 x the counts (docs/notes/2026-12-03-cifar-ties.md, "The loss scale at T = 25"),
     built through the recipe path on a small CNN: they learn, scored in eval mode, and few
     held-out images tie at the top count (the same run on the raw counts, eq. 2b, gave
     27.8% argmax and 48.8% ties). With the bias after the synapse filter (Fang et al.'s

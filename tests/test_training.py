@@ -63,7 +63,7 @@ def test_loss_decreases_and_best_validation_is_kept(data) -> None:
 
 def test_an_output_neuron_that_never_fires_is_recorded(data) -> None:
     """A class whose output neuron stays far below threshold is listed for the epoch (the
-    plateau of docs/notes/lab-notebook.md, "The input token read as a layer"), and only that class."""
+    plateau of docs/notes/2026-12-05-input-token.md), and only that class."""
     train, val = data
     torch.manual_seed(0)
     model = build("A784-A64-S10", steps=4, dropout=0.0, norm="batch")

@@ -2,7 +2,7 @@
 
 A repository tool (not part of the installed package)::
 
-    python tools/docs_tables.py docs/results.md docs/notes/lab-notebook.md
+    python tools/docs_tables.py docs/results.md docs/notes/*.md
 
 A document marks each table with the folder of its run, relative to the document::
 
@@ -12,8 +12,8 @@ A document marks each table with the folder of its run, relative to the document
 
 `sync_document` rewrites every marked block from its ``results.json``; `stale_blocks`
 lists the blocks that differ from what their file gives (a test runs it on
-``docs/results.md`` and ``docs/notes/lab-notebook.md``, whose blocks name their folders
-as ``../full-budget/...``, so the documents cannot drift from the runs). The tables show both
+``docs/results.md`` and on every dated note ``docs/notes/*.md``, whose blocks name their
+folders as ``../full-budget/...``, so the documents cannot drift from the runs). The tables show both
 readouts: strict (a tied top count is wrong) and argmax (ties broken by the lowest index,
 the paper's most likely readout), with mean ± sample std over seeds.
 """
@@ -108,7 +108,7 @@ def stale_blocks(path: str | Path) -> list[str]:
     return [m["path"] for m in BLOCK.finditer(text) if _rendered(m, path.parent) != m["body"]]
 
 
-if __name__ == "__main__":  # python tools/docs_tables.py docs/results.md docs/notes/lab-notebook.md
+if __name__ == "__main__":  # python tools/docs_tables.py docs/results.md docs/notes/*.md
     import sys
 
     for doc in sys.argv[1:]:
