@@ -1,7 +1,7 @@
 """Probe one CIFAR-10 recipe row outside the runner: hb.build, Adam, cross entropy on the
 spike counts; after every epoch the held-out strict / argmax accuracy, tie and silent
 rates and the mean output rate. The measurements behind the CIFAR recipes' settings
-(docs/notes/lab-notebook.md, "What held the spiking CNNs back, measured").
+(docs/notes/2026-12-02-cifar-normalisation.md).
 
     python benchmarks/cifar_probe.py --data-dir ../shared/datasets --row 1 --steps 4 --dropout 0
     python benchmarks/cifar_probe.py --data-dir ../shared/datasets --dropout 0.3 --bn-eval batch

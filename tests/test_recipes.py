@@ -362,7 +362,7 @@ def test_profile_cpu_on_the_command_line() -> None:
         (3,),
     )
     assert s.logit_scale == 0.125
-    for table in ("table1b", "table2b", "table3b"):  # docs/notes/lab-notebook.md, "The loss scale at T = 25"
+    for table in ("table1b", "table2b", "table3b"):  # T = 25: docs/notes/2026-12-03-cifar-ties.md
         for profile, scale in (("full", 0.125), ("cpu", 0.125), ("quick", 0.5)):
             rows = load_recipe(table).configure(profile=profile).rows
             assert {r.settings.logit_scale for r in rows} == {scale}, (table, profile)
