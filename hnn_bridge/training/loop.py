@@ -364,6 +364,17 @@ def data_parallel(model: nn.Module, device: torch.device | str, dist: DistContex
     return DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
 
 
+def rank0_buffers(model: nn.Module, dist: DistContext) -> None:
+    """Copy rank 0's buffers (batch norms' running statistics) to every process. DDP does
+    so at the start of each training forward only, so after an epoch's last batch each
+    CPU process holds its own update (on CUDA, `SyncBatchNorm` keeps them equal); then
+    validation and the test pass evaluate everywhere the weights that rank 0 saves."""
+    import torch.distributed as tdist
+
+    for buf in model.buffers():
+        tdist.broadcast(buf, 0)
+
+
 def resume(state: Mapping[str, Any], model: nn.Module, opts: Optimizers, dist: DistContext) -> TrainingRecord:
     """Load a saved state into ``model`` and ``opts`` and restore the RNG: each process's own
     stream when it was saved by as many processes, else the saved stream (and under DDP a
@@ -582,6 +593,7 @@ def train_model(
         )
         if dist.distributed:
             tally.all_reduce(dist)
+            rank0_buffers(model, dist)
         if opts.scheduler is not None:
             opts.scheduler.step()
         val, totals = validate(model, val_batches, epoch, options, dist)

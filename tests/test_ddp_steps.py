@@ -1,0 +1,218 @@
+"""The training loop's data-parallel steps on a tiny network, 2 gloo processes (about 15 s
+of CPU time, most of it the two processes starting; docs/notes/2026-12-06-mutation-testing.md,
+"The last real gaps").
+
+`tests/test_distributed.py` runs whole recipes under torchrun (MNIST, 30 s and more, the
+resume test marked slow); here `train_model` itself runs in two processes that join the
+process group as torchrun's would (``WORLD_SIZE``, ``RANK``, ... set by hand), on
+synthetic 4 x 4 images, with batch norm and dropout (whose masks each rank draws from its
+own random stream):
+
+- the network trains on the CPU with its batch norms as they are (`SyncBatchNorm` is for
+  CUDA only: on CPU tensors it raises);
+- every rank validates with rank 0's batch-norm statistics, the weights that are saved;
+- resumed after epoch 2 from the state saved there (rank 0's, as the runner saves it,
+  holding every rank's RNG state), with each process's RNG moved elsewhere first, the
+  run equals the uninterrupted one bit for bit: weights, log (without the times), best
+  epoch and metrics;
+- the per-layer spike totals of `validate`, summed over the two processes, equal one
+  process's totals over the two shards, layer by layer, and their quotients are the
+  log's ``val_rates``."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hnn_bridge import build
+from hnn_bridge.data import TensorBatches
+from hnn_bridge.rates import spike_rates
+from hnn_bridge.training.distributed import SINGLE
+from hnn_bridge.training.loop import TrainOptions, validate
+
+ARCH, SHAPE, STEPS, CLASSES = "A16-A12-S10-S8-S6", (1, 4, 4), 4, 6
+N_TRAIN, N_VAL, BATCH = 48, 22, 4  # per-rank batch 4: a global batch of 8
+
+
+def make_model() -> torch.nn.Module:
+    """The same initial weights every time; the global RNG is left as it was."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = build(ARCH, coder="duplicate", steps=STEPS, input_shape=SHAPE, dropout=0.2, norm="batch")
+    with torch.no_grad():  # every SL fires at a rate between 0 and 1 from the start
+        for op in model.weight_ops.values():
+            op.weight.add_(0.15)
+    return model
+
+
+def make_data() -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(7)
+    images = torch.randint(0, 256, (N_TRAIN + N_VAL, *SHAPE), generator=gen, dtype=torch.uint8)
+    labels = torch.randint(0, CLASSES, (N_TRAIN + N_VAL,), generator=gen)
+    return images, labels
+
+
+def batches(rank: int, world: int) -> tuple[TensorBatches, TensorBatches]:
+    images, labels = make_data()
+    train = TensorBatches(
+        images, labels, torch.arange(N_TRAIN), batch_size=BATCH, seed=3, rank=rank, world_size=world
+    )
+    val = TensorBatches(
+        images,
+        labels,
+        torch.arange(N_TRAIN, N_TRAIN + N_VAL),
+        batch_size=5,
+        shuffle=False,
+        rank=rank,
+        world_size=world,
+    )
+    return train, val
+
+
+OPTIONS = TrainOptions(epochs=3, lr=0.02, lr_milestones=(2,), lr_gamma=0.5)
+
+# what each process runs: the test module's helpers, train_model under the process group
+WORKER = r"""
+import io, json, sys
+import torch
+sys.path.insert(0, sys.argv[2])
+from test_ddp_steps import OPTIONS, batches, make_model
+from hnn_bridge.training.distributed import all_gather_objects, from_env, teardown
+from hnn_bridge.training.loop import train_model, validate
+
+out = sys.argv[1]
+dist = from_env()
+train, val = batches(dist.rank, dist.world_size)
+torch.manual_seed(0)
+model = make_model()
+saved = {}
+
+def keep(state):  # the runner saves rank 0's snapshot; every rank resumes from that file
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    saved[state["epoch"]] = all_gather_objects(buf.getvalue(), dist)[0]
+
+whole = train_model(model, list(model.parameters()), train, val, OPTIONS, dist=dist, on_epoch=keep)
+types = sorted({type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__})
+_, totals = validate(model, val, 0, OPTIONS, dist)
+weights = all_gather_objects({k: v.clone() for k, v in model.state_dict().items()}, dist)
+
+torch.manual_seed(1000 + dist.rank)  # each process's RNG elsewhere: the resume must restore it
+again = make_model()
+state = torch.load(io.BytesIO(saved[2]), weights_only=False)
+resumed = train_model(again, list(again.parameters()), train, val, OPTIONS, dist=dist, state=state)
+if dist.is_main:
+    torch.save(
+        {"whole": whole, "resumed": resumed, "weights": weights, "totals": totals, "norms": types,
+         "rng_ranks": len(state["rng_ranks"])},
+        out,
+    )
+teardown(dist)
+"""
+
+_TORCHRUN_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("ddp-steps")
+    script, out = tmp / "worker.py", tmp / "out.pt"
+    script.write_text(WORKER)
+    port = str(_free_port())
+    procs = []
+    for rank in (0, 1):
+        env = {k: v for k, v in os.environ.items() if k not in _TORCHRUN_ENV}
+        env.update(
+            WORLD_SIZE="2",
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            OMP_NUM_THREADS="1",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(out), str(Path(__file__).parent)],
+                env=env,
+                cwd=tmp,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=180)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(logs)
+    return torch.load(out, weights_only=False)
+
+
+def _without_seconds(log: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in log]
+
+
+def test_batch_norm_stays_batch_norm_on_the_cpu(ddp_run) -> None:
+    assert ddp_run["norms"] == ["BatchNorm1d"]
+
+
+def test_every_rank_validates_the_weights_rank_0_saves(ddp_run) -> None:
+    """DDP copies rank 0's buffers to the others at the start of each training forward
+    only; after the epoch's last batch each process's batch norms have updated their
+    running statistics with its own shard. `train_model` copies rank 0's again before
+    validating, so every rank evaluates the weights that are saved."""
+    w0, w1 = ddp_run["weights"]
+    assert w0.keys() == w1.keys() and any("running_mean" in k for k in w0)
+    assert [k for k in w0 if not torch.equal(w0[k], w1[k])] == []
+    assert all(torch.equal(w0[k], ddp_run["whole"]["model"][k]) for k in w0)
+
+
+def test_resumed_under_two_processes_equals_the_uninterrupted_run(ddp_run) -> None:
+    whole, resumed = ddp_run["whole"], ddp_run["resumed"]
+    assert ddp_run["rng_ranks"] == 2 and resumed["epoch"] == whole["epoch"] == 3
+    assert _without_seconds(resumed["log"]) == _without_seconds(whole["log"])
+    assert resumed["best_epoch"] == whole["best_epoch"] and resumed["best_val"] == whole["best_val"]
+    for part in ("model", "best_model"):
+        assert resumed[part].keys() == whole[part].keys()
+        for key in whole[part]:
+            assert torch.equal(resumed[part][key], whole[part][key]), (part, key)
+
+
+def test_validation_spike_totals_are_summed_per_layer(ddp_run) -> None:
+    """Each layer's [spikes, neuron-steps] summed over the ranks equal one process's over
+    the two shards with the saved weights, layer by layer, and the log's last
+    ``val_rates`` are their quotients."""
+    expected: dict[str, list[float]] = {}
+    for rank, weights in enumerate(ddp_run["weights"]):
+        model = make_model()
+        model.load_state_dict(weights)
+        _, val = batches(rank, 2)
+        _, totals = validate(model, val, 0, OPTIONS, SINGLE)
+        for key, (spikes, steps) in totals.items():
+            acc = expected.setdefault(key, [0.0, 0.0])
+            acc[0] += spikes
+            acc[1] += steps
+    got = ddp_run["totals"]
+    assert list(got) == list(expected) == ["3:S10", "4:S8", "5:S6"]
+    assert {k: list(v) for k, v in got.items()} == expected
+    # neuron-steps: units x T x the 22 validation images; spikes differ from layer to layer
+    assert [v[1] for v in expected.values()] == [10 * 4 * 22, 8 * 4 * 22, 6 * 4 * 22]
+    rates = spike_rates(expected)
+    assert all(0 < r < 1 for r in rates.values()) and len(set(rates.values())) == 3
+    assert ddp_run["whole"]["log"][-1]["val_rates"] == rates
