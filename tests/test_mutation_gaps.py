@@ -93,6 +93,28 @@ def test_a_sequence_cut_in_two_with_a_bias_continues_exactly() -> None:
     torch.testing.assert_close(torch.cat([first[1], second[1]]), whole[1], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("synapse", ["none", "first_order", "dual_exp"])
+@pytest.mark.parametrize("graph", [False, True])
+def test_final_state_does_not_alias_the_callers_tensors(synapse: str, graph: bool) -> None:
+    """For T = 1 the fused executor's p[T-1] can be x[0] itself (synapse "none": p = 1 * x)
+    and p[T-2] the given p[t-1]; the returned state owns its memory (float64 runs the ATen
+    path, where those are views or the input tensors), so a per-sample reset of the state
+    in place, as a streaming loop does when one sequence ends, leaves the caller's input
+    and initial state as they were, with and without a graph."""
+    params = IIRParams(synapse=synapse, reset_decay=0.0, v_threshold=0.5)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.rand(1, 2, 3, generator=gen, dtype=torch.float64, requires_grad=graph)
+    state = IIRState(*(torch.rand(2, 3, generator=gen, dtype=torch.float64) for _ in range(5)))
+    x_before, state_before = x.detach().clone(), [s.clone() for s in state]
+    _, _, final = iir_multistep(x, params, state)
+    assert final.p2 is not state.p1 and final.p1.data_ptr() != x.data_ptr()
+    with torch.no_grad():
+        for s in final:
+            s[0] = 0.0  # sample 0's sequence ended: restart it from zero state
+    assert torch.equal(x.detach(), x_before)
+    assert [torch.equal(a, b) for a, b in zip(state, state_before)] == [True] * 5
+
+
 # ----------------------------------------------------------------------------- evaluate's loss
 
 
@@ -149,3 +171,66 @@ def test_count_ops_default_rate_and_a_rate_of_zero() -> None:
     assert [(r.macs, r.acs) for r in default.layers] == [(r.macs, r.acs) for r in tenth.layers]
     assert default.acs == pytest.approx(0.1 * 20 * 10 * 4)
     assert zero.acs == 0.0 and zero.macs == default.macs
+
+
+def _hybrid_with_spike_fed_layers() -> nn.Module:
+    """A12 (an AL fed by values), S10 (the first SL, fed by the duplicate-coded values once
+    per image), S8 and S6 (fed by spikes at every step): weights made positive so that
+    every layer fires, neither never nor always."""
+    torch.manual_seed(0)
+    model = build("A16-A12-S10-S8-S6", coder="duplicate", steps=4, input_shape=(1, 4, 4)).eval()
+    with torch.no_grad():
+        for op in model.weight_ops.values():
+            op.weight.abs_().mul_(0.8)
+    return model
+
+
+def test_exact_input_rates_are_those_of_the_spike_fed_sls_counted_by_hand() -> None:
+    """`ops_summary`'s input rates (issue 31): one per SL fed by spikes (not the AL, not the
+    first SL, which the coded values feed), each the share of non-zero values among all
+    that reached its weight op, counted here from the op's own inputs."""
+    from hnn_bridge.ops import ops_summary
+    from hnn_bridge.rates import recording_counts
+
+    model = _hybrid_with_spike_fed_layers()
+    fed: dict[int, list[torch.Tensor]] = {i: [] for i in model.weight_ops}
+    for i, op in model.weight_ops.items():
+        op.register_forward_pre_hook(lambda _m, inputs, i=i: fed[i].append(inputs[0].detach().clone()))
+    x = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), recording_counts(model) as tally:
+        model(x)
+    summary = ops_summary(model, tally)
+    by_hand = {i: float((torch.cat(v) != 0).sum()) / torch.cat(v).numel() for i, v in fed.items()}
+    assert [model.layers[i].token for i in (1, 2, 3, 4)] == ["A12", "S10", "S8", "S6"]
+    assert summary["input_rates"] == {"S8#3": pytest.approx(by_hand[3]), "S6#4": pytest.approx(by_hand[4])}
+    # the two rates differ and are neither 0 nor 1: a rate of another layer would show
+    assert 0 < by_hand[3] < 1 and 0 < by_hand[4] < 1 and by_hand[3] != by_hand[4]
+    assert torch.cat(fed[3]).shape == (4 * 5, 10)  # fed at each of the T = 4 steps
+
+
+def test_assumed_input_events_of_a_per_step_sl_count_every_step() -> None:
+    """`assumed_counts` (what `describe` prints): an SL fed by spikes at each of the T steps
+    receives rate x inputs x T events per image, with rate x inputs x fan-out x T ACs;
+    a layer fed by values once per image receives every input once."""
+    from hnn_bridge.ops import assumed_counts
+
+    steps, rate = 4, 0.25
+    poisson = build("S64-S32-S10", coder="poisson", steps=steps, input_shape=(1, 8, 8))
+    counts = assumed_counts(poisson, rate)
+    # layer 0 is the input (64 Poisson-coded values); S32 and S10 are fed by spikes at every step
+    assert [(c.token, c.evaluations, c.in_size) for c in counts] == [
+        ("S64", 1, 0),
+        ("S32", steps, 64),
+        ("S10", steps, 32),
+    ]
+    assert [c.input_events for c in counts] == [0.0, 0.25 * 64 * 4, 0.25 * 32 * 4]
+    assert [c.acs for c in counts] == [0.0, 0.25 * 64 * 4 * 32, 0.25 * 32 * 4 * 10]
+
+    hybrid = build("A16-A12-S10-S8", coder="duplicate", steps=steps, input_shape=(1, 4, 4))
+    counts = assumed_counts(hybrid, rate)
+    assert [(c.evaluations, c.input_events) for c in counts] == [
+        (1, 0.0),  # the input layer: no weight op
+        (1, 16.0),  # A12: every input value once
+        (1, 12.0),  # S10: the coded values once (a constant train is weighed once)
+        (steps, 0.25 * 10 * 4),  # S8: spikes at every step
+    ]

@@ -173,7 +173,12 @@ TARGETS = (
     Target(
         "resume",
         ("hnn_bridge/training/loop.py", "hnn_bridge/training/checkpoint.py"),
-        ("tests/test_resume_exact.py", "tests/test_training.py", "tests/test_faults.py"),
+        (
+            "tests/test_resume_exact.py",
+            "tests/test_ddp_steps.py",
+            "tests/test_training.py",
+            "tests/test_faults.py",
+        ),
         # train_model and its steps (loop.py since issue 34), the checkpoint functions
         functions=(
             "train_model",
@@ -181,6 +186,7 @@ TARGETS = (
             "TrainingRecord",
             "EpochTally",
             "data_parallel",
+            "rank0_buffers",
             "resume",
             "snapshot",
             "train_epoch",
