@@ -184,6 +184,21 @@ def test_peak_memory_sees_a_temporary():
     assert 4 * n <= peak < 4 * n + 2_000_000
 
 
+@pytest.mark.skipif(heap_in_use() is None, reason="needs glibc's mallinfo2")
+def test_the_first_peak_memory_of_a_process_leaves_out_the_modes_setup():
+    """A process's first dispatch through a TorchDispatchMode sets up ~28 MB of heap once;
+    peak_memory does it before it measures, so a tiny op measures tiny in a fresh process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; from hnn_bridge.bench import peak_memory; a = torch.ones(3); "
+        "print(peak_memory(lambda: a + 1))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert 0 < int(out.stdout) < 100_000
+
+
 def test_summarize_and_interleave_order():
     s = summarize([4.0, 1.0, 3.0, 2.0, 5.0])
     assert (s.median, s.q1, s.q3, s.min, s.max, s.n, s.iqr) == (3.0, 2.0, 4.0, 1.0, 5.0, 5, 2.0)

@@ -224,12 +224,27 @@ def _heap_peak_mode():
     return HeapPeak()
 
 
+_MODE_READY = False
+
+
+def _ready_mode() -> None:
+    """Send one op through a mode before the first measurement: a process's first dispatch
+    through a Python ``TorchDispatchMode`` sets up some 28 MB of heap once (torch 2.14),
+    which would otherwise count in the first call measured."""
+    global _MODE_READY
+    if not _MODE_READY:
+        with _heap_peak_mode():
+            torch.ones(1).add(1)
+        _MODE_READY = True
+
+
 def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") -> Optional[int]:
     """Peak bytes allocated above the level at the start of ``fn()`` (its result dropped).
 
     CUDA: ``torch.cuda.max_memory_allocated``. CPU: the peak of glibc's in-use heap after
-    each ATen op and as polled by a thread meanwhile; None where glibc's ``mallinfo2`` is
-    not available. Run it apart from the timings (the sampling slows the call down).
+    each ATen op and as polled by a thread meanwhile (the mode's one-off setup done before,
+    `_ready_mode`); None where glibc's ``mallinfo2`` is not available. Run it apart from
+    the timings (the sampling slows the call down).
     """
     device = torch.device(device)
     gc.collect()
@@ -245,6 +260,7 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") ->
         return None
     import threading
 
+    _ready_mode()
     mode = _heap_peak_mode()
     stop = threading.Event()
     polled = [0]
