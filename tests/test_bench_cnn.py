@@ -40,16 +40,44 @@ def test_suite_rows_floor_and_targets():
         assert r["step"]["median"] > 0
         assert r["images_per_s"] == pytest.approx(2 / r["step"]["median"])
         assert r["floor_share"] == pytest.approx(spiking["floor"]["32"]["seconds"] / r["step"]["median"])
-    ours = spiking["rows"][0]
-    sj = spiking["rows"][1]
+        assert r["infer"]["median"] > 0 and r["infer"]["n"] == 2
+        assert r["infer_images_per_s"] == pytest.approx(2 / r["infer"]["median"])
+        assert r["peak_bytes"] > 0 and r["infer_peak_bytes"] > 0
+    ours, sj, snn = spiking["rows"]
     assert ours["ratio_sj"] == pytest.approx(ours["step"]["median"] / sj["step"]["median"])
-    assert [r["name"] for r in result["networks"][2]["rows"]] == ["ours: reference"]  # the ANN has no neurons
+    assert ours["ratio_snntorch"] == pytest.approx(ours["step"]["median"] / snn["step"]["median"])
+    for key, suffix in (("peak_bytes", "peak"), ("infer_peak_bytes", "infer_peak")):
+        assert ours[f"ratio_sj_{suffix}"] == ours[key] / sj[key]
+        assert ours[f"ratio_snntorch_{suffix}"] == ours[key] / snn[key]
+    assert ours["ratio_sj_infer"] == ours["infer"]["median"] / sj["infer"]["median"]
+    assert ours["ratio_snntorch_infer"] == ours["infer"]["median"] / snn["infer"]["median"]
+    assert "ratio_sj_peak" not in sj  # ratios are ours over theirs
+    ann = result["networks"][2]["rows"]
+    assert [r["name"] for r in ann] == ["ours: reference"]  # the ANN has no neurons
+    assert ann[0]["peak_bytes"] > 0 and ann[0]["ratio_sj_peak"] is None  # and no baseline
     assert result["targets"] == []  # only the paper's pure SNN and 1-AL rows carry targets
     text = cnn.render_cnn(result)
     assert (
-        "| contender | step ms (median) | IQR ms | images/s | floor share | ours/SJ | ours/snnTorch |" in text
+        "| contender | step ms (median) | IQR ms | images/s | floor share | ours/SJ | ours/snnTorch "
+        "| peak MiB | peak ours/SJ | peak ours/snnTorch |" in text
     )
     assert "floor (32): weight ops + Adam alone" in text
+    assert (
+        "Inference (forward only, batch norm in eval mode, under torch.no_grad()):\n\n"
+        "| contender | forward ms (median) | IQR ms | images/s | ours/SJ | ours/snnTorch "
+        "| peak MiB | peak ours/SJ | peak ours/snnTorch |" in text
+    )
+    mib = f"{ours['peak_bytes'] / 2**20:.2f} | {ours['ratio_sj_peak']:.2f}x | "
+    mib += f"{ours['ratio_snntorch_peak']:.2f}x |"
+    assert f"| ours: reference | {ours['step']['median'] * 1e3:.1f} |" in text and mib in text
+
+
+def test_inference_is_the_forward_alone_as_evaluation_runs_it():
+    model = hb.build("S4C3-P2-S10", steps=2, input_shape=(3, 32, 32), norm="batch")
+    x = torch.rand(2, 3, 32, 32)
+    out = cnn._infer_call(model.train(), x, "32", torch.device("cpu"))()
+    assert not model.training and out.grad_fn is None and not out.requires_grad
+    assert torch.equal(out, model(x).detach())  # batch norm on its running statistics
 
 
 def test_targets_are_judged_on_the_paper_rows(monkeypatch):

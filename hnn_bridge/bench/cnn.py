@@ -16,6 +16,19 @@ step over the same parameters. ``floor share`` = floor time / step time: 1.0 wou
 that nothing but the FLOPs costs time. With ``precisions`` other than ``32`` our step and
 the floor are also timed under that autocast.
 
+**Memory**: ``peak_bytes`` is the peak memory of one more training step of each contender,
+measured apart after the timings (so the optimizer states exist) with `timing.peak_memory`
+(CUDA: ``max_memory_allocated``; CPU: glibc's in-use heap; None where it cannot be read),
+above what was allocated before the step; ``ratio_sj_peak`` / ``ratio_snntorch_peak`` are
+ours over the stock nets', like the time ratios.
+
+**Inference** (`_infer_call`): the forward alone, as evaluation runs it
+(`hnn_bridge.training.loop.evaluate`): batch norm in eval mode, under ``torch.no_grad()``
+(so autograd records nothing and our neuron keeps no membrane sequence), under the row's
+autocast; every contender alike. Rows carry its time (``infer``, interleaved like the
+steps, and ``infer_images_per_s``), its peak memory (``infer_peak_bytes``, measured apart)
+and the ratios ``ratio_<baseline>_infer`` / ``ratio_<baseline>_infer_peak``.
+
 ``profile=True`` adds a `torch.profiler` breakdown of our step's self time by category
 (`CATEGORIES`).
 """
@@ -36,8 +49,8 @@ from ..params import IIRParams
 from ..precision import autocast
 from . import baselines
 from .contenders import FUSED, SJ, SNNTORCH, add_ratios, contender_names, result_row, seed_all, train_step
-from .markdown import measured_on, ratio, table
-from .timing import interleave, machine_info, summarize
+from .markdown import measured_on, mib, ratio, table
+from .timing import interleave, machine_info, peak_memory, summarize
 
 __all__ = ["CATEGORIES", "CNN_ARCHS", "categorize", "cnn_suite", "floor_ops", "render_cnn"]
 
@@ -180,6 +193,18 @@ def _step_call(
     return call
 
 
+def _infer_call(model: nn.Module, x: Tensor, precision: str, device: torch.device) -> Callable[[], Tensor]:
+    """The forward alone, as `hnn_bridge.training.loop.evaluate` runs it: ``model.eval()``
+    (batch norm uses its running statistics), ``torch.no_grad()``, the row's autocast."""
+
+    def call() -> Tensor:
+        model.eval()
+        with torch.no_grad(), autocast(precision, device):
+            return model(x)
+
+    return call
+
+
 def _profile(call: Callable[[], object], steps: int, device: torch.device) -> dict[str, float]:
     from torch.profiler import ProfilerActivity, profile
 
@@ -276,7 +301,9 @@ def cnn_suite(
             for i, op in enumerate(ops):
                 floor_calls[f"{prec}/op{i}"] = _floor_call(op, dev, prec)
         floor_calls["adam"] = _adam_call(ref)
+        infer_calls = {n: _infer_call(m, x, prec, dev) for n, (m, _, _, _, prec) in models.items()}
         times = interleave(calls, repeats=repeats, warmup=warmup, device=dev)
+        infer_times = interleave(infer_calls, repeats=repeats, warmup=warmup, device=dev)
         floor_times = interleave(floor_calls, repeats=repeats, warmup=warmup, device=dev)
         adam = summarize(floor_times["adam"]).median
         floors = {
@@ -286,6 +313,7 @@ def cnn_suite(
         rows = []
         for name, (_, group, tag, backend, prec) in models.items():
             stats = summarize(times[name]).as_dict()
+            infer = summarize(infer_times[name]).as_dict()
             rows.append(
                 result_row(
                     name,
@@ -296,9 +324,16 @@ def cnn_suite(
                     step=stats,
                     images_per_s=batch / stats["median"],
                     floor_share=floors[prec] / stats["median"],
+                    peak_bytes=peak_memory(calls[name], dev),
+                    infer=infer,
+                    infer_images_per_s=batch / infer["median"],
+                    infer_peak_bytes=peak_memory(infer_calls[name], dev),
                 )
             )
         add_ratios(rows, "step.median")
+        add_ratios(rows, "peak_bytes", "peak")
+        add_ratios(rows, "infer.median", "infer")
+        add_ratios(rows, "infer_peak_bytes", "infer_peak")
         breakdown = None
         if profile:
             first = next(n for n, v in models.items() if v[1] == "ours")
@@ -327,7 +362,7 @@ def cnn_suite(
                 "adam_ms": adam * 1e3,
             }
         )
-        del models, calls, floor_calls
+        del models, calls, infer_calls, floor_calls
         gc.collect()
     return {
         "suite": "cnn",
@@ -391,12 +426,22 @@ def _cnn_targets(networks: list[dict[str, Any]], steps: int) -> list[dict[str, A
     return out
 
 
+#: The memory columns of both tables: peak MiB of one call, ours over the stock nets'.
+_PEAK_HEADER = ("peak MiB", "peak ours/SJ", "peak ours/snnTorch")
+
+
+def _peak_cells(row: dict[str, Any], key: str, suffix: str) -> list[str]:
+    return [mib(row[key]), ratio(row.get(f"ratio_sj_{suffix}")), ratio(row.get(f"ratio_snntorch_{suffix}"))]
+
+
 def render_cnn(result: dict[str, Any]) -> str:
-    """Markdown: per network, the step table, the floor and (if profiled) the breakdown."""
+    """Markdown: per network, the step table (with the step's peak memory) and the floor,
+    the inference table (forward only) and, if profiled, the breakdown."""
     c, m = result["config"], result["machine"]
     parts = [
         f"### CNN training step (forward, backward, Adam), batch norm, duplicate coding, T = {c['steps']}, "
-        f"batch {c['batch']}, {c['device']}: {c['repeats']} repeats after {c['warmup']} warm-up, interleaved"
+        f"batch {c['batch']}, {c['device']}: {c['repeats']} repeats after {c['warmup']} warm-up, "
+        "interleaved; peak memory of one call, measured apart"
     ]
     for net in result["networks"]:
         parts.append(f"**{net['label']}: {net['arch']}**\n")
@@ -408,6 +453,7 @@ def render_cnn(result: dict[str, Any]) -> str:
             "floor share",
             "ours/SJ",
             "ours/snnTorch",
+            *_PEAK_HEADER,
         ]
         lines = [
             [
@@ -418,6 +464,7 @@ def render_cnn(result: dict[str, Any]) -> str:
                 f"{r['floor_share']:.2f}",
                 ratio(r.get("ratio_sj")),
                 ratio(r.get("ratio_snntorch")),
+                *_peak_cells(r, "peak_bytes", "peak"),
             ]
             for r in net["rows"]
         ]
@@ -429,11 +476,27 @@ def render_cnn(result: dict[str, Any]) -> str:
                     "",
                     f"{f['images_per_s']:.1f}",
                     "1.00",
-                    "",
-                    "",
+                    *[""] * 5,
                 ]
             )
         parts.append(table(header, lines))
+        infer_header = ["contender", "forward ms (median)", "IQR ms", "images/s", "ours/SJ", "ours/snnTorch"]
+        infer_lines = [
+            [
+                r["name"],
+                f"{r['infer']['median'] * 1e3:.1f}",
+                f"{r['infer']['iqr'] * 1e3:.1f}",
+                f"{r['infer_images_per_s']:.1f}",
+                ratio(r.get("ratio_sj_infer")),
+                ratio(r.get("ratio_snntorch_infer")),
+                *_peak_cells(r, "infer_peak_bytes", "infer_peak"),
+            ]
+            for r in net["rows"]
+        ]
+        parts.append(
+            "Inference (forward only, batch norm in eval mode, under torch.no_grad()):\n\n"
+            + table(infer_header + list(_PEAK_HEADER), infer_lines)
+        )
         if net.get("breakdown"):
             total = sum(net["breakdown"].values()) or math.nan
             rows = [

@@ -70,22 +70,25 @@ def contender_names(backends: Sequence[str], device: torch.device) -> tuple[list
     return keep, skipped
 
 
-def add_ratios(rows: list[dict[str, Any]], key: str) -> None:
-    """Add ``ratio_sj`` / ``ratio_snntorch`` (this row's ``key`` over the baseline's) to our rows."""
+def add_ratios(rows: list[dict[str, Any]], key: str, suffix: str = "") -> None:
+    """Add ``ratio_sj`` / ``ratio_snntorch`` (this row's ``key`` over the baseline's) to our
+    rows; with ``suffix``, ``ratio_sj_<suffix>`` / ``ratio_snntorch_<suffix>``. None where
+    there is no such baseline, its value is 0, or either value is None (not measured)."""
     base = {r["baseline"]: r for r in rows if r["group"] == "baseline"}
+    name = f"_{suffix}" if suffix else ""
     for r in rows:
         if r["group"] == "baseline":
             continue
         for tag in (SJ, SNNTORCH):
-            b = base.get(tag)
-            r[f"ratio_{tag}"] = None if b is None or not _get(b, key) else _get(r, key) / _get(b, key)
+            mine, theirs = _get(r, key), None if tag not in base else _get(base[tag], key)
+            r[f"ratio_{tag}{name}"] = mine / theirs if mine is not None and theirs else None
 
 
-def _get(row: dict[str, Any], key: str) -> float:
+def _get(row: dict[str, Any], key: str) -> Optional[float]:
     value = row
     for part in key.split("."):
         value = value[part]
-    return float(value)
+    return None if value is None else float(value)
 
 
 def seed_all(seed: int) -> None:
