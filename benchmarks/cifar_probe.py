@@ -24,9 +24,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import hnn_bridge as hb
-from hnn_bridge.data import load_dataset, split_622
+from hnn_bridge.data import describe_dataset, load_dataset, split_622
 from hnn_bridge.params import SYNAPSES
-from hnn_bridge.recipe import INPUT_SHAPES, load_recipe
+from hnn_bridge.recipe import load_recipe
 from hnn_bridge.training.checkpoint import torch_load
 from hnn_bridge.training.loop import score_batch
 
@@ -104,7 +104,7 @@ def main() -> None:
         row.arch,
         coder=row.coder,
         steps=a.steps,
-        input_shape=INPUT_SHAPES[dataset],
+        input_shape=describe_dataset(dataset)[0],
         neuron=neuron,
         dropout=a.dropout,
         norm=a.norm,

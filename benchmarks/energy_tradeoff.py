@@ -33,9 +33,9 @@ import statistics
 from pathlib import Path
 
 from hnn_bridge.builder import build
+from hnn_bridge.data import describe_dataset
 from hnn_bridge.energy import ENERGY_MODELS, energy_pj
 from hnn_bridge.ops import assumed_counts
-from hnn_bridge.recipe import INPUT_SHAPES
 from hnn_bridge.report import load_results, plot_energy
 
 
@@ -46,7 +46,7 @@ def _build(row: dict):
         row["arch"],
         coder=row["coder"],
         steps=s.get("steps") or 1,
-        input_shape=INPUT_SHAPES[s["dataset"]],
+        input_shape=describe_dataset(s["dataset"])[0],
         input_mode=s.get("input_mode", "direct"),
         neuron=s.get("neuron"),
         training=row["training"],

@@ -31,6 +31,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from .builder import ACTIVATIONS, BIAS_PLACEMENTS, INPUT_MODES, NORMS, TRAININGS, NetworkConfig
 from .coders import CODERS
+from .data import DATASET_NAMES, IMAGE_FOLDER_PREFIX, describe_dataset
 from .data.augment import AUGMENTS
 from .errors import ArchError, ConfigError
 from .notation import parse_arch
@@ -46,7 +47,6 @@ __all__ = [
     "ACTIVATION_NAMES",
     "ADDED_LATER",
     "CODER_NAMES",
-    "INPUT_SHAPES",
     "PROFILES",
     "Recipe",
     "RecipeError",
@@ -60,16 +60,6 @@ __all__ = [
     "load_recipe",
     "parse_rows",
 ]
-
-#: (C, H, W) and class count of each dataset name `hnn_bridge.data.load_dataset` knows,
-#: so that rows can be built and checked before any data is read.
-INPUT_SHAPES: dict[str, tuple[int, int, int]] = {
-    "mnist": (1, 28, 28),
-    "mnist-5k": (1, 28, 28),
-    "fashion-mnist": (1, 28, 28),
-    "cifar10": (3, 32, 32),
-}
-NUM_CLASSES: dict[str, int] = {name: 10 for name in INPUT_SHAPES}
 
 #: a row's coder: `hnn_bridge.coders.CODERS`, or "none" for a plain ANN
 CODER_NAMES = (*CODERS, "none")
@@ -180,19 +170,11 @@ class Settings:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)``: of the named dataset, or read from an ``imagefolder:PATH``'s first image."""
-        if self.dataset in INPUT_SHAPES:
-            return INPUT_SHAPES[self.dataset]
-        from .data import describe_dataset
-
         return describe_dataset(self.dataset)[0]
 
     @property
     def num_classes(self) -> int:
         """Class count: 10 for the named datasets, the class folders of an ``imagefolder:PATH``."""
-        if self.dataset in NUM_CLASSES:
-            return NUM_CLASSES[self.dataset]
-        from .data import describe_dataset
-
         return describe_dataset(self.dataset)[1]
 
 
@@ -423,17 +405,15 @@ def _choice(value: Any, where: str, choices: Iterable[str]) -> str:
 
 
 def _dataset(value: Any, where: str) -> str:
-    """A dataset name of `INPUT_SHAPES`, or ``imagefolder:PATH`` naming a folder of images
-    that exists (`hnn_bridge.data.load_dataset`)."""
-    from .data import IMAGE_FOLDER_PREFIX, describe_dataset
-
+    """A dataset name of `hnn_bridge.data.DATASET_NAMES`, or ``imagefolder:PATH`` naming a
+    folder of images that exists (`hnn_bridge.data.load_dataset`)."""
     if isinstance(value, str) and value.startswith(IMAGE_FOLDER_PREFIX):
         try:
             describe_dataset(value)
         except (FileNotFoundError, ValueError) as err:
             raise RecipeError(f"{where}: {err}") from None
         return value
-    return _choice(value, where, (*INPUT_SHAPES, f"{IMAGE_FOLDER_PREFIX}PATH"))
+    return _choice(value, where, (*DATASET_NAMES, f"{IMAGE_FOLDER_PREFIX}PATH"))
 
 
 def _check_setting(key: str, value: Any, where: str) -> Any:

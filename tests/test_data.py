@@ -24,6 +24,8 @@ from hnn_bridge.data import (
     DatasetFormatError,
     DatasetNotFound,
     TensorBatches,
+    describe_dataset,
+    describe_image_folder,
     image_folder_cache_path,
     load_dataset,
     read_idx,
@@ -287,6 +289,28 @@ def test_unknown_name_lists_known_names() -> None:
         == "unknown dataset 'imagenet'; known datasets: mnist, fashion-mnist, cifar10, mnist-5k"
     )
     assert DATASET_NAMES == ("mnist", "fashion-mnist", "cifar10", "mnist-5k")
+    with pytest.raises(ValueError) as info:
+        describe_dataset("imagenet")
+    assert str(info.value) == (
+        "unknown dataset 'imagenet'; known datasets: mnist, fashion-mnist, cifar10, mnist-5k, "
+        "or imagefolder:PATH for a folder of your own images"
+    )
+
+
+def test_named_shapes_are_those_of_the_data(tmp_path: Path) -> None:
+    """`describe_dataset` answers without reading data; what it says is what the data holds:
+    the embedded digits and MNIST/Fashion-MNIST loaded, CIFAR-10's JPEG tree described from
+    its folders (../shared/datasets, where present)."""
+    shared = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+    ds = load_dataset("mnist-5k")
+    assert describe_dataset("mnist-5k") == (ds.input_shape, len(ds.classes)) == ((1, 28, 28), 10)
+    if not shared.is_dir():
+        pytest.skip("no ../shared/datasets")
+    for name in ("mnist", "fashion-mnist"):
+        ds = load_dataset(name, data_dir=shared, download=False, cache_dir=tmp_path)
+        assert describe_dataset(name) == (ds.input_shape, len(ds.classes)), name
+    cifar = describe_image_folder(shared / "cifar10-jpeg" / "train")
+    assert describe_dataset("cifar10") == (cifar.input_shape, len(cifar.classes))
 
 
 # ----------------------------------------------------------------------------- embedded

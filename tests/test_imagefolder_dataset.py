@@ -150,7 +150,11 @@ def test_a_folder_without_images_is_named(tmp_path: Path):
         load_recipe_text(tmp_path, f"imagefolder:{tmp_path / 'flat'}")
     with pytest.raises(RecipeError, match="names no folder"):
         load_recipe_text(tmp_path, "imagefolder:")
-    with pytest.raises(RecipeError, match="'cifar10', 'imagefolder:PATH', got 'my-images'"):
+    with pytest.raises(
+        RecipeError,
+        match="expected one of 'mnist', 'fashion-mnist', 'cifar10', 'mnist-5k', "
+        "'imagefolder:PATH', got 'my-images'",
+    ):
         load_recipe_text(tmp_path, "my-images")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from hnn_bridge.cli import main
@@ -14,6 +15,7 @@ from hnn_bridge.recipe import (
     Recipe,
     RecipeError,
     al_share,
+    build_row,
     check_rows,
     list_recipes,
     load_recipe,
@@ -366,3 +368,30 @@ def test_profile_cpu_on_the_command_line() -> None:
         for profile, scale in (("full", 0.125), ("cpu", 0.125), ("quick", 0.5)):
             rows = load_recipe(table).configure(profile=profile).rows
             assert {r.settings.logit_scale for r in rows} == {scale}, (table, profile)
+
+
+def test_a_new_norm_kind_is_one_entry_of_builder_norms(tmp_path: Path, monkeypatch) -> None:
+    """An option is written once: a new kind of normalisation is one entry of
+    `builder.NORMS`. The recipe accepts it, `build` puts its module after every weight op,
+    and each command's ``--norm`` offers exactly NORMS's keys."""
+    import click
+    from torch import nn
+
+    from hnn_bridge import builder
+    from hnn_bridge.commands.describe import describe
+    from hnn_bridge.commands.recipe import recipe as recipe_command
+    from hnn_bridge.commands.train import train
+
+    for command in (recipe_command, train, describe):
+        (option,) = [p for p in command.params if p.name == "norm"]
+        assert isinstance(option.type, click.Choice) and list(option.type.choices) == list(builder.NORMS)
+
+    monkeypatch.setitem(builder.NORMS, "group", lambda shape: nn.GroupNorm(1, shape[0]))
+    (row,) = load_recipe(write(tmp_path, TINY.replace("[defaults]", '[defaults]\nnorm = "group"'))).rows
+    assert row.settings.norm == "group"
+    net = build_row(row)
+    norms = [m for m in net.modules() if isinstance(m, nn.GroupNorm)]
+    assert [m.num_channels for m in norms] == [32, 10]  # after A32's and S10's weight ops
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+    out = net(torch.rand(2, 1, 28, 28))
+    assert out.shape[-2:] == (2, 10)

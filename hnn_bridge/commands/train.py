@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..builder import INPUT_MODES, NORMS, TRAININGS
+from ..data import DATASET_NAMES
 from ..errors import ArchError
 from ..notation import parse_arch
 from ..precision import PRECISIONS
@@ -15,7 +16,6 @@ from ..recipe import (
     ACTIVATION_NAMES,
     AUGMENT_NAMES,
     CODER_NAMES,
-    INPUT_SHAPES,
     Recipe,
     RecipeError,
     Settings,
@@ -100,7 +100,7 @@ class _DatasetName(click.Choice):
 )
 @click.option(
     "--dataset",
-    type=_DatasetName([*sorted(INPUT_SHAPES), "imagefolder:PATH"]),
+    type=_DatasetName([*sorted(DATASET_NAMES), "imagefolder:PATH"]),
     default=None,
     help="A named dataset, or imagefolder:PATH: your images, one folder per class "
     f"{default_help('dataset', families=('MNIST',))}",

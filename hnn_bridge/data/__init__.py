@@ -26,6 +26,7 @@ from .loader import TensorBatches, epoch_generator
 from .paths import DATA_ENV, default_cache_dir, default_data_dir, resolve_data_dir, user_cache_dir
 from .registry import (
     DATASET_NAMES,
+    DATASET_SHAPES,
     FASHION_MNIST_CLASSES,
     IMAGE_FOLDER_PREFIX,
     Dataset,
@@ -40,6 +41,7 @@ __all__ = [
     "CIFAR10_CLASSES",
     "CropRotate",
     "DATASET_NAMES",
+    "DATASET_SHAPES",
     "DATA_ENV",
     "Dataset",
     "DatasetFormatError",

@@ -20,6 +20,7 @@ from .paths import resolve_data_dir
 __all__ = [
     "Dataset",
     "DATASET_NAMES",
+    "DATASET_SHAPES",
     "FASHION_MNIST_CLASSES",
     "IMAGE_FOLDER_PREFIX",
     "describe_dataset",
@@ -43,8 +44,17 @@ FASHION_MNIST_CLASSES: list[str] = [
     "Ankle boot",
 ]
 
+#: ``((C, H, W), number of classes)`` of each dataset name :func:`load_dataset` knows, so
+#: that networks can be built and checked before any data is read (`describe_dataset`).
+DATASET_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
+    "mnist": ((1, 28, 28), 10),
+    "fashion-mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10),
+    "mnist-5k": ((1, 28, 28), 10),
+}
+
 #: The names :func:`load_dataset` accepts.
-DATASET_NAMES: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10", "mnist-5k")
+DATASET_NAMES: tuple[str, ...] = tuple(DATASET_SHAPES)
 
 #: A dataset of your own is named ``imagefolder:PATH``: the ImageFolder tree at PATH
 #: (``PATH/<class>/<image>``, or ``PATH/{train,test}/<class>/<image>``), relative to the
@@ -187,12 +197,19 @@ def image_folder_path(name: str) -> Path | None:
 
 
 def describe_dataset(name: str) -> tuple[tuple[int, int, int], int]:
-    """``((C, H, W), number of classes)`` of an ``imagefolder:PATH`` dataset, read from its
+    """``((C, H, W), number of classes)`` of a dataset, without reading its images.
+
+    A named dataset answers from `DATASET_SHAPES`; an ``imagefolder:PATH`` is read from its
     folders and first image only (`describe_image_folder`). Raises :class:`DatasetNotFound`
     naming the folder when it is missing or holds no class folder or image."""
+    if name in DATASET_SHAPES:
+        return DATASET_SHAPES[name]
     path = image_folder_path(name)
     if path is None:
-        raise ValueError(f"{name!r} is not an {IMAGE_FOLDER_PREFIX}PATH dataset")
+        raise ValueError(
+            f"unknown dataset {name!r}; known datasets: {', '.join(DATASET_NAMES)}, "
+            f"or {IMAGE_FOLDER_PREFIX}PATH for a folder of your own images"
+        )
     try:
         info = describe_image_folder(path)
     except DatasetNotFound:
