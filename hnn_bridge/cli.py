@@ -11,12 +11,14 @@ from .commands.export import export
 from .commands.recipe import recipe
 from .commands.report import report
 from .commands.train import train
+from .kernels.heap import reuse_freed_memory
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="hnn-bridge")
 def main() -> None:
     """Build, train and compare hybrid ANN-SNN networks (Muramatsu & Yu, 2021)."""
+    reuse_freed_memory()  # each training step reuses the last one's memory ($HNN_BRIDGE_HEAP=0: not)
 
 
 main.add_command(describe)

@@ -13,7 +13,9 @@ every executor gives the same bits:
   (`hnn_bridge.adapters.cupy_kernels`), which also compile as plain C for CPU tests;
 - `build`: the one C build helper (compiler, source files, library cache);
 - `threads` and `denormals`: keeping small ops on one thread, and ``exp`` off subnormal
-  results.
+  results;
+- `heap`: freed memory kept in the process heap, so that each training step reuses the
+  last one's instead of faulting fresh pages in.
 
 Nothing here imports `hnn_bridge.functional`: the executors take the neuron's
 `Coefficients` and `IIRState` as arguments.

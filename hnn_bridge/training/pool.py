@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 
+from ..kernels.heap import reuse_freed_memory
 from ..recipe import Recipe, RowSpec
 from .jobs import Job, row_job
 from .progress import ConsoleReporter, Reporter
@@ -175,6 +176,7 @@ _WORKER_DATA: dict[tuple[str, int, int], Any] = {}  # datasets loaded by this wo
 
 def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
+    reuse_freed_memory()
 
 
 def job_worker(
