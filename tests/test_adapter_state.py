@@ -211,3 +211,61 @@ def test_deepcopy_of_a_neuron_in_a_graph_holds_its_state_without_the_graph() -> 
     assert lif.mem.requires_grad  # the original is untouched
     spk_a, spk_b = lif(xs[0]), twin(xs[0])
     assert torch.equal(spk_a, spk_b)
+
+
+# ----------------------------------------------------------------------------- edge shapes
+
+
+def test_snntorch_tutorial_loop_on_a_single_neuron_carries_its_state() -> None:
+    """``mem = lif.init_leaky()``, then ``spk, mem = lif(cur, mem)`` on one neuron (a
+    one-element membrane): the held state carries over between steps as for any shape,
+    and the spikes and membrane equal the float64 reference."""
+    lif = IIRLeaky(**NEURON.kwargs)
+    xs = _inputs(8, (1,), torch.float64, seed=7) * 1.5
+    mem, spikes, volts = lif.init_leaky(), [], []
+    for x in xs:
+        spk, mem = lif(x, mem)
+        spikes.append(spk)
+        volts.append(mem)
+    ref_spikes, ref_volts, _ = run(xs, NEURON)
+    assert ref_spikes.sum() >= 2  # it fires, so the reset path is in play
+    assert torch.equal(torch.stack(spikes), ref_spikes)
+    assert torch.equal(torch.stack(volts), ref_volts)
+
+
+def test_spikingjelly_node_runs_a_single_time_step() -> None:
+    """``IIRNode`` in multistep mode with T = 1: one step of the reference, and the node's
+    state continues from it on the next call."""
+    from spikingjelly.activation_based import functional
+
+    node = IIRNode(step_mode="m", **NEURON.kwargs)
+    xs = _inputs(3, (2, 4), torch.float64, seed=8) * 2.0
+    out = torch.cat([node(xs[t : t + 1]) for t in range(3)])
+    assert torch.equal(out, run(xs, NEURON)[0]) and out.sum() > 0
+    functional.reset_net(node)
+    assert torch.equal(node(xs[:1]), run(xs[:1], NEURON)[0])
+
+
+def test_post_filter_bias_starts_at_zero_in_every_neuron() -> None:
+    """The learnable bias after the filter starts at zero (the weight op's own bias is what
+    `PostFilterBias.like` moves there), in the SpikingJelly node, the snnTorch neuron and
+    `IIRNeuron`."""
+    from hnn_bridge.neuron import IIRNeuron
+
+    for module in (
+        IIRNode(post_filter_bias=(3, 1, 1)),
+        IIRLeaky(post_filter_bias=(3, 1, 1)),
+        IIRNeuron(post_filter_bias=(3, 1, 1)),
+    ):
+        assert module.bias.shape == (3, 1, 1) and torch.equal(module.bias, torch.zeros(3, 1, 1))
+
+
+@pytest.mark.parametrize("name", ["membrane_decay", "reset_decay"])
+@pytest.mark.parametrize("bad", [True, False, "0.5", 1.5, -0.1])
+def test_decays_must_be_numbers_in_the_unit_interval(name: str, bad) -> None:
+    """A bool, a string or a value outside [0, 1] is refused with the setting's name."""
+    with pytest.raises(ValueError) as info:
+        IIRParams(**{name: bad})
+    assert str(info.value) == (
+        f"IIR neuron: {name} must be in [0, 1] or None (meaning e^(-1/tau_m)), got {bad!r}"
+    )
