@@ -234,3 +234,17 @@ def test_assumed_input_events_of_a_per_step_sl_count_every_step() -> None:
         (1, 12.0),  # S10: the coded values once (a constant train is weighed once)
         (steps, 0.25 * 10 * 4),  # S8: spikes at every step
     ]
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize("name", ["membrane_decay", "reset_decay"])
+@pytest.mark.parametrize("bad", [True, False, "0.5", 1.5, -0.1])
+def test_decays_must_be_numbers_in_the_unit_interval(name: str, bad) -> None:
+    """A bool, a string or a value outside [0, 1] is refused with the setting's name."""
+    with pytest.raises(ValueError) as info:
+        IIRParams(**{name: bad})
+    assert str(info.value) == (
+        f"IIR neuron: {name} must be in [0, 1] or None (meaning e^(-1/tau_m)), got {bad!r}"
+    )
