@@ -220,17 +220,20 @@ def test_snntorch_tutorial_loop_on_a_single_neuron_carries_its_state() -> None:
     """``mem = lif.init_leaky()``, then ``spk, mem = lif(cur, mem)`` on one neuron (a
     one-element membrane): the held state carries over between steps as for any shape,
     and the spikes and membrane equal the float64 reference."""
-    lif = IIRLeaky(**NEURON.kwargs)
     xs = _inputs(8, (1,), torch.float64, seed=7) * 1.5
-    mem, spikes, volts = lif.init_leaky(), [], []
-    for x in xs:
-        spk, mem = lif(x, mem)
-        spikes.append(spk)
-        volts.append(mem)
     ref_spikes, ref_volts, _ = run(xs, NEURON)
     assert ref_spikes.sum() >= 2  # it fires, so the reset path is in play
-    assert torch.equal(torch.stack(spikes), ref_spikes)
-    assert torch.equal(torch.stack(volts), ref_volts)
+    # the membrane handed back as returned, and as a detached view of the held one (as in
+    # truncated BPTT): both are the held state
+    for hand_back in (lambda m: m, lambda m: m.detach()):
+        lif = IIRLeaky(**NEURON.kwargs)
+        mem, spikes, volts = lif.init_leaky(), [], []
+        for x in xs:
+            spk, mem = lif(x, hand_back(mem))
+            spikes.append(spk)
+            volts.append(mem)
+        assert torch.equal(torch.stack(spikes), ref_spikes)
+        assert torch.equal(torch.stack(volts), ref_volts)
 
 
 def test_spikingjelly_node_runs_a_single_time_step() -> None:
@@ -244,6 +247,15 @@ def test_spikingjelly_node_runs_a_single_time_step() -> None:
     assert torch.equal(out, run(xs, NEURON)[0]) and out.sum() > 0
     functional.reset_net(node)
     assert torch.equal(node(xs[:1]), run(xs[:1], NEURON)[0])
+
+
+def test_spikingjelly_node_takes_one_neuron_without_a_batch_dimension() -> None:
+    """A time-first input of shape [T] (one neuron, no batch dimension) is valid: the
+    reference's spikes; a 0-dim input is refused (`test_mutation_gaps.py`)."""
+    node = IIRNode(step_mode="m", **NEURON.kwargs)
+    xs = _inputs(8, (1,), torch.float64, seed=7).reshape(8) * 1.5
+    out = node(xs)
+    assert out.shape == (8,) and torch.equal(out, run(xs, NEURON)[0]) and out.sum() >= 2
 
 
 def test_post_filter_bias_starts_at_zero_in_every_neuron() -> None:
