@@ -31,7 +31,8 @@ def _backends(text: str) -> list[str]:
     show_default=True,
     help="neuron: one layer on [T, B, N]; network: the paper's MLP and a CNN; epoch: one training "
     "epoch of a recipe row; cnn: a training step of the paper's five CIFAR-10 CNN rows against "
-    "the floor of their weight ops; all: neuron, network and epoch.",
+    "the floor of their weight ops, with its peak memory, and the forward alone as evaluation "
+    "runs it (no graph); all: neuron, network and epoch.",
 )
 @click.option(
     "--steps", "-T", type=click.IntRange(min=1), default=None, help="Time steps T [default: 25; cnn: 8]."
