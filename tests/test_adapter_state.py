@@ -270,3 +270,10 @@ def test_post_filter_bias_starts_at_zero_in_every_neuron() -> None:
         IIRNeuron(post_filter_bias=(3, 1, 1)),
     ):
         assert module.bias.shape == (3, 1, 1) and torch.equal(module.bias, torch.zeros(3, 1, 1))
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_snntorch_beta_at_the_ends_of_the_unit_interval(beta: float) -> None:
+    """``beta`` = 0 (no membrane memory) and 1 (no leak) are valid, as ``membrane_decay``."""
+    lif = IIRLeaky(beta=beta)
+    assert lif.beta == beta and lif.params.membrane_decay == beta

@@ -248,3 +248,39 @@ def test_decays_must_be_numbers_in_the_unit_interval(name: str, bad) -> None:
     assert str(info.value) == (
         f"IIR neuron: {name} must be in [0, 1] or None (meaning e^(-1/tau_m)), got {bad!r}"
     )
+
+
+@pytest.mark.parametrize("shape", [(0,), (0, 3)])
+def test_the_neuron_refuses_zero_time_steps(shape: tuple[int, ...]) -> None:
+    """T = 0 is refused with the shape named, on the fused path and the reference alike."""
+    x = torch.zeros(shape)
+    want = f"IIR neuron: expected a time-first tensor [T, ...] with T >= 1, got shape {shape}"
+    for run in (iir_multistep, iir_multistep_reference):
+        with pytest.raises(ValueError) as info:
+            run(x, IIRParams())
+        assert str(info.value) == want
+
+
+def test_a_half_precision_state_is_widened_in_the_core() -> None:
+    """`iir_multistep` from a bfloat16 state computes in float32 (`state_dtype`), as from
+    that state converted by hand: spikes and final state bit for bit."""
+    from hnn_bridge.functional import state_dtype
+
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.rand(4, 2, 6, generator=gen) * 1.2).to(torch.bfloat16)
+    state = IIRState(*(torch.rand(2, 6, generator=gen).to(torch.bfloat16) for _ in range(5)))
+    widened = IIRState(*(s.to(state_dtype(x.dtype)) for s in state))
+    spikes, _, final = iir_multistep(x, IIRParams(), state)
+    ref_spikes, _, ref_final = iir_multistep(x, IIRParams(), widened)
+    assert torch.equal(spikes, ref_spikes) and spikes.sum() > 0
+    assert all(a.dtype == torch.float32 and torch.equal(a, b) for a, b in zip(final, ref_final))
+
+
+def test_spikingjelly_node_keeps_no_membrane_sequence_by_default() -> None:
+    """``store_v_seq`` is False by default, as in SpikingJelly: no [T, ...] membrane kept."""
+    node = IIRNode(step_mode="m")
+    node(torch.rand(5, 2, 3))
+    assert node.store_v_seq is False and getattr(node, "v_seq", None) is None
+    stored = IIRNode(step_mode="m", store_v_seq=True)
+    stored(torch.rand(5, 2, 3))
+    assert stored.v_seq.shape == (5, 2, 3)

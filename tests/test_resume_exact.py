@@ -242,3 +242,24 @@ def test_resuming_after_every_epoch_equals_the_uninterrupted_run(digits) -> None
         ), k
         assert _same_weights(resumed["best_model"], straight["best_model"]), k
         assert _same_weights(resumed_model.state_dict(), final), k
+
+
+class _NotData:
+    """An arbitrary object: a checkpoint that pickles one is not a file `torch_save` wrote."""
+
+
+def test_checkpoints_load_tensors_and_plain_data_only(tmp_path) -> None:
+    """`torch_load` reads what `torch_save` writes and refuses a file that would run
+    arbitrary unpickling (``weights_only=True``)."""
+    import pickle
+
+    from hnn_bridge.training.checkpoint import torch_load, torch_save
+
+    good = {"epoch": 3, "weights": torch.arange(4.0), "log": [{"val_acc": 0.5}]}
+    torch_save(good, tmp_path / "good.pt")
+    loaded = torch_load(tmp_path / "good.pt")
+    assert loaded["epoch"] == 3 and loaded["log"] == good["log"]
+    assert torch.equal(loaded["weights"], good["weights"])
+    torch.save({"epoch": 3, "thing": _NotData()}, tmp_path / "bad.pt")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        torch_load(tmp_path / "bad.pt")

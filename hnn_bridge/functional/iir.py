@@ -262,6 +262,7 @@ def iir_multistep_reference(
     the fused `iir_multistep` is tested against, and the path for another surrogate
     gradient (``surrogate``, see `iir_step`). ``bias``: added after the synapse filter.
     """
+    _check_seq(x_seq)
     out_dtype, x_seq = x_seq.dtype, widened(x_seq)
     state = IIRState.zeros_like(x_seq[0]) if state is None else state
     spikes, volts = [], []
