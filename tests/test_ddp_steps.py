@@ -130,37 +130,32 @@ def ddp_run(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("ddp-steps")
     script, out = tmp / "worker.py", tmp / "out.pt"
     script.write_text(WORKER)
-    port = str(_free_port())
-    procs = []
-    for rank in (0, 1):
-        env = {k: v for k, v in os.environ.items() if k not in _TORCHRUN_ENV}
-        env.update(
-            WORLD_SIZE="2",
-            RANK=str(rank),
-            LOCAL_RANK=str(rank),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=port,
-            OMP_NUM_THREADS="1",
-        )
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(script), str(out), str(Path(__file__).parent)],
-                env=env,
-                cwd=tmp,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=180)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(logs)
+    # torchrun, as users launch DDP: its agent hosts the rendezvous store, so neither rank
+    # can leave while the other still tears its process group down
+    env = {k: v for k, v in os.environ.items() if k not in _TORCHRUN_ENV}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            str(script),
+            str(out),
+            str(Path(__file__).parent),
+        ],
+        env=env,
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     return torch.load(out, weights_only=False)
 
 
