@@ -56,3 +56,26 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def torchrun(nproc: int, *target: str) -> list[str]:
+    """The command ``torchrun --nproc_per_node NPROC TARGET...`` (this Python's
+    ``torch.distributed.run``) on a free local port: its agent hosts the rendezvous store."""
+    import socket
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        *target,
+    ]

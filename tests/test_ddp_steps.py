@@ -22,13 +22,12 @@ own random stream):
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import torchrun
 
 from hnn_bridge import build
 from hnn_bridge.data import TensorBatches
@@ -119,12 +118,6 @@ teardown(dist)
 _TORCHRUN_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("ddp-steps")
@@ -135,20 +128,7 @@ def ddp_run(tmp_path_factory) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in _TORCHRUN_ENV}
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(_free_port()),
-            str(script),
-            str(out),
-            str(Path(__file__).parent),
-        ],
+        torchrun(2, str(script), str(out), str(Path(__file__).parent)),
         env=env,
         cwd=tmp,
         capture_output=True,

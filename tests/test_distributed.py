@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import torchrun
 
 from hnn_bridge.cli import main
 from hnn_bridge.recipe import RecipeError, load_recipe
@@ -95,12 +94,6 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _listing(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
@@ -125,23 +118,7 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path: Path, clean_env) -> 
     ddp_out, one_out = tmp_path / "ddp", tmp_path / "one"
     # the documented launch: torchrun --nproc_per_node 2 -m hnn_bridge recipe ...
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(_free_port()),
-            "-m",
-            "hnn_bridge",
-            "recipe",
-            str(recipe),
-            "--out",
-            str(ddp_out),
-        ],
+        torchrun(2, "-m", "hnn_bridge", "recipe", str(recipe), "--out", str(ddp_out)),
         capture_output=True,
         text=True,
         timeout=240,
@@ -309,18 +286,7 @@ def _torchrun(tmp_path: Path, target: list[str], timeout: int = 300) -> subproce
     env = {k: v for k, v in os.environ.items() if k not in _TORCHRUN_ENV}
     env["OMP_NUM_THREADS"] = "1"
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_addr",
-            "127.0.0.1",
-            "--master_port",
-            str(_free_port()),
-            *target,
-        ],
+        torchrun(2, *target),
         capture_output=True,
         text=True,
         timeout=timeout,
