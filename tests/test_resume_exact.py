@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from typing import Any, Iterator
 
 import pytest
@@ -183,6 +184,111 @@ def test_a_resumed_run_continues_the_epoch_numbers_and_the_wall_time() -> None:
     assert [r["epoch"] for r in state["log"]] == [1, 2, 3]
     assert state["log"][0] == first["log"][0]
     assert state["wall_s"] == pytest.approx(sum(r["seconds"] for r in state["log"]), rel=0, abs=1e-9)
+
+
+class EtaRecorder(Progress):
+    def __init__(self) -> None:
+        self.etas: list[float] = []
+
+    def end_epoch(self, record: Any, eta_s: float) -> None:
+        self.etas.append(eta_s)
+
+
+def test_the_time_left_is_the_mean_epoch_so_far_times_the_epochs_left() -> None:
+    """After epoch e of E the progress line's estimate is (E - e) x the wall time so far / e;
+    a resumed run's wall time includes the epochs before the stop."""
+    x = torch.tensor([r for r, _ in ROWS], dtype=torch.float32)
+    y = torch.tensor([label for _, label in ROWS])
+    saved: list[dict[str, Any]] = []
+    progress = EtaRecorder()
+    state = _train(
+        CountsAreTheInput(),
+        Rows(x, y, 3),
+        Rows(x, y, 5),
+        epochs=4,
+        lr=0.0,
+        progress=progress,
+        on_epoch=lambda s: saved.append(copy.deepcopy(s)),
+    )
+    seconds = [r["seconds"] for r in state["log"]]
+    assert all(s > 0 for s in seconds)
+    want = [(4 - e) * sum(seconds[:e]) / e for e in (1, 2, 3, 4)]
+    assert progress.etas == pytest.approx(want, rel=1e-9, abs=1e-12) and progress.etas[-1] == 0.0
+
+    progress = EtaRecorder()
+    state = _train(
+        CountsAreTheInput(),
+        Rows(x, y, 3),
+        Rows(x, y, 5),
+        epochs=4,
+        lr=0.0,
+        progress=progress,
+        state=copy.deepcopy(saved[1]),
+    )
+    seconds = [r["seconds"] for r in state["log"]]
+    assert progress.etas == pytest.approx([(4 - e) * sum(seconds[:e]) / e for e in (3, 4)], rel=1e-9)
+
+
+class NanInEpoch(Rows):
+    """Rows whose second epoch's second batch is NaN, after a pause of `PAUSE` seconds."""
+
+    PAUSE = 0.05
+
+    def epoch_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for i, (xb, yb) in enumerate(super().epoch_batches(epoch)):
+            if epoch == 1 and i == 1:
+                time.sleep(self.PAUSE)
+                xb = torch.full_like(xb, float("nan"))
+            yield xb, yb
+
+
+def test_a_non_finite_loss_keeps_the_finished_epochs_and_the_wall_time_so_far() -> None:
+    from hnn_bridge.training.loop import NonFiniteLoss
+
+    x = torch.tensor([r for r, _ in ROWS], dtype=torch.float32)
+    y = torch.tensor([label for _, label in ROWS])
+    with pytest.raises(NonFiniteLoss, match=r"non-finite training loss \(nan\) in epoch 2, batch 2;") as err:
+        _train(CountsAreTheInput(), NanInEpoch(x, y, 3), Rows(x, y, 5), epochs=3, lr=0.0)
+    finished = err.value.finished
+    assert (err.value.epoch, err.value.batch) == (2, 2) and finished["epoch"] == 1
+    assert [r["epoch"] for r in finished["log"]] == [1] and finished["best_epoch"] == 1
+    # the first epoch's time plus the stopped epoch's, which paused before its NaN batch
+    assert finished["wall_s"] >= finished["log"][0]["seconds"] + NanInEpoch.PAUSE
+
+
+@pytest.mark.parametrize(
+    "saved_with, resumed_with", [((1,), ()), ((), (1,))], ids=["schedule-dropped", "schedule-added"]
+)
+def test_resuming_with_or_without_a_schedule_loads_only_what_both_have(saved_with, resumed_with) -> None:
+    """A state saved with a learning-rate schedule resumes into a run without one (the
+    saved scheduler state is not needed) and a state without one into a run with one
+    (its scheduler starts as constructed); ``train_model`` called directly, as the runner
+    refuses a resume whose settings differ."""
+    x = torch.tensor([r for r, _ in ROWS], dtype=torch.float32)
+    y = torch.tensor([label for _, label in ROWS])
+    saved: list[dict[str, Any]] = []
+    common = dict(epochs=3, lr=0.1)
+    _train(
+        CountsAreTheInput(),
+        Rows(x, y, 3),
+        Rows(x, y, 5),
+        lr_milestones=saved_with,
+        on_epoch=lambda s: saved.append(copy.deepcopy(s)),
+        **common,
+    )
+    assert (saved[0]["scheduler"] is None) == (saved_with == ())
+    state = _train(
+        CountsAreTheInput(),
+        Rows(x, y, 3),
+        Rows(x, y, 5),
+        lr_milestones=resumed_with,
+        state=copy.deepcopy(saved[0]),
+        **common,
+    )
+    # dropped: the optimizer's saved learning rate (0.1 x 0.1 after the milestone) stays;
+    # added: a fresh schedule counts its milestone from the resume, one step per epoch
+    want = [0.1, 0.1 * 0.1, 0.1 * 0.1] if resumed_with == () else [0.1, 0.1, 0.1 * 0.1]
+    assert [r["lr"] for r in state["log"]] == pytest.approx(want, rel=1e-12)
 
 
 # ----------------------------------------------------------------------------- resume at every epoch
