@@ -191,7 +191,10 @@ def fanout_map(op: nn.Module, in_shape: tuple[int, ...]) -> Tensor | int:
             dilation=op.dilation,
         )
         return reach[0, 0] * (op.out_channels // op.groups)
-    raise TypeError(f"cannot count the synapses of {type(op).__name__} (dense and 2-D convolutions only)")
+    raise TypeError(
+        f"cannot count the synapses of {op!r}: exact counts cover nn.Linear and nn.Conv2d with "
+        "zero padding given as numbers (padding_mode='zeros')"
+    )
 
 
 @dataclass(frozen=True)

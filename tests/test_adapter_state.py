@@ -277,3 +277,18 @@ def test_snntorch_beta_at_the_ends_of_the_unit_interval(beta: float) -> None:
     """``beta`` = 0 (no membrane memory) and 1 (no leak) are valid, as ``membrane_decay``."""
     lif = IIRLeaky(beta=beta)
     assert lif.beta == beta and lif.params.membrane_decay == beta
+
+
+@pytest.mark.parametrize("init_hidden", [False, True])
+def test_snntorch_state_before_the_first_call_is_empty_as_in_leaky(init_hidden: bool) -> None:
+    """Before its first call an IIRLeaky holds no state, as snnTorch's ``Leaky`` (``mem`` is a
+    0-element tensor there): code that asks ``lif.mem.numel()`` to see whether a neuron has
+    run gets the same answer. Every state buffer is empty and none enters the state_dict."""
+    stock = snntorch.Leaky(beta=0.9, init_hidden=init_hidden)
+    lif = IIRLeaky(beta=0.9, init_hidden=init_hidden)
+    assert stock.mem.shape == lif.mem.shape == (0,)
+    assert all(getattr(lif, n).shape == (0,) for n in ("p1", "p2", "r", "mem", "o"))
+    assert not {"p1", "p2", "r", "mem", "o"} & set(lif.state_dict())
+    x = torch.rand(3, 4)
+    lif(x) if init_hidden else lif(x, lif.init_leaky())
+    assert lif.mem.shape == (3, 4)

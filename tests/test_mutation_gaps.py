@@ -286,3 +286,48 @@ def test_spikingjelly_node_keeps_no_membrane_sequence_by_default() -> None:
     stored = IIRNode(step_mode="m", store_v_seq=True)
     stored(torch.rand(5, 2, 3))
     assert stored.v_seq.shape == (5, 2, 3)
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"),
+        nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular"),
+        nn.Conv2d(1, 2, 3, padding="same"),
+        nn.Conv1d(1, 2, 3),
+    ],
+    ids=["reflect", "circular", "same", "conv1d"],
+)
+def test_fanout_of_an_op_the_exact_counts_do_not_cover_is_refused(op: nn.Module) -> None:
+    """A border that is not zeros reaches other input positions than the zero-padded map
+    says; the counts refuse such an op instead of counting it as zero-padded."""
+    from hnn_bridge.ops import fanout_map
+
+    with pytest.raises(TypeError) as err:
+        fanout_map(op, (1, 5, 5))
+    assert str(err.value) == (
+        f"cannot count the synapses of {op!r}: exact counts cover nn.Linear and nn.Conv2d with "
+        "zero padding given as numbers (padding_mode='zeros')"
+    )
+
+
+def test_fanout_of_zero_padded_and_dense_ops_counted_by_hand() -> None:
+    from hnn_bridge.ops import fanout_map
+
+    assert fanout_map(nn.Linear(7, 5), (7,)) == 5
+    # 3 x 3, padding 1, on 4 x 4: a corner input lies in 4 windows, an edge one in 6, an inner one in 9
+    reach = fanout_map(nn.Conv2d(2, 3, 3, padding=1), (2, 4, 4))
+    want = torch.tensor([[4, 6, 6, 4], [6, 9, 9, 6], [6, 9, 9, 6], [4, 6, 6, 4]], dtype=torch.float64) * 3
+    assert torch.equal(reach, want)
+
+
+def test_exact_counts_kernel_area_is_one_for_a_dense_op_and_k_squared_for_a_conv() -> None:
+    from hnn_bridge.ops import exact_counts
+    from hnn_bridge.rates import recording_counts
+
+    model = build("A4C3-S6C3-P2-S5", coder="duplicate", steps=3, input_shape=(1, 6, 6))
+    with recording_counts(model) as tally:
+        model(torch.rand(2, 1, 6, 6))
+    rows = {r.token: r for r in exact_counts(model, tally)}
+    assert rows["A4C3"].kernel_area == rows["S6C3"].kernel_area == 9
+    assert rows["S5"].kernel_area == 1
