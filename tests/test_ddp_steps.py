@@ -121,7 +121,7 @@ if dist.is_main:
          "rng_ranks": len(state["rng_ranks"])},
         out,
     )
-teardown(dist)
+teardown(dist, wait=True)
 """
 
 _TORCHRUN_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -136,6 +136,7 @@ def ddp_run(tmp_path_factory) -> dict:
     # can leave while the other still tears its process group down
     env = {k: v for k, v in os.environ.items() if k not in _TORCHRUN_ENV}
     env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONFAULTHANDLER"] = "1"  # a rank that aborts prints where its threads were
     proc = subprocess.run(
         torchrun(2, str(script), str(out), str(Path(__file__).parent)),
         env=env,

@@ -285,6 +285,7 @@ main(sys.argv[2:], prog_name="hnn-bridge")
 def _torchrun(tmp_path: Path, target: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in _TORCHRUN_ENV}
     env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONFAULTHANDLER"] = "1"  # a rank that aborts prints where its threads were
     return subprocess.run(
         torchrun(2, *target),
         capture_output=True,

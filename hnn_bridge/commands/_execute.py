@@ -81,6 +81,7 @@ def execute(
         dist = from_env(device)
     except (RuntimeError, ValueError) as err:
         raise _fail(f"cannot join the torchrun process group: {err}")
+    finished = False
     try:
         reporter = ConsoleReporter() if main else Reporter()
         options = RunOptions(
@@ -113,6 +114,7 @@ def execute(
             results = run_recipe(
                 recipe, options, on_results=lambda r: write_report(out, r, energy_model=energy_model)
             )
+            finished = True
         except (DatasetNotFound, DatasetFormatError, OutputBusy, OutputNotWritable, CheckpointError) as err:
             raise _fail(str(err))
         except KeyboardInterrupt:
@@ -126,7 +128,7 @@ def execute(
                 )
             raise SystemExit(130)
     finally:
-        teardown(dist)
+        teardown(dist, wait=finished)
     if main:
         click.echo(render_table(results, energy_model))
         click.echo(

@@ -153,12 +153,18 @@ def barrier(ctx: DistContext) -> None:
             dist.barrier()
 
 
-def teardown(ctx: DistContext) -> None:
-    """Leave the process group (no-op for one process or when never joined)."""
+def teardown(ctx: DistContext, *, wait: bool = False) -> None:
+    """Leave the process group (no-op for one process or when never joined).
+
+    ``wait``: first wait until every process is here (a run that ended normally), so that
+    no process destroys its group while another still writes its results or runs a
+    collective; not after an error, where the others may never arrive."""
     if ctx.distributed:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if wait:
+                barrier(ctx)
             dist.destroy_process_group()
 
 
