@@ -2,6 +2,7 @@
  * The recurrences of fused.py (eq. 1a-1f forward, BPTT backward), operation by operation
  * in the same order; built by build.py with -ffp-contract=off and no fast math, so that
  * every result equals the ATen path bit for bit. */
+#include <math.h>
 #include <stddef.h>
 #include <string.h>
 #define BLK 256
@@ -28,10 +29,40 @@ static void store(float* dst, const float* src, long long i0, int m)
     if (dst) memcpy(dst + i0, src, sizeof(float) * (size_t)m);
 }
 
-/* Forward over T steps for `count` neurons of [T, stride] sequences (x_step: stride, or
- * 0 for an input constant over time). Null inputs are zeros; null outputs are skipped. */
-void iir_native_forward(
-    const float* x, long long x_step,
+/* The per-channel affine map of a batch norm folded into the neuron's input (see
+ * iir_native_bn_forward): x = y * alpha[c] + beta[c] for the channel c = ((first + i) / plane)
+ * % channels of neuron i; `fma`: one rounding (fmaf), as ATen's transform computes it where
+ * it is built with FMA contraction, else a multiply and an add. */
+struct affine {
+    const float* alpha;
+    const float* beta;
+    long long first, plane, channels;
+    int fma;
+};
+
+/* fmaf where the target has it (one instruction); else the exact product of two floats in
+ * double plus the addend, rounded to float (a rare double rounding: iir_native_bn_fma_exact
+ * tells the caller, which then does not use it) */
+static float fma1(float a, float b, float c)
+{
+#if defined(__FMA__) || defined(__aarch64__)
+    return fmaf(a, b, c);
+#else
+    return (float)((double)a * (double)b + (double)c);
+#endif
+}
+
+int iir_native_bn_fma_exact(void)
+{
+#if defined(__FMA__) || defined(__aarch64__)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+static void forward_impl(
+    const float* x, long long x_step, const struct affine* aff,
     const float* p1_in, const float* p2_in, const float* r_in, const float* v_in, const float* o_in,
     float* spikes, float* volts,
     float* p1_out, float* p2_out, float* r_out, float* v_out, float* o_out,
@@ -39,10 +70,17 @@ void iir_native_forward(
     float a1, float a2, float b, float theta, float lam, float neg_vth, float vth)
 {
     const int k_a1 = KIND(0), k_a2 = KIND(1), k_b = KIND(2), k_th = KIND(3), k_lam = KIND(4), k_nv = KIND(5);
-    float bufs[3][BLK], R[BLK], V[BLK], O[BLK];
+    float bufs[3][BLK], R[BLK], V[BLK], O[BLK], XA[BLK], XB[BLK], X[BLK];
     for (long long i0 = 0; i0 < count; i0 += BLK) {
         const int m = (int)(count - i0 < BLK ? count - i0 : BLK);
         float *P = bufs[0], *P1 = bufs[1], *P2 = bufs[2];
+        if (aff) {
+            for (int j = 0; j < m; ++j) {
+                const long long c = ((aff->first + i0 + j) / aff->plane) % aff->channels;
+                XA[j] = aff->alpha[c];
+                XB[j] = aff->beta[c];
+            }
+        }
         load(P1, p1_in, i0, m);
         load(P2, p2_in, i0, m);
         load(R, r_in, i0, m);
@@ -50,6 +88,11 @@ void iir_native_forward(
         load(O, o_in, i0, m);
         for (int t = 0; t < steps; ++t) {
             const float* xt = x + (long long)t * x_step + i0;
+            if (aff) {
+                if (aff->fma) EACH X[j] = fma1(xt[j], XA[j], XB[j]);
+                else EACH X[j] = xt[j] * XA[j] + XB[j];
+                xt = X;
+            }
             /* p[t] = a1*p[t-1] + a2*p[t-2] + b*x[t], left to right, absent terms skipped */
             int has = 0;
             if (k_a1) { PUT(P, k_a1, a1, P1, 1); has = 1; }
@@ -80,6 +123,102 @@ void iir_native_forward(
         store(r_out, R, i0, m);
         store(v_out, V, i0, m);
         store(o_out, O, i0, m);
+    }
+}
+
+/* Forward over T steps for `count` neurons of [T, stride] sequences (x_step: stride, or
+ * 0 for an input constant over time). Null inputs are zeros; null outputs are skipped. */
+void iir_native_forward(
+    const float* x, long long x_step,
+    const float* p1_in, const float* p2_in, const float* r_in, const float* v_in, const float* o_in,
+    float* spikes, float* volts,
+    float* p1_out, float* p2_out, float* r_out, float* v_out, float* o_out,
+    long long stride, long long count, int steps, int kinds,
+    float a1, float a2, float b, float theta, float lam, float neg_vth, float vth)
+{
+    forward_impl(x, x_step, NULL, p1_in, p2_in, r_in, v_in, o_in, spikes, volts, p1_out, p2_out, r_out,
+                 v_out, o_out, stride, count, steps, kinds, a1, a2, b, theta, lam, neg_vth, vth);
+}
+
+/* iir_native_forward from zero state on the batch norm's output computed on the fly: neuron i
+ * of step t reads y[t, i] * alpha[c] + beta[c] (struct affine) instead of a normalised
+ * tensor; `first` is the index of this chunk's first neuron within a step. */
+void iir_native_bn_forward(
+    const float* y, const float* alpha, const float* beta, long long first, long long plane,
+    long long channels, int fma,
+    float* spikes, float* volts, long long stride, long long count, int steps, int kinds,
+    float a1, float a2, float b, float theta, float lam, float neg_vth, float vth)
+{
+    const struct affine aff = {alpha, beta, first, plane, channels, fma};
+    forward_impl(y, stride, &aff, NULL, NULL, NULL, NULL, NULL, spikes, volts, NULL, NULL, NULL, NULL, NULL,
+                 stride, count, steps, kinds, a1, a2, b, theta, lam, neg_vth, vth);
+}
+
+/* x = y * alpha[c] + beta[c] over `rows` rows of [rows, channels, plane] (the transform
+ * alone, to check it against ATen's at first use and in tests). */
+void iir_native_bn_apply(const float* y, const float* alpha, const float* beta, float* x,
+                         long long rows, long long channels, long long plane, int fma)
+{
+    for (long long r = 0; r < rows; ++r)
+        for (long long c = 0; c < channels; ++c) {
+            const float a = alpha[c], s = beta[c];
+            const float* yp = y + (r * channels + c) * plane;
+            float* xp = x + (r * channels + c) * plane;
+            if (fma) for (long long j = 0; j < plane; ++j) xp[j] = fma1(yp[j], a, s);
+            else for (long long j = 0; j < plane; ++j) xp[j] = yp[j] * a + s;
+        }
+}
+
+/* The per-channel terms of the transform, as ATen's batch norm collects them: alpha =
+ * invstd * weight, beta = bias - mean * alpha (one rounding when `fma`). invstd is given
+ * (training: the batch's), or, with `from_var`, 1 / sqrt(var + eps) in float (evaluation:
+ * the running variance). Null weight / bias: 1 / 0. */
+void iir_native_bn_terms(const float* mean, const float* invstd_or_var, const float* weight,
+                         const float* bias, long long channels, float eps, int from_var, int fma,
+                         float* alpha, float* beta)
+{
+    for (long long c = 0; c < channels; ++c) {
+        const float invstd = from_var ? 1.0f / sqrtf(invstd_or_var[c] + eps) : invstd_or_var[c];
+        const float w = weight ? weight[c] : 1.0f, s = bias ? bias[c] : 0.0f;
+        alpha[c] = invstd * w;
+        beta[c] = fma ? fma1(-mean[c], alpha[c], s) : s - mean[c] * alpha[c];
+    }
+}
+
+/* Batch statistics of `count` channels from `c0` of y [rows, channels, plane], one pass:
+ * sums of d = y - K and d^2 in double (K: the channel's first value, so that the variance
+ * does not cancel), in 8 independent lanes that the compiler vectorises. Writes mean and
+ * the biased variance, both in double. */
+void iir_native_bn_stats(const float* y, long long rows, long long channels, long long plane,
+                         long long c0, long long count, double* mean, double* var)
+{
+    const double n = (double)rows * (double)plane;
+    for (long long c = c0; c < c0 + count; ++c) {
+        double s1[8] = {0}, s2[8] = {0};
+        const double k = (double)y[c * plane];
+        for (long long r = 0; r < rows; ++r) {
+            const float* yp = y + (r * channels + c) * plane;
+            long long j = 0;
+            for (; j + 8 <= plane; j += 8)
+                for (int l = 0; l < 8; ++l) {
+                    const double d = (double)yp[j + l] - k;
+                    s1[l] += d;
+                    s2[l] += d * d;
+                }
+            for (; j < plane; ++j) {
+                const double d = (double)yp[j] - k;
+                s1[0] += d;
+                s2[0] += d * d;
+            }
+        }
+        double t1 = 0.0, t2 = 0.0;
+        for (int l = 0; l < 8; ++l) {
+            t1 += s1[l];
+            t2 += s2[l];
+        }
+        const double v = (t2 - t1 * t1 / n) / n;
+        mean[c] = k + t1 / n;
+        var[c] = v > 0.0 ? v : 0.0;
     }
 }
 

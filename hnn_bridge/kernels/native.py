@@ -67,7 +67,8 @@ def _library() -> Optional[ctypes.CDLL]:
     with _lock:
         if "lib" not in _state:
             try:
-                lib = ctypes.CDLL(str(build_library(source_text("iir_native.c"), FLAGS, "iir_native")))
+                path = build_library(source_text("iir_native.c"), FLAGS, "iir_native", libs=("-lm",))
+                lib = ctypes.CDLL(str(path))
                 P, i64, i32, f32 = ctypes.c_void_p, ctypes.c_longlong, ctypes.c_int, ctypes.c_float
                 lib.iir_native_forward.argtypes = [P, i64] + [P] * 12 + [i64, i64, i32, i32] + [f32] * 7
                 lib.iir_native_forward.restype = None
@@ -78,6 +79,16 @@ def _library() -> Optional[ctypes.CDLL]:
                 for name in ("iir_native_maxpool2_forward", "iir_native_maxpool2_backward"):
                     getattr(lib, name).argtypes = [P, P, P, i64, i64, i64]
                     getattr(lib, name).restype = None
+                # the batch norm folded into the neuron (bn_neuron.py)
+                lib.iir_native_bn_forward.argtypes = [P, P, P, i64, i64, i64, i32, P, P, i64, i64, i32, i32]
+                lib.iir_native_bn_forward.argtypes += [f32] * 7
+                lib.iir_native_bn_apply.argtypes = [P, P, P, P, i64, i64, i64, i32]
+                lib.iir_native_bn_terms.argtypes = [P, P, P, P, i64, f32, i32, i32, P, P]
+                lib.iir_native_bn_stats.argtypes = [P, i64, i64, i64, i64, i64, P, P]
+                for name in ("bn_forward", "bn_apply", "bn_terms", "bn_stats"):
+                    getattr(lib, f"iir_native_{name}").restype = None
+                lib.iir_native_bn_fma_exact.argtypes = []
+                lib.iir_native_bn_fma_exact.restype = i32
                 _state["lib"], _state["why"] = lib, None
             except (RuntimeError, OSError) as err:
                 _state["lib"], _state["why"] = None, str(err)
