@@ -18,7 +18,9 @@ from torch import Tensor, nn
 
 from .coders import CODERS, Coder, MuActivation, make_coder
 from .errors import ConfigError
-from .neuron import PostFilterBias, SynapseFilter
+from .functional.iir import Coefficients
+from .kernels.bn_neuron import bn_iir_spikes, fusable, fuse_bn_enabled
+from .neuron import IIRNeuron, PostFilterBias, SynapseFilter
 from .notation import LayerSpec, last_al, parse_arch
 from .params import IIRParams
 from .pooling import MaxPool2d
@@ -329,7 +331,26 @@ class HybridNet(nn.Module):
             seq = current.unsqueeze(0).expand(self.coder.steps, *current.shape)
         else:
             seq = self.coder(a)
-        return self.sl(seq).sum(0)
+        return self._spiking(seq).sum(0)
+
+    def _spiking(self, seq: Tensor) -> Tensor:
+        """``self.sl(seq)``; where `bn_neuron.fusable` says so, a ``SeqOp(BatchNorm)``
+        directly before an `IIRNeuron` runs with it as one pass (`bn_neuron.bn_iir_spikes`),
+        the same modules and parameters (``HNN_BRIDGE_FUSE_BN``)."""
+        pairs = _fusable_pairs(self.sl) if fuse_bn_enabled() else ()
+        if not pairs or _hooked(self.sl) or _global_hooks():
+            return self.sl(seq)
+        modules, i = list(self.sl), 0
+        while i < len(modules):
+            if i in pairs and fusable(seq, modules[i].module):
+                params = modules[i + 1].params
+                k = Coefficients.of(params)
+                seq = bn_iir_spikes(seq, modules[i].module, k, detach_reset=params.detach_reset)
+                i += 2
+            else:
+                seq = modules[i](seq)
+                i += 1
+        return seq
 
     def freeze_als(self) -> None:
         """Separate learning (§3.1): fix the AL weights; they stay in eval mode."""
@@ -354,6 +375,42 @@ class HybridNet(nn.Module):
                 f"no matching tensor for {', '.join(missing)}"
             )
         self.al.load_state_dict({k: source[k] for k in target})
+
+
+def _hooked(module: nn.Module) -> bool:
+    return any(
+        getattr(module, name, None)
+        for name in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    )
+
+
+def _global_hooks() -> bool:
+    from torch.nn.modules import module as m
+
+    return any(
+        getattr(m, name, None)
+        for name in (
+            "_global_forward_hooks",
+            "_global_forward_pre_hooks",
+            "_global_backward_hooks",
+            "_global_backward_pre_hooks",
+        )
+    )
+
+
+def _fusable_pairs(sl: nn.Sequential) -> set[int]:
+    """Indices i of ``sl`` where ``SeqOp(BatchNorm1d/2d)`` is directly followed by an
+    `IIRNeuron` without a bias, none of the three hooked."""
+    modules = list(sl)
+    return {
+        i
+        for i, (m, nxt) in enumerate(zip(modules, modules[1:]))
+        if type(m) is SeqOp
+        and type(m.module) in (nn.BatchNorm1d, nn.BatchNorm2d)
+        and type(nxt) is IIRNeuron
+        and nxt.bias is None
+        and not any(_hooked(x) for x in (m, m.module, nxt))
+    }
 
 
 def _norm_layer(norm: str, shape: tuple[int, ...]) -> nn.Module | None:

@@ -1,0 +1,324 @@
+"""The batch norm folded into the IIR neuron (`hnn_bridge.kernels.bn_neuron`) against the
+plain path, ``SeqOp(BatchNorm)`` then `IIRNeuron` (ATen's batch norm, then the native
+neuron).
+
+Given the same per-channel statistics the two are equal bit for bit: in evaluation mode
+(running statistics), and in training mode when the fused transform is handed ATen's own
+batch mean and invstd. With its own batch statistics the fused path differs from ATen's
+only through their summation order (one pass of double sums in eight lanes against
+ATen's sequential double sum with float-rounded squares, or its float sums for a dense
+layer): the tests bound that difference, the V it moves, the spikes it may flip (only
+where V is within that bound of V_th), the gradients, the running statistics, and a short
+training run.
+"""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hnn_bridge import builder
+from hnn_bridge.builder import build
+from hnn_bridge.functional.iir import Coefficients
+from hnn_bridge.kernels import bn_neuron as bnn
+from hnn_bridge.kernels import native
+from hnn_bridge.kernels.fused import fused_forward
+from hnn_bridge.neuron import IIRNeuron
+from hnn_bridge.params import IIRParams
+
+pytestmark = pytest.mark.skipif(
+    native.native_unavailable_reason() is not None or bnn.transform_mode() is None,
+    reason=f"fused batch norm unavailable: {native.native_unavailable_reason() or 'transform differs'}",
+)
+
+#: the CIFAR recipes' neuron after a batch norm (after_filter: no synapse), and one with
+#: the synapse filter and a leaky membrane (before_filter), so every term kind runs
+PARAMS = {
+    "cifar": IIRParams(membrane_decay=0.0, reset_decay=math.exp(-0.25), synapse="none"),
+    "filtered": IIRParams(tau_s=2.0, v_threshold=0.8),
+}
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def _bits(a, b) -> bool:
+    return torch.equal(a.contiguous().view(torch.int32), b.contiguous().view(torch.int32))
+
+
+def _data(shape, seed):
+    """y [T, B, C, ...] with per-channel offsets and scales, as a weight op gives."""
+    g = torch.Generator().manual_seed(seed)
+    c, tail = shape[2], [1] * (len(shape) - 3)
+    scale = torch.rand(c, *tail, generator=g) * 3 + 0.05
+    return torch.randn(shape, generator=g) * scale + torch.randn(c, *tail, generator=g) * 2
+
+
+def _norm(c, dims, seed, **kwargs):
+    g = torch.Generator().manual_seed(seed)
+    bn = (nn.BatchNorm2d if dims == 5 else nn.BatchNorm1d)(c, **kwargs)
+    with torch.no_grad():
+        if bn.affine:
+            bn.weight.copy_(torch.rand(c, generator=g) + 0.5)
+            bn.bias.copy_(torch.randn(c, generator=g) * 0.3)
+        if bn.track_running_stats:
+            bn.running_mean.copy_(torch.randn(c, generator=g))
+            bn.running_var.copy_(torch.rand(c, generator=g) * 2 + 0.01)
+    return bn
+
+
+def _plain(y, bn, k):
+    """(spikes, V) of the plain path: ATen's batch norm over all T x B rows, then the neuron."""
+    x = bn(y.reshape(-1, *y.shape[2:])).reshape(y.shape)
+    spikes, volts, *_ = fused_forward(x, k)
+    return spikes, volts
+
+
+SHAPES = [(5, 3, 8, 6, 7), (5, 7, 40)]
+
+
+def test_transform_mode_reproduces_atens_batch_norm():
+    # the probe found how this torch build rounds alpha, beta and y * alpha + beta
+    assert bnn.transform_mode() in {(True, True), (True, False), (False, True), (False, False)}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_eval_mode_equals_the_plain_path_bit_for_bit(shape, name):
+    k = Coefficients.of(PARAMS[name])
+    y = _data(shape, 1)
+    bn = _norm(shape[2], len(shape), 2).eval()
+    want_s, want_v = _plain(y, bn, k)
+    alpha, beta = bnn.bn_terms(bn.running_mean, bn.running_var, bn.weight, bn.bias, eps=bn.eps, from_var=True)
+    spikes, volts = bnn.bn_neuron_forward(y, alpha, beta, k, keep_volts=True)
+    assert _bits(volts, want_v) and _bits(spikes, want_s)
+    assert 0 < want_s.mean() < 1  # the neurons both fire and stay silent
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_training_forward_given_atens_statistics_is_bit_exact(shape, name):
+    # ATen's batch mean and invstd fed to the fused transform: the same neuron input
+    k = Coefficients.of(PARAMS[name])
+    y = _data(shape, 3)
+    bn = _norm(shape[2], len(shape), 4)
+    rows = y.reshape(-1, *y.shape[2:])
+    out, mean, invstd = torch.native_batch_norm(rows, bn.weight, bn.bias, None, None, True, 0.1, bn.eps)
+    want_s, want_v, *_ = fused_forward(out.reshape(y.shape), k)
+    alpha, beta = bnn.bn_terms(mean, invstd, bn.weight, bn.bias)
+    spikes, volts = bnn.bn_neuron_forward(y, alpha, beta, k, keep_volts=True)
+    assert _bits(volts, want_v) and _bits(spikes, want_s)
+
+
+@pytest.mark.parametrize("shape", [(8, 4, 16, 16, 16), (8, 16, 96)])
+def test_batch_statistics_differ_from_atens_in_the_last_bits_only(shape):
+    y = _data(shape, 5)
+    rows = y.reshape(-1, *y.shape[2:])
+    _, mean, invstd = torch.native_batch_norm(rows, None, None, None, None, True, 0.1, 1e-5)
+    mean64, var64 = bnn.batch_stats(y.view(rows.shape[0], shape[2], -1))
+    ours_invstd = (1.0 / (var64 + 1e-5).sqrt()).float()
+    # invstd: ATen rounds each square and the sum to float; ours is the double result rounded
+    assert ((ours_invstd - invstd).abs() / invstd).max() <= 4 * EPS32
+    # mean, in units of the channel's spread: ATen sums a dense layer's [N, C] in float
+    assert ((mean64.float() - mean).abs() * invstd).max() <= 64 * EPS32
+    if len(shape) == 5:  # a conv layout: both sum in double, the means round alike
+        assert torch.equal(mean64.float(), mean)
+
+
+def _v_bound(y, bn, k, fused_terms, aten_terms):
+    """What the statistics' difference can move V by: |dx| <= |y| |d alpha| + |d beta|
+    per channel (plus the rounding of x), summed over the membrane's memory 1 / (1 - lam)."""
+    (a1, b1), (a2, b2) = fused_terms, aten_terms
+    ymax = y.abs().amax(dim=[d for d in range(y.dim()) if d != 2])
+    xmax = (ymax * a1.abs() + b1.abs()).max()
+    dx = (ymax * (a1 - a2).abs() + (b1 - b2).abs()).max() + 2 * EPS32 * xmax
+    return float(dx) / (1.0 - k.lam) * 1.01
+
+
+@pytest.mark.parametrize("shape", [(8, 4, 16, 16, 16), (8, 16, 96)])
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_training_forward_is_within_the_statistics_bound(shape, name):
+    k = Coefficients.of(PARAMS[name])
+    y = _data(shape, 6)
+    bn, ref = _norm(shape[2], len(shape), 7), None
+    ref = copy.deepcopy(bn)
+    want_s, want_v = _plain(y, ref, k)
+    rows = y.reshape(-1, *y.shape[2:])
+    _, mean, invstd = torch.native_batch_norm(rows, bn.weight, bn.bias, None, None, True, 0.1, bn.eps)
+    fma = bnn.transform_mode()[0]
+    alpha, beta, *_ = bnn._statistics(y.view(rows.shape[0], shape[2], -1), bn, fma)
+    spikes, volts = bnn.bn_neuron_forward(y, alpha, beta, k, keep_volts=True)
+    bound = _v_bound(y, bn, k, (alpha, beta), bnn.bn_terms(mean, invstd, bn.weight, bn.bias))
+    assert bound < 1e-3
+    flipped = spikes != want_s
+    # a flip changes R and so V after it; before the first flip V stays within the bound
+    first = flipped.flatten(1).any(1).int().argmax() if flipped.any() else shape[0]
+    assert (volts[:first] - want_v[:first]).abs().max() <= bound
+    # spikes differ only where V lands within the bound of V_th (none in these draws)
+    near = (want_v - k.v_threshold).abs() <= bound
+    assert not (flipped & ~near[: flipped.shape[0]]).any()
+    assert flipped.sum() == 0
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_running_statistics_follow_batch_norms_update(momentum):
+    k = Coefficients.of(PARAMS["cifar"])
+    bn = _norm(8, 5, 8, momentum=momentum)
+    ref = copy.deepcopy(bn)
+    for step in range(3):
+        y = _data((4, 3, 8, 5, 5), 10 + step)
+        _plain(y, ref, k)
+        bnn.bn_iir_spikes(y, bn, k, detach_reset=False)
+    assert int(bn.num_batches_tracked) == int(ref.num_batches_tracked) == 3
+    assert torch.allclose(bn.running_mean, ref.running_mean, rtol=4 * EPS32, atol=1e-7)
+    assert torch.allclose(bn.running_var, ref.running_var, rtol=16 * EPS32, atol=1e-7)
+
+
+def _grads(y, bn, k, fused):
+    y = y.clone().requires_grad_()
+    if fused:
+        out = bnn.BNSpikes.apply(y, bn.weight, bn.bias, bn, k, False)
+    else:
+        out = IIRNeuron(PARAMS_OF[k])(bn(y.reshape(-1, *y.shape[2:])).reshape(y.shape))
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(9))
+    return (out, *torch.autograd.grad(out, (y, bn.weight, bn.bias), g))
+
+
+PARAMS_OF = {Coefficients.of(p): p for p in PARAMS.values()}
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_gradients_in_eval_mode_are_atens_bit_for_bit(name):
+    k = Coefficients.of(PARAMS[name])
+    y = _data((5, 3, 8, 6, 7), 11)
+    bn = _norm(8, 5, 12).eval()
+    got, want = _grads(y, bn, k, True), _grads(y, bn, k, False)
+    assert all(_bits(a, b) for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize("shape", [(8, 4, 16, 16, 16), (8, 16, 96)])
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_gradients_in_training_mode_are_close(shape, name):
+    k = Coefficients.of(PARAMS[name])
+    y = _data(shape, 13)
+    bn = _norm(shape[2], len(shape), 14)
+    got, want = _grads(y, copy.deepcopy(bn), k, True), _grads(y, copy.deepcopy(bn), k, False)
+    assert torch.equal(got[0], want[0])
+    for a, b in zip(got[1:], want[1:]):
+        # the statistics' last bits, carried through the surrogate (eq. 6) and ATen's backward
+        assert (a - b).abs().max() <= 1e-4 * b.abs().max()
+
+
+CNN = "S8C3-S8C3-P2-S16-S4"
+
+
+def _cnn(placement="after_filter", seed=0):
+    torch.manual_seed(seed)
+    return build(
+        CNN,
+        coder="duplicate",
+        steps=4,
+        input_shape=(3, 8, 8),
+        neuron=IIRParams(membrane_decay=0.0, reset_decay=math.exp(-0.25)),
+        norm="batch",
+        bias_placement=placement,
+    )
+
+
+def _count_fused(monkeypatch):
+    calls = []
+    real = builder.bn_iir_spikes
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(builder, "bn_iir_spikes", counting)
+    return calls
+
+
+@pytest.mark.parametrize("placement", ["after_filter", "before_filter"])
+def test_hybridnet_runs_the_fused_pair_and_matches_the_plain_path(placement, monkeypatch):
+    calls = _count_fused(monkeypatch)
+    net = _cnn(placement)
+    plain = copy.deepcopy(net)
+    keys = list(net.state_dict())
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    monkeypatch.setenv("HNN_BRIDGE_FUSE_BN", "1")
+    net.eval()
+    with torch.no_grad():
+        got = net(x)
+    assert len(calls) == 3  # the three spiking layers after the first one (its norm is first_op)
+    monkeypatch.setenv("HNN_BRIDGE_FUSE_BN", "0")
+    plain.eval()
+    with torch.no_grad():
+        want = plain(x)
+    assert len(calls) == 3
+    assert torch.equal(got, want)
+    assert list(net.state_dict()) == keys
+
+
+def test_the_plain_path_runs_where_the_pair_does_not_apply(monkeypatch):
+    calls = _count_fused(monkeypatch)
+    monkeypatch.setenv("HNN_BRIDGE_FUSE_BN", "1")
+    net = _cnn()
+    x = torch.rand(4, 3, 8, 8)
+    norm = next(m for m in net.sl if isinstance(m, builder.SeqOp) and isinstance(m.module, nn.BatchNorm2d))
+    handle = norm.module.register_forward_hook(lambda *args: None)
+    net(x)
+    assert len(calls) == 2  # the hooked norm ran apart, the other two fused
+    handle.remove()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        net(x)
+    assert len(calls) == 2
+    net.double()(x.double())
+    assert len(calls) == 2
+    monkeypatch.setenv("HNN_BRIDGE_FUSE_BN", "0")
+    assert bnn.fusion_unavailable_reason() == "disabled by HNN_BRIDGE_FUSE_BN=0"
+    net.float()(x)
+    assert len(calls) == 2
+
+
+def _synthetic(n, seed):
+    """Four classes: which quadrant of an 8 x 8 image is bright, under noise."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (n,), generator=g)
+    x = torch.rand(n, 3, 8, 8, generator=g) * 0.5
+    for i, c in enumerate(y.tolist()):
+        r, q = divmod(c, 2)
+        x[i, :, 4 * r : 4 * r + 4, 4 * q : 4 * q + 4] += 0.5
+    return x, y
+
+
+def _train(net, steps, x, y):
+    opt = torch.optim.Adam(net.parameters(), lr=3e-2)
+    losses = []
+    net.train()
+    for s in range(steps):
+        sl = slice(16 * (s % 4), 16 * (s % 4) + 16)
+        loss = F.cross_entropy(net(x[sl]), y[sl])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    net.eval()
+    with torch.no_grad():
+        accuracy = float((net(x).argmax(1) == y).float().mean())
+    return losses, accuracy
+
+
+def test_a_short_training_run_learns_the_same(monkeypatch):
+    calls = _count_fused(monkeypatch)
+    x, y = _synthetic(64, 3)
+    net = _cnn(seed=4)
+    plain = copy.deepcopy(net)
+    monkeypatch.setenv("HNN_BRIDGE_FUSE_BN", "1")
+    got = _train(net, 12, x, y)
+    assert len(calls) == 3 * 13
+    monkeypatch.setenv("HNN_BRIDGE_FUSE_BN", "0")
+    want = _train(plain, 12, x, y)
+    assert len(calls) == 3 * 13
+    assert want[0][-1] < 0.5 * want[0][0] and want[1] >= 0.75  # it learns
+    assert max(abs(a - b) for a, b in zip(got[0], want[0])) <= 1e-3
+    assert abs(got[1] - want[1]) <= 1 / 64  # at most one image of 64 classified differently
