@@ -96,6 +96,27 @@ def test_eval_mode_equals_the_plain_path_bit_for_bit(shape, name):
     assert 0 < want_s.mean() < 1  # the neurons both fire and stay silent
 
 
+def test_chunks_over_threads_find_their_channels():
+    # 3 threads over 2 x 16 x 47 x 47 neurons per step: chunk edges fall inside a channel's plane
+    k = Coefficients.of(PARAMS["filtered"])
+    y = _data((3, 2, 16, 47, 47), 21)
+    bn = _norm(16, 5, 22).eval()
+    want_s, want_v = _plain(y, bn, k)
+    alpha, beta = bnn.bn_terms(bn.running_mean, bn.running_var, bn.weight, bn.bias, eps=bn.eps, from_var=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        assert len(native._chunks(y[0].numel())) == 3
+        assert y[0].numel() // 3 % (47 * 47) != 0
+        spikes, volts = bnn.bn_neuron_forward(y, alpha, beta, k, keep_volts=True)
+        mean64, var64 = bnn.batch_stats(y.view(6, 16, -1))
+    finally:
+        torch.set_num_threads(threads)
+    assert _bits(volts, want_v) and _bits(spikes, want_s)
+    one64 = bnn.batch_stats(y.view(6, 16, -1))
+    assert torch.equal(mean64, one64[0]) and torch.equal(var64, one64[1])
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("name", sorted(PARAMS))
 def test_training_forward_given_atens_statistics_is_bit_exact(shape, name):
