@@ -331,3 +331,56 @@ def test_exact_counts_kernel_area_is_one_for_a_dense_op_and_k_squared_for_a_conv
     rows = {r.token: r for r in exact_counts(model, tally)}
     assert rows["A4C3"].kernel_area == rows["S6C3"].kernel_area == 9
     assert rows["S5"].kernel_area == 1
+
+
+@pytest.mark.parametrize("synapse", ["none", "first_order", "dual_exp"])
+@pytest.mark.parametrize("decays", [(0.0, 0.0), (1.0, 1.0), (0.6, 0.3)], ids=["zero", "one", "between"])
+def test_traceable_charge_equals_charge_bit_for_bit(synapse: str, decays: tuple[float, float]) -> None:
+    """The step that SpikingJelly's FlexSN traces (coefficients as Python floats) is
+    `charge` itself: coefficients of 0 (term dropped), 1 (multiply skipped) and others,
+    with and without a post-filter bias, in float32 and float64."""
+    from hnn_bridge.functional.iir import Coefficients, charge, traceable_charge
+
+    lam, theta = decays
+    k = Coefficients.of(IIRParams(synapse=synapse, membrane_decay=lam, reset_decay=theta, v_threshold=0.7))
+    gen = torch.Generator().manual_seed(3)
+    for dtype in (torch.float32, torch.float64):
+        x, p1, p2, r, v = (torch.randn(4, 5, generator=gen, dtype=dtype) for _ in range(5))
+        o = (torch.rand(4, 5, generator=gen) < 0.5).to(dtype)
+        for bias in (None, torch.randn(5, generator=gen, dtype=dtype)):
+            want = charge(x, p1, p2, r, v, o, k, bias)
+            got = traceable_charge(x, p1, p2, r, v, o, k, bias)
+            for a, b in zip(got, want):
+                assert torch.equal(a, b)
+            # and the equations themselves (eq. 1d, 1c, 1a), one rounding per operation
+            p = k.a1 * p1 + k.a2 * p2 + k.b * x
+            r_new = k.theta * r + o
+            v_new = k.lam * v + (p if bias is None else p + bias) - k.v_threshold * r_new
+            assert torch.allclose(got[0], p, rtol=1e-6, atol=1e-6)
+            assert torch.allclose(got[1], r_new, rtol=1e-6, atol=1e-6)
+            assert torch.allclose(got[2], v_new, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(), (6,), (3, 2), (2, 3, 2)], ids=["0-dim", "1-d", "2-d", "3-d"])
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_widened_half_input_constant_over_time_stays_a_stride_0_view(shape, half) -> None:
+    """A half-precision current constant over time (duplicate coding under autocast:
+    ``current.unsqueeze(0).expand(T, ...)``) is widened to float32 once and stays a
+    stride-0 view over T, so the fused executor's constant-input path still applies; a
+    0-dim tensor (no time axis) is widened as it is."""
+    from hnn_bridge.functional.iir import widened
+
+    gen = torch.Generator().manual_seed(0)
+    if shape == ():
+        x = torch.randn((), generator=gen).to(half)
+        out = widened(x)
+        assert out.dtype == torch.float32 and out.shape == () and torch.equal(out, x.float())
+        return
+    base = torch.randn(shape[1:], generator=gen).to(half)
+    x = base.unsqueeze(0).expand(shape[0], *shape[1:])
+    out = widened(x)
+    assert out.dtype == torch.float32 and out.shape == x.shape
+    assert torch.equal(out, x.float())
+    assert out.stride(0) == 0
+    changing = torch.randn(shape, generator=gen).to(half)  # not constant: every step its own
+    assert torch.equal(widened(changing), changing.float())
