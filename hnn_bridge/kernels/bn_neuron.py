@@ -3,26 +3,27 @@
 In a spiking layer built with ``norm="batch"`` a ``BatchNorm1d/2d`` over all T x B rows
 feeds an `IIRNeuron` directly. Run apart, the norm reads its input twice (statistics,
 then the transform x = y * alpha[c] + beta[c]) and writes x, and the neuron reads x
-again. Here the statistics take one pass, and the neuron's C loop (``iir_native.c``,
-``iir_native_bn_forward``) computes x on the fly as it reads y, so x is never
-materialised; the neuron itself (eq. 1a-1f, Heaviside firing) is `native.native_forward`'s
-loop, operation by operation.
+again. Here the statistics are ATen's two passes, run for 8 channels at a time, and the
+neuron's C loop (``iir_native.c``, ``iir_native_bn_forward``) computes x on the fly as it
+reads y, so x is never materialised; the neuron itself (eq. 1a-1f, Heaviside firing) is
+`native.native_forward`'s loop, operation by operation.
 
-Exactness. Given the same per-channel mean and invstd the input of the neuron equals
-ATen's batch norm output bit for bit: alpha = invstd * weight and beta = bias - mean *
-alpha and the transform are computed as ATen's CPU kernel computes them, with or without
-fused multiply-adds as this torch build does (`transform_mode` checks it against ATen at
-first use; where nothing matches, the plain path runs). In evaluation mode (running
-statistics) the spikes therefore equal the plain path's. In training mode the batch
-statistics come from one pass of double-precision sums in eight lanes (``iir_native_bn_stats``)
-where ATen sums sequentially in double and rounds the variance's terms to float: mean
-and invstd may differ from ATen's in the last float bits (a different summation order
-and fewer roundings), and so V by a bounded amount (``tests/test_bn_fusion.py``).
+Exactness: the spikes, V, gradients and running statistics equal the plain path's bit for
+bit. The batch statistics are ATen's own arithmetic for a contiguous input (per channel, a
+sequential sum in double, then the sum of float squares; ``iir_native_bn_stats`` runs 8
+channels' chains side by side, each in ATen's order), alpha = invstd * weight, beta = bias
+- mean * alpha and the transform are computed as ATen's CPU kernel computes them, with or
+without fused multiply-adds as this torch build does, and the running statistics are
+updated with ATen's roundings. `transform_mode` checks all of it against ATen at first
+use; where the transform differs the fusion stays off, and where only the statistics
+differ (another torch version) it runs in evaluation mode only. A norm whose statistics
+ATen computes another way (one value per channel and row: ``BatchNorm1d`` on [T, B, F])
+runs the plain path in training mode.
 
 The backward is the neuron's BPTT (`fused.bptt`, eq. 6 surrogate) followed by ATen's own
 ``native_batch_norm_backward`` given the saved mean and invstd: the plain path's gradient
-chain, given the statistics. The running statistics are updated as ``nn.BatchNorm`` does
-(momentum, or momentum None: the cumulative average; unbiased variance).
+chain. The running statistics are updated as ``nn.BatchNorm`` decides (momentum, or
+momentum None: the cumulative average; ``num_batches_tracked`` counted).
 
 ``HNN_BRIDGE_FUSE_BN=1`` turns the fusion on (`fuse_bn_enabled`); `hnn_bridge.builder.HybridNet`
 uses it where it applies (`fusable`).
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +44,7 @@ from .threads import one_thread_per_step
 
 __all__ = [
     "BNSpikes",
+    "Mode",
     "batch_stats",
     "bn_iir_spikes",
     "bn_neuron_forward",
@@ -53,7 +55,7 @@ __all__ = [
     "transform_mode",
 ]
 
-#: the fused pair runs unless ``HNN_BRIDGE_FUSE_BN`` is ``"0"`` (on) / is ``"1"`` (off)
+#: whether the fused pair runs where ``HNN_BRIDGE_FUSE_BN`` is unset
 DEFAULT_ON = False
 ENV = "HNN_BRIDGE_FUSE_BN"
 
@@ -82,7 +84,7 @@ def bn_terms(
     eps) in float (evaluation). ``fma``: beta in one rounding (None: as `transform_mode`)."""
     lib = _library()
     if fma is None:
-        fma = _checked_mode()[0]
+        fma = _checked_mode().fma_terms
     c = mean.numel()
     mean, inv = mean.detach().float().contiguous(), invstd_or_var.detach().float().contiguous()
     w = None if weight is None else weight.detach().contiguous()
@@ -102,18 +104,29 @@ def _apply(y3: Tensor, alpha: Tensor, beta: Tensor, fma: bool) -> Tensor:
     return x
 
 
-def transform_mode() -> Optional[tuple[bool, bool]]:
-    """(fma in beta, fma in the transform): how this torch build's CPU batch norm rounds,
-    found at first use by comparing with ATen's output in evaluation and training mode,
-    for a conv-like and a dense-like shape; None when no combination we can compute
-    exactly reproduces it (the fusion then stays off)."""
+class Mode(NamedTuple):
+    """How this torch build's CPU batch norm rounds (`transform_mode`)."""
+
+    #: beta = bias - mean * alpha in one rounding
+    fma_terms: bool
+    #: y * alpha + beta in one rounding
+    fma_apply: bool
+    #: `batch_stats` and `_update_running` give ATen's batch statistics, bit for bit
+    exact_stats: bool
+
+
+def transform_mode() -> Optional[Mode]:
+    """How this torch build's CPU batch norm rounds, found at first use by comparing with
+    ATen's output in evaluation and training mode, for a conv-like and a dense-like shape;
+    None when no combination we can compute exactly reproduces its transform (the fusion
+    then stays off)."""
     with _lock:
         if "mode" not in _mode:
             _mode["mode"] = _probe()
         return _mode["mode"]  # type: ignore[return-value]
 
 
-def _probe() -> Optional[tuple[bool, bool]]:
+def _probe() -> Optional[Mode]:
     lib = _library()
     gen = torch.Generator().manual_seed(1234)
     cases = []
@@ -137,8 +150,22 @@ def _probe() -> Optional[tuple[bool, bool]]:
                 )
                 for y3, out, m, s, w, b, ev in cases
             ):
-                return fma_terms, fma_apply
+                return Mode(fma_terms, fma_apply, _stats_match_aten(gen))
     return None
+
+
+def _stats_match_aten(gen: torch.Generator) -> bool:
+    """`batch_stats` and `_update_running` against ATen's save_mean, save_invstd and
+    running statistics on a conv-like input."""
+    y = torch.randn(6, 24, 9, 11, generator=gen) * torch.rand(1, 24, 1, 1, generator=gen) * 4 + 2
+    rm, rv = torch.randn(24, generator=gen), torch.rand(24, generator=gen) + 0.5
+    want_rm, want_rv = rm.clone(), rv.clone()
+    with torch.no_grad():
+        _, want_mean, want_invstd = torch.native_batch_norm(y, None, None, want_rm, want_rv, True, 0.3, 1e-5)
+    mean, var_sum, invstd = batch_stats(y.view(6, 24, -1), 1e-5)
+    _update_running(rm, rv, mean, var_sum, 0.3, 6 * 9 * 11)
+    got = (mean, invstd, rm, rv)
+    return all(torch.equal(a, b) for a, b in zip(got, (want_mean, want_invstd, want_rm, want_rv)))
 
 
 def fusion_unavailable_reason() -> Optional[str]:
@@ -153,28 +180,40 @@ def fusion_unavailable_reason() -> Optional[str]:
     return None
 
 
-def _checked_mode() -> tuple[bool, bool]:
+def _checked_mode() -> Mode:
     mode = transform_mode()
     if mode is None:
         raise RuntimeError("bn_neuron: " + str(fusion_unavailable_reason()))
     return mode
 
 
-def batch_stats(y3: Tensor) -> tuple[Tensor, Tensor]:
-    """(mean, biased variance) per channel of y3 [rows, C, plane] (float32, contiguous),
-    in float64: one pass of double sums in eight lanes, shifted by each channel's first
-    value (``iir_native_bn_stats``), channels split over the torch threads."""
+def batch_stats(y3: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(mean, var_sum, invstd) per channel of y3 [rows, C, plane] (float32, contiguous), as
+    ATen's CPU batch norm computes them in training mode (``iir_native_bn_stats``),
+    channels split over the torch threads."""
     lib = _library()
     rows, c, plane = y3.shape
-    mean = torch.empty(c, dtype=torch.float64)
-    var = torch.empty(c, dtype=torch.float64)
+    mean, var_sum, invstd = torch.empty(c), torch.empty(c), torch.empty(c)
 
     def call(c0: int, count: int) -> None:
-        lib.iir_native_bn_stats(_ptr(y3), rows, c, plane, c0, count, mean.data_ptr(), var.data_ptr())
+        lib.iir_native_bn_stats(
+            _ptr(y3), rows, c, plane, c0, count, eps, _ptr(mean), _ptr(var_sum), _ptr(invstd)
+        )
 
     if y3.numel() > 0:
         _run(call, c, item_size=rows * plane, align=1)
-    return mean, var
+    return mean, var_sum, invstd
+
+
+def _update_running(rm: Tensor, rv: Tensor, mean: Tensor, var_sum: Tensor, factor: float, count: int) -> None:
+    """ATen's update of the running statistics, its roundings: the momentum in float,
+    the mean's average in float, the unbiased variance var_sum / (n - 1) in float and its
+    average in double."""
+    m = torch.tensor(factor, dtype=torch.float32)
+    with torch.no_grad():
+        rm.copy_(m * mean + (1 - m) * rm)
+        unbiased = var_sum / torch.tensor(float(count - 1), dtype=torch.float32)
+        rv.copy_(m.double() * unbiased.double() + ((1 - m) * rv).double())
 
 
 def bn_neuron_forward(
@@ -184,7 +223,7 @@ def bn_neuron_forward(
     1a-1f) from zero state over x = y * alpha[c] + beta[c], y [T, B, C, *spatial]
     contiguous float32, computed as the neuron's C loop reads y."""
     lib = _library()
-    fma = _checked_mode()[1]
+    fma = _checked_mode().fma_apply
     steps, n = y.shape[0], y[0].numel()
     channels, plane = y.shape[2], y[0, 0, 0].numel()
     spikes = torch.empty(y.shape)
@@ -238,16 +277,9 @@ def _statistics(y3: Tensor, bn: nn.Module, fma_terms: bool):
         alpha, beta = bn_terms(rm, rv, bn.weight, bn.bias, eps=bn.eps, from_var=True, fma=fma_terms)
         empty = torch.empty(0)
         return alpha, beta, empty, empty, False, rm, rv
-    mean64, var64 = batch_stats(y3)
-    count = y3.shape[0] * y3.shape[2]
-    total = var64 + bn.eps
-    # ATen's InvStd: 1 / sqrt(var + eps) in double, 0 where that is 1 / 0
-    invstd = torch.where(total > 0, 1.0 / total.sqrt(), torch.zeros_like(total)).float()
-    mean = mean64.float()
+    mean, var_sum, invstd = batch_stats(y3, bn.eps)
     if update:
-        with torch.no_grad():
-            rm.copy_(factor * mean.double() + (1.0 - factor) * rm.double())
-            rv.copy_(factor * (var64 * count / (count - 1)) + (1.0 - factor) * rv.double())
+        _update_running(rm, rv, mean, var_sum, factor, y3.shape[0] * y3.shape[2])
     alpha, beta = bn_terms(mean, invstd, bn.weight, bn.bias, fma=fma_terms)
     return alpha, beta, mean, invstd, True, rm, rv
 
@@ -263,7 +295,7 @@ class BNSpikes(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y, weight, bias, bn, k, detach_reset):  # type: ignore[override]
-        fma_terms, _ = _checked_mode()
+        fma_terms = _checked_mode().fma_terms
         with one_thread_per_step(y):
             alpha, beta, mean, invstd, batch, rm, rv = _statistics(_rows(y), bn, fma_terms)
             spikes, volts = bn_neuron_forward(y, alpha, beta, k, keep_volts=True)
@@ -299,7 +331,8 @@ def fusable(y: Tensor, bn: nn.Module) -> bool:
     """The fused pair applies to the norm ``bn`` (exactly ``nn.BatchNorm1d`` or
     ``nn.BatchNorm2d``) on y [T, B, C, ...]: the fusion on and available, y contiguous
     float32 on the CPU with the shape the norm takes, no autocast, no tracing or
-    compiling, more than one value per channel when the norm uses batch statistics."""
+    compiling; with batch statistics also more than one position per channel and row
+    (ATen's in-order sums) and `Mode.exact_stats`."""
     if type(bn) is nn.BatchNorm2d:
         if y.dim() != 5:
             return False
@@ -316,13 +349,17 @@ def fusable(y: Tensor, bn: nn.Module) -> bool:
         return False
     if torch.compiler.is_compiling():
         return False
-    batch = bn.training or (bn.running_mean is None and bn.running_var is None)
-    if batch and y.numel() // y.shape[2] <= 1:
-        return False  # ATen raises its own error on the plain path
     for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
         if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"):
             return False
-    return fusion_unavailable_reason() is None
+    if fusion_unavailable_reason() is not None:
+        return False
+    if bn.training or (bn.running_mean is None and bn.running_var is None):
+        # batch statistics: only where ATen sums each channel's plane in order (plane > 1;
+        # with one value per row it sums otherwise) and this build's sums are ATen's
+        plane = y[0, 0, 0].numel()
+        return plane > 1 and y.numel() // y.shape[2] > 1 and _checked_mode().exact_stats
+    return True
 
 
 def bn_iir_spikes(y: Tensor, bn: nn.Module, k, *, detach_reset: bool) -> Tensor:
@@ -334,7 +371,7 @@ def bn_iir_spikes(y: Tensor, bn: nn.Module, k, *, detach_reset: bool) -> Tensor:
     )
     if needs:
         return BNSpikes.apply(y, bn.weight, bn.bias, bn, k, detach_reset)
-    fma_terms, _ = _checked_mode()
+    fma_terms = _checked_mode().fma_terms
     with torch.no_grad(), one_thread_per_step(y):
         alpha, beta, *_ = _statistics(_rows(y), bn, fma_terms)
         return bn_neuron_forward(y, alpha, beta, k, keep_volts=False)[0]

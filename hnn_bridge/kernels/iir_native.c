@@ -185,40 +185,48 @@ void iir_native_bn_terms(const float* mean, const float* invstd_or_var, const fl
     }
 }
 
-/* Batch statistics of `count` channels from `c0` of y [rows, channels, plane], one pass:
- * sums of d = y - K and d^2 in double (K: the channel's first value, so that the variance
- * does not cancel), in 8 independent lanes that the compiler vectorises. Writes mean and
- * the biased variance, both in double. */
+/* Batch statistics of `count` channels from `c0` of y [rows, channels, plane] as ATen's CPU
+ * batch norm computes them for a contiguous input (batch_norm_cpu_collect_stats_contiguous_impl
+ * and batch_norm_cpu_update_stats_template): per channel, the sum over rows then positions in
+ * double, one addition after the other, mean = (float)(sum / n); then the sum of the float
+ * squares (y - mean)^2 in double in the same order, var_sum = (float)that; invstd = 1 / sqrt(
+ * var_sum / n + eps) with var_sum / n in float and the rest in double (0 where var and eps
+ * are 0). The same additions in the same order, so the same bits; to hide the latency of the
+ * sequential sums, 8 channels' sums run side by side (independent chains). */
+#define GROUP 8
 void iir_native_bn_stats(const float* y, long long rows, long long channels, long long plane,
-                         long long c0, long long count, double* mean, double* var)
+                         long long c0, long long count, double eps, float* mean, float* var_sum,
+                         float* invstd)
 {
-    const double n = (double)rows * (double)plane;
-    for (long long c = c0; c < c0 + count; ++c) {
-        double s1[8] = {0}, s2[8] = {0};
-        const double k = (double)y[c * plane];
+    const long long n = rows * plane;
+    for (long long g0 = c0; g0 < c0 + count; g0 += GROUP) {
+        const int w = (int)(c0 + count - g0 < GROUP ? c0 + count - g0 : GROUP);
+        double s[GROUP] = {0};
+        float mu[GROUP];
         for (long long r = 0; r < rows; ++r) {
-            const float* yp = y + (r * channels + c) * plane;
-            long long j = 0;
-            for (; j + 8 <= plane; j += 8)
-                for (int l = 0; l < 8; ++l) {
-                    const double d = (double)yp[j + l] - k;
-                    s1[l] += d;
-                    s2[l] += d * d;
+            const float* base = y + (r * channels + g0) * plane;
+            for (long long i = 0; i < plane; ++i)
+                for (int q = 0; q < w; ++q) s[q] += base[q * plane + i];
+        }
+        for (int q = 0; q < w; ++q) {
+            mu[q] = (float)(s[q] / (double)n);
+            s[q] = 0.0;
+        }
+        for (long long r = 0; r < rows; ++r) {
+            const float* base = y + (r * channels + g0) * plane;
+            for (long long i = 0; i < plane; ++i)
+                for (int q = 0; q < w; ++q) {
+                    const float d = base[q * plane + i] - mu[q];
+                    s[q] += d * d;
                 }
-            for (; j < plane; ++j) {
-                const double d = (double)yp[j] - k;
-                s1[0] += d;
-                s2[0] += d * d;
-            }
         }
-        double t1 = 0.0, t2 = 0.0;
-        for (int l = 0; l < 8; ++l) {
-            t1 += s1[l];
-            t2 += s2[l];
+        for (int q = 0; q < w; ++q) {
+            const float vs = (float)s[q];
+            const double var = (double)(vs / (float)n);
+            mean[g0 + q] = mu[q];
+            var_sum[g0 + q] = vs;
+            invstd[g0 + q] = (var != 0.0 || eps != 0.0) ? (float)(1.0 / sqrt(var + eps)) : 0.0f;
         }
-        const double v = (t2 - t1 * t1 / n) / n;
-        mean[c] = k + t1 / n;
-        var[c] = v > 0.0 ? v : 0.0;
     }
 }
 

@@ -84,7 +84,7 @@ def _library() -> Optional[ctypes.CDLL]:
                 lib.iir_native_bn_forward.argtypes += [f32] * 7
                 lib.iir_native_bn_apply.argtypes = [P, P, P, P, i64, i64, i64, i32]
                 lib.iir_native_bn_terms.argtypes = [P, P, P, P, i64, f32, i32, i32, P, P]
-                lib.iir_native_bn_stats.argtypes = [P, i64, i64, i64, i64, i64, P, P]
+                lib.iir_native_bn_stats.argtypes = [P, i64, i64, i64, i64, i64, ctypes.c_double, P, P, P]
                 for name in ("bn_forward", "bn_apply", "bn_terms", "bn_stats"):
                     getattr(lib, f"iir_native_{name}").restype = None
                 lib.iir_native_bn_fma_exact.argtypes = []
