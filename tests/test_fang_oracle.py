@@ -417,6 +417,8 @@ def test_synapse_filter_alone_is_the_recurrence_of_each_synapse(synapse):
         p1, p2 = a1 * p1 + a2 * p2 + b * x_t, p1
         want.append(p1)
     assert torch.allclose(synapse_filter(x, params), torch.stack(want), rtol=1e-14, atol=1e-14)
+    # without a filter the current is passed on as it is: no copy, no pass over it
+    assert (synapse_filter(x, params) is x) == (synapse == "none")
 
 
 @pytest.mark.parametrize("synapse", ["dual_exp", "first_order"])

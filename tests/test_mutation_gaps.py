@@ -384,3 +384,15 @@ def test_widened_half_input_constant_over_time_stays_a_stride_0_view(shape, half
     assert out.stride(0) == 0
     changing = torch.randn(shape, generator=gen).to(half)  # not constant: every step its own
     assert torch.equal(widened(changing), changing.float())
+
+
+@pytest.mark.parametrize("synapse", ["none", "dual_exp"])
+def test_iir_multistep_takes_a_single_neuron_sequence(synapse: str) -> None:
+    """x_seq of shape [T] (one neuron, no batch dimension) is a valid sequence for the
+    functional core as for `IIRNode`: spikes and V equal the reference loop's."""
+    params = IIRParams(synapse=synapse, v_threshold=0.5)
+    x = torch.rand(7, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    spikes, volts, _ = iir_multistep(x, params)
+    want_spikes, want_volts, _ = iir_multistep_reference(x, params)
+    assert spikes.shape == (7,) and torch.equal(spikes, want_spikes) and torch.equal(volts, want_volts)
+    assert 0 < int(spikes.sum()) < 7
