@@ -396,3 +396,17 @@ def test_iir_multistep_takes_a_single_neuron_sequence(synapse: str) -> None:
     want_spikes, want_volts, _ = iir_multistep_reference(x, params)
     assert spikes.shape == (7,) and torch.equal(spikes, want_spikes) and torch.equal(volts, want_volts)
     assert 0 < int(spikes.sum()) < 7
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (0, 3)], ids=["0-dim", "T=0", "T=0-batch"])
+def test_a_sequence_without_steps_is_refused_by_every_entry(shape) -> None:
+    """A 0-dim tensor has no time axis and T = 0 has no step: the functional core, the
+    synapse filter and the reference loop refuse both with the same message."""
+    from hnn_bridge.functional import synapse_filter
+
+    x = torch.zeros(shape)
+    msg = f"IIR neuron: expected a time-first tensor [T, ...] with T >= 1, got shape {shape}"
+    for call in (iir_multistep, synapse_filter, iir_multistep_reference):
+        with pytest.raises(ValueError) as err:
+            call(x, IIRParams(synapse="dual_exp"))
+        assert str(err.value) == msg, call.__name__
