@@ -338,8 +338,8 @@ class HybridNet(nn.Module):
         directly before an `IIRNeuron` runs with it as one pass (`bn_neuron.bn_iir_spikes`),
         the same modules and parameters (``HNN_BRIDGE_FUSE_BN``)."""
         pairs = _fusable_pairs(self.sl) if fuse_bn_enabled() else ()
-        if not pairs or _hooked(self.sl) or _global_hooks():
-            return self.sl(seq)
+        if not pairs or not isinstance(seq, Tensor) or _hooked(self.sl) or _global_hooks():
+            return self.sl(seq)  # (not a tensor: an fx Proxy, tracing)
         modules, i = list(self.sl), 0
         while i < len(modules):
             if i in pairs and fusable(seq, modules[i].module):
