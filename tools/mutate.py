@@ -18,9 +18,10 @@ the folder is removed at the end. The copy is imported through ``PYTHONPATH`` (a
 the editable install) with ``hnn_bridge/adapters`` linked to ``adapters/``; compiled
 neurons go to a private ``XDG_CACHE_HOME``.
 
-Usage (from the repository root; about 35 minutes on 2 busy cores for every target)::
+Usage (from the repository root)::
 
-    nice -n 19 .venv/bin/python tools/mutate.py                  # all targets, 2 workers
+    nice -n 19 .venv/bin/python tools/mutate.py                  # 25 random mutants a target, 2 workers
+    nice -n 19 .venv/bin/python tools/mutate.py --all            # every mutant: hours on 2 cores
     nice -n 19 .venv/bin/python tools/mutate.py core kernels     # some targets
     .venv/bin/python tools/mutate.py --list                      # the mutants, no tests run
     .venv/bin/python tools/mutate.py core --only fused.py:227     # mutants on one line
@@ -697,8 +698,21 @@ def run_tests(tree: Path, tests: tuple[str, ...], timeout: float, python: str) -
     return ("survived" if code == 0 else "killed"), time.monotonic() - start
 
 
+#: Random mutants per target when neither --all, --only nor --planted is given: 10 targets
+#: x 25 = 250 mutants, about 35 minutes on 2 cores (2026-12-06); --all takes hours.
+DEFAULT_SAMPLE = 25
+
 _RUNNING: set[subprocess.Popen] = set()
 _STOPPING: list[bool] = [False]  # set on an interrupt: the tests being stopped judge nothing
+
+
+def wilson_interval(killed: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``killed / n`` (95% for z = 1.96): where
+    the score of all mutants lies, judged from a random sample of them."""
+    p = killed / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _place(where: str) -> tuple[str, int, Optional[int]]:
@@ -731,13 +745,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument(
         "--timeout-factor", type=float, default=3.0, help="timeout = factor x baseline + 30 s"
     )
-    parser.add_argument("--sample", type=int, default=0, help="at most this many random mutants per target")
+    parser.add_argument(
+        "--sample",
+        type=int,
+        default=None,
+        help=f"random mutants per target (default {DEFAULT_SAMPLE}; --all, --only, --planted: every one)",
+    )
+    parser.add_argument(
+        "--all", action="store_true", help="every mutant of the targets (1,200 or so: hours on 2 cores)"
+    )
     parser.add_argument("--planted", action="store_true", help="run the hand-written PLANTED mutants only")
     parser.add_argument("--kinds", help="only these kinds of mutants: py, call, c (comma-separated)")
     parser.add_argument(
         "--always", help="with --sample: also every mutant whose source line matches this regex"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="seed of the sample (default: today's date, YYYYMMDD)"
+    )
     parser.add_argument("--json", help="write every mutant and its status to this file")
     parser.add_argument("--fail-under", type=float, default=0.0, help="exit 1 below this score (percent)")
     args = parser.parse_args(argv)
@@ -775,8 +799,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                 for m in mutants
                 if any(m.file.endswith(f) and m.line == n and c in (None, m.col) for f, n, c in places)
             ]
-        if args.sample:
-            rng = random.Random(args.seed)
+        sample = 0 if args.all or args.only or args.planted else args.sample
+        sample = DEFAULT_SAMPLE if sample is None else sample
+        if sample:
+            seed = int(time.strftime("%Y%m%d")) if args.seed is None else args.seed
+            print(f"sample: {sample} mutants per target, seed {seed} (the same draw: --seed {seed})")
+            rng = random.Random(seed)
             always = re.compile(args.always) if args.always else None
             chosen = []
             for t in targets:
@@ -784,7 +812,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 must = [m for m in mine if always is not None and always.search(m.text)]
                 rest = [m for m in mine if m not in must]
                 chosen += sorted(
-                    must + rng.sample(rest, min(args.sample, len(rest))),
+                    must + rng.sample(rest, min(sample, len(rest))),
                     key=lambda m: (m.file, m.line, m.col),
                 )
             mutants = chosen
@@ -835,7 +863,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         pool = ThreadPoolExecutor(args.jobs)
         try:
             order = list(mutants)
-            if args.sample:  # a sampled run in random order: an interrupted run still covers every target
+            if sample:  # a sampled run in random order: an interrupted run still covers every target
                 random.Random(args.seed).shuffle(order)
             futures = [pool.submit(one, m) for m in order]
             for n, fut in enumerate(as_completed(futures), 1):
@@ -867,6 +895,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"  {t.name:12s} {killed:4d} / {len(mine):4d}  {100.0 * killed / len(mine):5.1f}%")
     score = 100.0 * total_killed / max(1, len(mutants))
     print(f"  {'all':12s} {total_killed:4d} / {len(mutants):4d}  {score:5.1f}%")
+    if sample and mutants:
+        lo, hi = wilson_interval(total_killed, len(mutants))
+        print(
+            f"  the score of every mutant, from this sample: {100 * lo:.1f}% to {100 * hi:.1f}% (95%, Wilson)"
+        )
     print(f"time: {time.monotonic() - started:.0f} s with {args.jobs} workers")
     survivors = [m for m in mutants if m.status == "survived"]
     if survivors:
