@@ -180,6 +180,27 @@ def test_spikes_gradients_and_running_statistics_equal_the_plain_path(shape, nam
     assert 0 < want[0].mean() < 1
 
 
+@pytest.mark.parametrize("options", [{"affine": False}, {"track_running_stats": False}])
+@pytest.mark.parametrize("training", [True, False])
+def test_norms_without_affine_terms_or_running_statistics(options, training):
+    k = Coefficients.of(PARAMS["cifar"])
+    y = _data((4, 3, 8, 5, 6), 17)
+    bn = _norm(8, 5, 18, **options).train(training)
+    results = []
+    for fused in (True, False):
+        m, x = copy.deepcopy(bn), y.clone().requires_grad_()
+        if fused:
+            assert bnn.fusable(x, m)
+            out = bnn.bn_iir_spikes(x, m, k, detach_reset=False)
+        else:
+            out = IIRNeuron(PARAMS["cifar"])(m(x.reshape(-1, 8, 5, 6)).reshape(x.shape))
+        (grad,) = torch.autograd.grad(
+            out, x, torch.randn(out.shape, generator=torch.Generator().manual_seed(3))
+        )
+        results.append((out, grad, *(b for b in m.buffers() if b.is_floating_point())))
+    assert all(_bits(a, b) for a, b in zip(*results))
+
+
 @pytest.mark.parametrize("momentum", [0.1, None])
 def test_running_statistics_follow_batch_norms_update(momentum):
     k = Coefficients.of(PARAMS["cifar"])
