@@ -331,6 +331,8 @@ def test_exact_counts_kernel_area_is_one_for_a_dense_op_and_k_squared_for_a_conv
     rows = {r.token: r for r in exact_counts(model, tally)}
     assert rows["A4C3"].kernel_area == rows["S6C3"].kernel_area == 9
     assert rows["S5"].kernel_area == 1
+    # T steps for the spiking rows, none for the artificial one and the pooling
+    assert [rows[t].steps for t in ("A4C3", "S6C3", "P2", "S5")] == [0, 3, 0, 3]
 
 
 @pytest.mark.parametrize("synapse", ["none", "first_order", "dual_exp"])

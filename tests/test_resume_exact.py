@@ -256,6 +256,26 @@ def test_a_non_finite_loss_keeps_the_finished_epochs_and_the_wall_time_so_far() 
     assert finished["wall_s"] >= finished["log"][0]["seconds"] + NanInEpoch.PAUSE
 
 
+class NanAtOnce(Rows):
+    def epoch_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for xb, yb in super().epoch_batches(epoch):
+            yield torch.full_like(xb, float("nan")), yb
+
+
+def test_a_non_finite_loss_in_the_first_epoch_has_no_best_epoch() -> None:
+    """Stopped before any epoch finished: best epoch 0 (the 1-based epochs start at 1),
+    no validation metrics, an empty log."""
+    from hnn_bridge.training.loop import NonFiniteLoss
+
+    x = torch.tensor([r for r, _ in ROWS], dtype=torch.float32)
+    y = torch.tensor([label for _, label in ROWS])
+    with pytest.raises(NonFiniteLoss, match=r"in epoch 1, batch 1; stopped, keeping the 0 finished") as err:
+        _train(CountsAreTheInput(), NanAtOnce(x, y, 3), Rows(x, y, 5), epochs=2, lr=0.0)
+    finished = err.value.finished
+    assert finished["epoch"] == 0 and finished["best_epoch"] == 0
+    assert finished["best_val"] is None and finished["log"] == [] and finished["wall_s"] >= 0.0
+
+
 @pytest.mark.parametrize(
     "saved_with, resumed_with", [((1,), ()), ((), (1,))], ids=["schedule-dropped", "schedule-added"]
 )
