@@ -89,10 +89,11 @@ OPTIONS = TrainOptions(epochs=3, lr=0.02, lr_milestones=(2,), lr_gamma=0.5)
 WORKER = r"""
 import io, json, sys
 import torch
+import torch.nn.functional as F
 sys.path.insert(0, sys.argv[2])
 from test_ddp_steps import OPTIONS, batches, make_model
 from hnn_bridge.training.distributed import all_gather_objects, from_env, teardown
-from hnn_bridge.training.loop import train_model, validate
+from hnn_bridge.training.loop import Progress, train_model, validate
 
 out = sys.argv[1]
 dist = from_env()
@@ -106,10 +107,39 @@ def keep(state):  # the runner saves rank 0's snapshot; every rank resumes from 
     torch.save(state, buf)
     saved[state["epoch"]] = all_gather_objects(buf.getvalue(), dist)[0]
 
-whole = train_model(model, list(model.parameters()), train, val, OPTIONS, dist=dist, on_epoch=keep)
+class Losses(Progress):  # the loss value each batch reports, the same on every rank
+    def __init__(self):
+        self.values = []
+
+    def batch(self, index, loss):
+        self.values.append(loss)
+
+
+class Recorded:  # the training batches, with each batch's labels kept
+    def __init__(self, inner):
+        self.inner, self.labels = inner, []
+
+    def __len__(self):
+        return len(self.inner)
+
+    def epoch_batches(self, epoch):
+        for x, y in self.inner.epoch_batches(epoch):
+            self.labels.append(y)
+            yield x, y
+
+
+outputs, reported, recorded = [], Losses(), Recorded(train)
+hook = model.register_forward_hook(lambda m, i, o: outputs.append(o.detach().float()) if m.training else None)
+whole = train_model(
+    model, list(model.parameters()), recorded, val, OPTIONS, dist=dist, on_epoch=keep, progress=reported
+)
+hook.remove()
+scale = OPTIONS.logit_scale
+local = [(float(F.cross_entropy(scale * o, y)), len(y)) for o, y in zip(outputs, recorded.labels)]
 types = sorted({type(m).__name__ for m in model.modules() if "Norm" in type(m).__name__})
 _, totals = validate(model, val, 0, OPTIONS, dist)
 weights = all_gather_objects({k: v.clone() for k, v in model.state_dict().items()}, dist)
+losses = {"reported": all_gather_objects(reported.values, dist), "local": all_gather_objects(local, dist)}
 
 torch.manual_seed(1000 + dist.rank)  # each process's RNG elsewhere: the resume must restore it
 again = make_model()
@@ -118,7 +148,7 @@ resumed = train_model(again, list(again.parameters()), train, val, OPTIONS, dist
 if dist.is_main:
     torch.save(
         {"whole": whole, "resumed": resumed, "weights": weights, "totals": totals, "norms": types,
-         "rng_ranks": len(state["rng_ranks"])},
+         "losses": losses, "rng_ranks": len(state["rng_ranks"])},
         out,
     )
 teardown(dist, wait=True)
@@ -201,3 +231,13 @@ def test_validation_spike_totals_are_summed_per_layer(ddp_run) -> None:
     rates = spike_rates(expected)
     assert all(0 < r < 1 for r in rates.values()) and len(set(rates.values())) == 3
     assert ddp_run["whole"]["log"][-1]["val_rates"] == rates
+
+
+def test_each_batch_reports_the_global_batch_mean_loss(ddp_run) -> None:
+    """Every process reports (and checks for NaN) the same loss: the mean over the global
+    batch, i.e. each process's own batch mean weighted by its batch size."""
+    reported, local = ddp_run["losses"]["reported"], ddp_run["losses"]["local"]
+    assert reported[0] == reported[1] and len(reported[0]) == len(local[0]) == 3 * N_TRAIN // (2 * BATCH)
+    for value, (l0, n0), (l1, n1) in zip(reported[0], local[0], local[1]):
+        assert value == pytest.approx((l0 * n0 + l1 * n1) / (n0 + n1), rel=1e-6)
+    assert any(abs(l0 - l1) > 1e-3 for (l0, _), (l1, _) in zip(local[0], local[1]))  # the shards differ

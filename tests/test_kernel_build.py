@@ -12,6 +12,7 @@ import os
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hnn_bridge.adapters.cupy_kernels import compile_c_kernels
 
@@ -78,3 +79,23 @@ def test_no_compiler_is_a_file_not_found_error_saying_so(path_only: Path, tmp_pa
     with pytest.raises(FileNotFoundError, match="no C compiler"):
         compile_c_kernels(_work(tmp_path), str(tmp_path / "no-such-cc"))
     assert not os.path.exists(tmp_path / "no-such-cc")
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.zeros(4, dtype=np.float64),
+        np.zeros((4, 4), dtype=np.float32)[:, ::2],
+        np.zeros(4, dtype=np.float16),
+    ],
+    ids=["float64", "strided", "float16"],
+)
+def test_c_build_takes_float32_c_contiguous_arrays_only(array: np.ndarray) -> None:
+    """The C build's driver hands raw pointers to C code that reads float32 rows: any
+    other array is refused before a pointer is taken."""
+    from hnn_bridge.adapters.cupy_kernels import CKernels
+
+    with pytest.raises(AssertionError, match="float32 C-contiguous arrays only"):
+        CKernels._p(array)
+    assert CKernels._p(None) is None
+    assert CKernels._p(np.zeros(3, dtype=np.float32)) is not None

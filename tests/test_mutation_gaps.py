@@ -333,6 +333,8 @@ def test_exact_counts_kernel_area_is_one_for_a_dense_op_and_k_squared_for_a_conv
     assert rows["S5"].kernel_area == 1
     # T steps for the spiking rows, none for the artificial one and the pooling
     assert [rows[t].steps for t in ("A4C3", "S6C3", "P2", "S5")] == [0, 3, 0, 3]
+    # outputs: a weight op's or a neuron's values; a pooling adds no unit of its own
+    assert [rows[t].out_size for t in ("A4C3", "S6C3", "P2", "S5")] == [4 * 36, 6 * 36, 0, 5]
 
 
 @pytest.mark.parametrize("synapse", ["none", "first_order", "dual_exp"])

@@ -131,9 +131,17 @@ class Recorder(Progress):
         self.batches.append(index)
 
 
-@pytest.mark.parametrize("saturated", [False, True], ids=["a-dead-class", "a-saturated-row"])
-def test_training_numbers_of_a_network_that_cannot_learn(saturated: bool) -> None:
-    table = ROWS + ([SATURATED] if saturated else [])
+#: class 4 fires once, on one row: it is not dead
+ONCE = ([0, 0, 2, 0, 1], 2)
+
+
+@pytest.mark.parametrize(
+    "saturated, extra",
+    [(False, []), (True, [SATURATED]), (False, [ONCE])],
+    ids=["a-dead-class", "a-saturated-row", "a-class-firing-once"],
+)
+def test_training_numbers_of_a_network_that_cannot_learn(saturated: bool, extra: list) -> None:
+    table = ROWS + extra
     x = torch.tensor([r for r, _ in table], dtype=torch.float32)
     y = torch.tensor([label for _, label in table])
     train, val = Rows(x, y, batch=3), Rows(x, y, batch=4)
@@ -149,8 +157,7 @@ def test_training_numbers_of_a_network_that_cannot_learn(saturated: bool) -> Non
         for key in ("train_acc", "train_out_silent", "train_out_saturated", "train_out_dead"):
             assert record[key] == want[key], (epoch, key)
         assert record["val_acc"] == want["train_acc"]  # the same rows, scored by the same rule
-    assert not saturated or log[0]["train_out_dead"] == []
-    assert saturated or log[0]["train_out_dead"] == [4]
+    assert log[0]["train_out_dead"] == ([] if extra else [4])
     assert state["wall_s"] == pytest.approx(sum(r["seconds"] for r in log), rel=0, abs=1e-9)
     assert progress.epochs == [(e, 3, len(train)) for e in (1, 2, 3)]
     assert progress.batches == [1, 2, 3, 4] * 3
