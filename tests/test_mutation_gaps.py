@@ -149,6 +149,8 @@ def test_erf_alpha_gives_sigma_and_bad_alphas_are_refused() -> None:
     """sigma = 1 / (sqrt(2) alpha) (eq. 6 equals Erf's gradient); alpha must be a finite
     positive number."""
     assert erf_sigma(2.0) == 1.0 / (math.sqrt(2.0) * 2.0) and erf_sigma(torch.tensor(4.0)) == erf_sigma(4)
+    # any alpha > 0, a small one (a wide surrogate) too
+    assert erf_sigma(0.5) == 1.0 / (math.sqrt(2.0) * 0.5) and erf_sigma(1) == 1.0 / math.sqrt(2.0)
     for bad in (0, 0.0, -1.0, math.inf, math.nan, True, "2"):
         with pytest.raises(ValueError, match="alpha > 0"):
             erf_sigma(bad)  # type: ignore[arg-type]
