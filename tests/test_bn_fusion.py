@@ -272,6 +272,13 @@ def test_hybridnet_runs_the_fused_pair_and_matches_the_plain_path(placement, mon
     assert list(net.state_dict()) == keys
 
 
+def test_on_by_default(monkeypatch):
+    monkeypatch.delenv("HNN_BRIDGE_FUSE_BN")
+    assert bnn.fuse_bn_enabled() and bnn.fusion_unavailable_reason() is None
+    monkeypatch.setenv("HNN_BRIDGE_FUSE_BN", "0")
+    assert not bnn.fuse_bn_enabled()
+
+
 def test_the_plain_path_runs_where_the_pair_does_not_apply(monkeypatch):
     calls = _count_fused(monkeypatch)
     monkeypatch.setenv("HNN_BRIDGE_FUSE_BN", "1")
