@@ -361,7 +361,8 @@ def fusable(y: Tensor, bn: nn.Module) -> bool:
         # batch statistics: only where ATen sums each channel's plane in order (plane > 1;
         # with one value per row it sums otherwise) and this build's sums are ATen's
         plane = y[0, 0, 0].numel()
-        return plane > 1 and y.numel() // y.shape[2] > 1 and _checked_mode().exact_stats
+        ok = plane > 1 and y.numel() // y.shape[2] > 1 and bn.eps > 0  # else ATen raises its error
+        return ok and _checked_mode().exact_stats
     return True
 
 
