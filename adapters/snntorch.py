@@ -445,8 +445,7 @@ class IIRLeaky(snntorch.Leaky):
         b = self._buffers
         held = b["mem"]
         same = mem is held or (
-            held.numel() > 0
-            and mem.shape == held.shape
+            mem.shape == held.shape
             and mem.dtype == held.dtype
             and mem.device == held.device
             and mem.stride() == held.stride()
