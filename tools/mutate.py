@@ -681,7 +681,6 @@ def run_tests(tree: Path, tests: tuple[str, ...], timeout: float, python: str) -
         OMP_NUM_THREADS="1",
         PYTHONDONTWRITEBYTECODE="1",
         HYPOTHESIS_PROFILE="mutation",
-        HNN_BRIDGE_DDP_STEPS="1",  # the opt-in 2-process tests (tests/test_ddp_steps.py)
     )
     env.pop("HNN_BRIDGE_NATIVE", None)
     cmd = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", *tests]
