@@ -98,6 +98,8 @@ def test_categorize_sums_self_times_by_pattern():
         ("aten::convolution_backward", 3.0),
         ("aten::mkldnn_convolution", 1.0),
         ("IIRSpikesBackward", 2.0),
+        ("BNSpikes", 0.75),
+        ("BNSpikesBackward", 0.125),
         ("aten::native_batch_norm", 0.5),
         ("_MaxPool2x2", 0.25),
         ("aten::addmm", 0.5),
@@ -107,6 +109,7 @@ def test_categorize_sums_self_times_by_pattern():
     ]
     got = cnn.categorize(events)
     assert got == {
+        "neuron with batch norm": 0.875,
         "neuron": 2.0,
         "convolution": 4.0,
         "linear": 0.5,

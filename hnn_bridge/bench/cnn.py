@@ -67,6 +67,9 @@ TARGET_ROWS, TARGET_STEPS, FLOOR_TARGET, SJ_TARGET = ("pure SNN", "1 AL"), 8, 0.
 
 #: Profiler categories: (category, substrings of an op's name), first match wins.
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    # the batch norm folded into the neuron's C loop (`kernels.bn_neuron`), forward and the
+    # neuron's part of backward (the batch norm's backward is ATen's: "batch norm")
+    ("neuron with batch norm", ("BNSpikes",)),
     # our neuron's Functions (the native C loops run inside them) and the surrogate's exp
     ("neuron", ("IIRSpikes", "IIRMultiStep", "ErfcSpike", "aten::exp")),
     ("convolution", ("conv",)),
