@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from ..kernels.fused import constant_over_time, run_multistep, run_spikes
+from ..kernels.synapse_filter import native_filter, native_filter_applies
 from ..params import IIRParams
 from .surrogate import INV_SQRT_2PI, firing_probability, spike, spike_with
 
@@ -207,12 +208,19 @@ def synapse_filter(
     Fang et al.'s axon layer (``dual_exp_iir_layer``) filters presynaptic spikes this way
     before their weights; by linearity, filtering the weighted sum instead is the same.
     For ``synapse="none"`` it returns ``x_seq`` itself.
+
+    From zero state in float32 on the CPU it runs as one compiled pass with a hand-written
+    backward (`hnn_bridge.kernels.synapse_filter`), with the same values and the same
+    gradients as autograd through this loop, bit for bit; ``HNN_BRIDGE_NATIVE_FILTER=0``
+    (or ``HNN_BRIDGE_NATIVE=0``) keeps the loop.
     """
     _check_seq(x_seq)
     k = Coefficients.of(params)
     x_seq = widened(x_seq)
     if k.a1 == 0.0 and k.a2 == 0.0 and k.b == 1.0:
         return x_seq
+    if p1 is None and p2 is None and native_filter_applies(x_seq, k):
+        return native_filter(x_seq, k)
     out = []
     for x in x_seq:
         # a zero initial state (None) contributes no term: a*0 + y == y
