@@ -104,8 +104,15 @@ TARGETS = (
             "hnn_bridge/kernels/native.py",
             "hnn_bridge/kernels/iir_native.c",
             "hnn_bridge/kernels/bn_neuron.py",
+            "hnn_bridge/kernels/synapse_filter.py",
+            "hnn_bridge/kernels/synapse_filter.c",
         ),
-        ("tests/test_native_chunks.py", "tests/test_bn_fusion.py", *NEURON_TESTS),
+        (
+            "tests/test_native_chunks.py",
+            "tests/test_bn_fusion.py",
+            "tests/test_synapse_filter_native.py",
+            *NEURON_TESTS,
+        ),
         # compiler discovery, cache folders and thread chunking: no effect on values; the
         # 2x2 max pooling (Python and C) is the P2 layer's, tested by tests/test_norm.py etc.
         skip_functions=(
