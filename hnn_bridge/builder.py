@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from .coders import CODERS, Coder, MuActivation, make_coder
 from .errors import ConfigError
 from .functional.iir import Coefficients
+from .kernels import spike_conv
 from .kernels.bn_neuron import bn_iir_spikes, fusable, fuse_bn_enabled
 from .neuron import IIRNeuron, PostFilterBias, SynapseFilter
 from .notation import LayerSpec, last_al, parse_arch
@@ -336,9 +337,13 @@ class HybridNet(nn.Module):
     def _spiking(self, seq: Tensor) -> Tensor:
         """``self.sl(seq)``; where `bn_neuron.fusable` says so, a ``SeqOp(BatchNorm)``
         directly before an `IIRNeuron` runs with it as one pass (`bn_neuron.bn_iir_spikes`),
-        the same modules and parameters (``HNN_BRIDGE_FUSE_BN``)."""
+        the same modules and parameters (``HNN_BRIDGE_FUSE_BN``). With
+        ``HNN_BRIDGE_SPARSE_CONV=1`` a ``SeqOp(Conv2d)`` 3x3 fed by binary spikes
+        (`_spike_fed_convs`) runs through `spike_conv.SpikeConv2d` where
+        `spike_conv.applies`."""
         pairs = _fusable_pairs(self.sl) if fuse_bn_enabled() else ()
-        if not pairs or not isinstance(seq, Tensor) or _hooked(self.sl) or _global_hooks():
+        convs = _spike_fed_convs(self.sl, self.neurons.values()) if spike_conv.sparse_conv_enabled() else ()
+        if not (pairs or convs) or not isinstance(seq, Tensor) or _hooked(self.sl) or _global_hooks():
             return self.sl(seq)  # (not a tensor: an fx Proxy, tracing)
         modules, i = list(self.sl), 0
         while i < len(modules):
@@ -347,6 +352,9 @@ class HybridNet(nn.Module):
                 k = Coefficients.of(params)
                 seq = bn_iir_spikes(seq, modules[i].module, k, detach_reset=params.detach_reset)
                 i += 2
+            elif i in convs and spike_conv.applies(seq, modules[i].module):
+                seq = spike_conv.seq_spike_conv(seq, modules[i].module)
+                i += 1
             else:
                 seq = modules[i](seq)
                 i += 1
@@ -411,6 +419,26 @@ def _fusable_pairs(sl: nn.Sequential) -> set[int]:
         and nxt.bias is None
         and not any(_hooked(x) for x in (m, m.module, nxt))
     }
+
+
+def _spike_fed_convs(sl: nn.Sequential, neurons: Iterable[nn.Module]) -> set[int]:
+    """Indices i of ``sl`` where an unhooked ``SeqOp(Conv2d)`` reads binary spikes as of
+    now: a neuron's output through only max pooling and `TimeSharedDropout` that does not
+    scale (evaluation mode or p = 0). Not the first SL's op: coded values feed it."""
+    modules, spiking = list(sl), {id(n) for n in neurons}
+    found = set()
+    for i, m in enumerate(modules):
+        if type(m) is not SeqOp or type(m.module) is not nn.Conv2d or _hooked(m) or _hooked(m.module):
+            continue
+        j = i - 1
+        while j >= 0 and (
+            (type(modules[j]) is SeqOp and isinstance(modules[j].module, nn.MaxPool2d))
+            or (type(modules[j]) is TimeSharedDropout and (not modules[j].training or modules[j].p == 0.0))
+        ):
+            j -= 1
+        if j >= 0 and id(modules[j]) in spiking:
+            found.add(i)
+    return found
 
 
 def _norm_layer(norm: str, shape: tuple[int, ...]) -> nn.Module | None:

@@ -8,8 +8,10 @@ active inputs around it (no multiplications); `spike_conv2d_weight` computes
 ``spike_conv.c``, compiled at first use by `build.build_library` with the flags of
 `native.FLAGS`. Images are split over ``torch.get_num_threads()`` Python threads.
 
-The models do not use it (yet): ``docs/notes/2026-12-06-sparse-spike-conv.md`` compares
-it with torch's dense convolution. The sums run in another order than oneDNN's, so
+``docs/notes/2026-12-06-sparse-spike-conv.md`` compares it with torch's dense
+convolution. `SpikeConv2d` is it as an autograd Function; `hnn_bridge.builder.HybridNet`
+runs its spike-fed 3x3 convolutions through it where ``HNN_BRIDGE_SPARSE_CONV=1``
+(`sparse_conv_enabled`, off by default) and `applies` says so. The sums run in another order than oneDNN's, so
 results differ from ``F.conv2d`` by rounding (`tests/test_spike_conv.py` bounds it); they
 do not depend on the number of threads.
 """
@@ -17,17 +19,29 @@ do not depend on the number of threads.
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .build import build_library, source_text
 from .native import FLAGS
 
-__all__ = ["METHODS", "spike_conv2d", "spike_conv2d_weight", "spike_conv_unavailable_reason"]
+__all__ = [
+    "METHODS",
+    "SpikeConv2d",
+    "applies",
+    "seq_spike_conv",
+    "sparse_conv_enabled",
+    "spike_conv2d",
+    "spike_conv2d_weight",
+    "spike_conv_unavailable_reason",
+]
+
+ENV = "HNN_BRIDGE_SPARSE_CONV"
 
 #: Forward methods of ``spike_conv.c``: per output pixel from per-pixel lists of the
 #: active inputs (``gather``, the default), or per active input into a channels-last
@@ -225,3 +239,72 @@ def spike_conv2d_weight(x: Tensor, grad_output: Tensor) -> Tensor:
     for k in range(1, blocks):
         total += partial[k]
     return total.permute(3, 0, 1, 2).contiguous()
+
+
+def sparse_conv_enabled() -> bool:
+    """``HNN_BRIDGE_SPARSE_CONV=1``: spike-fed 3x3 convolutions run through `SpikeConv2d`
+    (off otherwise: its sums run in another order than oneDNN's, so results are not bit for
+    bit the dense path's)."""
+    return os.environ.get(ENV) == "1"
+
+
+class SpikeConv2d(torch.autograd.Function):
+    """``F.conv2d(x, weight, bias, padding=1)`` of a binary ``x`` [N, Cin, H, W] and a 3x3
+    ``weight``: forward `spike_conv2d`, backward the input gradient dense
+    (``torch.nn.grad.conv2d_input``, only where needed), the weight gradient
+    `spike_conv2d_weight`, the bias gradient ``grad_output.sum((0, 2, 3))``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return spike_conv2d(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.nn.grad.conv2d_input(x.shape, weight, grad, padding=1)
+        if ctx.needs_input_grad[1]:
+            gw = spike_conv2d_weight(x, grad)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = grad.sum((0, 2, 3))
+        return gx, gw, gb
+
+
+def _conv_fits(conv: nn.Module) -> bool:
+    return (
+        type(conv) is nn.Conv2d
+        and tuple(conv.kernel_size) == (3, 3)
+        and tuple(conv.stride) == (1, 1)
+        and conv.padding in ((1, 1), "same")
+        and tuple(conv.dilation) == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+    )
+
+
+def applies(x: Tensor, conv: nn.Module) -> bool:
+    """`SpikeConv2d` can stand for ``conv`` on x [T, B, Cin, H, W] (the caller knows x is
+    binary): exactly ``nn.Conv2d`` 3x3, stride 1, padding 1, dilation 1, one group, zero
+    padding; x, weight and bias float32 on the CPU; no autocast, tracing or compiling;
+    the kernel available."""
+    if not _conv_fits(conv) or x.dim() != 5 or x.shape[2] != conv.in_channels:
+        return False
+    for t in (x, conv.weight, conv.bias):
+        if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"):
+            return False
+    if torch.is_autocast_enabled("cpu") or torch.jit.is_scripting() or torch.jit.is_tracing():
+        return False
+    if torch.compiler.is_compiling():
+        return False
+    return spike_conv_unavailable_reason() is None
+
+
+def seq_spike_conv(x: Tensor, conv: nn.Conv2d) -> Tensor:
+    """``SeqOp(conv)(x)`` for binary spikes x [T, B, Cin, H, W], through `SpikeConv2d`."""
+    steps, batch = x.shape[:2]
+    y = SpikeConv2d.apply(x.reshape(steps * batch, *x.shape[2:]), conv.weight, conv.bias)
+    return y.reshape(steps, batch, *y.shape[1:])
