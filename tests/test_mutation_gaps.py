@@ -337,6 +337,9 @@ def test_exact_counts_kernel_area_is_one_for_a_dense_op_and_k_squared_for_a_conv
     assert [rows[t].steps for t in ("A4C3", "S6C3", "P2", "S5")] == [0, 3, 0, 3]
     # outputs: a weight op's or a neuron's values; a pooling adds no unit of its own
     assert [rows[t].out_size for t in ("A4C3", "S6C3", "P2", "S5")] == [4 * 36, 6 * 36, 0, 5]
+    # a bias add per output value and evaluation (the duplicate-coded first SL: once per
+    # image, S5: every step); a pooling has no weight op and adds none
+    assert [rows[t].bias_adds for t in ("A4C3", "S6C3", "P2", "S5")] == [4.0 * 36, 6.0 * 36, 0.0, 5.0 * 3]
 
 
 @pytest.mark.parametrize("synapse", ["none", "first_order", "dual_exp"])

@@ -118,3 +118,24 @@ def test_chunks_on_several_threads_equal_the_aten_path(monkeypatch) -> None:
         torch.set_num_threads(threads)
     _assert_bit_equal(got, want)
     assert got[0].sum() > 0
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_a_gradient_through_the_membrane_alone_equals_the_aten_path(name: str, monkeypatch) -> None:
+    """A loss on V only (no gradient reaches the spikes: the backward's g_spikes is None):
+    the native backward's branch without it gives the ATen path's input gradient bit for
+    bit, and one that differs from the spikes-and-V case."""
+
+    def grads() -> tuple[torch.Tensor, torch.Tensor]:
+        x = currents(6, 3, 300, seed=11).requires_grad_()
+        _, volts, _ = iir_multistep(x, PARAMS[name])
+        (volts * currents(6, 3, 300, seed=12)).sum().backward()
+        return x.grad, volts.detach()
+
+    monkeypatch.delenv("HNN_BRIDGE_NATIVE", raising=False)
+    got, v = grads()
+    monkeypatch.setenv("HNN_BRIDGE_NATIVE", "0")
+    want, v_aten = grads()
+    assert torch.equal(_bits(v), _bits(v_aten))
+    assert torch.equal(_bits(got), _bits(want))
+    assert got.abs().sum() > 0 and not torch.equal(got, got[0].expand_as(got))

@@ -192,6 +192,11 @@ def test_a_resumed_run_continues_the_epoch_numbers_and_the_wall_time() -> None:
     assert state["log"][0] == first["log"][0]
     assert state["wall_s"] == pytest.approx(sum(r["seconds"] for r in state["log"]), rel=0, abs=1e-9)
 
+    # a state saved without its wall time (an older checkpoint) counts only the new epochs
+    older = {k: v for k, v in copy.deepcopy(first).items() if k != "wall_s"}
+    state = _train(CountsAreTheInput(), Rows(x, y, 3), Rows(x, y, 5), epochs=3, lr=0.0, state=older)
+    assert state["wall_s"] == pytest.approx(sum(r["seconds"] for r in state["log"][1:]), rel=0, abs=1e-9)
+
 
 class EtaRecorder(Progress):
     def __init__(self) -> None:
