@@ -209,8 +209,10 @@ def test_erfc_surrogate_on_a_stock_leaky():
     d = x.detach() - 1.0
     expected = torch.exp(-(d**2) / (2 * sigma**2)) / (math.sqrt(2 * math.pi) * sigma)
     torch.testing.assert_close(gx, expected, rtol=1e-6, atol=0)
-    with pytest.raises(ValueError, match="sigma must be a number > 0"):
-        erfc_surrogate(0)
+    for bad in (0, -0.5, True, "0.4", None, float("nan")):
+        with pytest.raises(ValueError) as err:
+            erfc_surrogate(bad)
+        assert str(err.value) == f"erfc_surrogate: sigma must be a number > 0, got {bad!r}"
 
 
 def test_training_step_on_mnist_shaped_data_reduces_loss():
