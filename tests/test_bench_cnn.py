@@ -100,6 +100,9 @@ def test_categorize_sums_self_times_by_pattern():
         ("IIRSpikesBackward", 2.0),
         ("BNSpikes", 0.75),
         ("BNSpikesBackward", 0.125),
+        ("NativeSynapseFilter", 0.0625),
+        ("_FilterTransposeBackward", 0.0625),
+        ("SpikeConv2d", 1.0),
         ("aten::native_batch_norm", 0.5),
         ("_MaxPool2x2", 0.25),
         ("aten::addmm", 0.5),
@@ -110,8 +113,9 @@ def test_categorize_sums_self_times_by_pattern():
     got = cnn.categorize(events)
     assert got == {
         "neuron with batch norm": 0.875,
+        "synapse filter": 0.125,
         "neuron": 2.0,
-        "convolution": 4.0,
+        "convolution": 5.0,
         "linear": 0.5,
         "batch norm": 0.5,
         "pooling": 0.25,

@@ -70,6 +70,9 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     # the batch norm folded into the neuron's C loop (`kernels.bn_neuron`), forward and the
     # neuron's part of backward (the batch norm's backward is ATen's: "batch norm")
     ("neuron with batch norm", ("BNSpikes",)),
+    # the compiled synapse filter (`kernels.synapse_filter`) and the sparse spike convolution
+    ("synapse filter", ("NativeSynapseFilter", "_FilterTranspose")),
+    ("convolution", ("SpikeConv2d",)),
     # our neuron's Functions (the native C loops run inside them) and the surrogate's exp
     ("neuron", ("IIRSpikes", "IIRMultiStep", "ErfcSpike", "aten::exp")),
     ("convolution", ("conv",)),
