@@ -29,6 +29,13 @@ SHAPE = (1, 8, 8)
 STEPS = 10
 
 
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    """Every test builds its networks from the same weights, whatever ran before it (the
+    firing-rate floor of `assert_same_spikes` then holds or fails the same way each run)."""
+    torch.manual_seed(0)
+
+
 def busy(model, dtype, gain: float = 2.5, seed: int = 0):
     """``model`` in ``dtype`` and eval mode, with SL weights scaled so that the layers
     fire often, and batch-norm statistics from a few training batches."""
